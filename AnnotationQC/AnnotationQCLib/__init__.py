@@ -1,0 +1,1 @@
+"""AnnotationQC library: GUI-free science behind the AnnotationQC Slicer module."""

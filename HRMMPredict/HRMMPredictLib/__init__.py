@@ -1,0 +1,1 @@
+"""HRMMPredict library: GUI-free science behind the HRMMPredict Slicer module."""

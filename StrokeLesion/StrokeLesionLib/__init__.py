@@ -1,0 +1,1 @@
+"""StrokeLesion library: GUI-free science behind the StrokeLesion Slicer module."""
