@@ -1,0 +1,361 @@
+"""Diffusion handling for acute-stroke annotation: ADC units, eADC, brain mask, grids.
+
+ADC maps are stored in different units by different scanners and converters: plain
+mm2/s (0.0009 in normal brain), 10^-3 mm2/s (0.9; the ISLES'22 data, some Philips
+exports) and 10^-6 mm2/s (900; Siemens/GE DICOM). A fixed threshold such as the
+consensus' ADC < 620 x 10^-6 mm2/s is only meaningful once the units are known, so the
+units are detected from the median ADC inside the brain and every ADC is converted to
+the canonical unit of this library, **mm2/s** (float64), before any threshold is applied.
+
+Detection rule: the median ADC of brain tissue plus CSF lies between 0.3 and 3.0 x 10^-3
+mm2/s in adults and neonates (normal grey/white matter 0.7-0.9, CSF about 3). The three
+units put that window at [0.0003, 0.003], [0.3, 3] and [300, 3000]; the windows are a
+factor 100 apart, so a brain median fits at most one of them. A median that fits none
+(0.05, 30, 50000) is refused with a UserError asking the user to state the units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from AnnotationQCLib.common import UserError, check_finite, grid_difference, read_image, same_grid
+
+#: Scale factor from each supported unit to mm2/s (the canonical unit).
+ADC_UNITS: dict[str, float] = {"mm2/s": 1.0, "1e-3mm2/s": 1e-3, "1e-6mm2/s": 1e-6}
+CANONICAL_ADC_UNIT = "mm2/s"
+#: Plausible median ADC of the brain (tissue + CSF), in mm2/s.
+BRAIN_MEDIAN_ADC_RANGE_MM2S = (0.3e-3, 3.0e-3)
+
+_UNIT_ALIASES = {
+    "mm2/s": "mm2/s", "mm^2/s": "mm2/s", "mm²/s": "mm2/s", "1": "mm2/s", "1mm2/s": "mm2/s",
+    "1e-3mm2/s": "1e-3mm2/s", "1e-3": "1e-3mm2/s", "10^-3mm2/s": "1e-3mm2/s", "10-3mm2/s": "1e-3mm2/s",
+    "um2/ms": "1e-3mm2/s", "µm2/ms": "1e-3mm2/s", "x10^-3mm2/s": "1e-3mm2/s",
+    "1e-6mm2/s": "1e-6mm2/s", "1e-6": "1e-6mm2/s", "10^-6mm2/s": "1e-6mm2/s", "10-6mm2/s": "1e-6mm2/s",
+    "um2/s": "1e-6mm2/s", "µm2/s": "1e-6mm2/s", "x10^-6mm2/s": "1e-6mm2/s",
+}
+
+
+def parse_adc_units(text: str) -> str:
+    """Normalise a unit string ('auto', 'mm2/s', '1e-3mm2/s', '10^-6 mm^2/s', 'um2/s', ...)."""
+    key = str(text).strip().lower().replace(" ", "").replace("mm^2", "mm2").replace("×", "x")
+    if key == "auto":
+        return "auto"
+    if key in _UNIT_ALIASES:
+        return _UNIT_ALIASES[key]
+    raise UserError(f"unknown ADC units {text!r}; use one of auto, " + ", ".join(ADC_UNITS))
+
+
+@dataclass
+class AdcUnits:
+    """The units of an ADC map and how they were found."""
+
+    units: str                 # one of ADC_UNITS
+    factor_to_mm2s: float      # multiply stored values by this to get mm2/s
+    brain_median_raw: float    # median stored value inside the brain mask
+    brain_median_mm2s: float   # the same in mm2/s
+    detected: bool             # True when found from the data, False when stated by the user
+    n_brain_voxels: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _brain_median(adc: sitk.Image, brain: sitk.Image, path: str | os.PathLike | None) -> tuple[float, int]:
+    a = sitk.GetArrayViewFromImage(adc)
+    m = sitk.GetArrayViewFromImage(brain) > 0
+    vals = a[m]
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        where = f" of {path}" if path else ""
+        raise UserError(f"the brain mask{where} contains no voxel; cannot measure the brain's median ADC "
+                        "(check that the DWI shows a brain, or give a brain mask)")
+    return float(np.median(vals)), int(vals.size)
+
+
+def units_from_median(median: float) -> str | None:
+    """The unit whose plausible brain-median window contains ``median``, or None."""
+    lo, hi = BRAIN_MEDIAN_ADC_RANGE_MM2S
+    fits = [u for u, f in ADC_UNITS.items() if lo <= median * f <= hi]
+    return fits[0] if len(fits) == 1 else None
+
+
+def detect_adc_units(adc: sitk.Image, brain: sitk.Image, units: str = "auto",
+                     path: str | os.PathLike | None = None) -> AdcUnits:
+    """Find (or check the user's) ADC units from the median ADC inside ``brain``.
+
+    With ``units='auto'`` the brain median must fit exactly one unit's plausible window,
+    otherwise a UserError says what was found and asks for ``--adc-units``. A stated unit
+    is trusted (the user may know better, e.g. for a phantom) and only reported.
+    """
+    units = parse_adc_units(units)
+    median, n = _brain_median(adc, brain, path)
+    name = f"ADC file {path}" if path else "the ADC map"
+    if units == "auto":
+        found = units_from_median(median)
+        if found is None:
+            lo, hi = BRAIN_MEDIAN_ADC_RANGE_MM2S
+            raise UserError(
+                f"{name} has a brain median of {median:.4g}, which fits none of the known ADC units "
+                f"(expected {lo:g}-{hi:g} in mm2/s, {lo * 1e3:g}-{hi * 1e3:g} in 1e-3mm2/s or "
+                f"{lo * 1e6:g}-{hi * 1e6:g} in 1e-6mm2/s); check that it is an ADC map, or state the units "
+                "with --adc-units")
+        return AdcUnits(found, ADC_UNITS[found], median, median * ADC_UNITS[found], True, n)
+    return AdcUnits(units, ADC_UNITS[units], median, median * ADC_UNITS[units], False, n)
+
+
+def adc_to_mm2s(adc: sitk.Image, units: str | AdcUnits) -> sitk.Image:
+    """Return the ADC map as float64 in mm2/s (geometry kept)."""
+    factor = units.factor_to_mm2s if isinstance(units, AdcUnits) else ADC_UNITS[parse_adc_units(units)]
+    out = sitk.Cast(adc, sitk.sitkFloat64) * float(factor)
+    out.CopyInformation(adc)
+    return out
+
+
+def check_threshold_mm2s(threshold: float) -> float:
+    """Refuse an ADC threshold that cannot be in mm2/s (e.g. 620 typed for 620e-6)."""
+    t = float(threshold)
+    if not math.isfinite(t) or t <= 0 or t > 0.01:
+        raise UserError(f"ADC threshold {threshold!r} is not a plausible value in mm2/s; give it in mm2/s, "
+                        "e.g. 620e-6 for the consensus' 620 x 10^-6 mm2/s")
+    return t
+
+
+# ---------------------------------------------------------------------------------------
+# b-value and eADC
+
+
+def sidecar_path(image_path: str | os.PathLike) -> Path:
+    """The JSON sidecar of a NIfTI file (``x.nii.gz`` -> ``x.json``)."""
+    p = Path(image_path)
+    name = p.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(ext):
+            return p.with_name(name[: -len(ext)] + ".json")
+    return p.with_suffix(".json")
+
+
+def read_sidecar(image_path: str | os.PathLike) -> dict | None:
+    """Read the image's JSON sidecar; None when absent, UserError when unreadable."""
+    sc = sidecar_path(image_path)
+    if not sc.exists():
+        return None
+    try:
+        data = json.loads(sc.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"JSON sidecar {sc} could not be read ({exc.__class__.__name__}: {str(exc)[:80]}); "
+                        "fix or remove it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"JSON sidecar {sc} is not a JSON object")
+    return data
+
+
+def read_b_value(dwi_path: str | os.PathLike, b_value: float | None = None) -> tuple[float, str]:
+    """The DWI's b-value in s/mm2 and where it came from.
+
+    Order: the user's value; the sidecar's ``DiffusionBValue`` (Philips/ISLES style) or
+    ``BValue``; the largest value of a dcm2niix ``.bval`` file beside the image.
+    """
+    if b_value is not None:
+        b = float(b_value)
+        if not math.isfinite(b) or b <= 0 or b > 10000:
+            raise UserError(f"b-value {b_value!r} is not plausible; give the DWI's b-value in s/mm2 (e.g. 1000)")
+        return b, "user"
+    meta = read_sidecar(dwi_path)
+    if meta:
+        for key in ("DiffusionBValue", "BValue", "bValue"):
+            if key in meta:
+                try:
+                    b = float(np.max(np.asarray(meta[key], dtype=float)))
+                except (TypeError, ValueError):
+                    raise UserError(f"sidecar {sidecar_path(dwi_path)} has a non-numeric {key} "
+                                    f"{meta[key]!r}; give --b-value") from None
+                if b > 0:
+                    return b, f"sidecar {sidecar_path(dwi_path).name}:{key}"
+    bval = sidecar_path(dwi_path).with_suffix(".bval")
+    if bval.exists():
+        try:
+            vals = [float(x) for x in bval.read_text().split()]
+        except ValueError:
+            raise UserError(f"b-value file {bval} is not a list of numbers; give --b-value") from None
+        if vals and max(vals) > 0:
+            return max(vals), f"bval file {bval.name}"
+    raise UserError(f"no b-value found for DWI {dwi_path} (no DiffusionBValue in its JSON sidecar, no .bval "
+                    "file); give it with --b-value (s/mm2, e.g. 1000)")
+
+
+def eadc(adc_mm2s: sitk.Image, b_value: float) -> sitk.Image:
+    """Exponential ADC, eADC = exp(-b * ADC) (b in s/mm2, ADC in mm2/s), float32 in [0, 1].
+
+    Negative ADC values (noise in the background) are clipped to 0 first so eADC <= 1.
+    """
+    a = sitk.GetArrayFromImage(adc_mm2s).astype(np.float64)
+    e = np.exp(-float(b_value) * np.clip(a, 0.0, None)).astype(np.float32)
+    out = sitk.GetImageFromArray(e)
+    out.CopyInformation(adc_mm2s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Brain mask
+
+BRAIN_MASK_METHOD = ("Otsu threshold of the intensity (clipped at its 99.5th percentile), binary opening "
+                     "(radius 1 voxel), largest 26-connected component, 3D hole filling, then hole filling "
+                     "slice by slice along the slice axis (restores ventricles and sulcal CSF enclosed by brain)")
+
+
+def brain_mask(image: sitk.Image) -> sitk.Image:
+    """Brain mask from a b0-like or DWI image (UInt8, 1 inside). Method: BRAIN_MASK_METHOD.
+
+    On skull-stripped data (ISLES'22) it returns the brain; on non-stripped DWI the
+    fat-suppressed scalp is dark and the result is the brain plus little else.
+    """
+    a = sitk.GetArrayFromImage(image).astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.any() or np.nanmax(a) <= np.nanmin(a):
+        raise UserError("cannot build a brain mask: the image is constant or empty")
+    hi = np.percentile(a[finite], 99.5)
+    clipped = np.where(finite, np.minimum(a, hi), 0.0)
+    img = sitk.GetImageFromArray(clipped)
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(256)
+    otsu.Execute(img)
+    thr = otsu.GetThreshold()
+    m = clipped > thr
+    m = ndi.binary_opening(m, structure=ndi.generate_binary_structure(3, 1))
+    lab, n = ndi.label(m, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        raise UserError("cannot build a brain mask: no voxel above the Otsu threshold")
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    m = lab == int(np.argmax(sizes))
+    m = ndi.binary_fill_holes(m)
+    m = np.stack([ndi.binary_fill_holes(s) for s in m])
+    out = sitk.GetImageFromArray(m.astype(np.uint8))
+    out.CopyInformation(image)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Grids
+
+
+def _antialias_sigmas(image: sitk.Image, reference: sitk.Image) -> list[float]:
+    """Gaussian sigma (mm) per axis of ``image`` so that downsampling to ``reference`` does
+    not alias: the FWHM brings the source resolution to the target's (FWHM^2 = t^2 - s^2)."""
+    d_src = np.array(image.GetDirection()).reshape(3, 3)
+    d_ref = np.array(reference.GetDirection()).reshape(3, 3)
+    t_sp = np.array(reference.GetSpacing())
+    sig = []
+    for i, s in enumerate(image.GetSpacing()):
+        # extent of a target voxel along the source's axis i
+        t = float(np.sum(np.abs(d_src[:, i] @ d_ref) * t_sp))
+        fwhm2 = max(t * t - s * s, 0.0)
+        sig.append(math.sqrt(fwhm2) / 2.354820045)
+    return sig
+
+
+def resample_to_grid(image: sitk.Image, reference: sitk.Image, *, interpolator: str = "linear",
+                     antialias: bool = True, what: str = "image") -> sitk.Image:
+    """Resample ``image`` onto ``reference``'s grid in physical space (same session, no
+    registration: the scanner coordinates are trusted). Linear interpolation by default,
+    with Gaussian anti-aliasing where the target is coarser (e.g. FLAIR 0.45 mm in-plane
+    onto DWI 2 mm). Returns float32; voxels outside the source get 0.
+    Raises UserError when the two images do not overlap at all.
+    """
+    if image.GetDimension() != 3 or reference.GetDimension() != 3:
+        raise UserError(f"{what} must be a 3D image to be resampled onto the DWI grid")
+    src = sitk.Cast(image, sitk.sitkFloat32)
+    if same_grid(image, reference):
+        return src
+    if antialias:
+        sig = _antialias_sigmas(image, reference)
+        if max(sig) > 0:
+            src = _smooth_axes(src, sig)
+    interp = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor,
+              "bspline": sitk.sitkBSpline}[interpolator]
+    out = sitk.Resample(src, reference, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
+    # overlap check: resample a ones image the same way
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    cover = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(cover).any():
+        raise UserError(f"{what} does not overlap the DWI volume in scanner space; it cannot be shown on the "
+                        "DWI grid (different session or wrong file?)")
+    return out
+
+
+def _smooth_axes(img: sitk.Image, sigmas_mm: list[float]) -> sitk.Image:
+    """Gaussian smoothing with a per-axis sigma in mm (zero: that axis is left alone)."""
+    a = sitk.GetArrayFromImage(img)
+    sp = img.GetSpacing()
+    sig_vox = [sigmas_mm[i] / sp[i] for i in range(3)][::-1]  # numpy order z, y, x
+    out = sitk.GetImageFromArray(ndi.gaussian_filter(a, sig_vox).astype(np.float32))
+    out.CopyInformation(img)
+    return out
+
+
+def coverage_on_grid(image: sitk.Image, reference: sitk.Image) -> float:
+    """Fraction of the reference grid's voxels that fall inside ``image``'s field of view."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    cover = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return float(sitk.GetArrayViewFromImage(cover).mean())
+
+
+# ---------------------------------------------------------------------------------------
+# Loading a DWI/ADC pair
+
+
+@dataclass
+class DiffusionCase:
+    """DWI and ADC of one case on one grid, the ADC converted to mm2/s, and the brain mask."""
+
+    dwi: sitk.Image
+    adc_mm2s: sitk.Image
+    brain: sitk.Image
+    units: AdcUnits
+    dwi_path: str | None = None
+    adc_path: str | None = None
+
+
+def load_diffusion(dwi_path: str | os.PathLike, adc_path: str | os.PathLike, *, adc_units: str = "auto",
+                   brain: sitk.Image | None = None) -> DiffusionCase:
+    """Read DWI and ADC, check they share a grid, build the brain mask from the DWI (unless
+    given), detect or apply the ADC units and convert the ADC to mm2/s."""
+    dwi = read_image(dwi_path, "DWI")
+    adc = read_image(adc_path, "ADC")
+    for img, p, w in ((dwi, dwi_path, "DWI"), (adc, adc_path, "ADC")):
+        if img.GetDimension() != 3:
+            raise UserError(f"{w} file {p} is {img.GetDimension()}D; expected one 3D volume (for a 4D DWI series "
+                            "pass the b=1000 volume)")
+        check_finite(img, p, w)
+    if not same_grid(dwi, adc):
+        raise UserError(f"ADC file {adc_path} is on a different grid than DWI file {dwi_path} "
+                        f"({grid_difference(adc, dwi)}); DWI and ADC of one acquisition share a grid, "
+                        "check that both files belong to the same series")
+    return diffusion_from_images(dwi, adc, adc_units=adc_units, brain=brain,
+                                 dwi_path=str(dwi_path), adc_path=str(adc_path))
+
+
+def diffusion_from_images(dwi: sitk.Image, adc: sitk.Image, *, adc_units: str = "auto",
+                          brain: sitk.Image | None = None, dwi_path: str | None = None,
+                          adc_path: str | None = None) -> DiffusionCase:
+    """As load_diffusion, for images already in memory (the Slicer logic's entry point)."""
+    if not same_grid(dwi, adc):
+        raise UserError(f"ADC and DWI are on different grids ({grid_difference(adc, dwi)}); "
+                        "they must come from the same acquisition")
+    if brain is None:
+        brain = brain_mask(dwi)
+    elif not same_grid(brain, dwi):
+        raise UserError(f"brain mask is on a different grid than the DWI ({grid_difference(brain, dwi)})")
+    units = detect_adc_units(adc, brain, adc_units, path=adc_path)
+    return DiffusionCase(sitk.Cast(dwi, sitk.sitkFloat64), adc_to_mm2s(adc, units), brain, units,
+                         dwi_path, adc_path)
