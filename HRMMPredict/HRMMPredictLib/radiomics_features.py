@@ -1,0 +1,449 @@
+"""Radiomics extraction for HRMMPredict: preprocessing (crop + N4), pyradiomics driven by a
+YAML parameter file, selective extraction of a model's features, and cached cohort
+extraction in parallel.
+
+The preprocessing is one function (:func:`preprocess`) used by training and prediction
+alike, so a feature means the same thing in both.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import yaml
+
+from AnnotationQCLib.common import UserError, check_finite, read_image, read_mask
+
+DEFAULT_PARAMS = Path(__file__).resolve().parent / "Resources" / "hrmm_radiomics.yaml"
+SEQUENCES = ("t1", "t2", "fst2")
+SEQUENCE_NAMES = {"t1": "T1WI", "t2": "T2WI", "fst2": "FS-T2WI"}
+MIN_ROI_VOXELS = 20  # below this, texture matrices are meaningless
+
+logging.getLogger("radiomics").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters
+
+
+def load_params(path: str | os.PathLike | None = None) -> dict:
+    """Load and validate a pyradiomics parameter file (YAML). ``None`` gives the default."""
+    p = Path(path) if path is not None else DEFAULT_PARAMS
+    if not p.is_file():
+        raise UserError(f"radiomics parameter file not found: {p}")
+    try:
+        params = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"radiomics parameter file {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(params, dict):
+        raise UserError(f"radiomics parameter file {p} must hold a mapping (imageType/featureClass/setting)")
+    try:
+        _make_extractor(params)
+    except Exception as exc:  # pyradiomics raises assorted errors for bad schemas
+        raise UserError(f"radiomics parameter file {p} is not accepted by pyradiomics: "
+                        f"{str(exc).splitlines()[0][:200]}") from None
+    return params
+
+
+def params_text(params: Mapping) -> str:
+    """Canonical text of a parameter set (for hashing and for the model bundle)."""
+    return yaml.safe_dump(_plain(params), sort_keys=True)
+
+
+def _plain(o):
+    if isinstance(o, Mapping):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    return o
+
+
+def _make_extractor(params: Mapping):
+    from radiomics import featureextractor
+
+    ex = featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(dict(params)))
+    ex.settings["additionalInfo"] = False
+    return ex
+
+
+# ---------------------------------------------------------------------------------------
+# Preprocessing
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Crop + N4 settings. The crop keeps ``margin_mm`` around the ROI's bounding box
+    (at least ``min_margin_voxels`` voxels on each side), N4 runs on that crop only."""
+
+    margin_mm: tuple[float, float, float] = (16.0, 16.0, 10.0)
+    min_margin_voxels: int = 2
+    n4: bool = True
+    n4_shrink: int = 2
+    n4_iterations: tuple[int, ...] = (30, 30, 20)
+    n4_fitting_levels: int = 3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["margin_mm"] = list(self.margin_mm)
+        d["n4_iterations"] = list(self.n4_iterations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> "PreprocessConfig":
+        if not d:
+            return cls()
+        d = dict(d)
+        if "margin_mm" in d:
+            d["margin_mm"] = tuple(float(x) for x in d["margin_mm"])
+        if "n4_iterations" in d:
+            d["n4_iterations"] = tuple(int(x) for x in d["n4_iterations"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def roi_bounding_box(mask: sitk.Image) -> tuple[list[int], list[int]]:
+    """(index, size) of the mask's bounding box in SimpleITK (x, y, z) order."""
+    arr = sitk.GetArrayViewFromImage(mask)
+    nz = np.nonzero(arr)
+    if len(nz[0]) == 0:
+        raise UserError("ROI is empty")
+    lo = [int(a.min()) for a in nz][::-1]
+    hi = [int(a.max()) for a in nz][::-1]
+    return lo, [h - l + 1 for l, h in zip(lo, hi)]
+
+
+def crop_to_roi(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig) -> tuple[sitk.Image, sitk.Image]:
+    """Crop image and mask to the ROI's bounding box plus the configured margin."""
+    lo, size = roi_bounding_box(mask)
+    spacing = image.GetSpacing()
+    img_size = image.GetSize()
+    start, extent = [], []
+    for d in range(3):
+        m = max(cfg.min_margin_voxels, int(np.ceil(cfg.margin_mm[d] / spacing[d])))
+        a = max(0, lo[d] - m)
+        b = min(img_size[d], lo[d] + size[d] + m)
+        start.append(a)
+        extent.append(b - a)
+    return (sitk.RegionOfInterest(image, extent, start), sitk.RegionOfInterest(mask, extent, start))
+
+
+def n4_correct(image: sitk.Image, cfg: PreprocessConfig) -> sitk.Image:
+    """N4 bias-field correction of a (cropped) image; the field is fitted on a shrunken copy
+    and applied at full resolution. Deterministic (N4 has no random sampling)."""
+    img = sitk.Cast(image, sitk.sitkFloat32)
+    arr = sitk.GetArrayViewFromImage(img)
+    lo = float(np.min(arr))
+    if lo <= 0:  # N4 works on log intensities: shift to strictly positive values
+        img = img + (1.0 - lo)
+    shrink = [max(1, cfg.n4_shrink if img.GetSize()[d] >= 4 * cfg.n4_shrink else 1) for d in range(3)]
+    # do not shrink the thick-slice axis
+    sp = img.GetSpacing()
+    shrink = [1 if sp[d] > 2.5 * min(sp) else shrink[d] for d in range(3)]
+    small = sitk.Shrink(img, shrink)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations(list(cfg.n4_iterations)[: cfg.n4_fitting_levels]
+                                           + [cfg.n4_iterations[-1]] * max(0, cfg.n4_fitting_levels
+                                                                            - len(cfg.n4_iterations)))
+    corrector.SetNumberOfThreads(1)
+    head = sitk.Image(small.GetSize(), sitk.sitkUInt8)
+    head.CopyInformation(small)
+    head = head + 1
+    corrector.Execute(small, head)
+    log_field = corrector.GetLogBiasFieldAsImage(img)
+    corrected = img / sitk.Exp(log_field)
+    if lo <= 0:
+        corrected = corrected - (1.0 - lo)
+    return sitk.Cast(corrected, sitk.sitkFloat32)
+
+
+def preprocess(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig | None = None) -> tuple[sitk.Image, sitk.Image]:
+    """Crop to ROI + margin, then N4. Used identically for training and prediction."""
+    cfg = cfg or PreprocessConfig()
+    img_c, mask_c = crop_to_roi(image, mask, cfg)
+    if cfg.n4:
+        img_c = n4_correct(img_c, cfg)
+    else:
+        img_c = sitk.Cast(img_c, sitk.sitkFloat32)
+    return img_c, mask_c
+
+
+# ---------------------------------------------------------------------------------------
+# Extraction
+
+
+_FEATURE_RE = re.compile(r"^(?P<itype>[^_]+)_(?P<cls>[^_]+)_(?P<name>.+)$")
+
+
+def parse_feature_name(name: str) -> tuple[str, str, str]:
+    """Split a pyradiomics feature name into (image type, class, feature):
+    ``wavelet-LLH_glcm_Contrast`` -> (``wavelet-LLH``, ``glcm``, ``Contrast``)."""
+    m = _FEATURE_RE.match(name)
+    if not m:
+        raise UserError(f"not a pyradiomics feature name: {name!r}")
+    return m.group("itype"), m.group("cls"), m.group("name")
+
+
+def _feature_values(result: Mapping) -> "OrderedDict[str, float]":
+    out: OrderedDict[str, float] = OrderedDict()
+    for k, v in result.items():
+        if k.startswith("diagnostics_"):
+            continue
+        out[k] = float(v)
+    return out
+
+
+def extract_features(image: sitk.Image, mask: sitk.Image, params: Mapping | None = None,
+                     preprocess_cfg: PreprocessConfig | None = None,
+                     feature_names: Iterable[str] | None = None,
+                     diagnostics: bool = False, already_preprocessed: bool = False) -> "OrderedDict[str, float]":
+    """Extract radiomics features of one image/ROI pair.
+
+    With ``feature_names`` only those features are computed (grouped by image type so each
+    filter runs once): the values are identical to a full extraction's, because pyradiomics
+    computes every image type and feature independently of the others.
+    """
+    params = dict(params) if params is not None else load_params(None)
+    if not already_preprocessed:
+        image, mask = preprocess(image, mask, preprocess_cfg)
+    if feature_names is None:
+        ex = _make_extractor(params)
+        ex.settings["additionalInfo"] = bool(diagnostics)
+        res = _execute(ex, image, mask)
+        if diagnostics:
+            return OrderedDict((k, v) for k, v in res.items())
+        return _feature_values(res)
+
+    wanted = list(dict.fromkeys(feature_names))
+    out: dict[str, float] = {}
+    for sub_params in _selective_params(params, wanted):
+        ex = _make_extractor(sub_params)
+        res = _feature_values(_execute(ex, image, mask))
+        for k in wanted:
+            if k in res:
+                out[k] = res[k]
+    missing = [k for k in wanted if k not in out]
+    if missing:
+        raise UserError(f"the radiomics settings do not produce feature(s) {', '.join(missing[:5])}"
+                        + (" ..." if len(missing) > 5 else "") + "; the model and the settings do not match")
+    return OrderedDict((k, out[k]) for k in wanted)
+
+
+def _execute(ex, image: sitk.Image, mask: sitk.Image):
+    try:
+        return ex.execute(image, mask)
+    except ValueError as exc:
+        raise UserError(f"pyradiomics refused the ROI: {str(exc).splitlines()[0][:200]}") from None
+
+
+_IMAGE_TYPE_KEYS = {"original": "Original", "wavelet": "Wavelet", "log": "LoG", "square": "Square",
+                    "squareroot": "SquareRoot", "logarithm": "Logarithm", "exponential": "Exponential",
+                    "gradient": "Gradient", "lbp2d": "LBP2D", "lbp3d": "LBP3D"}
+
+
+def _selective_params(params: Mapping, wanted: Sequence[str]) -> list[dict]:
+    """Parameter sets that together compute exactly the image types and feature classes
+    ``wanted`` needs: one set per filter family (original, wavelet, LoG sigmas ...)."""
+    image_types = {k: (v or {}) for k, v in (params.get("imageType") or {}).items()}
+    by_family: dict[str, dict[str, set[str]]] = {}
+    log_sigmas: set[float] = set()
+    for name in wanted:
+        itype, cls, feat = parse_feature_name(name)
+        family = itype.split("-")[0].lower()
+        if family == "log":
+            m = re.match(r"log-sigma-([0-9]+)-([0-9]+)-mm", itype)
+            if m:
+                log_sigmas.add(float(f"{m.group(1)}.{m.group(2)}"))
+        if family == "original" and cls == "shape":
+            family = "shape"
+        by_family.setdefault(family, {}).setdefault(cls, set()).add(feat)
+    out = []
+    for family, classes in by_family.items():
+        p = copy.deepcopy(dict(params))
+        if family == "shape":
+            p["imageType"] = {"Original": {}}
+            p["featureClass"] = {"shape": sorted(classes["shape"])}
+            out.append(p)
+            continue
+        key = _IMAGE_TYPE_KEYS.get(family)
+        match = next((k for k in image_types if k.lower() == (key or "").lower()), None)
+        if match is None:
+            raise UserError(f"the radiomics settings have no image type for feature family {family!r}")
+        custom = copy.deepcopy(image_types[match])
+        if family == "log":
+            custom["sigma"] = sorted(log_sigmas)
+        p["imageType"] = {match: custom}
+        p["featureClass"] = {c: sorted(f) for c, f in classes.items() if c != "shape"}
+        out.append(p)
+    return out
+
+
+def extract_case_sequence(image_path: str | os.PathLike, roi_path: str | os.PathLike, params: Mapping,
+                          preprocess_cfg: PreprocessConfig, feature_names: Iterable[str] | None = None,
+                          resample_roi: bool = False, what: str = "image") -> "OrderedDict[str, float]":
+    """Read, check and extract one image/ROI pair given by file paths."""
+    img = read_image(image_path, what)
+    check_finite(img, image_path, what)
+    mask = read_mask(roi_path, img, what="ROI", resample=resample_roi, min_voxels=MIN_ROI_VOXELS)
+    return extract_features(img, mask, params, preprocess_cfg, feature_names)
+
+
+# ---------------------------------------------------------------------------------------
+# Cohort extraction with a cache
+
+
+def file_sha256(path: str | os.PathLike, _cache: dict = {}) -> str:  # noqa: B006 - per-process memo
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _cache:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _cache[key] = h.hexdigest()
+    return _cache[key]
+
+
+def _pyradiomics_version() -> str:
+    import radiomics
+
+    return str(radiomics.__version__)
+
+
+def extraction_key(image_path, roi_path, params: Mapping, cfg: PreprocessConfig) -> str:
+    """Cache key: content of image and ROI, settings, preprocessing and pyradiomics version."""
+    h = hashlib.sha256()
+    for part in (file_sha256(image_path), file_sha256(roi_path), params_text(params),
+                 json.dumps(cfg.to_dict(), sort_keys=True), _pyradiomics_version(), sitk.Version_VersionString()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class ExtractionTask:
+    lesion_id: str
+    sequence: str
+    roi_kind: str
+    image: str
+    roi: str
+
+
+def _run_task(args) -> tuple[int, dict | None, str | None]:
+    idx, task, params, cfg_dict, cache_file = args
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        feats = extract_case_sequence(task.image, task.roi, params, PreprocessConfig.from_dict(cfg_dict),
+                                      what=f"{SEQUENCE_NAMES.get(task.sequence, task.sequence)} image")
+    except UserError as exc:
+        return idx, None, f"{task.lesion_id} {task.sequence} {task.roi_kind}: {exc}"
+    if cache_file:
+        from AnnotationQCLib.common import write_json_atomic
+
+        write_json_atomic(cache_file, feats, indent=None)
+    return idx, dict(feats), None
+
+
+def extract_cohort(cohort, cache_dir: str | os.PathLike | None, params: Mapping | None = None,
+                   preprocess_cfg: PreprocessConfig | None = None, roi_kinds: Sequence[str] = ("roi",),
+                   sequences: Sequence[str] = SEQUENCES, n_jobs: int | None = None,
+                   progress: Callable[[int, int, str], None] | None = None, lesion_ids: Iterable[str] | None = None):
+    """Extract features for every lesion, sequence and ROI kind of a cohort.
+
+    ``cohort`` is a :class:`HRMMPredictLib.manifest.Cohort`-like DataFrame with absolute paths
+    in columns named after ``sequences`` and ``roi_kinds``. Results are cached per
+    (image, ROI, settings) in ``cache_dir``; a rerun only computes what changed.
+
+    Returns ``{roi_kind: DataFrame}`` indexed by lesion_id with columns ``<seq>_<feature>``.
+    """
+    import pandas as pd
+
+    params = dict(params) if params is not None else load_params(None)
+    cfg = preprocess_cfg or PreprocessConfig()
+    cache = Path(cache_dir) if cache_dir else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    rows = cohort if lesion_ids is None else cohort[cohort["lesion_id"].isin(set(lesion_ids))]
+    tasks: list[ExtractionTask] = []
+    for _, r in rows.iterrows():
+        for kind in roi_kinds:
+            if kind not in r or not isinstance(r[kind], str) or not r[kind]:
+                continue
+            for seq in sequences:
+                tasks.append(ExtractionTask(str(r["lesion_id"]), seq, kind, r[seq], r[kind]))
+    results: list[dict | None] = [None] * len(tasks)
+    todo = []
+    for i, t in enumerate(tasks):
+        cache_file = None
+        if cache:
+            cache_file = cache / f"{extraction_key(t.image, t.roi, params, cfg)}.json"
+            if cache_file.is_file():
+                try:
+                    results[i] = json.loads(cache_file.read_text())
+                    continue
+                except (OSError, json.JSONDecodeError):
+                    pass  # damaged cache entry: recompute
+        todo.append((i, t, params, cfg.to_dict(), str(cache_file) if cache_file else None))
+    n_cached = len(tasks) - len(todo)
+    errors = []
+    done = n_cached
+    if progress:
+        progress(done, len(tasks), f"{n_cached} cached")
+    n_jobs = n_jobs or max(1, min(len(todo), os.cpu_count() or 1))
+    if todo:
+        if n_jobs == 1:
+            it = map(_run_task, todo)
+            pool = None
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"))
+            it = pool.map(_run_task, todo, chunksize=1)
+        try:
+            for idx, feats, err in it:
+                done += 1
+                if err:
+                    errors.append(err)
+                else:
+                    results[idx] = feats
+                if progress:
+                    t = tasks[idx]
+                    progress(done, len(tasks), f"{t.lesion_id} {t.sequence} {t.roi_kind}")
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    if errors:
+        raise UserError(f"feature extraction failed for {len(errors)} image(s): " + "; ".join(errors[:5])
+                        + (" ..." if len(errors) > 5 else ""))
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    for t, feats in zip(tasks, results):
+        row = tables.setdefault(t.roi_kind, {}).setdefault(t.lesion_id, {})
+        for k, v in feats.items():
+            row[f"{t.sequence}_{k}"] = v
+    out = {}
+    for kind, rows_ in tables.items():
+        df = pd.DataFrame.from_dict(rows_, orient="index")
+        df.index.name = "lesion_id"
+        out[kind] = df
+    return out
+
+
+def split_sequence_feature(column: str, sequences: Sequence[str] = SEQUENCES) -> tuple[str, str]:
+    """``fst2_wavelet-LLH_glcm_Contrast`` -> (``fst2``, ``wavelet-LLH_glcm_Contrast``)."""
+    for s in sorted(sequences, key=len, reverse=True):
+        if column.startswith(s + "_"):
+            return s, column[len(s) + 1:]
+    raise UserError(f"feature column {column!r} does not start with a sequence name ({', '.join(sequences)})")
