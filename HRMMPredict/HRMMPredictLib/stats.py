@@ -38,22 +38,42 @@ class, NaN/infinite or constant scores, probabilities outside [0, 1].
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import stats as _sps
 
 from AnnotationQCLib.common import UserError
 
-Z95 = float(_sps.norm.ppf(0.975))  # 1.959963984540054, as R's qnorm(0.975)
+# scipy is imported lazily (only the Hosmer-Lemeshow p-value needs it): the command line
+# starts faster without scipy.stats.
+Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054, as R's qnorm(0.975)
 PROB_EPS = 1e-8
 
 __all__ = [
     "Z95", "check_labels", "check_scores", "roc_auc_delong", "delong_paired", "delong_unpaired",
     "roc_curve_points", "youden_threshold", "wilson_ci", "classification_metrics",
     "calibration_curve", "brier_score", "calibration_slope_intercept", "hosmer_lemeshow",
-    "decision_curve",
+    "decision_curve", "json_safe",
 ]
+
+
+def json_safe(obj):
+    """Plain JSON values from numpy scalars/arrays, with NaN and +/-inf as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [json_safe(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,6 +147,24 @@ def _pair(y, score, name="score", probability=False, allow_constant=False):
 # ROC, AUC and DeLong
 
 
+def _norm_sf(z: float) -> float:
+    """Upper tail of the standard normal distribution."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of each row, ties sharing their average rank (R's rank(), ties "average")."""
+    x = np.atleast_2d(x)
+    out = np.empty(x.shape, dtype=float)
+    for i, row in enumerate(x):
+        order = np.argsort(row, kind="mergesort")
+        srt = row[order]
+        edges = np.flatnonzero(np.concatenate([[True], srt[1:] != srt[:-1], [True]]))
+        avg = (edges[:-1] + edges[1:] + 1) / 2.0  # mean of 1-based ranks start+1 .. end
+        out[i, order] = np.repeat(avg, np.diff(edges))
+    return out
+
+
 def _delong_core(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUCs and their DeLong covariance matrix for k score rows on the same cases.
 
@@ -140,9 +178,9 @@ def _delong_core(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
     neg = scores[:, y == 0]
     m = pos.shape[1]
     n = neg.shape[1]
-    tx = _sps.rankdata(pos, axis=1)
-    ty = _sps.rankdata(neg, axis=1)
-    tz = _sps.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    tx = _midranks(pos)
+    ty = _midranks(neg)
+    tz = _midranks(np.concatenate([pos, neg], axis=1))
     aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
     v10 = (tz[:, :m] - tx) / n
     v01 = 1.0 - (tz[:, m:] - ty) / m
@@ -173,7 +211,7 @@ def _z_test(diff: float, var: float) -> tuple[float, float]:
         # Both AUCs estimated without variance (e.g. both perfect): only equality is possible.
         return (0.0, 1.0) if diff == 0.0 else (math.copysign(math.inf, diff), 0.0)
     z = diff / math.sqrt(var)
-    return float(z), float(2.0 * _sps.norm.sf(abs(z)))
+    return float(z), float(2.0 * _norm_sf(abs(z)))
 
 
 def delong_paired(y, score_a, score_b, *, names: Sequence[str] = ("A", "B")) -> dict:
@@ -259,7 +297,9 @@ def wilson_ci(k: int, n: int) -> list[float] | None:
     den = 1.0 + z2 / n
     center = (p + z2 / (2 * n)) / den
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / den
-    return [max(0.0, center - half), min(1.0, center + half)]
+    lo = 0.0 if k == 0 else max(0.0, center - half)  # exact at the ends (avoid 1e-17 rounding)
+    hi = 1.0 if k == n else min(1.0, center + half)
+    return [lo, hi]
 
 
 def _proportion(k: int, n: int) -> dict:
@@ -458,7 +498,9 @@ def hosmer_lemeshow(y, p, g: int = 10, *, name: str = "probability") -> dict:
         raise UserError(f"{name} has too few distinct values for the Hosmer-Lemeshow test "
                         f"({realised} group(s) from g={g}); at least 3 groups are needed")
     df = realised - 2
-    return {"chi2": float(chi2), "df": int(df), "p": float(_sps.chi2.sf(chi2, df)), "g_requested": int(g),
+    from scipy.special import chdtrc  # chi-square upper tail
+
+    return {"chi2": float(chi2), "df": int(df), "p": float(chdtrc(df, chi2)), "g_requested": int(g),
             "groups": groups}
 
 
