@@ -31,7 +31,7 @@ import os
 import re
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from .common import UserError, atomic_path
 
@@ -143,21 +143,21 @@ def _icc_core(y: np.ndarray, valid: np.ndarray, alpha: float = 0.05) -> dict[str
 
         f1 = msr / msw
         f3 = msr / mse
-        p1 = stats.f.sf(f1, df_r, df_w)
-        p3 = stats.f.sf(f3, df_r, df_e)
+        p1 = special.fdtrc(df_r, df_w, f1)
+        p3 = special.fdtrc(df_r, df_e, f3)
         # F of the absolute-agreement forms as reported by pingouin / psych: MSR / MSE
         f2, p2 = f3, p3
 
-        q = 1 - alpha / 2
+        q = 1 - alpha / 2  # F quantiles and tails via scipy.special (cheaper to import than scipy.stats)
         # one-way forms
-        f1l = f1 / stats.f.ppf(q, df_r, df_w)
-        f1u = f1 * stats.f.ppf(q, df_w, df_r)
+        f1l = f1 / special.fdtri(df_r, df_w, q)
+        f1u = f1 * special.fdtri(df_w, df_r, q)
         # (F - 1) / (F + k - 1) written as 1 - k / (F + k - 1) so an infinite F gives 1
         l1, u1 = 1 - k / (f1l + k - 1), 1 - k / (f1u + k - 1)
         l1k, u1k = 1 - 1 / f1l, 1 - 1 / f1u
         # consistency forms
-        f3l = f3 / stats.f.ppf(q, df_r, df_e)
-        f3u = f3 * stats.f.ppf(q, df_e, df_r)
+        f3l = f3 / special.fdtri(df_r, df_e, q)
+        f3u = f3 * special.fdtri(df_e, df_r, q)
         l3, u3 = 1 - k / (f3l + k - 1), 1 - k / (f3u + k - 1)
         l3k, u3k = 1 - 1 / f3l, 1 - 1 / f3u
         # absolute agreement (McGraw & Wong 1996, as psych::ICC / pingouin)
@@ -166,8 +166,8 @@ def _icc_core(y: np.ndarray, valid: np.ndarray, alpha: float = 0.05) -> dict[str
         vn = df_e * (k * icc2 * fj + a) ** 2
         vd = df_r * k ** 2 * icc2 ** 2 * fj ** 2 + a ** 2
         v = vn / vd
-        f2u = stats.f.ppf(q, df_r, v)
-        f2l = stats.f.ppf(q, v, df_r)
+        f2u = special.fdtri(df_r, v, q)
+        f2l = special.fdtri(v, df_r, q)
         denom = k * msc + (k * n - k - n) * mse
         l2 = n * (msr - f2u * mse) / (f2u * denom + n * msr)
         u2 = n * (f2l * msr - mse) / (denom + n * f2l * msr)

@@ -1,0 +1,332 @@
+"""``annotation-qc``: reader agreement, mask comparison, per-feature ICC and consensus from
+the command line. The numbers come from the same library functions the Slicer module uses.
+
+Every user mistake (missing file, unknown column, masks on different grids, constant
+ratings, ...) ends with one ``error: ...`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .common import UserError, atomic_path, read_image, run_cli, write_image_atomic
+
+PROG = "annotation-qc"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage mistakes as one-line UserErrors (exit 2 via run_cli)."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _jsonable(obj):
+    """Plain JSON values; NaN and infinities become null (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
+
+
+def _read_csv(path: str, what: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{what} path is a folder, expected a CSV file: {p}")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} file {p} could not be read as CSV ({msg[:120]})") from None
+    if df.empty:
+        raise UserError(f"{what} file {p} has no data rows")
+    return df
+
+
+def _refuse_overwrite_input(out: str, inputs: list[str], option: str) -> None:
+    o = Path(out).resolve()
+    for i in inputs:
+        if Path(i).resolve() == o:
+            raise UserError(f"{option} {out} is also an input file; choose another output path "
+                            "(inputs are never overwritten)")
+
+
+def _fmt(v, nd=4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{nd}f}"
+
+
+# ---------------------------------------------------------------------------------------
+# icc
+
+
+def _cmd_icc(args) -> int:
+    from .icc import FORMS, format_icc_table, icc_from_long
+
+    df = _read_csv(args.input, "ratings")
+    res = icc_from_long(df, args.target, args.rater, args.rating, alpha=args.alpha)
+    first = next(iter(res.values()))
+    if first["n_dropped"]:
+        print(f"note: {first['n_dropped']} target(s) with a missing rating were dropped; "
+              f"{first['n_targets']} complete targets used", file=sys.stderr)
+    if args.json:
+        out = {}
+        for name in FORMS:
+            r = res[name]
+            out[name] = {"icc": r["icc"], "ci95": r["ci95"], "F": r["F"], "df1": int(r["df1"]),
+                         "df2": int(r["df2"]), "p": r["p"]}
+        _print_json(out)
+    else:
+        print(format_icc_table(res))
+        print("Interpretation after Koo & Li (2016): < 0.5 poor, 0.5-0.75 moderate, 0.75-0.9 good, "
+              "> 0.9 excellent")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# compare
+
+
+def _read_binary_mask(path: str, what: str, label: int | None):
+    import SimpleITK as sitk
+
+    img = read_image(path, what)
+    arr = sitk.GetArrayFromImage(img)
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise UserError(f"{what} file {path} has NaN/infinite voxels; a mask must hold labels")
+    binary = (arr == label) if label is not None else (arr != 0)
+    out = sitk.GetImageFromArray(binary.astype(np.uint8))
+    out.CopyInformation(img)
+    return out
+
+
+def _cmd_compare(args) -> int:
+    from .segmentation_metrics import EMPTY_MASK_CONVENTION, compare_masks, lesion_detection
+
+    ref = _read_binary_mask(args.reference, "reference mask", args.label)
+    test = _read_binary_mask(args.test, "test mask", args.label)
+    res = compare_masks(ref, test, tolerance_mm=args.tolerance_mm)
+    if args.lesions:
+        res = {**res, "lesions": lesion_detection(ref, test, connectivity=args.connectivity)}
+    if args.json:
+        _print_json(res)
+        return 0
+    rows = [("Dice", _fmt(res["dice"])), ("Jaccard", _fmt(res["jaccard"])),
+            ("HD95 (mm)", _fmt(res["hd95_mm"], 3)), ("ASSD (mm)", _fmt(res["assd_mm"], 3)),
+            (f"surface Dice @ {args.tolerance_mm:g} mm", _fmt(res["surface_dice"])),
+            ("volume reference (mL)", _fmt(res["volume_ref_ml"], 3)),
+            ("volume test (mL)", _fmt(res["volume_test_ml"], 3)),
+            ("volume test - reference (mL)", _fmt(res["volume_diff_ml"], 3))]
+    if args.lesions:
+        les = res["lesions"]
+        rows += [("lesions reference / test", f"{les['n_reference']} / {les['n_test']}"),
+                 ("lesions matched / missed / extra", f"{les['matched']} / {les['missed']} / {les['extra']}"),
+                 ("lesion-wise F1", _fmt(les["lesion_f1"]))]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if res["hd95_mm"] is None or not math.isfinite(res["hd95_mm"]):
+        print(f"note: {EMPTY_MASK_CONVENTION}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# feature-icc
+
+
+def _feature_table(path: str, id_column: str, what: str) -> pd.DataFrame:
+    df = _read_csv(path, what)
+    if id_column not in df.columns:
+        raise UserError(f"id column {id_column!r} not found in {what} file {path}; columns start with: "
+                        f"{', '.join(map(str, df.columns[:8]))}")
+    if df[id_column].duplicated().any():
+        dup = df.loc[df[id_column].duplicated(), id_column].iloc[0]
+        raise UserError(f"case id {dup!r} appears more than once in {what} file {path}")
+    return df.set_index(id_column)
+
+
+def _cmd_feature_icc(args) -> int:
+    from .icc import feature_icc, plot_icc_by_class
+
+    _refuse_overwrite_input(args.out, [args.a, args.b], "--out")
+    if args.plot:
+        _refuse_overwrite_input(args.plot, [args.a, args.b], "--plot")
+    ta = _feature_table(args.a, args.id_column, "first feature table (--a)")
+    tb = _feature_table(args.b, args.id_column, "second feature table (--b)")
+    table = feature_icc(ta, tb, form=args.form)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, float_format="%.6g")
+    n = len(table)
+    defined = table["icc"].notna()
+    kept = int((table["icc"] >= args.threshold).sum())
+    print(f"{n} features, {int(n - defined.sum())} undefined (constant), {kept} with {args.form} >= "
+          f"{args.threshold:g}; cases used: {int(table['n'].max()) if n else 0}; table written to {args.out}")
+    if args.plot:
+        plot_icc_by_class(table, args.plot, threshold=args.threshold,
+                          title=f"{args.form} per feature class")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# consensus
+
+
+def _cmd_consensus(args) -> int:
+    import SimpleITK as sitk
+
+    from .consensus import disagreement_map, majority_vote, staple
+
+    outputs = [(args.out, "--out")] + [(p, o) for p, o in ((args.probability, "--probability"),
+                                                           (args.disagreement, "--disagreement")) if p]
+    for path, option in outputs:
+        _refuse_overwrite_input(path, args.masks, option)
+    masks = [_read_binary_mask(p, f"mask {i}", args.label) for i, p in enumerate(args.masks, start=1)]
+    result: dict = {"method": args.method, "n_readers": len(masks), "out": args.out}
+    if args.method == "staple":
+        consensus, prob, per_reader = staple(masks, threshold=args.threshold)
+        for r, path in zip(per_reader, args.masks):
+            r["mask"] = path
+        result["readers"] = per_reader
+        if args.probability:
+            write_image_atomic(prob, args.probability)
+            result["probability"] = args.probability
+    else:
+        consensus = majority_vote(masks)
+    if args.disagreement:
+        write_image_atomic(disagreement_map(masks), args.disagreement)
+        result["disagreement"] = args.disagreement
+    write_image_atomic(consensus, args.out)
+    n_vox = int(sitk.GetArrayViewFromImage(consensus).sum())
+    result["voxels"] = n_vox
+    result["volume_ml"] = n_vox * float(np.prod(consensus.GetSpacing())) / 1000.0
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{args.method} consensus of {len(masks)} readers: {n_vox} voxels "
+              f"({result['volume_ml']:.3f} mL) written to {args.out}")
+        for r in result.get("readers", []):
+            print(f"  reader {r['reader']} ({r['mask']}): sensitivity {r['sensitivity']:.4f}, "
+                  f"specificity {r['specificity']:.6f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_training_report(args) -> int:
+    raise UserError("training-report is not available yet in this version")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .segmentation_metrics import EMPTY_MASK_CONVENTION
+
+    p = _Parser(prog=PROG, description="Annotation quality: reader agreement (ICC), mask comparison, "
+                "per-feature ICC for radiomics, consensus of several readers.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("icc", help="ICC, all six forms, from a long-format CSV (one row per rating)",
+                       description="All six ICC forms (McGraw & Wong names with the Shrout & Fleiss names "
+                       "beside them), F, df, p and 95% CI. Targets missing a rating are dropped (and counted).")
+    s.add_argument("--input", required=True, metavar="CSV", help="long-format table: one row per rating")
+    s.add_argument("--target", required=True, metavar="COL", help="column naming the rated target (case)")
+    s.add_argument("--rater", required=True, metavar="COL", help="column naming the rater")
+    s.add_argument("--rating", required=True, metavar="COL", help="column with the numeric rating")
+    s.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level of the intervals (0.05)")
+    s.add_argument("--json", action="store_true",
+                   help='print one JSON object keyed by "ICC(1,1)", "ICC(A,1)", "ICC(C,1)", "ICC(1,k)", '
+                   '"ICC(A,k)", "ICC(C,k)", each {"icc", "ci95": [lo, hi], "F", "df1", "df2", "p"}')
+    s.set_defaults(func=_cmd_icc)
+
+    s = sub.add_parser("compare", help="agreement of two masks on one grid (Dice, HD95, ...)",
+                       description="Dice, Jaccard, HD95, ASSD, surface Dice and volumes (mm, mL). "
+                       f"Empty masks: {EMPTY_MASK_CONVENTION}.")
+    s.add_argument("--reference", required=True, metavar="MASK", help="reference mask (NIfTI/NRRD)")
+    s.add_argument("--test", required=True, metavar="MASK", help="mask to compare, on the reference's grid")
+    s.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (1.0)")
+    s.add_argument("--label", type=int, default=None, help="use only this label value (default: any non-zero)")
+    s.add_argument("--lesions", action="store_true",
+                   help="add lesion-wise detection (ISLES'22: matched, missed, extra, lesion F1) under 'lesions'")
+    s.add_argument("--connectivity", type=int, choices=(6, 26), default=26,
+                   help="lesion connectivity for --lesions (26)")
+    s.add_argument("--json", action="store_true",
+                   help='print one JSON object {"dice", "jaccard", "hd95_mm", "assd_mm", "surface_dice", '
+                   '"volume_ref_ml", "volume_test_ml", "volume_diff_ml"} (undefined distances are null)')
+    s.set_defaults(func=_cmd_compare)
+
+    s = sub.add_parser("feature-icc", help="per-feature ICC between two feature tables (readers or sessions)",
+                       description="Per-feature ICC between two CSV feature tables (one row per case, one "
+                       "column per feature), aligned on the id column and the common feature columns.")
+    s.add_argument("--a", required=True, metavar="CSV", help="features of reader 1 / session 1")
+    s.add_argument("--b", required=True, metavar="CSV", help="features of reader 2 / session 2")
+    s.add_argument("--id-column", required=True, metavar="COL", help="case id column present in both tables")
+    s.add_argument("--form", default="ICC(A,1)", help="ICC form (ICC(A,1) default; any of the six)")
+    s.add_argument("--threshold", type=float, default=0.75, help="threshold reported and drawn (0.75)")
+    s.add_argument("--out", required=True, metavar="CSV",
+                   help="output table: feature, icc, ci_low, ci_high, interpretation, n")
+    s.add_argument("--plot", metavar="PNG", help="also draw the ICC distribution per feature class")
+    s.set_defaults(func=_cmd_feature_icc)
+
+    s = sub.add_parser("consensus", help="consensus mask of several readers (STAPLE or majority vote)",
+                       description="STAPLE (with each reader's sensitivity/specificity) or majority vote "
+                       "(more than half of the readers; ties go to background).")
+    s.add_argument("--masks", required=True, nargs="+", metavar="MASK", help="reader masks on one grid")
+    s.add_argument("--out", required=True, metavar="MASK", help="consensus mask to write")
+    s.add_argument("--method", choices=("staple", "majority"), default="staple")
+    s.add_argument("--threshold", type=float, default=0.5,
+                   help="STAPLE: foreground where probability >= threshold (0.5)")
+    s.add_argument("--label", type=int, default=None, help="use only this label value (default: any non-zero)")
+    s.add_argument("--probability", metavar="IMAGE", help="STAPLE: also write the probability image")
+    s.add_argument("--disagreement", metavar="MASK",
+                   help="also write a disagreement map (0 all background, 1 readers disagree, 2 all foreground)")
+    s.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    s.set_defaults(func=_cmd_consensus)
+
+    s = sub.add_parser("training-report", help="score a trainee against a training session's reference cases")
+    s.set_defaults(func=_cmd_training_report)
+    return p
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``annotation-qc`` console script."""
+    try:
+        return run_cli(_main, argv)
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
