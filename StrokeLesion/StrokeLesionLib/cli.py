@@ -111,6 +111,175 @@ def cmd_metrics(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# workflow
+
+
+def _point(text: str) -> tuple[float, float, float]:
+    try:
+        v = tuple(float(x) for x in text.replace(" ", "").split(","))
+    except ValueError:
+        v = ()
+    if len(v) != 3:
+        raise argparse.ArgumentTypeError(f"a point is three numbers x,y,z in mm, got {text!r}")
+    return v
+
+
+def _lesion_choice(text: str) -> tuple[int, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected N=CHOICE (e.g. 3=union), got {text!r}")
+    n, c = text.split("=", 1)
+    try:
+        return int(n), c.strip()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lesion number must be an integer, got {n!r}") from None
+
+
+def _study(args):
+    from .workflow import Study
+    return Study(args.study)
+
+
+def cmd_study_init(args) -> int:
+    from .workflow import Study, StudySettings, Thresholds
+    settings = StudySettings(thresholds=Thresholds(min_dice=args.min_dice,
+                                                   max_abs_volume_diff_ml=args.max_volume_diff_ml,
+                                                   max_unmatched_lesions=args.max_unmatched_lesions),
+                             agreed_consensus=args.agreed_consensus, signoff_agreed=not args.no_signoff)
+    s = Study.create(args.study, by=_who(args), name=args.name or "", settings=settings)
+    _emit(s.meta, args.json, f"created study {s.root}")
+    return 0
+
+
+def cmd_reader_add(args) -> int:
+    from dataclasses import asdict
+
+    from .workflow import ROLE_REQUIREMENTS, Reader, qualification_problems
+    r = Reader(args.id, args.title, args.years, args.neuro_years, name=args.name or "", training=args.training or "")
+    _study(args).add_reader(r, by=_who(args), why=args.why or "")
+    roles = [role for role in ROLE_REQUIREMENTS if not qualification_problems(r, role)]
+    _emit({**asdict(r), "qualifies_as": roles}, args.json,
+          f"recorded reader {r.id}; qualifies as: {', '.join(roles) or 'no role yet'}")
+    return 0
+
+
+def cmd_reader_list(args) -> int:
+    from dataclasses import asdict
+
+    from .workflow import ROLE_REQUIREMENTS, qualification_problems
+    rows = []
+    for r in _study(args).readers().values():
+        rows.append({**asdict(r), "qualifies_as": [x for x in ROLE_REQUIREMENTS if not qualification_problems(r, x)]})
+    _emit(rows, args.json, "\n".join(f"{r['id']}: {r['title']}, {r['years']:g} y, {r['neuro_years']:g} y neuro -> "
+                                     f"{', '.join(r['qualifies_as']) or '-'}" for r in rows) or "no readers")
+    return 0
+
+
+def cmd_case_init(args) -> int:
+    s = _study(args)
+    others = {k: getattr(args, k) for k in ("flair", "t1w", "t2w", "b0") if getattr(args, k)}
+    by = _who(args)
+    s.init_case(args.case, dwi=args.dwi, adc=args.adc, others=others, subject=args.subject,
+                session=args.session, by=by, why=args.why or "")
+    for slot, val in (("annotatorA", args.annotator_a), ("annotatorB", args.annotator_b),
+                      ("reviewer", args.reviewer), ("arbitrator", args.arbitrator)):
+        if val:
+            s.assign(args.case, slot, val, by=by, why=args.why or "")
+    v = s.case_view(args.case)
+    _emit(v, args.json, f"case {args.case}: {v['status']} ({v['next']})")
+    return 0
+
+
+def cmd_case_assign(args) -> int:
+    s = _study(args)
+    s.assign(args.case, args.slot, args.reader, by=_who(args), why=args.why or "")
+    _emit(s.case_view(args.case), args.json, f"case {args.case}: {args.slot} = {args.reader}")
+    return 0
+
+
+def cmd_annotate(args) -> int:
+    rec = _study(args).annotate(args.case, args.reader, args.mask, no_lesion=args.no_lesion,
+                                time_spent_s=args.minutes * 60 if args.minutes is not None else None,
+                                why=args.why or "")
+    w = rec["what"]
+    _emit(w, args.json, f"saved {w['slot']} version {w['version']} ({w['volume_ml']:.3f} mL): {w['file']}")
+    return 0
+
+
+def cmd_note(args) -> int:
+    point = args.point_lps
+    if args.point_ras is not None:
+        x, y, z = args.point_ras
+        point = (-x, -y, z)
+    rec = _study(args).note(args.case, args.reader, args.text, lesion=args.lesion, point_lps=point)
+    w = rec["what"]
+    where = f"lesion {w['lesion']}" if w["lesion"] else (f"component {w['component']} of {w['resolved_on']}"
+                                                         if w["component"] else "no lesion at that point")
+    _emit(w, args.json, f"note recorded ({where})")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    rec = _study(args).compare(args.case, by=_who(args))
+    w = rec["what"]
+    ag, det = w["agreement"], w["detection_B_vs_A"]
+    text = (f"Dice {ag['dice']:.3f}, volume A {ag['volume_ref_ml']:.3f} mL, B {ag['volume_test_ml']:.3f} mL, "
+            f"lesions A {det['n_reference']} / B {det['n_test']} (matched {det['matched']}, A only {det['missed']}, "
+            f"B only {det['extra']})\n"
+            + ("-> review: " + "; ".join(w["reasons"]) if w["needs_review"] else "-> within thresholds")
+            + "\n" + "\n".join(f"  lesion {les['id']}: {les['volume_ml']:.3f} mL, {les['drawn_by']}"
+                                for les in w["lesions"]))
+    _emit(w, args.json, text)
+    return 0
+
+
+def _choices(args) -> dict:
+    out = {}
+    for n, c in args.lesion or []:
+        if n in out:
+            raise UserError(f"lesion {n} given twice")
+        out[n] = c
+    return out
+
+
+def cmd_review(args) -> int:
+    rec = _study(args).review(args.case, args.reader, choices=_choices(args), default=args.all, edited=args.edited,
+                              accept_proposed=args.accept_proposed, dispute=args.dispute,
+                              include_new=not args.no_new, why=args.why)
+    w = rec["what"]
+    _emit(w, args.json, f"review {w['outcome']}" + (f"; mask {w['file']}" if w.get("file") else ""))
+    return 0
+
+
+def cmd_arbitrate(args) -> int:
+    rec = _study(args).arbitrate(args.case, args.reader, choices=_choices(args), default=args.all,
+                                 edited=args.edited, include_new=not args.no_new, why=args.why)
+    _emit(rec["what"], args.json, f"final decision recorded; mask {rec['what']['file']}")
+    return 0
+
+
+def cmd_quality(args) -> int:
+    rec = _study(args).record_quality(args.case, args.series, reader_id=args.reader, likert=args.likert,
+                                      snr=args.snr, cnr=args.cnr, reason=args.reason or "")
+    w = rec["what"]
+    _emit(w, args.json, f"{args.series}: Likert {w['likert']} ({'usable' if w['usable'] else 'EXCLUDED'})")
+    return 0
+
+
+def cmd_status(args) -> int:
+    s = _study(args)
+    if args.case:
+        v = s.case_view(args.case, viewer=args.reader)
+        if args.reader and args.reader not in v["assignments"].values():
+            raise UserError(f"reader {args.reader} is not assigned to case {args.case}")
+        _emit(v, args.json, f"case {v['case_id']}: {v['status']} ({v['next']})\n"
+              + "\n".join(f"  {k}: {val}" for k, val in v["assignments"].items()))
+    else:
+        rows = s.status(viewer=args.reader)
+        _emit(rows, args.json, "\n".join(f"{r['case_id']}: {r['status']} ({r['next']})" for r in rows) or "no cases")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # parser
 
 
@@ -147,6 +316,135 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resample the prediction onto the truth's grid (nearest neighbour) instead of refusing")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_metrics)
+
+    # workflow -------------------------------------------------------------------------
+    def by(pp):
+        pp.add_argument("--by", help="who performs this step (default: the login name)")
+        pp.add_argument("--why", help="reason, recorded in the audit trail")
+        pp.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("study", help="create a study folder (thresholds, settings)")
+    stsub = st.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
+    x = stsub.add_parser("init", help="create a study")
+    x.add_argument("study")
+    x.add_argument("--name")
+    x.add_argument("--min-dice", type=_float, default=0.80, help="review when Dice(A,B) is below (0.80)")
+    x.add_argument("--max-volume-diff-ml", type=_float, default=1.0, help="review when |V_B - V_A| is above (1.0 mL)")
+    x.add_argument("--max-unmatched-lesions", type=int, default=0,
+                   help="review when more lesions than this are drawn by one annotator only (0)")
+    x.add_argument("--agreed-consensus", choices=["staple", "union", "intersection"], default="staple")
+    x.add_argument("--no-signoff", action="store_true", help="agreed cases become final without the reviewer")
+    by(x)
+    x.set_defaults(func=cmd_study_init)
+
+    rd = sub.add_parser("reader", help="reader qualification records")
+    rdsub = rd.add_subparsers(dest="reader_command", required=True, parser_class=_Parser)
+    x = rdsub.add_parser("add", help="record a reader's qualification (a new record supersedes, history kept)")
+    x.add_argument("study")
+    x.add_argument("--id", required=True)
+    x.add_argument("--title", required=True, choices=["resident", "attending", "associate_chief", "chief"])
+    x.add_argument("--years", type=_float, required=True, help="years in diagnostic radiology")
+    x.add_argument("--neuro-years", type=_float, required=True, help="years in neuroradiology")
+    x.add_argument("--name")
+    x.add_argument("--training", help="training record (e.g. AnnotationQC session id and result)")
+    by(x)
+    x.set_defaults(func=cmd_reader_add)
+    x = rdsub.add_parser("list")
+    x.add_argument("study")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_reader_list)
+
+    cs = sub.add_parser("case", help="create cases and assign readers")
+    cssub = cs.add_subparsers(dest="case_command", required=True, parser_class=_Parser)
+    x = cssub.add_parser("init", help="add a case (images are copied into the study)")
+    x.add_argument("study")
+    x.add_argument("case")
+    x.add_argument("--dwi", required=True)
+    x.add_argument("--adc", required=True)
+    for k in ("flair", "t1w", "t2w", "b0"):
+        x.add_argument(f"--{k}")
+    x.add_argument("--subject", help="BIDS subject label (default: the case id without punctuation)")
+    x.add_argument("--session", default="01", help="BIDS session label (default 01)")
+    for k in ("annotator-a", "annotator-b", "reviewer", "arbitrator"):
+        x.add_argument(f"--{k}", help=f"reader id of the {k.replace('-', ' ')}")
+    by(x)
+    x.set_defaults(func=cmd_case_init)
+    x = cssub.add_parser("assign", help="assign a qualified reader to a slot")
+    x.add_argument("study")
+    x.add_argument("case")
+    x.add_argument("--slot", required=True, choices=["annotatorA", "annotatorB", "reviewer", "arbitrator"])
+    x.add_argument("--reader", required=True)
+    by(x)
+    x.set_defaults(func=cmd_case_assign)
+
+    x = sub.add_parser("annotate", help="save a new version of an annotator's mask")
+    x.add_argument("study")
+    x.add_argument("case")
+    x.add_argument("--reader", required=True)
+    x.add_argument("--mask", help="binary NIfTI on the case's DWI grid")
+    x.add_argument("--no-lesion", action="store_true", help="the case shows no acute lesion (empty mask)")
+    x.add_argument("--minutes", type=_float, help="time spent")
+    x.add_argument("--why")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_annotate)
+
+    x = sub.add_parser("note", help="attach a note on an ambiguous region to a lesion")
+    x.add_argument("study")
+    x.add_argument("case")
+    x.add_argument("--reader", required=True)
+    x.add_argument("--text", required=True)
+    g = x.add_mutually_exclusive_group(required=True)
+    g.add_argument("--lesion", type=int, help="lesion id of the comparison")
+    g.add_argument("--point-ras", type=_point, help="x,y,z in mm, RAS (as Slicer shows it)")
+    g.add_argument("--point-lps", type=_point, help="x,y,z in mm, LPS (ITK/DICOM)")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_note)
+
+    x = sub.add_parser("compare", help="compare annotators A and B and route the case")
+    x.add_argument("study")
+    x.add_argument("case")
+    by(x)
+    x.set_defaults(func=cmd_compare)
+
+    for name, fn, help_, choices in (
+            ("review", cmd_review, "the reviewer's lesion-by-lesion decision", "A, B, union, intersection, edited, none"),
+            ("arbitrate", cmd_arbitrate, "the arbitrator's final decision",
+             "A, B, union, intersection, edited, review, none")):
+        x = sub.add_parser(name, help=help_)
+        x.add_argument("study")
+        x.add_argument("case")
+        x.add_argument("--reader", required=True)
+        x.add_argument("--all", help=f"choice for every lesion not given with --lesion ({choices})")
+        x.add_argument("--lesion", type=_lesion_choice, action="append", help="N=CHOICE, repeatable")
+        x.add_argument("--edited", help="an edited mask on the DWI grid (for the 'edited' choice)")
+        x.add_argument("--no-new", action="store_true",
+                       help="ignore components of the edited mask that touch no lesion of A or B")
+        x.add_argument("--why", required=True, help="reason (required, recorded)")
+        x.add_argument("--json", action="store_true")
+        if name == "review":
+            x.add_argument("--accept-proposed", action="store_true",
+                           help="sign off the proposed consensus (cases within the thresholds)")
+            x.add_argument("--dispute", action="store_true", help="send the case to the arbitrator")
+        x.set_defaults(func=fn)
+
+    x = sub.add_parser("quality", help="record a series' image quality (Likert 1-5, SNR, CNR)")
+    x.add_argument("study")
+    x.add_argument("case")
+    x.add_argument("--reader", required=True)
+    x.add_argument("--series", required=True, help="dwi, adc, flair, t1w, t2w or b0")
+    x.add_argument("--likert", type=int, required=True)
+    x.add_argument("--snr", type=_float)
+    x.add_argument("--cnr", type=_float)
+    x.add_argument("--reason")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_quality)
+
+    x = sub.add_parser("status", help="cases and their state (blinded for annotators with --reader)")
+    x.add_argument("study")
+    x.add_argument("case", nargs="?")
+    x.add_argument("--reader", help="show what this reader may see")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_status)
 
     return p
 
