@@ -1,0 +1,267 @@
+"""The extension's Qt Designer files, checked without the Slicer application.
+
+Every .ui file is loaded with PySide6's QUiLoader on the offscreen platform. Slicer's and
+CTK's widgets (qMRMLNodeComboBox, ctkCollapsibleButton, ...) are not available there;
+QUiLoader creates the base class named in the file's <customwidgets> instead, which keeps
+every object name, layout and Qt property. On top of loading, the tests check what would
+otherwise only fail inside Slicer:
+
+- every ``ui.<name>`` the module code uses is an object in its .ui files;
+- every Slicer/CTK widget property set in a .ui exists on the real class (names taken from
+  the class headers, see KNOWN_PROPERTIES) or on its Qt base class;
+- every ``SlicerParameterName`` names a field of the module's @parameterNodeWrapper class,
+  and Slicer has a GUI connector for that widget class and field type (the pairs come from
+  Slicer's Base/Python/slicer/parameterNodeWrapper/guiConnectors.py); an unconnectable
+  pair makes ``connectGui`` raise when the module opens;
+- every MRML widget gets the scene (a mrmlSceneChanged -> setMRMLScene connection in the
+  .ui, or a setMRMLScene call in the code); without it a node selector stays empty.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is not installed (pip install PySide6-Essentials)")
+QtUiTools = pytest.importorskip("PySide6.QtUiTools")
+QtCore = pytest.importorskip("PySide6.QtCore")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("HRMMPredict", "AnnotationQC", "StrokeLesion")
+UI_FILES = sorted(p for p in ROOT.rglob("*.ui")
+                  if not any(part.startswith(".") or part in ("build", "node_modules") for part in p.relative_to(ROOT).parts))
+
+# Q_PROPERTY names of the Slicer/CTK widget classes the .ui files use, from their headers
+# (Slicer Libs/MRML/Widgets/<class>.h, CTK Libs/Widgets/<class>.h; Slicer main 2026-08,
+# CTK main). Their Qt base class's properties are taken from PySide6 at run time.
+# A class used in a .ui but missing here fails the test: add its header's Q_PROPERTY names.
+KNOWN_PROPERTIES = {
+    "qMRMLWidget": ("QWidget", set()),
+    "qMRMLNodeComboBox": ("QWidget", {
+        "currentNodeID", "currentNodeId", "nodeTypes", "showHidden", "showChildNodeTypes", "hideChildNodeTypes",
+        "baseName", "noneEnabled", "addEnabled", "removeEnabled", "editEnabled", "renameEnabled",
+        "interactionNodeSingletonTag", "selectNodeUponCreation", "noneDisplay", "sizeAdjustPolicy"}),
+    "qMRMLSegmentSelectorWidget": ("QWidget", {
+        "noneEnabled", "editEnabled", "segmentationNodeSelectorVisible", "multiSelection", "horizontalLayout",
+        "selectNodeUponCreation"}),
+    "qMRMLTableView": ("QTableView", {"transposed", "firstRowLocked", "firstColumnLocked"}),
+    "ctkCollapsibleButton": ("QAbstractButton", {
+        "collapsed", "collapsedHeight", "flat", "contentsFrameShape", "contentsFrameShadow", "contentsLineWidth",
+        "contentsMidLineWidth", "buttonTextAlignment", "indicatorAlignment"}),
+    "ctkPathLineEdit": ("QWidget", {
+        "label", "filters", "currentPath", "options", "settingKey", "showBrowseButton", "showHistoryButton",
+        "sizeAdjustPolicy", "minimumContentsLength", "nameFilters"}),
+}
+
+# Widget class -> what a @parameterNodeWrapper field bound to it may be, after Slicer's
+# guiConnectors.py (the connector classes' canRepresent).
+NODE = "node"
+ENUM = "enum"
+CONNECTABLE = {
+    "qMRMLNodeComboBox": {NODE},
+    "ctkPathLineEdit": {"pathlib.Path", "Path"},
+    "ctkDirectoryButton": {"pathlib.Path", "Path"},
+    "QComboBox": {ENUM, "choice"},
+    "ctkComboBox": {ENUM, "choice"},
+    "QCheckBox": {"bool"},
+    "ctkCheckBox": {"bool"},
+    "QPushButton": {"bool"},
+    "ctkCheckablePushButton": {"bool"},
+    "QLineEdit": {"str"},
+    "QLabel": {"str"},
+    "QTextEdit": {"str"},
+    "QSpinBox": {"int"},
+    "QSlider": {"int"},
+    "QDoubleSpinBox": {"float", "int"},
+    "ctkSliderWidget": {"float", "int"},
+    "ctkDoubleSpinBox": {"float", "int"},
+    "qMRMLSliderWidget": {"float", "int"},
+    "qMRMLSpinBox": {"float", "int"},
+}
+
+
+@pytest.fixture(scope="module")
+def qapp():
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+def load_ui(path: Path):
+    loader = QtUiTools.QUiLoader()
+    widget = loader.load(str(path))
+    return widget, loader.errorString()
+
+
+def object_names(widget) -> set[str]:
+    names = {widget.objectName()}
+    names |= {child.objectName() for child in widget.findChildren(QtCore.QObject) if child.objectName()}
+    return names
+
+
+def ui_xml(path: Path) -> ET.Element:
+    return ET.parse(path).getroot()
+
+
+def custom_widgets(root: ET.Element) -> dict[str, str]:
+    return {cw.findtext("class"): cw.findtext("extends") for cw in root.iter("customwidget")}
+
+
+def module_ui_files(module: str) -> list[Path]:
+    return [p for p in UI_FILES if p.relative_to(ROOT).parts[0] == module]
+
+
+def module_source(module: str) -> str:
+    return (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
+
+
+def used_ui_names(source: str) -> set[str]:
+    """Names accessed as ``ui.<name>`` / ``self.ui.<name>`` in module code."""
+    return set(re.findall(r"\bui\.([A-Za-z_]\w*)", source))
+
+
+def qt_property_names(class_name: str) -> set[str]:
+    meta = getattr(QtWidgets, class_name).staticMetaObject
+    return {meta.property(i).name() for i in range(meta.propertyCount())}
+
+
+def test_there_are_ui_files_for_every_module():
+    for module in MODULES:
+        assert (ROOT / module / "Resources" / "UI" / f"{module}.ui") in UI_FILES
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_ui_file_loads(qapp, path):
+    widget, error = load_ui(path)
+    assert widget is not None, f"{path}: QUiLoader could not load it ({error})"
+    assert error == "", f"{path}: {error}"
+    root = ui_xml(path)
+    top = root.find("widget")
+    assert top.get("name") == path.stem == root.findtext("class"), \
+        f"{path}: the top-level widget and <class> must be named {path.stem}"
+    if path.parent.parent.parent.name in MODULES:
+        assert top.get("class") == "qMRMLWidget", f"{path}: a module panel's top-level widget must be a qMRMLWidget"
+    # object names are unique (Slicer's childWidgetVariables keeps only the last of duplicates)
+    names = [w.get("name") for w in root.iter() if w.tag in ("widget", "layout", "spacer", "action")]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, f"{path}: duplicate object names {dupes}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_slicer_widgets_fall_back_to_their_declared_base(qapp, path):
+    root = ui_xml(path)
+    declared = custom_widgets(root)
+    available = set(QtUiTools.QUiLoader().availableWidgets())
+    widget, _ = load_ui(path)
+    loaded = {w.objectName(): w for w in widget.findChildren(QtWidgets.QWidget)}
+    loaded[widget.objectName()] = widget
+    for element in root.iter("widget"):
+        cls, name = element.get("class"), element.get("name")
+        if cls in available:
+            continue
+        assert cls in declared, f"{path}: widget {name} of class {cls} is not declared in <customwidgets>"
+        base = cls
+        while base in declared:  # follow the <extends> chain to a Qt class
+            base = declared[base]
+        assert base in available, f"{path}: {cls} extends {declared[cls]}, which does not lead to a Qt class"
+        assert type(loaded[name]).__name__ == base, f"{path}: {name} loaded as {type(loaded[name]).__name__}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_slicer_widget_properties_exist(path):
+    problems = []
+    root = ui_xml(path)
+    for element in root.iter("widget"):
+        cls = element.get("class")
+        if cls not in custom_widgets(root):
+            continue
+        if cls not in KNOWN_PROPERTIES:
+            problems.append(f"{cls}: unknown to this test; add its Q_PROPERTY names to KNOWN_PROPERTIES")
+            continue
+        qt_base, own = KNOWN_PROPERTIES[cls]
+        allowed = own | qt_property_names(qt_base)
+        for prop in element.findall("property"):
+            if prop.get("stdset") == "0":  # dynamic property, e.g. SlicerParameterName
+                continue
+            if prop.get("name") not in allowed:
+                problems.append(f"{element.get('name')} ({cls}) has no property '{prop.get('name')}'")
+    assert not problems, f"{path}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_code_uses_only_names_in_its_ui(qapp, module):
+    source = module_source(module)
+    for ref in re.findall(r"resourcePath\(\s*[\"']([^\"']+\.ui)[\"']\s*\)", source):
+        assert (ROOT / module / "Resources" / ref).is_file(), f"{module}.py loads Resources/{ref}, which is absent"
+    names: set[str] = set()
+    for path in module_ui_files(module):
+        widget, _ = load_ui(path)
+        names |= object_names(widget)
+    used = used_ui_names(source)
+    assert used, f"{module}.py uses no ui.<name>; the check would be empty"
+    missing = sorted(used - names)
+    assert not missing, f"{module}.py uses ui.{', ui.'.join(missing)}, not in {module}'s .ui files"
+
+
+def _parameter_fields(module: str) -> tuple[dict[str, str], set[str]]:
+    """(field -> annotation text) of the module's @parameterNodeWrapper class, and the names
+    of enum classes defined in the module."""
+    tree = ast.parse(module_source(module))
+    enums = {node.name for node in tree.body if isinstance(node, ast.ClassDef)
+             and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list):
+            fields = {st.target.id: ast.unparse(st.annotation) for st in node.body if isinstance(st, ast.AnnAssign)}
+            return fields, enums
+    raise AssertionError(f"{module}.py has no @parameterNodeWrapper class")
+
+
+def _kind(annotation: str, enums: set[str]) -> str:
+    if annotation in enums:
+        return ENUM
+    if "Choice(" in annotation:
+        return "choice"
+    if re.fullmatch(r"(slicer\.)?vtkMRML\w+Node", annotation) or re.fullmatch(r"(Union\[|Optional\[)?(\s*(slicer\.)?vtkMRML\w+Node\s*[,|\]]?)+", annotation):
+        return NODE
+    return annotation
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_names_in_ui_are_connectable_fields(module):
+    fields, enums = _parameter_fields(module)
+    problems = []
+    for path in module_ui_files(module):
+        for element in ui_xml(path).iter("widget"):
+            for prop in element.findall("property"):
+                if prop.get("name") != "SlicerParameterName":
+                    continue
+                field = prop.findtext("string")
+                cls, name = element.get("class"), element.get("name")
+                if field not in fields:
+                    problems.append(f"{name}: SlicerParameterName '{field}' is not a field of {module}ParameterNode")
+                    continue
+                kind = _kind(fields[field], enums)
+                if cls not in CONNECTABLE or kind not in CONNECTABLE[cls]:
+                    problems.append(f"{name} ({cls}) cannot be connected to {field}: {fields[field]} "
+                                    "(no connector in Slicer's parameterNodeWrapper)")
+    assert not problems, "\n  ".join([f"{module}:"] + problems)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_mrml_widgets_receive_the_scene(path):
+    root = ui_xml(path)
+    top = root.find("widget").get("name")
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("sender") == top and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    module = path.relative_to(ROOT).parts[0]
+    source = module_source(module) if module in MODULES else ""
+    in_code = set(re.findall(r"\bui\.(\w+)\.setMRMLScene\(", source))
+    mrml_widgets = [w.get("name") for w in root.find("widget").iter("widget")
+                    if w.get("class", "").startswith("qMRML") and w.get("name") != top]
+    missing = [name for name in mrml_widgets if name not in connected | in_code]
+    assert not missing, f"{path}: MRML widgets without a scene: {missing}"
