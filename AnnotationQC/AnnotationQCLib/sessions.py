@@ -1,0 +1,452 @@
+"""Reader studies: who drew what, when, in which session, with blinding and without ever
+overwriting another reader's or an earlier session's work.
+
+Folder layout (everything a study needs lives in one folder)::
+
+    <study>/
+      study.json          name, readers (id, role), cases (patient id, source image per sequence)
+      labels.json         case labels (e.g. HRMM / SRMM): never shown in a reader's view
+      reads.jsonl         append-only log: one JSON object per event (start, save)
+      readers/<reader id>/<session>/<patient id>_<sequence>_<content>.nii.gz
+
+Masks are binary NIfTI on the grid of the source image they were drawn on (one-to-one: the
+grid is checked when saving), named ``<patient id>_<sequence>_<content>`` as in the
+annotation consensus (e.g. ``P001_T2_ROI.nii.gz``); ids, sequences and contents therefore may
+not contain ``_``. Sessions are free names (``first`` and ``repeat`` by default).
+
+Never overwriting:
+* each reader writes only below ``readers/<own id>/<session>/``, so another reader's work
+  and an earlier session's work are different files by construction;
+* a mask saved as final (``final=True``, "submitted") is locked: saving it again is refused,
+  start a new session instead;
+* a draft (not final) of the same reader and session may be replaced; every save is
+  logged with its SHA-256 and a file that exists without a record of this study is never
+  touched.
+
+Blinding: :meth:`ReaderStudy.case_list` and :meth:`ReaderStudy.visible_masks` give a reader
+only the case ids, patient ids, sequences and their own masks and status. Annotators never see
+another reader's masks; reviewers and arbitrators see the annotators' submitted masks of a
+case (their task is to compare them). Labels are only returned by :meth:`ReaderStudy.labels`,
+which is for the analysis after reading, not for a reader's view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import SimpleITK as sitk
+
+from .common import UserError, grid_difference, same_grid, write_image_atomic, write_json_atomic
+
+FORMAT = "annotationqc-study/1"
+ROLES = ("annotator", "reviewer", "arbitrator")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+MASK_SUFFIX = ".nii.gz"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def _parse_time(s: str) -> datetime:
+    return datetime.fromisoformat(s)
+
+
+def check_name(value: str, what: str) -> str:
+    """Ids, sequences, contents and sessions: letters, digits and '-' (no '_', the separator
+    of mask names; no '/', '.' or spaces)."""
+    v = str(value)
+    if not NAME_RE.match(v):
+        raise UserError(f"{what} {value!r} may only contain letters, digits and '-' (it becomes part of the "
+                        "file name <patient id>_<sequence>_<content>.nii.gz); rename it, e.g. "
+                        f"{re.sub(r'[^A-Za-z0-9-]+', '-', v).strip('-') or 'X'!r}")
+    return v
+
+
+def mask_name(patient_id: str, sequence: str, content: str) -> str:
+    """``<patient id>_<sequence>_<content>.nii.gz`` (validated)."""
+    return (f"{check_name(patient_id, 'patient id')}_{check_name(sequence, 'sequence')}_"
+            f"{check_name(content, 'content')}{MASK_SUFFIX}")
+
+
+def parse_mask_name(name: str) -> tuple[str, str, str]:
+    """Inverse of :func:`mask_name`: (patient id, sequence, content)."""
+    base = Path(name).name
+    if not base.endswith(MASK_SUFFIX):
+        raise UserError(f"mask file {name} is not named <patient id>_<sequence>_<content>{MASK_SUFFIX}")
+    parts = base[: -len(MASK_SUFFIX)].split("_")
+    if len(parts) != 3 or not all(NAME_RE.match(p) for p in parts):
+        raise UserError(f"mask file {name} is not named <patient id>_<sequence>_<content>{MASK_SUFFIX}")
+    return parts[0], parts[1], parts[2]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Grid of an image file read from its header only (duck-types the sitk.Image getters
+    used by same_grid / grid_difference)."""
+
+    size: tuple
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+
+    def GetSize(self):  # noqa: N802 - mirrors sitk.Image
+        return self.size
+
+    def GetSpacing(self):  # noqa: N802
+        return self.spacing
+
+    def GetOrigin(self):  # noqa: N802
+        return self.origin
+
+    def GetDirection(self):  # noqa: N802
+        return self.direction
+
+
+def _image_info(path: Path) -> _Grid:
+    """The grid of an image file without reading its voxels."""
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(path))
+    try:
+        r.ReadImageInformation()
+    except RuntimeError:
+        raise UserError(f"source image {path} could not be read; check the study's image paths") from None
+    return _Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
+
+
+class ReaderStudy:
+    """A reader-study folder. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, folder: str | os.PathLike, clock: Callable[[], datetime] = _now):
+        self.folder = Path(folder)
+        self.clock = clock
+        meta_path = self.folder / "study.json"
+        if not meta_path.exists():
+            raise UserError(f"{self.folder} is not a reader study (no study.json); create one first")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{meta_path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if self.meta.get("format") != FORMAT:
+            raise UserError(f"{meta_path} has format {self.meta.get('format')!r}; expected {FORMAT!r}")
+
+    # ---- creation and set-up ---------------------------------------------------------
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, name: str, clock: Callable[[], datetime] = _now) -> "ReaderStudy":
+        folder = Path(folder)
+        if (folder / "study.json").exists():
+            raise UserError(f"{folder} already holds a reader study; open it instead of creating it again")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "study.json", {"format": FORMAT, "name": str(name), "created": _iso(clock()),
+                                                  "readers": {}, "cases": {}})
+        write_json_atomic(folder / "labels.json", {})
+        (folder / "reads.jsonl").touch()
+        return cls(folder, clock)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, clock: Callable[[], datetime] = _now) -> "ReaderStudy":
+        return cls(folder, clock)
+
+    def _save_meta(self) -> None:
+        write_json_atomic(self.folder / "study.json", self.meta)
+
+    def add_reader(self, reader_id: str, role: str = "annotator") -> None:
+        check_name(reader_id, "reader id")
+        if role not in ROLES:
+            raise UserError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
+        readers = self.meta["readers"]
+        if reader_id in readers and readers[reader_id]["role"] != role:
+            raise UserError(f"reader {reader_id!r} is already registered as {readers[reader_id]['role']}")
+        readers.setdefault(reader_id, {"role": role, "added": _iso(self.clock())})
+        self._save_meta()
+
+    def add_case(self, case_id: str, patient_id: str, images: dict[str, str | os.PathLike],
+                 label=None) -> None:
+        """Register a case: its patient id, the source image per sequence (paths relative to
+        the study folder or absolute) and optionally its label (kept in labels.json)."""
+        check_name(case_id, "case id")
+        check_name(patient_id, "patient id")
+        if case_id in self.meta["cases"]:
+            raise UserError(f"case {case_id!r} is already in the study")
+        if not images:
+            raise UserError(f"case {case_id!r} needs at least one source image")
+        stored = {}
+        for seq, p in images.items():
+            check_name(seq, "sequence")
+            path = Path(p)
+            full = path if path.is_absolute() else self.folder / path
+            if not full.exists():
+                raise UserError(f"source image of case {case_id!r}, sequence {seq!r} not found: {full}")
+            try:
+                stored[seq] = str(full.resolve().relative_to(self.folder.resolve()))
+            except ValueError:
+                stored[seq] = str(full.resolve())
+        self.meta["cases"][case_id] = {"patient_id": patient_id, "images": stored}
+        self._save_meta()
+        if label is not None:
+            labels = self._labels()
+            labels[case_id] = label
+            write_json_atomic(self.folder / "labels.json", labels)
+
+    # ---- look-ups ----------------------------------------------------------------------
+
+    def _labels(self) -> dict:
+        p = self.folder / "labels.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+    def labels(self) -> dict:
+        """Case labels, for the analysis after reading (never part of a reader's view)."""
+        return dict(self._labels())
+
+    def role(self, reader_id: str) -> str:
+        try:
+            return self.meta["readers"][reader_id]["role"]
+        except KeyError:
+            raise UserError(f"reader {reader_id!r} is not registered in study {self.meta['name']!r}; "
+                            "ask the study owner to add you") from None
+
+    def _case(self, case_id: str) -> dict:
+        try:
+            return self.meta["cases"][case_id]
+        except KeyError:
+            raise UserError(f"case {case_id!r} is not in study {self.meta['name']!r}") from None
+
+    def source_image(self, case_id: str, sequence: str) -> Path:
+        case = self._case(case_id)
+        if sequence not in case["images"]:
+            raise UserError(f"case {case_id!r} has no {sequence!r} image (has: {', '.join(case['images'])})")
+        p = Path(case["images"][sequence])
+        return p if p.is_absolute() else self.folder / p
+
+    def mask_path(self, reader_id: str, case_id: str, sequence: str, content: str,
+                  session: str = "first") -> Path:
+        check_name(session, "session")
+        case = self._case(case_id)
+        return self.folder / "readers" / check_name(reader_id, "reader id") / session / \
+            mask_name(case["patient_id"], sequence, content)
+
+    def events(self) -> list[dict]:
+        p = self.folder / "reads.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise UserError(f"{p} line {i} is not valid JSON; the reading log is damaged") from None
+        return out
+
+    def _append(self, event: dict) -> None:
+        with open(self.folder / "reads.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(event, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def start_reading(self, reader_id: str, case_id: str, sequence: str, session: str = "first") -> dict:
+        """Record that a reader opened a case (the start of the time spent)."""
+        role = self.role(reader_id)
+        self.source_image(case_id, sequence)
+        check_name(session, "session")
+        if case_id in self.excluded_cases(sequence):
+            raise UserError(f"case {case_id!r} {sequence} is flagged for insufficient image quality and is not "
+                            "offered for annotation")
+        ev = {"event": "start", "reader_id": reader_id, "role": role, "session": session, "case_id": case_id,
+              "sequence": sequence, "time": _iso(self.clock())}
+        self._append(ev)
+        return ev
+
+    def save_mask(self, reader_id: str, case_id: str, sequence: str, content: str, mask: sitk.Image,
+                  session: str = "first", final: bool = False, notes: str = "",
+                  seconds_spent: float | None = None) -> Path:
+        """Save a reader's mask for one case/sequence/content in a session.
+
+        The mask must be on the grid of the case's source image for ``sequence``. Refused:
+        unregistered readers, a submitted (final) mask of the same reader/session, a file
+        that exists without a record. Returns the mask path.
+        """
+        role = self.role(reader_id)
+        check_name(content, "content")
+        src = self.source_image(case_id, sequence)
+        path = self.mask_path(reader_id, case_id, sequence, content, session)
+        grid = _image_info(src)
+        if not isinstance(mask, sitk.Image):
+            raise UserError("mask must be a SimpleITK image")
+        if not same_grid(mask, grid):
+            raise UserError(f"mask for case {case_id!r} {sequence} is not on the grid of its source image {src} "
+                            f"({grid_difference(mask, grid)}); masks are saved one-to-one with the source image")
+        saves = [e for e in self.events() if e["event"] == "save" and e["mask"] == self._rel(path)]
+        if any(e.get("final") for e in saves):
+            raise UserError(f"{self._rel(path)} was submitted as final on {saves[-1]['time']}; it is never "
+                            "overwritten - start a new session (e.g. 'repeat') to read the case again")
+        if path.exists() and not saves:
+            raise UserError(f"{path} exists but is not recorded in this study; it is left untouched - move it "
+                            "away first")
+        if path.exists() and saves and _sha256(path) != saves[-1]["sha256"]:
+            raise UserError(f"{path} was changed outside the study since it was saved; it is left untouched")
+        now = self.clock()
+        if seconds_spent is None:
+            key = (reader_id, session, case_id, sequence)
+            starts = [e for e in self.events() if e["event"] == "start"
+                      and (e["reader_id"], e["session"], e["case_id"], e["sequence"]) == key]
+            seconds_spent = (now - _parse_time(starts[-1]["time"])).total_seconds() if starts else None
+        binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image_atomic(binary, path)
+        voxels = int(sitk.GetArrayViewFromImage(binary).sum())
+        self._append({"event": "save", "reader_id": reader_id, "role": role, "session": session,
+                      "case_id": case_id, "patient_id": self._case(case_id)["patient_id"], "sequence": sequence,
+                      "content": content, "mask": self._rel(path), "sha256": _sha256(path), "voxels": voxels,
+                      "final": bool(final), "notes": str(notes), "time": _iso(now),
+                      "seconds_spent": None if seconds_spent is None else float(seconds_spent)})
+        return path
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.folder).as_posix()
+
+    def reads(self) -> pd.DataFrame:
+        """The latest save per reader/session/case/sequence/content, with first start time,
+        last save time, total time spent and whether it was submitted."""
+        rows: dict[tuple, dict] = {}
+        first_start: dict[tuple, str] = {}
+        for e in self.events():
+            key4 = (e["reader_id"], e["session"], e["case_id"], e["sequence"])
+            if e["event"] == "start":
+                first_start.setdefault(key4, e["time"])
+            elif e["event"] == "save":
+                key = key4 + (e["content"],)
+                prev = rows.get(key)
+                spent = (prev["seconds_spent"] if prev and prev["seconds_spent"] is not None else 0.0)
+                if e.get("seconds_spent") is not None:
+                    spent += e["seconds_spent"]
+                rows[key] = {"reader_id": e["reader_id"], "role": e["role"], "session": e["session"],
+                             "case_id": e["case_id"], "patient_id": e["patient_id"], "sequence": e["sequence"],
+                             "content": e["content"], "mask": e["mask"], "voxels": e["voxels"],
+                             "final": e["final"], "started": first_start.get(key4), "saved": e["time"],
+                             "seconds_spent": spent if (prev or e.get("seconds_spent") is not None) else None,
+                             "saves": (prev["saves"] + 1) if prev else 1, "notes": e["notes"]}
+        cols = ["reader_id", "role", "session", "case_id", "patient_id", "sequence", "content", "mask", "voxels",
+                "final", "started", "saved", "seconds_spent", "saves", "notes"]
+        return pd.DataFrame(list(rows.values()), columns=cols)
+
+    # ---- blinded views ------------------------------------------------------------------
+
+    def _flagged_pairs(self) -> set[tuple[str, str]]:
+        qpath = self.folder / "quality.jsonl"
+        if not qpath.exists():
+            return set()
+        from .quality import flagged_series, read_quality_log
+
+        return set(flagged_series(read_quality_log(qpath)))
+
+    def excluded_cases(self, sequence: str | None = None) -> set[str]:
+        """Cases whose series (``sequence``, or any when None) is flagged by an image-quality
+        record (grade < 2 or Likert < 3, see quality.py); they are not offered for annotation."""
+        return {c for (c, s) in self._flagged_pairs() if sequence is None or s == sequence}
+
+    def case_list(self, reader_id: str, session: str = "first") -> list[dict]:
+        """A reader's blinded work list: case id, patient id, sequences with the reader's own
+        status per sequence ("not started", "in progress", "submitted"), never labels or
+        other readers' work. Cases flagged for image quality are left out."""
+        self.role(reader_id)
+        own = self.reads()
+        own = own[(own["reader_id"] == reader_id) & (own["session"] == session)]
+        started = {(e["case_id"], e["sequence"]) for e in self.events()
+                   if e["event"] == "start" and e["reader_id"] == reader_id and e["session"] == session}
+        flagged = self._flagged_pairs()
+        out = []
+        for case_id, case in sorted(self.meta["cases"].items()):
+            status = {}
+            for seq in case["images"]:
+                if (case_id, seq) in flagged:
+                    continue
+                mine = own[(own["case_id"] == case_id) & (own["sequence"] == seq)]
+                if len(mine) and mine["final"].all():
+                    status[seq] = "submitted"
+                elif len(mine) or (case_id, seq) in started:
+                    status[seq] = "in progress"
+                else:
+                    status[seq] = "not started"
+            if status:
+                out.append({"case_id": case_id, "patient_id": case["patient_id"], "status": status})
+        return out
+
+    def visible_masks(self, reader_id: str, case_id: str) -> list[dict]:
+        """Masks of a case this reader may see: their own (all sessions); for reviewers and
+        arbitrators also the annotators' submitted masks."""
+        role = self.role(reader_id)
+        self._case(case_id)
+        reads = self.reads()
+        reads = reads[reads["case_id"] == case_id]
+        own = reads["reader_id"] == reader_id
+        if role in ("reviewer", "arbitrator"):
+            others = (reads["role"] == "annotator") & reads["final"]
+            reads = reads[own | others]
+        else:
+            reads = reads[own]
+        return [{"reader_id": r.reader_id, "session": r.session, "sequence": r.sequence, "content": r.content,
+                 "path": str(self.folder / r.mask), "final": bool(r.final)} for r in reads.itertuples()]
+
+    # ---- agreement ------------------------------------------------------------------------
+
+    def mask_pairs(self, reader_a: str, reader_b: str, session_a: str = "first", session_b: str = "first",
+                   final_only: bool = True) -> pd.DataFrame:
+        """Cases where both reads exist: inter-reader (two readers, same session) or
+        intra-reader (one reader, sessions first/repeat). Columns: case_id, patient_id,
+        sequence, content, mask_a, mask_b."""
+        reads = self.reads()
+        if final_only:
+            reads = reads[reads["final"]]
+        a = reads[(reads["reader_id"] == reader_a) & (reads["session"] == session_a)]
+        b = reads[(reads["reader_id"] == reader_b) & (reads["session"] == session_b)]
+        keys = ["case_id", "patient_id", "sequence", "content"]
+        m = a[keys + ["mask"]].merge(b[keys + ["mask"]], on=keys, suffixes=("_a", "_b"))
+        m["mask_a"] = [str(self.folder / p) for p in m["mask_a"]]
+        m["mask_b"] = [str(self.folder / p) for p in m["mask_b"]]
+        return m.sort_values(keys).reset_index(drop=True)
+
+    def agreement(self, reader_a: str, reader_b: str, session_a: str = "first", session_b: str = "first",
+                  tolerance_mm: float = 1.0) -> pd.DataFrame:
+        """compare_masks for every pair of :meth:`mask_pairs` (reader_a is the reference)."""
+        from .segmentation_metrics import METRIC_KEYS, compare_masks
+
+        pairs = self.mask_pairs(reader_a, reader_b, session_a, session_b)
+        rows = []
+        for r in pairs.itertuples():
+            res = compare_masks(sitk.ReadImage(r.mask_a), sitk.ReadImage(r.mask_b), tolerance_mm=tolerance_mm)
+            rows.append({"case_id": r.case_id, "patient_id": r.patient_id, "sequence": r.sequence,
+                         "content": r.content, **res})
+        return pd.DataFrame(rows, columns=["case_id", "patient_id", "sequence", "content", *METRIC_KEYS])
+
+
+def blank_mask_like(source: str | os.PathLike) -> sitk.Image:
+    """An empty UInt8 mask on the grid of a source image (for a reader's new segmentation)."""
+    img = sitk.ReadImage(str(source))
+    out = sitk.Image(img.GetSize(), sitk.sitkUInt8)
+    out.CopyInformation(img)
+    return out
+
