@@ -34,8 +34,9 @@ QtCore = pytest.importorskip("PySide6.QtCore")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("HRMMPredict", "AnnotationQC", "StrokeLesion")
-UI_FILES = sorted(p for p in ROOT.rglob("*.ui")
-                  if not any(part.startswith(".") or part in ("build", "node_modules") for part in p.relative_to(ROOT).parts))
+UI_FILES = sorted(p for top in ROOT.iterdir() if top.is_dir() and not top.name.startswith(".")
+                  and top.name not in ("build", "node_modules") for p in top.rglob("*.ui")
+                  if not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
 
 # Q_PROPERTY names of the Slicer/CTK widget classes the .ui files use, from their headers
 # (Slicer Libs/MRML/Widgets/<class>.h, CTK Libs/Widgets/<class>.h; Slicer main 2026-08,
