@@ -89,9 +89,11 @@ class PreprocessConfig:
     margin_mm: tuple[float, float, float] = (16.0, 16.0, 10.0)
     min_margin_voxels: int = 2
     n4: bool = True
-    n4_shrink: int = 2
-    n4_iterations: tuple[int, ...] = (30, 30, 20)
-    n4_fitting_levels: int = 3
+    # One fitting level on a 4x shrunken copy: over a ~7 cm crop the bias field is smooth,
+    # and this costs ~0.3 s instead of ~4 s for three levels at shrink 2.
+    n4_shrink: int = 4
+    n4_iterations: tuple[int, ...] = (50,)
+    n4_fitting_levels: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,254 @@
+"""Model bundles: a folder a clinician can load later, safely.
+
+Layout::
+
+    MODEL_DIR/
+      manifest.json            versions, settings, features (training mean/SD/range),
+                               thresholds, cohort hash, SHA-256 of every other file
+      radiomics_params.yaml    the pyradiomics settings the features were computed with
+      models/*.skops           fitted scikit-learn estimators (skops: no pickle; only an
+                               explicit list of scikit-learn/numpy types may be loaded)
+      training/*.csv           selection and cross-validation records, for people
+
+Loading verifies the checksums and the versions first and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from AnnotationQCLib.common import UserError, write_json_atomic
+
+FORMAT = "hrmm-model-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+# Types a bundle's .skops files may contain. Anything else is refused before loading.
+TRUSTED_TYPES = [
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.int", "builtins.float", "builtins.str",
+    "builtins.bool", "builtins.NoneType", "builtins.slice",
+    "numpy.ndarray", "numpy.dtype", "numpy.float64", "numpy.float32", "numpy.int64", "numpy.int32",
+    "numpy.intp", "numpy.uint8", "numpy.bool_", "numpy.random.mtrand.RandomState",
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "sklearn.ensemble._forest.ExtraTreesClassifier", "sklearn.tree._classes.ExtraTreeClassifier",
+    "sklearn.tree._tree.Tree", "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.preprocessing._data.StandardScaler", "sklearn.decomposition._pca.PCA",
+]
+
+
+def software_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "scikit-learn", "pyradiomics", "SimpleITK", "skops", "pandas", "torch", "monai",
+                "slicer-clinical-mri"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _major_minor(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in str(v).lstrip("v").split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+# Packages whose major.minor must match between training and loading: a different
+# scikit-learn may not read the trees; a different pyradiomics may compute other values.
+STRICT_PACKAGES = ("scikit-learn", "pyradiomics")
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+class BundleWriter:
+    """Collects files in a temporary folder beside the target and moves it into place at
+    the end, so an interrupted training never leaves a half-written bundle, and an existing
+    bundle is only replaced when ``overwrite`` is given (it is then kept as a backup until
+    the new one is in place)."""
+
+    def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False):
+        self.final = Path(out_dir).resolve()
+        if self.final.exists() and any(self.final.iterdir()) and not overwrite:
+            raise UserError(f"model folder {self.final} already exists and is not empty; choose another "
+                            "--out or pass --overwrite")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
+        self.manifest: dict[str, Any] = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "software": software_versions(),
+        }
+
+    def path(self, rel: str) -> Path:
+        p = self.tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.path(rel).write_text(text, encoding="utf-8")
+
+    def write_csv(self, rel: str, df: pd.DataFrame, index: bool = True) -> None:
+        df.to_csv(self.path(rel), index=index)
+
+    def write_estimator(self, rel: str, estimator) -> None:
+        import skops.io as sio
+
+        sio.dump(estimator, self.path(rel))
+        untrusted = set(sio.get_untrusted_types(file=self.path(rel))) - set(TRUSTED_TYPES)
+        if untrusted:
+            raise RuntimeError(f"estimator {rel} holds types outside the bundle's allow-list: {sorted(untrusted)}")
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self.path(rel).write_bytes(data)
+
+    def commit(self) -> Path:
+        files = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file() and p.name != MANIFEST:
+                files[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
+        self.manifest["files"] = files
+        write_json_atomic(self.tmp / MANIFEST, self.manifest)
+        backup = None
+        if self.final.exists():
+            backup = self.final.with_name(f".{self.final.name}.previous")
+            if backup.exists():
+                shutil.rmtree(backup)
+            os.replace(self.final, backup)
+        os.replace(self.tmp, self.final)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def params_path(self) -> Path:
+        return self.path / self.manifest["radiomics"]["params_file"]
+
+    def load_estimator(self, rel: str):
+        if rel not in self._cache:
+            import skops.io as sio
+
+            p = self.path / rel
+            untrusted = set(sio.get_untrusted_types(file=p))
+            bad = untrusted - set(TRUSTED_TYPES)
+            if bad:
+                raise UserError(f"model file {p} contains types that are not allowed ({', '.join(sorted(bad)[:3])}); "
+                                "it was not made by this software: do not use it")
+            self._cache[rel] = sio.load(p, trusted=sorted(untrusted))
+        return self._cache[rel]
+
+    def summary(self) -> dict:
+        m = self.manifest
+        models = {k: {kk: v.get(kk) for kk in ("kind", "classifier", "threshold", "cv_auc", "validation_auc")}
+                  for k, v in m.get("models", {}).items()}
+        return {"path": str(self.path), "created": m.get("created"), "primary_model": m.get("primary_model"),
+                "cohort": m.get("cohort", {}).get("summary"), "models": models}
+
+
+def load_bundle(path: str | os.PathLike, check_versions: bool = True) -> Bundle:
+    """Open a model bundle after checking its manifest, checksums and versions."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"model folder not found: {p}")
+    mf = p / MANIFEST
+    if not mf.is_file():
+        raise UserError(f"{p} is not a model bundle (no {MANIFEST}); give the folder written by 'hrmm train'")
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"model manifest {mf} is damaged ({exc.__class__.__name__}); retrain or restore the bundle") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{mf} is not an HRMM model bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"model bundle {p} has format version {manifest.get('format_version')}; this software reads "
+                        f"version {FORMAT_VERSION}: retrain the model with this version")
+    problems = []
+    for rel, digest in (manifest.get("files") or {}).items():
+        f = p / rel
+        if not f.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256_file(f) != digest:
+            problems.append(f"{rel} was altered (checksum differs)")
+    if problems:
+        raise UserError(f"model bundle {p} failed its integrity check: " + "; ".join(problems[:5])
+                        + ("; ..." if len(problems) > 5 else "") + " - restore the original bundle")
+    if check_versions:
+        have = software_versions()
+        for pkg in STRICT_PACKAGES:
+            made = manifest.get("software", {}).get(pkg)
+            now = have.get(pkg)
+            if made and now and _major_minor(made) != _major_minor(now):
+                raise UserError(f"model bundle {p} was made with {pkg} {made} but {now} is installed; "
+                                f"install {pkg}=={made} or retrain the model")
+    return Bundle(p, manifest)
+
+
+def features_table(stats: pd.DataFrame) -> list[dict]:
+    """Training statistics per feature in the manifest's form."""
+    out = []
+    for name, r in stats.iterrows():
+        out.append({"name": str(name), "mean": float(r["mean"]), "sd": float(r["sd"]),
+                    "min": float(r["min"]), "max": float(r["max"])})
+    return out
+
+
+def jsonable(o):
+    if isinstance(o, Mapping):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return [jsonable(v) for v in o.tolist()]
+    if isinstance(o, (np.floating, float)):
+        v = float(o)
+        return v if np.isfinite(v) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o

@@ -1,0 +1,272 @@
+"""``hrmm``: the command line of HRMMPredict.
+
+Every subcommand calls the same library functions as the Slicer module, so numbers agree.
+Errors in the user's input print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from AnnotationQCLib.common import UserError, atomic_path, run_cli
+
+
+def _eprint(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def _progress_bar(desc: str):
+    """A tqdm progress callback (i, n, message) writing to stderr."""
+    from tqdm import tqdm
+
+    state = {"bar": None, "last": -1}
+    if not sys.stderr.isatty():  # logs and CI: a line every 10 %
+        def plain(i: int, n: int, msg: str = "") -> None:
+            step = int(10 * i / max(n, 1))
+            if step != state["last"] or i >= n:
+                state["last"] = step
+                _eprint(f"[hrmm] {desc}: {i}/{n}")
+        return plain
+
+    def cb(i: int, n: int, msg: str = "") -> None:
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=n, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
+                                disable=None, mininterval=0.5)
+        bar = state["bar"]
+        bar.total = n
+        bar.n = i
+        bar.set_postfix_str(msg[:40], refresh=False)
+        bar.refresh()
+        if i >= n:
+            bar.close()
+            state["bar"] = None
+
+    return cb
+
+
+def _step(msg: str) -> None:
+    _eprint(f"[hrmm] {msg}")
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_generate_demo(a) -> int:
+    from HRMMPredictLib.synthetic import generate_cohort
+
+    shape = tuple(int(x) for x in a.shape.split("x")) if a.shape else (12, 160, 160)
+    path = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, effect_size=a.effect_size, shape=shape,
+                           progress=_progress_bar("generating cases"))
+    print(path)
+    return 0
+
+
+def cmd_validate(a) -> int:
+    from HRMMPredictLib.manifest import load_manifest, summarize
+
+    df = load_manifest(a.manifest)
+    for r in summarize(df):
+        print(f"{a.manifest}: OK - {r['patients']} patients, {r['lesions']} lesions "
+              f"({r['positives']} HRMM, {r['negatives']} SRMM)")
+    return 0
+
+
+def cmd_extract(a) -> int:
+    import pandas as pd
+
+    from HRMMPredictLib import radiomics_features as rf
+    from AnnotationQCLib.common import check_finite, read_image, read_mask
+
+    params = rf.load_params(a.params)
+    img = read_image(a.image, "image")
+    check_finite(img, a.image)
+    mask = read_mask(a.mask, img, what="mask", resample=a.resample_roi, min_voxels=rf.MIN_ROI_VOXELS,
+                     label=a.label)
+    prep = rf.PreprocessConfig(n4=not a.no_n4)
+    t0 = time.perf_counter()
+    feats = rf.extract_features(img, mask, params, prep, diagnostics=a.diagnostics)
+    _step(f"{sum(1 for k in feats if not k.startswith('diagnostics_'))} features in {time.perf_counter() - t0:.1f} s")
+    df = pd.DataFrame([feats])
+    with atomic_path(a.out) as tmp:
+        df.to_csv(tmp, index=False)
+    return 0
+
+
+def cmd_extract_cohort(a) -> int:
+    from HRMMPredictLib import radiomics_features as rf
+    from HRMMPredictLib.manifest import ROI_COLUMNS, load_manifest
+
+    cohort = load_manifest(a.manifest)
+    params = rf.load_params(a.params)
+    kinds = [k for k in ROI_COLUMNS if k in cohort.columns]
+    cache = a.cache or (Path(a.manifest).resolve().parent / ".hrmm_cache")
+    tables = rf.extract_cohort(cohort, cache, params, rf.PreprocessConfig(), roi_kinds=kinds, n_jobs=a.jobs,
+                               progress=_progress_bar("extracting"))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, df in tables.items():
+        with atomic_path(out / f"features_{kind}.csv") as tmp:
+            df.to_csv(tmp)
+        print(out / f"features_{kind}.csv")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from HRMMPredictLib.model import TrainConfig
+    from HRMMPredictLib.training import train_bundle
+
+    cfg = TrainConfig(seed=a.seed, validation_fraction=a.validation_fraction, icc_threshold=a.icc_threshold,
+                      mrmr_k=a.mrmr_k, tune=a.tune)
+    t0 = time.perf_counter()
+    summary = train_bundle(a.manifest, a.out, a.params, cfg, cache_dir=a.cache, n_jobs=a.jobs, progress=_step,
+                           extraction_progress=_progress_bar("extracting features"), overwrite=a.overwrite)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    if a.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_training_summary(summary))
+    return 0
+
+
+def format_training_summary(s: dict) -> str:
+    lines = [f"Model bundle written to {s['model_dir']}"]
+    for r in s["cohort"]:
+        lines.append(f"  {r['split']:<10} {r['patients']:>4} patients {r['lesions']:>4} lesions "
+                     f"({r['positives']} HRMM / {r['negatives']} SRMM)")
+    lines.append("  features per selection step: " + ", ".join(f"{k} {v}" for k, v in s["selection"].items()))
+    lines.append(f"  selected ({len(s['selected_features'])}): " + ", ".join(s["selected_features"][:8])
+                 + (" ..." if len(s["selected_features"]) > 8 else ""))
+    for name, m in s["models"].items():
+        va = "n/a" if m["validation_auc"] is None else f"{m['validation_auc']:.3f}"
+        lines.append(f"  {name:<22} CV AUC {m['cv_auc']:.3f}  validation AUC {va}  threshold {m['threshold']:.3f}")
+    return "\n".join(lines)
+
+
+def cmd_predict(a) -> int:
+    from HRMMPredictLib.predict import format_prediction, predict_case
+
+    res = predict_case({"t1": a.t1, "t2": a.t2, "fst2": a.fst2}, a.roi, a.model, resample_roi=a.resample_roi,
+                       device=a.device, progress=None if a.json else _step)
+    if a.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(format_prediction(res))
+    return 0
+
+
+def cmd_info(a) -> int:
+    from HRMMPredictLib.bundle import load_bundle
+
+    b = load_bundle(a.model)
+    print(json.dumps(b.summary(), indent=2))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from HRMMPredictLib.demo import run_demo
+
+    return run_demo(Path(a.out), n_patients=a.patients, jobs=a.jobs, seed=a.seed, progress=_step,
+                    bar=_progress_bar)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hrmm", description="High-risk multiple myeloma prediction from sagittal "
+                                 "spine MRI (T1WI, T2WI, FS-T2WI + ROI): radiomics, training, prediction, statistics.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="generate a synthetic cohort, train, predict a held-out case")
+    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--patients", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=None, help="parallel extraction processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate-demo", help="write a deterministic synthetic spine MRI cohort + manifest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--patients", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--effect-size", type=float, default=1.0)
+    p.add_argument("--shape", default=None, help="SLICESxROWSxCOLS, e.g. 12x160x160")
+    p.set_defaults(func=cmd_generate_demo)
+
+    p = sub.add_parser("validate", help="check a cohort manifest and report every problem at once")
+    p.add_argument("--manifest", required=True)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("extract", help="radiomics features of one image + mask -> one CSV row")
+    p.add_argument("--image", required=True)
+    p.add_argument("--mask", required=True)
+    p.add_argument("--params", default=None, help="pyradiomics YAML (default: the shipped 1197-feature file)")
+    p.add_argument("--out", required=True, help="output CSV (one row, one column per feature)")
+    p.add_argument("--label", type=int, default=None, help="mask label to use (default: any non-zero voxel)")
+    p.add_argument("--diagnostics", action="store_true", help="also write pyradiomics' diagnostics columns")
+    p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
+    p.add_argument("--resample-roi", action="store_true", help="resample the mask onto the image (nearest neighbour)")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("extract-cohort", help="features of every lesion, sequence and reader ROI (cached)")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="folder for features_<roi>.csv")
+    p.add_argument("--params", default=None)
+    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--cache", default=None, help="cache folder (default: .hrmm_cache beside the manifest)")
+    p.set_defaults(func=cmd_extract_cohort)
+
+    p = sub.add_parser("train", help="train the models of a cohort and write a model bundle")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="model bundle folder")
+    p.add_argument("--params", default=None)
+    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--cache", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--icc-threshold", type=float, default=0.75)
+    p.add_argument("--mrmr-k", type=int, default=100)
+    p.add_argument("--tune", action="store_true", help="tune ExtraTrees by patient-grouped CV on the training set")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict one lesion with a model bundle")
+    p.add_argument("--t1", required=True)
+    p.add_argument("--t2", required=True)
+    p.add_argument("--fst2", required=True)
+    p.add_argument("--roi", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--resample-roi", action="store_true", help="resample the ROI onto each image (nearest neighbour)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="show a model bundle's summary (after checking it)")
+    p.add_argument("--model", required=True)
+    p.set_defaults(func=cmd_info)
+
+    from HRMMPredictLib import stats_cli
+
+    stats_cli.register(sub)
+    return ap
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Cohort manifest: one CSV row per lesion, validated up front.
+
+Columns: ``patient_id, lesion_id, label`` (1 = HRMM, 0 = SRMM) and image paths ``t1, t2,
+fst2, roi``, optionally ``roi_reader2, roi_repeat``. Paths are relative to the manifest's
+folder (absolute paths are accepted too). Every problem is reported at once, with the CSV
+row number (the header is row 1), so a user fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from AnnotationQCLib.common import UserError, grid_difference
+
+REQUIRED = ("patient_id", "lesion_id", "label", "t1", "t2", "fst2", "roi")
+OPTIONAL_ROIS = ("roi_reader2", "roi_repeat")
+IMAGE_COLUMNS = ("t1", "t2", "fst2")
+ROI_COLUMNS = ("roi",) + OPTIONAL_ROIS
+MAX_LISTED = 30
+
+
+def _header(path: Path) -> sitk.ImageFileReader | None:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+class _Grid:
+    """Geometry from a file header (no voxel data read)."""
+
+    def __init__(self, reader: sitk.ImageFileReader):
+        self.size = reader.GetSize()
+        self.spacing = reader.GetSpacing()
+        self.origin = reader.GetOrigin()
+        self.direction = reader.GetDirection()
+
+    def image(self) -> sitk.Image:
+        img = sitk.Image([int(s) for s in self.size], sitk.sitkUInt8)
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+
+def load_manifest(path: str | os.PathLike, check_images: bool = True, require_labels: bool = True) -> pd.DataFrame:
+    """Read and validate a cohort manifest; return it with absolute paths.
+
+    Raises one UserError listing every problem found (missing columns, files, unreadable
+    images, grids that differ, empty ROIs, unknown labels, duplicate lesion ids).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"cohort manifest not found: {p}")
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"cohort manifest {p} is not a readable CSV ({str(exc).splitlines()[0]})") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise UserError(f"cohort manifest {p} lacks column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+    if len(df) == 0:
+        raise UserError(f"cohort manifest {p} has no rows")
+    base = p.resolve().parent
+    problems: list[str] = []
+    for c in df.columns:
+        df[c] = df[c].str.strip()
+    rois = [c for c in ROI_COLUMNS if c in df.columns]
+
+    dup = df["lesion_id"].duplicated(keep=False) & (df["lesion_id"] != "")
+    for i in np.flatnonzero(dup.to_numpy()):
+        problems.append(f"row {i + 2}: lesion_id {df['lesion_id'].iat[i]!r} appears more than once")
+
+    labels = []
+    for i, r in enumerate(df.itertuples(index=False)):
+        row = i + 2
+        rd = r._asdict()
+        if not rd["patient_id"]:
+            problems.append(f"row {row}: patient_id is empty")
+        if not rd["lesion_id"]:
+            problems.append(f"row {row}: lesion_id is empty")
+        lab = rd["label"]
+        if lab in ("0", "1", "0.0", "1.0"):
+            labels.append(int(float(lab)))
+        elif lab == "" and not require_labels:
+            labels.append(-1)
+        else:
+            labels.append(-1)
+            problems.append(f"row {row}: label {lab!r} is not 0 (SRMM) or 1 (HRMM)")
+        for col in IMAGE_COLUMNS + tuple(rois):
+            val = rd.get(col, "")
+            if not val:
+                if col in REQUIRED:
+                    problems.append(f"row {row}: {col} path is empty")
+                continue
+            full = Path(val) if os.path.isabs(val) else base / val
+            df.at[df.index[i], col] = str(full)
+        if check_images:
+            problems.extend(_check_row_images(row, df.iloc[i], rois))
+    if problems:
+        n = len(problems)
+        shown = problems[:MAX_LISTED]
+        more = f"\n  ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
+        raise UserError(f"cohort manifest {p} has {n} problem(s):\n  " + "\n  ".join(shown) + more)
+    df["label"] = labels
+    df.attrs["manifest_path"] = str(p.resolve())
+    return df
+
+
+def _check_row_images(row: int, r: pd.Series, rois: list[str]) -> list[str]:
+    problems = []
+    grids: dict[str, _Grid] = {}
+    for col in IMAGE_COLUMNS + tuple(rois):
+        val = r.get(col, "")
+        if not val:
+            continue
+        f = Path(val)
+        if not f.is_file():
+            problems.append(f"row {row}: {col} file not found: {f}")
+            continue
+        try:
+            reader = _header(f)
+        except RuntimeError:
+            problems.append(f"row {row}: {col} file {f} is not a readable image")
+            continue
+        if reader.GetNumberOfComponents() != 1:
+            problems.append(f"row {row}: {col} file {f} is not a scalar image")
+            continue
+        grids[col] = _Grid(reader)
+    ref_col = next((c for c in IMAGE_COLUMNS if c in grids), None)
+    if ref_col:
+        ref = grids[ref_col].image()
+        for col, g in grids.items():
+            if col == ref_col:
+                continue
+            diff = grid_difference(g.image(), ref)
+            if diff:
+                problems.append(f"row {row}: {col} is on a different grid than {ref_col} ({diff})")
+    for col in rois:
+        if col in grids:
+            try:
+                arr = sitk.GetArrayViewFromImage(sitk.ReadImage(str(r[col])))
+            except RuntimeError:
+                problems.append(f"row {row}: {col} file {r[col]} could not be read")
+                continue
+            if not np.any(arr):
+                problems.append(f"row {row}: {col} {r[col]} is empty (no voxel labelled)")
+    return problems
+
+
+def cohort_hash(df: pd.DataFrame) -> str:
+    """SHA-256 over the cohort's rows (ids, labels) and the content of every file it names."""
+    from HRMMPredictLib.radiomics_features import file_sha256
+
+    h = hashlib.sha256()
+    cols = [c for c in ("patient_id", "lesion_id", "label") + IMAGE_COLUMNS + ROI_COLUMNS if c in df.columns]
+    for _, r in df.sort_values("lesion_id").iterrows():
+        for c in cols:
+            v = r[c]
+            if c in IMAGE_COLUMNS + ROI_COLUMNS:
+                v = file_sha256(v) if isinstance(v, str) and v else ""
+            h.update(f"{c}={v};".encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def summarize(df: pd.DataFrame, split: pd.Series | None = None) -> list[dict]:
+    """Patients, lesions and class balance, overall and per split."""
+    groups = [("all", df)]
+    if split is not None:
+        for name in pd.unique(split):
+            groups.append((str(name), df[split.to_numpy() == name]))
+    out = []
+    for name, g in groups:
+        out.append({"split": name, "patients": int(g["patient_id"].nunique()), "lesions": int(len(g)),
+                    "positives": int((g["label"] == 1).sum()), "negatives": int((g["label"] == 0).sum())})
+    return out
