@@ -90,8 +90,8 @@ def test_icc_more_errors_in_process(tmp_path, capsys):
     assert len(err) == 1 and "required" in err[0]
     assert main(["icc", "--input", str(tmp_path), "--target", "t", "--rater", "r", "--rating", "y"]) == 2
     assert "folder" in capsys.readouterr().err
-    assert main(["training-report"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert main(["training-report", "--session", str(tmp_path / "none"), "--trainee", "t1"]) == 2
+    assert "not a training session" in capsys.readouterr().err
 
 
 def test_compare_json_and_errors(tmp_path):

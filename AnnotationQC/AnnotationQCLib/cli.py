@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .common import UserError, atomic_path, read_image, run_cli, write_image_atomic
+from .segmentation_metrics import json_safe
 
 PROG = "annotation-qc"
 
@@ -28,24 +29,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def _jsonable(obj):
-    """Plain JSON values; NaN and infinities become null (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _print_json(obj) -> None:
-    print(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
+    print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
 def _read_csv(path: str, what: str) -> pd.DataFrame:
@@ -236,8 +221,66 @@ def _cmd_consensus(args) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+def _cmd_training_create(args) -> int:
+    from .training import TrainingSession
+
+    table = _read_csv(args.cases, "training cases")
+    needed = ["case_id", "patient_id", "sequence", "image", "reference"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise UserError(f"training cases file {args.cases} lacks column(s) {', '.join(missing)}; "
+                        f"needed: {', '.join(needed)} (optional: content, site)")
+    base = Path(args.cases).resolve().parent
+    cases = []
+    for row in table.to_dict("records"):
+        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for k in ("image", "reference"):
+            if row.get(k):
+                p = Path(str(row[k]))
+                row[k] = str(p if p.is_absolute() else base / p)
+        cases.append(row)
+    criteria = {}
+    if args.dice is not None:
+        criteria["dice"] = args.dice
+    if args.icc is not None:
+        criteria["icc"] = args.icc
+    session = TrainingSession.create(args.folder, args.name, cases, criteria)
+    print(f"training session {args.name!r} with {len(session.case_ids)} cases written to {args.folder}")
+    for w in session.meta["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _cmd_training_submit(args) -> int:
+    from .training import TrainingSession
+
+    session = TrainingSession.open(args.session)
+    mask = read_image(args.mask, "trainee mask")
+    path = session.submit(args.trainee, args.case, mask)
+    print(f"submitted {path}")
+    return 0
+
+
 def _cmd_training_report(args) -> int:
-    raise UserError("training-report is not available yet in this version")
+    from .training import TrainingSession
+
+    session = TrainingSession.open(args.session)
+    report = session.write_report(args.trainee, args.out)
+    if args.json:
+        _print_json(report)
+        return 0
+    ov = report["overall"]
+    icc = ov["feature_icc"]
+    print(f"trainee {args.trainee}: {'PASSED' if ov['passed'] else 'NOT PASSED'}")
+    for r in ov["reasons"]:
+        print(f"  - {r}")
+    print(f"cases submitted {ov['cases_submitted']}/{ov['cases_total']}, mean Dice {_fmt(ov['mean_dice'], 3)}, "
+          f"median feature {icc['form']} {_fmt(icc['median'], 3)} ({icc['interpretation']})")
+    for c in report["cases"]:
+        print(f"  {c['case_id']:<12} Dice {_fmt(c['dice'], 3)}  HD95 {_fmt(c['hd95_mm'], 2)} mm  "
+              f"over {_fmt(c['over_ml'], 3)} mL  under {_fmt(c['under_ml'], 3)} mL  {c['tendency']}")
+    print(f"report: {report['files']['html']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,7 +347,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the result as one JSON object")
     s.set_defaults(func=_cmd_consensus)
 
-    s = sub.add_parser("training-report", help="score a trainee against a training session's reference cases")
+    s = sub.add_parser("training-create", help="define a training session from reference cases (instructor)",
+                       description="Define a training session: at least 5 reference cases (CSV columns case_id, "
+                       "patient_id, sequence, image, reference, optional content and site; paths relative to "
+                       "the CSV). Pass criteria default to mean Dice >= 0.80 and median radiomics-feature "
+                       "ICC(A,1) >= 0.75.")
+    s.add_argument("--folder", required=True, metavar="DIR", help="new session folder")
+    s.add_argument("--name", required=True, help="session name")
+    s.add_argument("--cases", required=True, metavar="CSV", help="reference cases table")
+    s.add_argument("--dice", type=float, default=None, help="pass threshold for the mean Dice (0.80)")
+    s.add_argument("--icc", type=float, default=None, help="pass threshold for the median feature ICC (0.75)")
+    s.set_defaults(func=_cmd_training_create)
+
+    s = sub.add_parser("training-submit", help="submit a trainee's mask for one case")
+    s.add_argument("--session", required=True, metavar="DIR")
+    s.add_argument("--trainee", required=True, metavar="ID")
+    s.add_argument("--case", required=True, metavar="CASE_ID")
+    s.add_argument("--mask", required=True, metavar="MASK", help="mask on the case image's grid")
+    s.set_defaults(func=_cmd_training_submit)
+
+    s = sub.add_parser("training-report", help="score a trainee against a training session's reference cases",
+                       description="Per-case and overall scores, over-/under-segmentation overlays and "
+                       "pass/fail; writes report.json, report.html and overlay PNGs.")
+    s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
+    s.add_argument("--trainee", required=True, metavar="ID")
+    s.add_argument("--out", metavar="DIR", help="report folder (default <session>/reports/<trainee>)")
+    s.add_argument("--json", action="store_true", help="print the report as one JSON object")
     s.set_defaults(func=_cmd_training_report)
     return p
 

@@ -48,6 +48,7 @@ so one test component covering two reference lesions detects both.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import SimpleITK as sitk
@@ -60,6 +61,25 @@ METRIC_KEYS = ("dice", "jaccard", "hd95_mm", "assd_mm", "surface_dice", "volume_
 EMPTY_MASK_CONVENTION = (
     "both masks empty: dice = jaccard = surface_dice = 1 and hd95_mm = assd_mm = 0; "
     "one mask empty: dice = jaccard = surface_dice = 0 and hd95_mm = assd_mm = null (NaN)")
+
+
+def json_safe(obj):
+    """Plain JSON values for a result: numpy scalars to Python numbers, NaN and infinities to
+    None (JSON ``null``; JSON has no NaN), tuples to lists, paths to strings."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
 
 
 def _check_pair(reference: sitk.Image, test: sitk.Image) -> None:
