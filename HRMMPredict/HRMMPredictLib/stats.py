@@ -38,6 +38,7 @@ class, NaN/infinite or constant scores, probabilities outside [0, 1].
 from __future__ import annotations
 
 import math
+import os
 from statistics import NormalDist
 from typing import Iterable, Sequence
 
@@ -73,6 +74,8 @@ def json_safe(obj):
     if isinstance(obj, (float, np.floating)):
         f = float(obj)
         return f if math.isfinite(f) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     return obj
 
 
