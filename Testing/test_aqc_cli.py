@@ -51,7 +51,7 @@ def sf_long(shared_data, tmp_path_factory):
     return path
 
 
-def test_icc_json_and_table(sf_long):
+def test_icc_json_and_table(sf_long, capsys):
     proc = run("icc", "--input", sf_long, "--target", "S", "--rater", "judge", "--rating", "score", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)  # exactly one JSON object
@@ -63,9 +63,8 @@ def test_icc_json_and_table(sf_long):
     assert out["ICC(C,1)"]["F"] == pytest.approx(11.027, abs=5e-4)
     assert (out["ICC(1,1)"]["df1"], out["ICC(1,1)"]["df2"]) == (5, 18)
     # readable table: Shrout & Fleiss names and Koo & Li interpretation
-    proc = run("icc", "--input", sf_long, "--target", "S", "--rater", "judge", "--rating", "score")
-    assert proc.returncode == 0
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ICC(C,k)"))
+    assert main(["icc", "--input", str(sf_long), "--target", "S", "--rater", "judge", "--rating", "score"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ICC(C,k)"))
     assert "ICC(3,k)" in line and "0.9093" in line and "excellent" in line
 
 
@@ -110,12 +109,6 @@ def test_compare_json_and_errors(tmp_path):
     assert out["hd95_mm"] == pytest.approx(0.6, rel=1e-6)
     assert out["surface_dice"] == pytest.approx(240 / 344)
     assert out["volume_diff_ml"] == pytest.approx(72 * 0.6 * 1.5 * 2.5 / 1000)
-    # an empty test mask: distances are null, never a bare NaN
-    empty = write_mask(tmp_path / "empty.nii.gz", np.zeros_like(a))
-    proc = run("compare", "--reference", ra, "--test", empty, "--json")
-    assert proc.returncode == 0 and "NaN" not in proc.stdout
-    out = json.loads(proc.stdout)
-    assert out["hd95_mm"] is None and out["assd_mm"] is None and out["dice"] == 0
     # masks on different grids -> one line, exit 2
     other = write_mask(tmp_path / "other.nii.gz", a, spacing=(1.0, 1.0, 1.0))
     assert_one_line_error(run("compare", "--reference", ra, "--test", other), "different grids")
@@ -143,7 +136,7 @@ def test_compare_in_process_text_lesions_and_missing(tmp_path, capsys):
     assert "could not be read" in capsys.readouterr().err
 
 
-def test_feature_icc_cli(tmp_path):
+def test_feature_icc_cli(tmp_path, capsys):
     rng = np.random.default_rng(0)
     n = 30
     truth = rng.normal(size=(n, 4))
@@ -167,8 +160,8 @@ def test_feature_icc_cli(tmp_path):
     assert table.loc["original_ngtdm_Busyness", "icc"] < 0.5
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "3 with ICC(A,1) >= 0.75" in proc.stdout
-    assert_one_line_error(run("feature-icc", "--a", pa, "--b", pb, "--id-column", "patient", "--out", out),
-                          "id column 'patient' not found")
+    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "patient", "--out", str(out)]) == 2
+    assert "id column 'patient' not found" in capsys.readouterr().err
     # the output may not be one of the inputs
     before = pa.read_bytes()
     assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "case", "--out", str(pa)]) == 2
@@ -207,7 +200,7 @@ def test_consensus_cli(tmp_path, capsys):
     assert "at least 2" in capsys.readouterr().err
 
 
-def test_no_nan_in_any_json(tmp_path, capsys):
+def test_empty_mask_gives_null_not_nan(tmp_path, capsys):
     z = write_mask(tmp_path / "z.nii.gz", np.zeros((4, 4, 4)))
     o = np.zeros((4, 4, 4))
     o[1, 1, 1] = 1
@@ -215,5 +208,6 @@ def test_no_nan_in_any_json(tmp_path, capsys):
     assert main(["compare", "--reference", str(z), "--test", str(one), "--json"]) == 0
     text = capsys.readouterr().out
     assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text)["assd_mm"] is None
+    out = json.loads(text)
+    assert out["assd_mm"] is None and out["hd95_mm"] is None and out["dice"] == 0
     assert json.loads(text)["volume_test_ml"] == pytest.approx(0.6 * 1.5 * 2.5 / 1000, rel=1e-6)

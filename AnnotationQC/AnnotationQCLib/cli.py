@@ -283,6 +283,24 @@ def _cmd_training_report(args) -> int:
     return 0
 
 
+def _cmd_quality(args) -> int:
+    from .quality import snr_cnr
+
+    image = read_image(args.image, "image")
+    rois = {key: read_image(getattr(args, key), f"{key} ROI")
+            for key in ("signal", "background", "tissue") if getattr(args, key)}
+    res = snr_cnr(image, rois["signal"], rois["background"], rois.get("tissue"),
+                  rayleigh_correction=args.rayleigh)
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"SNR {_fmt(res['snr'], 2)}  (mean signal {res['mean_signal']:.4g} over {res['n_signal']} voxels, "
+              f"noise SD {res['noise_sd']:.4g} from {res['n_background']} background voxels)")
+        if res["cnr"] is not None:
+            print(f"CNR {_fmt(res['cnr'], 2)}  (mean tissue {res['mean_tissue']:.4g} over {res['n_tissue']} voxels)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .segmentation_metrics import EMPTY_MASK_CONVENTION
 
@@ -346,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a disagreement map (0 all background, 1 readers disagree, 2 all foreground)")
     s.add_argument("--json", action="store_true", help="print the result as one JSON object")
     s.set_defaults(func=_cmd_consensus)
+
+    s = sub.add_parser("quality", help="SNR and CNR of a series from signal, background and tissue ROIs",
+                       description="SNR = mean(signal) / SD(background); CNR = |mean(signal) - mean(tissue)| "
+                       "/ SD(background) (SD with ddof 1). ROIs are masks on the image grid; the background "
+                       "ROI should be noisy air outside the body.")
+    s.add_argument("--image", required=True, metavar="IMAGE")
+    s.add_argument("--signal", required=True, metavar="MASK", help="ROI in the tissue of interest")
+    s.add_argument("--background", required=True, metavar="MASK", help="ROI in air (noise)")
+    s.add_argument("--tissue", metavar="MASK", help="second tissue ROI for the CNR")
+    s.add_argument("--rayleigh", action="store_true",
+                   help="divide the background SD by 0.655 (Rayleigh noise of magnitude images)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_cmd_quality)
 
     s = sub.add_parser("training-create", help="define a training session from reference cases (instructor)",
                        description="Define a training session: at least 5 reference cases (CSV columns case_id, "
