@@ -137,10 +137,11 @@ def _two_reader_tables(n_cases=250, n_feat=3591, seed=0):
 def test_feature_icc_matches_icc_all_and_is_fast():
     ta, tb = _two_reader_tables()
     feature_icc(ta.iloc[:5, :5], tb.iloc[:5, :5])  # warm-up (scipy import paths)
-    t0 = time.perf_counter()
+    # CPU time of this process, so other jobs on a busy machine do not make it fail
+    t0 = time.process_time()
     tab = feature_icc(ta, tb, form="ICC(A,1)")
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0, f"feature_icc took {elapsed:.2f} s for 3591 features x 250 cases"
+    elapsed = time.process_time() - t0
+    assert elapsed < 1.0, f"feature_icc took {elapsed:.2f} s CPU for 3591 features x 250 cases"
     assert list(tab.columns) == ["icc", "ci_low", "ci_high", "interpretation", "n"]
     assert tab.shape[0] == 3591
     rng = np.random.default_rng(1)
