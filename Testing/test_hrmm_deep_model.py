@@ -101,14 +101,12 @@ def test_training_history_and_epoch_selection(trained):
 
 
 def test_no_validation_keeps_last_epoch():
+    seen = []
     x, y = _stacks(6)
     _, hist = train_deep_model(x, y, config=TrainConfig(**{**TINY, "epochs": 1, "val_fraction": 0.0}),
                                device="cpu", progress=lambda e, n, row: seen.append((e, n, row["train_loss"])))
     assert hist["best_epoch"] == 1 and hist["selection"].startswith("last epoch")
     assert hist["n_val"] == 0 and seen and seen[0][:2] == (1, 1)
-
-
-seen: list = []
 
 
 def test_internal_split_is_stratified_and_grouped():
@@ -217,10 +215,12 @@ def test_pretrained_weights_from_local_files(tmp_path):
 
 
 def test_pretrained_weights_mismatch_is_a_user_error(tmp_path):
-    from monai.networks.nets import DenseNet121
-
-    torch.save(DenseNet121(spatial_dims=2, in_channels=3, out_channels=2).state_dict(), tmp_path / "d121.pth")
-    with pytest.raises(UserError, match=r"d121\.pth does not match a 3-channel DenseNet169: .*missing"):
+    # a DenseNet121 backbone: same names, but denseblock3 stops at 24 layers and block 4 at 16
+    state = {k: v for k, v in _seeded_model().state_dict().items()
+             if not re.search(r"denseblock3\.denselayer(2[5-9]|3\d)\.|denseblock4\.denselayer(1[7-9]|[23]\d)\.", k)}
+    torch.save(state, tmp_path / "d121.pth")
+    with pytest.raises(UserError, match=r"d121\.pth does not match a 3-channel DenseNet169: \d+ tensors missing "
+                                        r"\(features\.denseblock3\.denselayer25"):
         build_densenet169(tmp_path / "d121.pth")
     # small files suffice: every problem is reported at once
     torch.save({"features.conv0.weight": torch.zeros(64, 1, 7, 7)}, tmp_path / "gray.pt")   # 1-channel stem
