@@ -292,3 +292,36 @@ def test_workflow_command_line(tmp_path, isles, reader_masks, capsys):
                                                 "arbitrator": "arb1"}}]
     rc, out, err = cli("note", st, "c9", "--reader", "ann1", "--text", "t", "--point-ras", "1,2")
     assert rc == 2 and "three numbers" in err
+
+
+def test_quality_grading_excludes_series(tmp_path, isles, reader_masks):
+    s = _study(tmp_path, isles)
+    with pytest.raises(UserError, match="give the reason"):
+        s.record_quality("c0009", "dwi", reader_id="rev1", likert=2)
+    s.record_quality("c0009", "dwi", reader_id="rev1", likert=2, reason="motion artefact")
+    with pytest.raises(UserError, match="excluded from annotation"):
+        s.annotate("c0009", "ann1", reader_masks["A"])
+    s.record_quality("c0009", "dwi", reader_id="rev1", likert=4, snr=30.0, cnr=9.0)   # re-graded: latest counts
+    s.annotate("c0009", "ann1", reader_masks["A"])
+    # SNR/CNR measured from ROIs (AnnotationQCLib.quality): the ISLES'22 DWI is skull-stripped, its
+    # background is exactly 0, so there is no noise to measure and the measurement is refused
+    dwi = sitk.ReadImage(str(isles["dwi"]))
+    lab = np.zeros(sitk.GetArrayViewFromImage(dwi).shape, np.uint8)
+    lab[sitk.GetArrayFromImage(sitk.ReadImage(str(reader_masks["A"]))) > 0] = 1
+    lab[0:3, 0:10, 0:10] = 2
+    lab[36, 50:55, 50:55] = 3
+    li = sitk.GetImageFromArray(lab)
+    li.CopyInformation(dwi)
+    sitk.WriteImage(li, str(tmp_path / "roi.nii.gz"))
+    with pytest.raises(UserError, match="no noise"):
+        s.record_quality("c0009", "dwi", reader_id="rev1", likert=4, roi_labelmap=tmp_path / "roi.nii.gz")
+    # with a background ROI inside the brain (noise + anatomy; only to exercise the measurement)
+    lab[lab == 2] = 0
+    lab[30:33, 40:45, 40:45] = 2
+    li = sitk.GetImageFromArray(lab)
+    li.CopyInformation(dwi)
+    sitk.WriteImage(li, str(tmp_path / "roi2.nii.gz"))
+    rec = s.record_quality("c0009", "dwi", reader_id="rev1", likert=4, roi_labelmap=tmp_path / "roi2.nii.gz")
+    d = sitk.GetArrayFromImage(dwi)
+    expected = d[lab == 1].mean() / d[lab == 2].std(ddof=1)
+    assert rec["what"]["snr"] == pytest.approx(expected, rel=1e-9)

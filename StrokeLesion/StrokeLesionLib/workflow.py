@@ -512,6 +512,12 @@ class Study:
                     scd = d / "images" / f"{case_id}_{kind}.json"
                     _publish_new(lambda t, sc=sc: shutil.copyfile(sc, t), scd)
                     entry["sidecar"] = f"images/{scd.name}"
+                for ext in (".bval", ".bvec"):           # dcm2niix gradient tables of a DWI series
+                    g = sc.with_suffix(ext)
+                    if kind in ("dwi", "b0") and g.exists():
+                        gd = d / "images" / f"{case_id}_{kind}{ext}"
+                        _publish_new(lambda t, g=g: shutil.copyfile(g, t), gd)
+                        entry[ext[1:]] = f"images/{gd.name}"
                 info_images[kind] = entry
             info = {"case_id": case_id, "subject": subject, "session": session, "created": _now(),
                     "created_by": by, "images": info_images}
@@ -645,6 +651,11 @@ class Study:
         """Save a new version of the reader's own mask (annotator A or B only)."""
         st = self.state(case_id)
         slot = self._acting_slot(st, reader_id, ANNOTATOR_SLOTS, "annotate")
+        excluded = {k: v for k, v in self.excluded_series(case_id, st).items() if k in ("dwi", "adc")}
+        if excluded:
+            raise UserError(f"case {case_id} is excluded from annotation by its quality grading ("
+                            + "; ".join(f"{k}: {', '.join(v)}" for k, v in excluded.items())
+                            + "); re-grade the series if this is wrong")
         if mask is None and not no_lesion:
             raise UserError("give a mask file, or state that the case shows no lesion (--no-lesion)")
         if mask is not None:
@@ -934,23 +945,47 @@ class Study:
     # -- quality -------------------------------------------------------------------------
 
     def record_quality(self, case_id: str, series: str, *, reader_id: str, likert: int, snr: float | None = None,
-                       cnr: float | None = None, reason: str = "") -> dict:
-        """Record a series' image quality (Likert 1-5, SNR, CNR) in the case's audit trail."""
+                       cnr: float | None = None, reason: str = "", roi_labelmap: str | os.PathLike | None = None,
+                       min_snr: float | None = None, min_cnr: float | None = None) -> dict:
+        """Record a series' image quality (Likert 1-5, SNR, CNR) in the case's audit trail.
+
+        The record and its flag rule (Likert < 3, or SNR/CNR below the given minimums, needs
+        a reason and excludes the series) are AnnotationQCLib.quality's; with
+        ``roi_labelmap`` (labels 1 signal, 2 background, 3 tissue on the series' grid) SNR
+        and CNR are measured by AnnotationQCLib.quality.snr_cnr_from_labelmap.
+        """
+        from AnnotationQCLib.quality import make_record, snr_cnr_from_labelmap
         info = self.case_info(case_id)
         if series not in info["images"]:
             raise UserError(f"case {case_id} has no {series} image; series: {', '.join(info['images'])}")
         self.reader(reader_id)
-        if not isinstance(likert, int) or not 1 <= likert <= 5:
-            raise UserError(f"Likert grade must be an integer 1-5, got {likert!r}")
-        for k, v in (("SNR", snr), ("CNR", cnr)):
-            if v is not None and not np.isfinite(v):
-                raise UserError(f"{k} must be a finite number, got {v!r}")
-        if likert < 3 and not reason:
-            raise UserError("a grade below 3 excludes the series; give the reason (artefact, motion, ...)")
-        what = {"series": series, "likert": likert, "snr": snr, "cnr": cnr, "reason": reason,
-                "usable": likert >= 3}
+        measured = None
+        if roi_labelmap is not None:
+            if snr is not None or cnr is not None:
+                raise UserError("give SNR/CNR values or an ROI label map to measure them, not both")
+            img = read_image(self.image_path(case_id, series), series.upper())
+            measured = snr_cnr_from_labelmap(img, read_image(roi_labelmap, "ROI label map"))
+            snr, cnr = measured["snr"], measured["cnr"]
+        rec = make_record(case_id, series, reader_id, likert=likert, reason=reason, snr=snr, cnr=cnr,
+                          min_snr=min_snr, min_cnr=min_cnr)
+        what = {"series": series, "likert": rec["likert"], "snr": rec["snr"], "cnr": rec["cnr"],
+                "reason": rec["reason"], "flagged": rec["flagged"], "flag_reasons": rec["flag_reasons"],
+                "usable": not rec["flagged"], "measured": measured}
         with _lock(self.case_dir(case_id)):
-            return self._log(case_id).append(who=reader_id, role="quality", action="quality", what=what, why=reason)
+            return self._log(case_id).append(who=reader_id, role="quality", action="quality", what=what,
+                                             why=rec["reason"])
+
+    def excluded_series(self, case_id: str, st: CaseState | None = None) -> dict[str, list[str]]:
+        """Series whose latest quality record (per reader) flags them: {series: reasons}."""
+        st = st or self.state(case_id)
+        latest: dict[tuple[str, str], dict] = {}
+        for q in st.quality:
+            latest[(q["series"], q["who"])] = q
+        out: dict[str, list[str]] = {}
+        for (series, _), q in latest.items():
+            if q.get("flagged"):
+                out.setdefault(series, []).extend(q.get("flag_reasons", []))
+        return out
 
     # -- views ---------------------------------------------------------------------------
 
