@@ -1,0 +1,371 @@
+"""Data acceptance of an exported stroke BIDS dataset (consensus section 3.3) and the
+dataset quality report.
+
+Checks, each case (subject/session) and the dataset as a whole:
+
+* completeness - every session has an accepted consensus mask
+  (``derivatives/lesions/.../dwi/*_label-lesion_desc-consensus_mask.nii.gz``), and the two
+  annotators' masks;
+* format - every image and mask is a readable NIfTI; masks are binary (0/1), on the raw
+  DWI's grid (shape and affine);
+* metadata - dataset_description.json (raw: Name, BIDSVersion, Authors, License; the lesion
+  derivative: DatasetType and GeneratedBy, see bids.check_derivative_description),
+  participants.tsv/.json (every subject listed, no stranger), README, a JSON sidecar for every
+  image with the acquisition parameters (MagneticFieldStrength, EchoTime, RepetitionTime;
+  the DWI's b-value; the ADC's Units), mask sidecars with Type, Sources and SpatialReference,
+  and no identifying sidecar key left (deid.clean_sidecar finds nothing to remove);
+* file naming - every file matches the names this layout allows (and, with
+  ``run_official_validator``, bids-validator-deno reports no error);
+* quality - every image has a Likert grade >= 3 (AnnotationQCLib.quality.MIN_LIKERT) and SNR
+  and CNR in scans.tsv.
+
+Writes ``acceptance_report.json`` and ``acceptance_report.html`` (never over existing ones).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from AnnotationQCLib.common import UserError
+
+from .bids import check_derivative_description
+
+_SUBSES = re.compile(r"^sub-([A-Za-z0-9]+)$")
+RAW_PATTERNS = [
+    r"sub-{s}_ses-{t}_scans\.tsv",
+    r"dwi/sub-{s}_ses-{t}(_acq-[A-Za-z0-9]+)?_(dwi|trace)\.(nii\.gz|json|bval|bvec)",
+    r"dwi/sub-{s}_ses-{t}_(ADC|expADC|FA|trace)\.(nii\.gz|json)",
+    r"anat/sub-{s}_ses-{t}_(FLAIR|T1w|T2w)\.(nii\.gz|json)",
+]
+DERIV_PATTERNS = [
+    r"dwi/sub-{s}_ses-{t}_space-orig_label-lesion_desc-(annotatorA|annotatorB|consensus)_mask\.(nii\.gz|json)",
+    r"dwi/sub-{s}_ses-{t}_space-orig_expADC\.(nii\.gz|json)",
+]
+REQUIRED_ACQ = ("MagneticFieldStrength", "EchoTime", "RepetitionTime")
+
+
+class _Case:
+    def __init__(self, sub: str, ses: str):
+        self.sub, self.ses = sub, ses
+        self.checks: list[dict] = []
+        self.info: dict = {}
+
+    def add(self, category: str, ok: bool, message: str, severity: str = "error"):
+        self.checks.append({"category": category, "ok": bool(ok), "severity": "ok" if ok else severity,
+                            "message": message})
+
+    @property
+    def passed(self) -> bool:
+        return all(c["ok"] or c["severity"] != "error" for c in self.checks)
+
+
+def _load_nifti(path: Path):
+    import nibabel as nib
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        return img, data
+    except Exception as exc:  # noqa: BLE001
+        return None, f"{exc.__class__.__name__}: {str(exc)[:100]}"
+
+
+def _read_json(path: Path) -> tuple[dict | None, str]:
+    if not path.exists():
+        return None, f"{path.name} missing"
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, f"{path.name} is not valid JSON"
+    if not isinstance(d, dict):
+        return None, f"{path.name} is not a JSON object"
+    return d, ""
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def check_dataset(dataset: str | os.PathLike, *, run_official_validator: bool = False) -> dict:
+    """Run the acceptance checks; returns the report dict (``accepted`` True/False)."""
+    from AnnotationQCLib.quality import MIN_LIKERT
+
+    from .deid import clean_sidecar
+    root = Path(dataset)
+    if not root.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    if not (root / "dataset_description.json").exists():
+        raise UserError(f"{root} is not a BIDS dataset (no dataset_description.json); give the exported folder")
+    dataset_checks: list[dict] = []
+
+    def dcheck(category, ok, message, severity="error"):
+        dataset_checks.append({"category": category, "ok": bool(ok), "severity": "ok" if ok else severity,
+                               "message": message})
+
+    # dataset-level metadata
+    desc, err = _read_json(root / "dataset_description.json")
+    if desc is None:
+        dcheck("metadata", False, err)
+    else:
+        for key in ("Name", "BIDSVersion", "Authors"):
+            dcheck("metadata", bool(desc.get(key)), f"dataset_description.json {key}"
+                   + (" present" if desc.get(key) else " missing"))
+        dcheck("metadata", bool(desc.get("License")), "dataset_description.json License"
+               + (" present" if desc.get("License") else " missing (state the data licence)"), "warning")
+    deriv = root / "derivatives" / "lesions"
+    probs = check_derivative_description(deriv / "dataset_description.json")
+    dcheck("metadata", not probs, "derivatives/lesions/dataset_description.json: "
+           + ("DatasetType derivative, GeneratedBy present" if not probs else "; ".join(probs)))
+    for f in ("README", "participants.tsv", "participants.json"):
+        dcheck("metadata", (root / f).exists(), f"{f} " + ("present" if (root / f).exists() else "missing"))
+    dcheck("metadata", (deriv / "README").exists(), "derivatives/lesions/README "
+           + ("present" if (deriv / "README").exists() else "missing"), "warning")
+
+    subjects = sorted(m.group(1) for p in root.iterdir() if p.is_dir() and (m := _SUBSES.match(p.name)))
+    if not subjects:
+        dcheck("completeness", False, "no sub-* folder: the dataset holds no subject")
+    listed = []
+    if (root / "participants.tsv").exists():
+        rows = _read_tsv(root / "participants.tsv")
+        listed = [r.get("participant_id", "") for r in rows]
+        missing = sorted(set(f"sub-{s}" for s in subjects) - set(listed))
+        extra = sorted(set(listed) - set(f"sub-{s}" for s in subjects))
+        dcheck("metadata", not missing and not extra,
+               "participants.tsv lists every subject" if not missing and not extra else
+               f"participants.tsv: missing {missing or '-'}, without data {extra or '-'}")
+
+    cases: list[_Case] = []
+    for s in subjects:
+        sessions = sorted(p.name[4:] for p in (root / f"sub-{s}").iterdir() if p.is_dir() and p.name.startswith("ses-"))
+        if not sessions:
+            c = _Case(s, "")
+            c.add("completeness", False, f"sub-{s} has no ses-* folder")
+            cases.append(c)
+        for t in sessions:
+            cases.append(_check_session(root, deriv, s, t, MIN_LIKERT, clean_sidecar))
+
+    validator = None
+    if run_official_validator:
+        from .bids import run_validator
+        validator = run_validator(root)
+        n = validator["n_errors"]
+        codes = sorted({i["code"] for i in validator["errors"]} | {
+            i["code"] for d in validator["derivatives"].values() for i in d["errors"]})
+        dcheck("naming", n == 0, "bids-validator-deno: " + ("no errors" if n == 0 else f"{n} error(s): "
+                                                              + ", ".join(codes)))
+
+    n_ok = sum(c.passed for c in cases)
+    accepted = all(c["ok"] or c["severity"] != "error" for c in dataset_checks) and n_ok == len(cases) and bool(cases)
+    report = {
+        "dataset": str(root),
+        "checked": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "accepted": accepted,
+        "summary": {"sessions": len(cases), "sessions_passed": n_ok,
+                    "consensus_masks": sum(1 for c in cases if c.info.get("consensus")),
+                    "total_consensus_volume_ml": float(sum(c.info.get("consensus_volume_ml") or 0 for c in cases)),
+                    "total_lesions": int(sum(c.info.get("consensus_lesions") or 0 for c in cases))},
+        "dataset_checks": dataset_checks,
+        "sessions": [{"subject": c.sub, "session": c.ses, "passed": c.passed, "info": c.info, "checks": c.checks}
+                     for c in cases],
+    }
+    if validator is not None:
+        report["validator"] = {"n_errors": validator["n_errors"],
+                               "warnings": sorted({i["code"] for i in validator["warnings"]})}
+    return report
+
+
+def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, clean_sidecar) -> _Case:
+    c = _Case(s, t)
+    stem = f"sub-{s}_ses-{t}"
+    sdir = root / f"sub-{s}" / f"ses-{t}"
+    ddir = deriv / f"sub-{s}" / f"ses-{t}"
+    # naming
+    pats = [re.compile("^" + p.format(s=s, t=t) + "$") for p in RAW_PATTERNS]
+    bad = [str(p.relative_to(sdir)) for p in sdir.rglob("*") if p.is_file()
+           and not any(r.match(str(p.relative_to(sdir)).replace(os.sep, "/")) for r in pats)]
+    c.add("naming", not bad, "raw file names follow the layout" if not bad else f"unexpected raw file(s): {bad}")
+    if ddir.exists():
+        dpats = [re.compile("^" + p.format(s=s, t=t) + "$") for p in DERIV_PATTERNS]
+        dbad = [str(p.relative_to(ddir)) for p in ddir.rglob("*") if p.is_file()
+                and not any(r.match(str(p.relative_to(ddir)).replace(os.sep, "/")) for r in dpats)]
+        c.add("naming", not dbad, "derivative file names follow the BIDS mask template" if not dbad else
+              f"derivative file(s) not named by the BIDS mask template: {dbad}")
+
+    # images: format + metadata
+    images = sorted(p for p in sdir.rglob("*.nii.gz"))
+    dwi = [p for p in images if re.search(r"_(dwi|trace)\.nii\.gz$", p.name) and "_acq-b0_" not in p.name]
+    c.add("completeness", bool(dwi), "DWI present" if dwi else "no DWI image (dwi/*_dwi.nii.gz or *_trace.nii.gz)")
+    c.add("completeness", any(p.name.endswith("_ADC.nii.gz") for p in images),
+          "ADC present" if any(p.name.endswith("_ADC.nii.gz") for p in images) else "no ADC map", "warning")
+    ref = None
+    for p in images:
+        img, data = _load_nifti(p)
+        rel = p.relative_to(sdir)
+        if img is None:
+            c.add("format", False, f"{rel}: not a readable NIfTI ({data})")
+            continue
+        c.add("format", True, f"{rel}: readable NIfTI {img.shape}")
+        if dwi and p == dwi[0]:
+            ref = img
+        meta, err = _read_json(p.with_name(p.name.replace(".nii.gz", ".json")))
+        if meta is None:
+            c.add("metadata", False, f"{rel}: {err}")
+            continue
+        miss = [k for k in REQUIRED_ACQ if k not in meta]
+        c.add("metadata", not miss, f"{rel}: acquisition parameters " + ("present" if not miss else f"missing {miss}"))
+        if p in dwi:
+            bval = p.with_name(p.name.replace(".nii.gz", ".bval"))
+            has_b = bval.exists() or "DiffusionBValue" in meta
+            c.add("metadata", has_b, f"{rel}: b-value " + ("recorded" if has_b else "missing (.bval or DiffusionBValue)"))
+        if p.name.endswith("_ADC.nii.gz"):
+            c.add("metadata", bool(meta.get("Units")), f"{rel}: ADC Units " + (meta.get("Units") or "missing"))
+        _, rep = clean_sidecar(meta, keep_patient_characteristics=True)
+        _, strict = clean_sidecar(meta)
+        ident = list(rep["removed"])
+        c.add("metadata", not ident, f"{rel}: sidecar de-identified" if not ident else
+              f"{rel}: identifying sidecar key(s) {ident}")
+        pc = [k for k in strict["removed"] if k not in ident]
+        if pc:
+            c.add("metadata", False, f"{rel}: patient characteristics kept in the sidecar {pc} (allowed only "
+                  "under the Retain Patient Characteristics Option)", "warning")
+
+    # masks
+    for desc in ("consensus", "annotatorA", "annotatorB"):
+        mp = ddir / "dwi" / f"{stem}_space-orig_label-lesion_desc-{desc}_mask.nii.gz"
+        sev = "error"
+        if not mp.exists():
+            doc = ddir / f"{stem}_dwi_lesionmask.nii.gz"
+            if desc == "consensus" and doc.exists():
+                c.add("naming", False, f"consensus mask uses the consensus document's name {doc.name} (not valid "
+                      "BIDS); export with BIDS mask naming")
+                mp = doc
+            else:
+                c.add("completeness", False, f"no {desc} mask" + (" (case not accepted: no final decision)"
+                                                                  if desc == "consensus" else ""), sev)
+                continue
+        img, data = _load_nifti(mp)
+        if img is None:
+            c.add("format", False, f"{desc} mask unreadable ({data})")
+            continue
+        vals = np.unique(data)
+        binary = set(vals.tolist()) <= {0, 1}
+        c.add("format", binary, f"{desc} mask binary 0/1" if binary else f"{desc} mask has values {vals[:6]}")
+        if ref is not None:
+            ok = img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-3)
+            c.add("format", ok, f"{desc} mask on the DWI grid" if ok else
+                  f"{desc} mask not on the DWI grid (shape {img.shape} vs {ref.shape} or affine differs)")
+        n = int((data != 0).sum())
+        vv = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        if desc == "consensus":
+            from scipy import ndimage as ndi
+            c.info["consensus"] = True
+            c.info["consensus_volume_ml"] = n * vv
+            c.info["consensus_lesions"] = int(ndi.label(data != 0, structure=np.ones((3, 3, 3)))[1])
+            if n == 0:
+                c.add("completeness", False, "consensus mask is empty (no acute lesion): confirm this is intended",
+                      "warning")
+        meta, err = _read_json(mp.with_name(mp.name.replace(".nii.gz", ".json")))
+        if meta is None:
+            c.add("metadata", False, f"{desc} mask: {err}")
+        else:
+            miss = [k for k in ("Type", "Sources", "SpatialReference") if not meta.get(k)]
+            c.add("metadata", not miss, f"{desc} mask sidecar " + ("complete" if not miss else f"missing {miss}"))
+
+    # quality grades
+    scans = sdir / f"{stem}_scans.tsv"
+    if not scans.exists():
+        c.add("quality", False, f"{scans.name} missing: no quality grades recorded")
+    else:
+        rows = {r["filename"]: r for r in _read_tsv(scans)}
+        for p in images:
+            rel = str(p.relative_to(sdir)).replace(os.sep, "/")
+            r = rows.get(rel)
+            if r is None:
+                c.add("quality", False, f"{rel}: not graded")
+                continue
+            lk = r.get("quality_likert", "n/a")
+            try:
+                lk_i = int(lk)
+            except (TypeError, ValueError):
+                c.add("quality", False, f"{rel}: Likert grade missing")
+            else:
+                c.add("quality", lk_i >= min_likert, f"{rel}: Likert {lk_i}" + ("" if lk_i >= min_likert else
+                      f" < {min_likert}: the series should have been excluded"))
+            for k in ("snr", "cnr"):
+                v = r.get(k, "n/a")
+                ok = v not in (None, "", "n/a")
+                c.add("quality", ok, f"{rel}: {k.upper()} " + (v if ok else "missing"))
+    return c
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write acceptance_report.json and .html into ``out_dir`` (refuses to replace them)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jp, hp = out / "acceptance_report.json", out / "acceptance_report.html"
+    for p in (jp, hp):
+        if p.exists():
+            raise UserError(f"{p} already exists; write the report into another folder")
+    with open(jp, "x", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    with open(hp, "x", encoding="utf-8") as f:
+        f.write(render_html(report))
+    return jp, hp
+
+
+def render_html(report: dict) -> str:
+    e = html.escape
+    s = report["summary"]
+    verdict = "ACCEPTED" if report["accepted"] else "NOT ACCEPTED"
+    colour = "#1a7f37" if report["accepted"] else "#b42318"
+
+    def rows(checks):
+        out = []
+        for c in checks:
+            col = {"ok": "#1a7f37", "warning": "#b54708", "error": "#b42318"}[c["severity"]]
+            out.append(f"<tr><td>{e(c['category'])}</td><td style='color:{col}'>{e(c['severity'])}</td>"
+                       f"<td>{e(c['message'])}</td></tr>")
+        return "\n".join(out)
+
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Dataset quality report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f2f2f2}</style></head><body>",
+        "<h1>Dataset quality report</h1>",
+        f"<p>Dataset: <code>{e(report['dataset'])}</code><br>Checked: {e(report['checked'])}</p>",
+        f"<h2 style='color:{colour}'>{verdict}</h2>",
+        "<table><tr><th>sessions</th><th>passed</th><th>consensus masks</th><th>lesions (26-connected)</th>"
+        "<th>total lesion volume (mL)</th></tr>",
+        f"<tr><td>{s['sessions']}</td><td>{s['sessions_passed']}</td><td>{s['consensus_masks']}</td>"
+        f"<td>{s['total_lesions']}</td><td>{s['total_consensus_volume_ml']:.3f}</td></tr></table>",
+        "<h2>Dataset</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>",
+        rows(report["dataset_checks"]), "</table>",
+    ]
+    if "validator" in report:
+        v = report["validator"]
+        parts.append(f"<p>bids-validator-deno: {v['n_errors']} error(s); warnings: {e(', '.join(v['warnings']))}</p>")
+    for sess in report["sessions"]:
+        state = "passed" if sess["passed"] else "FAILED"
+        parts.append(f"<h2>sub-{e(sess['subject'])} ses-{e(sess['session'])}: {state}</h2>")
+        info = sess["info"]
+        if info.get("consensus"):
+            parts.append(f"<p>consensus: {info['consensus_volume_ml']:.3f} mL, {info['consensus_lesions']} "
+                         "lesion(s)</p>")
+        parts.append("<table><tr><th>check</th><th>result</th><th>detail</th></tr>")
+        parts.append(rows(sess["checks"]))
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
