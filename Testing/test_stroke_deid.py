@@ -130,3 +130,19 @@ def test_isles_sidecar_cleaned(shared_data, tmp_path):
     clean, rep = deid.clean_sidecar(meta)
     assert clean == {"RepetitionTime": 9.9, "PhaseEncodingDirection": "j-"}
     assert rep["kept_non_dicom"] == ["PhaseEncodingDirection"]
+
+
+def test_deid_command_line(tmp_path, capsys):
+    from StrokeLesionLib.cli import main
+    (tmp_path / "in").mkdir()
+    make_dicom(tmp_path / "in" / "a.dcm")
+    capsys.readouterr()
+    assert main(["deid", "dicom", str(tmp_path / "in"), str(tmp_path / "out"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_files"] == 1
+    assert "Zhang" not in str(pydicom.dcmread(str(tmp_path / "out" / "a.dcm")))
+    assert main(["deid", "dicom", str(tmp_path / "in"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not empty" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "s.json").write_text(json.dumps({"PatientName": "Zhang^San", "EchoTime": 0.055}))
+    assert main(["deid", "sidecar", str(tmp_path / "s.json"), str(tmp_path / "s_clean.json")]) == 0
+    assert json.loads((tmp_path / "s_clean.json").read_text()) == {"EchoTime": 0.055}

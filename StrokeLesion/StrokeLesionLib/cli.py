@@ -259,10 +259,104 @@ def cmd_arbitrate(args) -> int:
 
 def cmd_quality(args) -> int:
     rec = _study(args).record_quality(args.case, args.series, reader_id=args.reader, likert=args.likert,
-                                      snr=args.snr, cnr=args.cnr, reason=args.reason or "")
+                                      snr=args.snr, cnr=args.cnr, reason=args.reason or "", roi_labelmap=args.roi,
+                                      min_snr=args.min_snr, min_cnr=args.min_cnr)
     w = rec["what"]
-    _emit(w, args.json, f"{args.series}: Likert {w['likert']} ({'usable' if w['usable'] else 'EXCLUDED'})")
+    snr = f", SNR {w['snr']:.1f}" if w["snr"] is not None else ""
+    cnr = f", CNR {w['cnr']:.1f}" if w["cnr"] is not None else ""
+    _emit(w, args.json, f"{args.series}: Likert {w['likert']}{snr}{cnr} ("
+          + ("usable" if w["usable"] else "EXCLUDED: " + "; ".join(w["flag_reasons"])) + ")")
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# BIDS, de-identification, acceptance
+
+
+def cmd_export_bids(args) -> int:
+    from .bids import ExportOptions, export_study, run_validator
+    opts = ExportOptions(name=args.name, authors=args.author or [], license=args.license,
+                         mask_naming=args.mask_naming, dwi_suffix=args.dwi_suffix,
+                         keep_patient_characteristics=args.keep_patient_characteristics,
+                         include_audit=not args.no_audit, include_eadc=not args.no_eadc,
+                         cases=tuple(args.case) if args.case else None)
+    rep = export_study(_study(args), args.out, opts)
+    if args.validate:
+        v = run_validator(args.out)
+        rep["validator"] = {"n_errors": v["n_errors"], "errors": sorted(
+            {i["code"] for i in v["errors"]} | {i["code"] for d in v["derivatives"].values() for i in d["errors"]})}
+    text = f"wrote {rep['files']} files to {rep['output']} ({len(rep['cases'])} case(s))" + "".join(
+        f"\nwarning: {w}" for w in rep["warnings"])
+    if "validator" in rep:
+        text += f"\nBIDS validator: {rep['validator']['n_errors']} error(s) {' '.join(rep['validator']['errors'])}"
+    _emit(rep, args.json, text)
+    return 1 if rep.get("validator", {}).get("n_errors") else 0
+
+
+def cmd_validate_bids(args) -> int:
+    from pathlib import Path as _P
+
+    from .bids import check_derivative_description, run_validator
+    v = run_validator(args.dataset)
+    deriv_problems = {}
+    dd = _P(args.dataset) / "derivatives"
+    if dd.is_dir():
+        for d in sorted(p for p in dd.iterdir() if (p / "dataset_description.json").exists()):
+            deriv_problems[d.name] = check_derivative_description(d / "dataset_description.json")
+    out = {"n_errors": v["n_errors"], "errors": v["errors"], "derivatives": v["derivatives"],
+           "derivative_descriptions": deriv_problems}
+    bad = v["n_errors"] or any(deriv_problems.values())
+    lines = [f"BIDS validator: {v['n_errors']} error(s), {len(v['warnings'])} warning(s) in the raw dataset"]
+    lines += [f"  error {i['code']}: {i.get('location', '')}" for i in v["errors"]]
+    for name, dv in v["derivatives"].items():
+        lines += [f"  {name} error {i['code']}: {i.get('location', '')}" for i in dv["errors"]]
+    for name, probs in deriv_problems.items():
+        lines.append(f"derivatives/{name}/dataset_description.json: " + ("; ".join(probs) if probs else "ok"))
+    _emit(out, args.json, "\n".join(lines))
+    return 1 if bad else 0
+
+
+def cmd_deid(args) -> int:
+    from .deid import clean_sidecar_file, deidentify_file, deidentify_folder
+    from pathlib import Path as _P
+    src = _P(args.input)
+    if args.kind == "sidecar":
+        rep = clean_sidecar_file(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics)
+        text = f"removed {', '.join(rep['removed']) or 'nothing'}; non-DICOM keys kept for review: " \
+               f"{', '.join(rep['kept_non_dicom']) or 'none'}"
+    elif src.is_dir():
+        rep = deidentify_folder(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics)
+        text = f"de-identified {rep['n_files']} DICOM file(s) into {rep['output']} ({rep['method']})" + (
+            f"; skipped {len(rep['skipped_not_dicom'])} non-DICOM file(s)" if rep["skipped_not_dicom"] else "")
+    else:
+        rep = deidentify_file(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics)
+        text = f"wrote {rep['output']} ({rep['method']})"
+    _emit(rep, args.json, text)
+    return 0
+
+
+def cmd_accept(args) -> int:
+    from pathlib import Path as _P
+
+    from .acceptance import check_dataset, write_report
+    rep = check_dataset(args.dataset, run_official_validator=args.validate)
+    ds = _P(args.dataset).resolve()
+    out_dir = _P(args.report_dir) if args.report_dir else ds.with_name(ds.name + "-acceptance")
+    jp, hp = write_report(rep, out_dir)
+    s = rep["summary"]
+    lines = [f"{'ACCEPTED' if rep['accepted'] else 'NOT ACCEPTED'}: {s['sessions_passed']}/{s['sessions']} "
+             f"session(s) pass; {s['consensus_masks']} consensus mask(s), {s['total_lesions']} lesion(s), "
+             f"{s['total_consensus_volume_ml']:.3f} mL"]
+    for c in rep["dataset_checks"]:
+        if not c["ok"]:
+            lines.append(f"  {c['severity']}: {c['message']}")
+    for sess in rep["sessions"]:
+        for c in sess["checks"]:
+            if not c["ok"] and c["severity"] == "error":
+                lines.append(f"  sub-{sess['subject']} ses-{sess['session']}: {c['message']}")
+    lines.append(f"report: {hp} and {jp.name}")
+    _emit({**rep, "report_html": str(hp), "report_json": str(jp)}, args.json, "\n".join(lines))
+    return 0 if rep["accepted"] else 1
 
 
 def cmd_status(args) -> int:
@@ -436,8 +530,52 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--snr", type=_float)
     x.add_argument("--cnr", type=_float)
     x.add_argument("--reason")
+    x.add_argument("--roi", help="label map on the series' grid (1 signal, 2 background, 3 tissue) to measure SNR/CNR")
+    x.add_argument("--min-snr", type=_float, help="flag (exclude) the series below this SNR")
+    x.add_argument("--min-cnr", type=_float, help="flag (exclude) the series below this CNR")
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_quality)
+
+    x = sub.add_parser("export-bids", help="export the study to a BIDS dataset with a lesion-mask derivative")
+    x.add_argument("study")
+    x.add_argument("out", help="new (or empty) output folder")
+    x.add_argument("--name", required=True, help="dataset name")
+    x.add_argument("--author", action="append", help="author (repeat for each)")
+    x.add_argument("--license", help="data licence, e.g. CC-BY-4.0")
+    x.add_argument("--mask-naming", choices=["bids", "consensus-document"], default="bids",
+                   help="'consensus-document' names the consensus mask sub-X_ses-Y_dwi_lesionmask.nii.gz as in the "
+                        "consensus document; that name is NOT valid BIDS")
+    x.add_argument("--dwi-suffix", choices=["dwi", "trace"], default="dwi",
+                   help="suffix of a single 3D (trace-weighted) DWI: dwi (+ .bval/.bvec, default) or trace")
+    x.add_argument("--keep-patient-characteristics", action="store_true",
+                   help="keep age/sex/weight (DICOM Retain Patient Characteristics Option)")
+    x.add_argument("--no-audit", action="store_true", help="leave the audit trail (with free-text notes) out")
+    x.add_argument("--no-eadc", action="store_true", help="do not write eADC maps")
+    x.add_argument("--case", action="append", help="export only this case (repeatable)")
+    x.add_argument("--validate", action="store_true", help="run bids-validator-deno afterwards")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_export_bids)
+
+    x = sub.add_parser("validate-bids", help="run the official BIDS validator and check derivatives' GeneratedBy")
+    x.add_argument("dataset")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_validate_bids)
+
+    x = sub.add_parser("deid", help="de-identify DICOM (PS3.15 Basic Profile) or a JSON sidecar")
+    x.add_argument("kind", choices=["dicom", "sidecar"])
+    x.add_argument("input", help="DICOM file or folder, or a JSON sidecar")
+    x.add_argument("output", help="output file or new folder")
+    x.add_argument("--keep-patient-characteristics", action="store_true",
+                   help="Retain Patient Characteristics Option (age, sex, size, weight)")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_deid)
+
+    x = sub.add_parser("accept", help="acceptance checks of an exported dataset and its quality report (HTML+JSON)")
+    x.add_argument("dataset")
+    x.add_argument("--report-dir", help="where to write the report (default: DATASET-acceptance beside the dataset)")
+    x.add_argument("--validate", action="store_true", help="also run bids-validator-deno")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_accept)
 
     x = sub.add_parser("status", help="cases and their state (blinded for annotators with --reader)")
     x.add_argument("study")
