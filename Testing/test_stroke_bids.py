@@ -3,7 +3,6 @@ official validator (bids-validator-deno) and by our own derivative checks."""
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import nibabel as nib

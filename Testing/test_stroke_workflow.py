@@ -133,10 +133,14 @@ def test_full_workflow_with_dispute_and_arbitration(tmp_path, isles, reader_mask
         s.review("c0009", "rev1", choices={1: "A"}, why="partial")
     with pytest.raises(UserError, match="only for cases within the thresholds"):
         s.review("c0009", "rev1", accept_proposed=True, why="x")
-    s.review("c0009", "rev1", default="union", choices={extra_id: "none"}, dispute=True,
-             why="lesion near the sulcus unclear; arbitration requested")
+    with pytest.raises(UserError, match="needs an edited mask"):
+        s.review("c0009", "rev1", default="union", choices={1: "edited"}, why="x")
+    # lesion 1 redrawn by the reviewer (here: the expert's outline, given as an edited mask file)
+    s.review("c0009", "rev1", default="union", choices={extra_id: "none", 1: "edited"}, edited=reader_masks["A"],
+             dispute=True, why="lesion near the sulcus unclear; arbitration requested")
     st = s.state("c0009")
     assert st.status == "arbitration" and st.consensus is None
+    assert st.reviews[-1]["decisions"]["1"] == "edited" and st.reviews[-1]["report"]["edited_input"]
     with pytest.raises(UserError, match="state arbitration"):
         s.review("c0009", "rev1", default="A", why="again")
     with pytest.raises(UserError, match="may not arbitrate"):

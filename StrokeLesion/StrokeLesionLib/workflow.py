@@ -264,6 +264,7 @@ class AuditLog:
     def append(self, *, who: str, role: str | None, action: str, what: dict, why: str = "") -> dict:
         """Append one record; call under the folder lock."""
         recs = self.records()
+        what = json.loads(json.dumps(what, default=_json_default))   # plain JSON values: the hash is reproducible
         rec = {"seq": len(recs) + 1, "ts": _now(), "who": who, "role": role, "action": action,
                "what": what, "why": why or "", "prev": recs[-1]["hash"] if recs else ""}
         rec["hash"] = _record_hash(rec)
