@@ -173,6 +173,9 @@ def test_acceptance(exported, tmp_path):
     assert by["strokecase0009"]["passed"] is True
     assert by["strokecase0009"]["info"]["consensus_lesions"] == 18          # the expert mask: 18 lesions
     assert by["strokecase0009"]["info"]["consensus_volume_ml"] == pytest.approx(4.184)
+    # A = expert (523 voxels), B = expert + a 27-voxel block: Dice = 2*523 / (523 + 550)
+    assert rep["summary"]["mean_reader_dice"] == pytest.approx(2 * 523 / (523 + 550))
+    assert rep["summary"]["decided_by"] == {"reviewer": 1}
     failed = [c["message"] for c in by["strokecase0010"]["checks"] if not c["ok"] and c["severity"] == "error"]
     assert "no consensus mask (case not accepted: no final decision)" in failed
     assert "no annotatorB mask" in failed

@@ -171,7 +171,13 @@ def check_dataset(dataset: str | os.PathLike, *, run_official_validator: bool = 
         "summary": {"sessions": len(cases), "sessions_passed": n_ok,
                     "consensus_masks": sum(1 for c in cases if c.info.get("consensus")),
                     "total_consensus_volume_ml": float(sum(c.info.get("consensus_volume_ml") or 0 for c in cases)),
-                    "total_lesions": int(sum(c.info.get("consensus_lesions") or 0 for c in cases))},
+                    "total_lesions": int(sum(c.info.get("consensus_lesions") or 0 for c in cases)),
+                    "mean_reader_dice": (float(np.mean(dices)) if (dices := [c.info["reader_dice"] for c in cases
+                                                                              if c.info.get("reader_dice") is not None])
+                                         else None),
+                    "decided_by": {k: sum(1 for c in cases if c.info.get("decided_by") == k)
+                                   for k in sorted({str(c.info.get("decided_by")) for c in cases
+                                                    if c.info.get("decided_by")})}},
         "dataset_checks": dataset_checks,
         "sessions": [{"subject": c.sub, "session": c.ses, "passed": c.passed, "info": c.info, "checks": c.checks}
                      for c in cases],
@@ -278,6 +284,10 @@ def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, cle
         else:
             miss = [k for k in ("Type", "Sources", "SpatialReference") if not meta.get(k)]
             c.add("metadata", not miss, f"{desc} mask sidecar " + ("complete" if not miss else f"missing {miss}"))
+            if desc == "consensus":
+                agree = meta.get("ReaderAgreement") or {}
+                c.info["reader_dice"] = agree.get("dice")
+                c.info["decided_by"] = (meta.get("ConsensusDecision") or {}).get("decided_by")
 
     # quality grades
     scans = sdir / f"{stem}_scans.tsv"
@@ -348,9 +358,11 @@ def render_html(report: dict) -> str:
         f"<p>Dataset: <code>{e(report['dataset'])}</code><br>Checked: {e(report['checked'])}</p>",
         f"<h2 style='color:{colour}'>{verdict}</h2>",
         "<table><tr><th>sessions</th><th>passed</th><th>consensus masks</th><th>lesions (26-connected)</th>"
-        "<th>total lesion volume (mL)</th></tr>",
+        "<th>total lesion volume (mL)</th><th>mean Dice A vs B</th><th>consensus decided by</th></tr>",
         f"<tr><td>{s['sessions']}</td><td>{s['sessions_passed']}</td><td>{s['consensus_masks']}</td>"
-        f"<td>{s['total_lesions']}</td><td>{s['total_consensus_volume_ml']:.3f}</td></tr></table>",
+        f"<td>{s['total_lesions']}</td><td>{s['total_consensus_volume_ml']:.3f}</td>"
+        f"<td>{'-' if s['mean_reader_dice'] is None else format(s['mean_reader_dice'], '.3f')}</td>"
+        f"<td>{e(', '.join(f'{k}: {v}' for k, v in s['decided_by'].items()) or '-')}</td></tr></table>",
         "<h2>Dataset</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>",
         rows(report["dataset_checks"]), "</table>",
     ]
@@ -362,8 +374,9 @@ def render_html(report: dict) -> str:
         parts.append(f"<h2>sub-{e(sess['subject'])} ses-{e(sess['session'])}: {state}</h2>")
         info = sess["info"]
         if info.get("consensus"):
+            dice = "" if info.get("reader_dice") is None else f"; Dice A vs B {info['reader_dice']:.3f}"
             parts.append(f"<p>consensus: {info['consensus_volume_ml']:.3f} mL, {info['consensus_lesions']} "
-                         "lesion(s)</p>")
+                         f"lesion(s){dice}; decided by {e(str(info.get('decided_by') or '-'))}</p>")
         parts.append("<table><tr><th>check</th><th>result</th><th>detail</th></tr>")
         parts.append(rows(sess["checks"]))
         parts.append("</table>")
