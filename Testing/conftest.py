@@ -22,3 +22,7 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data folder {SHARED_DATA} is absent (it ships beside the project in CI)")
     return SHARED_DATA
+
+
+# Session fixtures shared by several test files (a small trained HRMM model).
+from hrmm_fixtures import small_cohort, small_config, small_params, trained_bundle  # noqa: E402,F401

@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,6 +47,26 @@ TRUSTED_TYPES = [
     "sklearn.tree._tree.Tree", "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.preprocessing._data.StandardScaler", "sklearn.decomposition._pca.PCA",
 ]
+
+
+def skops_types(path: str | os.PathLike) -> set[str]:
+    """Every ``module.Class`` named in a .skops file's schema, read without loading anything.
+
+    skops trusts scikit-learn estimators by default; the bundle's own allow-list is stricter
+    (only the estimator types this software writes), so the schema is checked here first."""
+    with zipfile.ZipFile(path) as z:
+        schema = json.loads(z.read("schema.json"))
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            if "__class__" in o and "__module__" in o:
+                found.add(f"{o['__module__']}.{o['__class__']}")
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    return found
 
 
 def software_versions() -> dict[str, str]:
@@ -120,7 +141,7 @@ class BundleWriter:
         import skops.io as sio
 
         sio.dump(estimator, self.path(rel))
-        untrusted = set(sio.get_untrusted_types(file=self.path(rel))) - set(TRUSTED_TYPES)
+        untrusted = skops_types(self.path(rel)) - set(TRUSTED_TYPES)
         if untrusted:
             raise RuntimeError(f"estimator {rel} holds types outside the bundle's allow-list: {sorted(untrusted)}")
 
@@ -176,11 +197,14 @@ class Bundle:
             import skops.io as sio
 
             p = self.path / rel
-            untrusted = set(sio.get_untrusted_types(file=p))
-            bad = untrusted - set(TRUSTED_TYPES)
+            try:
+                bad = skops_types(p) - set(TRUSTED_TYPES)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                raise UserError(f"model file {p} is not a readable skops file; restore the bundle") from None
             if bad:
                 raise UserError(f"model file {p} contains types that are not allowed ({', '.join(sorted(bad)[:3])}); "
                                 "it was not made by this software: do not use it")
+            untrusted = sio.get_untrusted_types(file=p)  # skops' own list, all within our allow-list here
             self._cache[rel] = sio.load(p, trusted=sorted(untrusted))
         return self._cache[rel]
 
@@ -237,18 +261,3 @@ def features_table(stats: pd.DataFrame) -> list[dict]:
         out.append({"name": str(name), "mean": float(r["mean"]), "sd": float(r["sd"]),
                     "min": float(r["min"]), "max": float(r["max"])})
     return out
-
-
-def jsonable(o):
-    if isinstance(o, Mapping):
-        return {str(k): jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return [jsonable(v) for v in o.tolist()]
-    if isinstance(o, (np.floating, float)):
-        v = float(o)
-        return v if np.isfinite(v) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    return o

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from AnnotationQCLib.common import UserError
+from AnnotationQCLib.common import UserError, json_safe
 from HRMMPredictLib import bundle as bundle_mod
 from HRMMPredictLib.manifest import OPTIONAL_ROIS, cohort_hash, load_manifest, summarize
 from HRMMPredictLib.model import TrainConfig, patient_split, train_radiomics_models
@@ -95,7 +95,7 @@ def train_bundle(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, p
         writer.write_csv("training/predictions.csv", preds, index=False)
         _write_selection_records(writer, selection)
         summary_rows = summarize(cohort, split)
-        writer.manifest.update(bundle_mod.jsonable({
+        writer.manifest.update(json_safe({
             "sequences": list(SEQUENCES),
             "radiomics": {"params_file": "radiomics_params.yaml", "preprocess": prep.to_dict(),
                           "selection_counts": selection["counts"], "lasso_C": selection["lasso_C"]},
