@@ -54,6 +54,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .common import UserError, grid_difference, same_grid
+from AnnotationQCLib.common import json_safe as _common_json_safe
 
 METRIC_KEYS = ("dice", "jaccard", "hd95_mm", "assd_mm", "surface_dice", "volume_ref_ml",
                "volume_test_ml", "volume_diff_ml")
@@ -63,23 +64,7 @@ EMPTY_MASK_CONVENTION = (
     "one mask empty: dice = jaccard = surface_dice = 0 and hd95_mm = assd_mm = null (NaN)")
 
 
-def json_safe(obj):
-    """Plain JSON values for a result: numpy scalars to Python numbers, NaN and infinities to
-    None (JSON ``null``; JSON has no NaN), tuples to lists, paths to strings."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
+json_safe = _common_json_safe  # one owner: AnnotationQCLib.common
 
 
 def _check_pair(reference: sitk.Image, test: sitk.Image) -> None:

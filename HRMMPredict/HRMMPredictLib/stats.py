@@ -45,6 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from AnnotationQCLib.common import UserError
+from AnnotationQCLib.common import json_safe as _common_json_safe
 
 # scipy is imported lazily (only the Hosmer-Lemeshow p-value needs it): the command line
 # starts faster without scipy.stats.
@@ -59,24 +60,7 @@ __all__ = [
 ]
 
 
-def json_safe(obj):
-    """Plain JSON values from numpy scalars/arrays, with NaN and +/-inf as None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [json_safe(v) for v in obj.tolist()]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
+json_safe = _common_json_safe  # one owner: AnnotationQCLib.common
 
 
 # ---------------------------------------------------------------------------------------
