@@ -21,13 +21,17 @@ Terminologies logic's share files, CLI modules. ``slicer.mrmlScene`` is set to t
 scene for the ``slicer.util`` helpers, and restored afterwards.
 
 Use the ``mrml_scene`` fixture: ``from slicer_harness import mrml_scene  # noqa: F401``.
+Test-data builders (an oblique image, a box mask, a segmentation from a mask) follow it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+import vtk  # noqa: E402  (installed with slicer-core)
 
 _LOGICS = (
     ("Volumes", "vtkSlicerVolumesLogic"),
@@ -82,3 +86,59 @@ def mrml_scene():
         else:
             del slicer.mrmlScene
         core.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Test-data builders shared by the Slicer-layer tests
+
+OBLIQUE = sitk.VersorTransform((0.2, 0.3, 0.9), 0.35).GetMatrix()  # a rotated (oblique) acquisition
+
+
+def make_image(size=(40, 36, 10), spacing=(0.8, 0.8, 4.8), origin=(-14.3, 21.7, -30.2),
+               direction=OBLIQUE, dtype=np.int16, seed=0) -> sitk.Image:
+    rng = np.random.default_rng(seed)
+    shape = size[::-1]
+    if np.issubdtype(dtype, np.floating):
+        array = rng.normal(300.0, 80.0, shape).astype(dtype)
+    else:
+        array = rng.integers(0, 1200, shape).astype(dtype)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def box_mask(reference: sitk.Image, lo=(12, 10, 3), hi=(26, 24, 7)) -> sitk.Image:
+    """A 0/1 mask on the reference grid: a box of voxels [lo, hi) in (x, y, z) index order."""
+    array = np.zeros(reference.GetSize()[::-1], np.uint8)
+    array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = 1
+    mask = sitk.GetImageFromArray(array)
+    mask.CopyInformation(reference)
+    return mask
+
+
+def segmentation_from_mask(core, mask: sitk.Image, name="ROI"):
+    """A segmentation node whose one segment is the mask (as drawn on the mask's grid)."""
+    from AnnotationQCLib.mrml_bridge import sitk_to_volume_node
+
+    labelmap = sitk_to_volume_node(mask, f"{name} labelmap", scene=core.scene, labelmap=True)
+    segmentation = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    core.scene.RemoveNode(labelmap)
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    segmentation.GetSegmentation().GetSegment(segment_id).SetName(name)
+    return segmentation, segment_id
+
+
+def assert_same_geometry(a: sitk.Image, b: sitk.Image, tol=1e-9):
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
