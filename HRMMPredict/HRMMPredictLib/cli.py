@@ -160,6 +160,21 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_evaluate(a) -> int:
+    from HRMMPredictLib.evaluate import evaluate_bundle
+
+    res = evaluate_bundle(a.model, a.out, a.manifest or (), progress=_step, bar=_progress_bar("predicting"))
+    if a.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for note in res["notes"]:
+            _step(note)
+        print(f"Report: {res['report']}")
+        for set_name, aucs in res["sets"].items():
+            print(f"  {set_name:<28} " + "  ".join(f"{m} AUC {v:.3f}" for m, v in aucs.items()))
+    return 0
+
+
 def cmd_info(a) -> int:
     from HRMMPredictLib.bundle import load_bundle
 
@@ -247,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="ROC/AUC + DeLong, metrics at the stored threshold, calibration and "
+                       "decision curves for every model of a bundle -> HTML report + metrics.json")
+    p.add_argument("--model", required=True, help="model bundle folder")
+    p.add_argument("--manifest", action="append", default=[],
+                   help="cohort manifest to evaluate besides the bundle's own training/validation split "
+                        "(e.g. an external cohort); repeatable")
+    p.add_argument("--out", required=True, help="report folder (index.html, metrics.json)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="show a model bundle's summary (after checking it)")
     p.add_argument("--model", required=True)

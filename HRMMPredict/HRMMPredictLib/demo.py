@@ -43,5 +43,10 @@ def run_demo(out: Path, n_patients: int = 20, jobs: int | None = None, seed: int
     truth = "HRMM" if str(row["label"]) == "1" else "SRMM"
     print(f"True class of {row['lesion_id']}: {truth}")
     write_json_atomic(out / "prediction.json", {"lesion_id": row["lesion_id"], "true_class": truth, **result})
+    from HRMMPredictLib.evaluate import evaluate_bundle
+
+    progress("writing the evaluation report (ROC/DeLong, calibration, decision curves)")
+    ev = evaluate_bundle(summary["model_dir"], out / "report")
+    print(f"Evaluation report: {ev['report']}")
     progress(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return 0

@@ -395,7 +395,7 @@ def _logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None
     cur = nll(beta)
     for _ in range(max_iter):
         eta = X @ beta + off
-        mu = 1.0 / (1.0 + np.exp(-eta))
+        mu = 0.5 * (1.0 + np.tanh(0.5 * eta))  # logistic without exp overflow
         w = mu * (1.0 - mu)
         grad = X.T @ (y - mu)
         info = X.T @ (X * w[:, None])
@@ -417,7 +417,7 @@ def _logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None
             break
         if abs(prev - cur) < tol * (abs(cur) + tol) and np.max(np.abs(t * step)) < 1e-8:
             eta = X @ beta + off
-            mu = 1.0 / (1.0 + np.exp(-eta))
+            mu = 0.5 * (1.0 + np.tanh(0.5 * eta))  # logistic without exp overflow
             info = X.T @ (X * (mu * (1.0 - mu))[:, None])
             try:
                 cov = np.linalg.inv(info)
