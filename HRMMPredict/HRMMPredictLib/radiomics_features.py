@@ -89,11 +89,12 @@ class PreprocessConfig:
     margin_mm: tuple[float, float, float] = (16.0, 16.0, 10.0)
     min_margin_voxels: int = 2
     n4: bool = True
-    # One fitting level on a 4x shrunken copy: over a ~7 cm crop the bias field is smooth,
-    # and this costs ~0.3 s instead of ~4 s for three levels at shrink 2.
+    # Three fitting levels on a 4x shrunken copy (in-plane; thick slices are not shrunk):
+    # removes a 0.7-1.3 gain ramp across the crop to ~1.5 % in ~0.3 s. One level leaves it
+    # almost uncorrected; shrink 2 costs 3x more for no better field.
     n4_shrink: int = 4
-    n4_iterations: tuple[int, ...] = (50,)
-    n4_fitting_levels: int = 1
+    n4_iterations: tuple[int, ...] = (50, 50, 30)
+    n4_fitting_levels: int = 3
 
     def to_dict(self) -> dict:
         d = asdict(self)
