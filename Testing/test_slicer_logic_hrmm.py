@@ -86,11 +86,11 @@ def test_missing_selection_is_a_user_error(mrml_scene):
         case_images_from_nodes(nodes, segmentation, segment_id, labels=LABELS)
 
 
-def test_prediction_summary_rows_one_per_model():
+def test_prediction_summary_rows_one_per_model_fused_first():
     result = {"model": "fusion", "models": {
         "radiomics": {"probability": 0.7, "threshold": 0.5, "class": "HRMM"},
         "fusion": {"probability": 0.4, "threshold": 0.45, "class": "SRMM"}}}
     rows = mrml_bridge.prediction_summary_rows(result)
     assert rows == [
-        {"model": "radiomics", "probability": 0.7, "threshold": 0.5, "class": "HRMM", "primary": False},
-        {"model": "fusion", "probability": 0.4, "threshold": 0.45, "class": "SRMM", "primary": True}]
+        {"model": "fusion", "probability": 0.4, "threshold": 0.45, "class": "SRMM", "primary": True},
+        {"model": "radiomics", "probability": 0.7, "threshold": 0.5, "class": "HRMM", "primary": False}]

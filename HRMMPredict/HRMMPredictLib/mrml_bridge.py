@@ -9,12 +9,14 @@ module, this one needs MRML only (no Qt), so it runs in Slicer and under ``slice
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError, same_grid
+from AnnotationQCLib.common import UserError, json_safe, same_grid
 from AnnotationQCLib.mrml_bridge import (  # noqa: F401  (re-exported for the module file)
     require_in_scene,
     results_to_table_node,
@@ -23,12 +25,20 @@ from AnnotationQCLib.mrml_bridge import (  # noqa: F401  (re-exported for the mo
     table_node_to_rows,
     volume_node_to_sitk,
 )
+from HRMMPredictLib.panel_results import feature_rows, read_result
+from HRMMPredictLib.panel_results import model_rows as prediction_summary_rows  # one row per model, fused first
+from HRMMPredictLib.predict_worker import add_case_info, write_request
 
 __all__ = [
+    "RESULT_ATTRIBUTE",
     "CaseImages",
     "case_images_from_nodes",
+    "import_prediction_result",
     "predict_from_nodes",
     "prediction_summary_rows",
+    "result_from_table_node",
+    "write_prediction_request",
+    "write_result_tables",
 ]
 
 
@@ -106,18 +116,42 @@ def case_images_from_nodes(volumes: Mapping[str, object], segmentation_node, seg
 # HRMM prediction from nodes (what the HRMMPredict panel runs)
 
 
-def prediction_summary_rows(result: dict) -> list[dict]:
-    """One row per model of a :func:`HRMMPredictLib.predict.predict_case` result."""
-    return [{"model": name, "probability": entry["probability"], "threshold": entry["threshold"],
-             "class": entry["class"], "primary": name == result.get("model")}
-            for name, entry in result.get("models", {}).items()]
+RESULT_ATTRIBUTE = "HRMMPredict.Result"  # the whole result (JSON) on the summary table node
+
+
+def write_result_tables(result: dict, summary_table=None, feature_table=None) -> None:
+    """Fill the result tables: one row per model (fused first) in ``summary_table``, with the
+    whole result as JSON in its ``HRMMPredict.Result`` attribute (saved with the scene, so
+    the result can be exported again after the scene is reloaded), and the selected
+    features against their training range in ``feature_table``."""
+    if summary_table is not None:
+        results_to_table_node(prediction_summary_rows(result), summary_table)
+        summary_table.SetAttribute(RESULT_ATTRIBUTE, json.dumps(json_safe(result)))
+    if feature_table is not None:
+        results_to_table_node(feature_rows(result), feature_table)
+
+
+def result_from_table_node(summary_table) -> dict | None:
+    """The result stored by :func:`write_result_tables` (None when the table has none)."""
+    require_in_scene(summary_table, "results table")
+    text = summary_table.GetAttribute(RESULT_ATTRIBUTE)
+    if not text:
+        return None
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f"the result stored in table '{summary_table.GetName()}' is damaged; predict again") from None
+    return result if isinstance(result, dict) else None
 
 
 def predict_from_nodes(volumes: Mapping[str, object], segmentation_node, segment_id: str, model_dir, *,
                        device: str = "auto", summary_table=None, feature_table=None,
                        progress: Callable[[str], None] | None = None) -> dict:
-    """Predict one case from MRML nodes with the library's ``predict_case`` (same numbers as
-    ``hrmm predict``), adding the bridge's resampling warnings, and fill the result tables.
+    """Predict one case from MRML nodes in this process with the library's ``predict_case``
+    (same numbers as ``hrmm predict``), adding the bridge's resampling warnings, and fill the
+    result tables. (The panel runs the same prediction in a worker process:
+    :func:`write_prediction_request` + :mod:`HRMMPredictLib.predict_worker` +
+    :func:`import_prediction_result`.)
 
     ``volumes``: ``{"t1": node, "t2": node, "fst2": node}``.
     """
@@ -126,10 +160,29 @@ def predict_from_nodes(volumes: Mapping[str, object], segmentation_node, segment
 
     case = case_images_from_nodes(volumes, segmentation_node, segment_id, labels=SEQUENCE_NAMES, progress=progress)
     result = predict_case(case.images, case.roi, model_dir, device=device, progress=progress)
-    result["warnings"] = case.warnings + list(result.get("warnings", []))
-    result["roi_resampled"] = dict(case.resampled)
-    if summary_table is not None:
-        results_to_table_node(prediction_summary_rows(result), summary_table)
-    if feature_table is not None:
-        results_to_table_node(result.get("features", []), feature_table)
+    add_case_info(result, case.warnings, case.resampled)
+    write_result_tables(result, summary_table, feature_table)
+    return result
+
+
+def write_prediction_request(volumes: Mapping[str, object], segmentation_node, segment_id: str, model_dir,
+                             folder, *, device: str = "auto",
+                             progress: Callable[[str], None] | None = None) -> Path:
+    """Read the case from the nodes (main thread: MRML is not thread-safe) and write it with
+    the prediction request into ``folder`` for :mod:`HRMMPredictLib.predict_worker`;
+    returns the request file. The worker then gives exactly the numbers of
+    :func:`predict_from_nodes`."""
+    from HRMMPredictLib.radiomics_features import SEQUENCE_NAMES
+
+    case = case_images_from_nodes(volumes, segmentation_node, segment_id, labels=SEQUENCE_NAMES, progress=progress)
+    if progress:
+        progress("writing the case for the prediction process")
+    return write_request(folder, case.images, case.roi, model_dir, device=device, warnings=case.warnings,
+                         roi_resampled=case.resampled)
+
+
+def import_prediction_result(result_or_path, summary_table=None, feature_table=None) -> dict:
+    """Read the worker's result (a dict or its ``result.json``) and fill the result tables."""
+    result = result_or_path if isinstance(result_or_path, dict) else read_result(result_or_path)
+    write_result_tables(result, summary_table, feature_table)
     return result

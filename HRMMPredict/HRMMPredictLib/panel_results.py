@@ -1,0 +1,161 @@
+"""A prediction result (:func:`HRMMPredictLib.predict.predict_case`) as the HRMMPredict panel
+shows and exports it; no Qt, no MRML.
+
+Written over ``result["models"]`` and ``result["features"]`` generically: whatever models
+a bundle has (radiomics only, or radiomics + deep + fusion) are listed, the fused model
+first, then the bundle's primary model, then the others in the bundle's order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+from AnnotationQCLib.common import UserError, atomic_path, json_safe, write_json_atomic
+
+FUSED_MODEL = "fusion"
+
+# Columns of the per-model rows, in this order (then any other scalar the model entry has)
+MODEL_COLUMNS = ("model", "probability", "threshold", "class", "primary")
+
+__all__ = [
+    "export_result",
+    "feature_rows",
+    "model_rows",
+    "ordered_models",
+    "preview_images",
+    "read_result",
+    "result_lines",
+]
+
+
+def ordered_models(result: dict) -> list[tuple[str, dict]]:
+    """``(name, entry)`` of every model in the result: the fused model first, then the
+    primary model, then the rest in the bundle's order."""
+    models = list((result.get("models") or {}).items())
+    primary = result.get("model")
+    order = {name: i for i, (name, _) in enumerate(models)}
+    return sorted(models, key=lambda item: (item[0] != FUSED_MODEL, item[0] != primary, order[item[0]]))
+
+
+def model_rows(result: dict) -> list[dict]:
+    """One row per model (ordered as :func:`ordered_models`): probability of high risk,
+    the model's stored threshold, the class at that threshold, whether it is the primary
+    model, and any other scalar (or list of scalars) the model entry carries (e.g.
+    "classifier", "kind", the inputs of a fused model)."""
+    rows = []
+    primary = result.get("model")
+    for name, entry in ordered_models(result):
+        row = {"model": name, "probability": entry.get("probability"), "threshold": entry.get("threshold"),
+               "class": entry.get("class"), "primary": name == primary}
+        for key, value in entry.items():
+            if key not in row and (value is None or isinstance(value, (str, int, float, bool)) or (
+                    isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value))):
+                row[key] = list(value) if isinstance(value, tuple) else value
+        rows.append(row)
+    return rows
+
+
+def feature_rows(result: dict) -> list[dict]:
+    """The selected features' values against their training range (the result's rows)."""
+    return [dict(row) for row in result.get("features") or []]
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def result_lines(result: dict) -> list[str]:
+    """Plain-text lines for the panel: one per model (fused first), then the number of
+    features outside their training range."""
+    lines = []
+    primary = result.get("model")
+    for name, entry in ordered_models(result):
+        mark = " (primary)" if name == primary else ""
+        lines.append(f"{name}{mark}: {entry.get('class', 'n/a')} - probability of high risk "
+                     f"{_fmt(entry.get('probability'))} (threshold {_fmt(entry.get('threshold'))})")
+    outside = [f["name"] for f in result.get("features") or [] if f.get("in_training_range") is False]
+    if outside:
+        lines.append(f"{len(outside)} of {len(result.get('features') or [])} selected features lie outside "
+                     "their training range")
+    return lines
+
+
+def preview_images(result: dict, base: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The preview pictures (PNG files) a result names, e.g. the 2.5D crops of the deep
+    model: every string value ending in ``.png`` anywhere in the result, labelled by its
+    key path, relative paths taken from ``base``; files that do not exist are skipped."""
+    found: list[tuple[str, Path]] = []
+
+    def walk(value, label: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{label} {key}".strip())
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{label} {i + 1}".strip())
+        elif isinstance(value, str) and value.lower().endswith(".png"):
+            path = Path(value)
+            if not path.is_absolute() and base is not None:
+                path = Path(base) / path
+            if path.is_file() and all(path != p for _, p in found):
+                found.append((label, path))
+
+    walk({k: v for k, v in result.items() if k not in ("features", "warnings")}, "")
+    return found
+
+
+def read_result(path: str | os.PathLike) -> dict:
+    """A result JSON file (the worker's ``result.json`` or an exported one)."""
+    p = Path(path)
+    try:
+        result = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"prediction result {p} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"prediction result {p} could not be read ({exc.__class__.__name__})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("models"), dict):
+        raise UserError(f"{p} is not an HRMM prediction result (no 'models')")
+    return result
+
+
+def export_result(result: dict, path: str | os.PathLike) -> Path:
+    """Write a result as ``.json`` (the whole result, strict JSON: NaN as null) or ``.csv``
+    (one row per model, then one per feature, with a "section" column); written atomically,
+    so an existing file is replaced only by a complete one."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        write_json_atomic(p, json_safe(result))
+        return p
+    if suffix != ".csv":
+        raise UserError(f"cannot export to {p.name}: use a .json or .csv file name")
+    rows = [{"section": "model", **row} for row in model_rows(result)]
+    rows += [{"section": "feature", **row} for row in feature_rows(result)]
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    with atomic_path(p) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    return p
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)  # repr: the exact double
+    if isinstance(value, (list, dict)):
+        return json.dumps(json_safe(value))
+    return value
