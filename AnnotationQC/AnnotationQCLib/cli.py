@@ -21,6 +21,23 @@ from .segmentation_metrics import json_safe
 
 PROG = "annotation-qc"
 
+EPILOG = """workflows:
+  agreement of two readers on one mask:
+    annotation-qc compare --reference r1/P001_T2_ROI.nii.gz --test r2/P001_T2_ROI.nii.gz --lesions
+  per-feature ICC for the radiomics reader-agreement filter (inter: two readers; intra: one
+  reader's first and repeat sessions), from feature tables or straight from a reader study:
+    annotation-qc feature-icc --a r1.csv --b r2.csv --id-column case_id --out icc.csv --plot icc.png
+    annotation-qc feature-icc --study STUDY --reader-a r1 --reader-b r1 --session-b repeat --out intra.csv
+  consensus of several readers (STAPLE with each reader's sensitivity/specificity, or majority):
+    annotation-qc consensus --masks r1.nii.gz r2.nii.gz r3.nii.gz --out consensus.nii.gz \\
+        --disagreement disagreement.nii.gz
+  training session (>= 5 reference cases; pass: mean Dice >= 0.80 and median feature ICC(A,1) >= 0.75):
+    annotation-qc training-create --folder SESSION --name "CNS 2024" --cases cases.csv
+    annotation-qc training-submit --session SESSION --trainee t1 --case case1 --mask t1_case1.nii.gz
+    annotation-qc training-report --session SESSION --trainee t1
+Run 'annotation-qc COMMAND --help' for a command's options. Errors end with one 'error: ...'
+line and exit status 2."""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage mistakes as one-line UserErrors (exit 2 via run_cli)."""
@@ -34,19 +51,9 @@ def _print_json(obj) -> None:
 
 
 def _read_csv(path: str, what: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} file not found: {p}")
-    if p.is_dir():
-        raise UserError(f"{what} path is a folder, expected a CSV file: {p}")
-    try:
-        df = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} file {p} could not be read as CSV ({msg[:120]})") from None
-    if df.empty:
-        raise UserError(f"{what} file {p} has no data rows")
-    return df
+    from .tables import read_csv_table
+
+    return read_csv_table(path, what)
 
 
 def _refuse_overwrite_input(out: str, inputs: list[str], option: str) -> None:
@@ -141,32 +148,49 @@ def _cmd_compare(args) -> int:
 # feature-icc
 
 
-def _feature_table(path: str, id_column: str, what: str) -> pd.DataFrame:
-    df = _read_csv(path, what)
-    if id_column not in df.columns:
-        raise UserError(f"id column {id_column!r} not found in {what} file {path}; columns start with: "
-                        f"{', '.join(map(str, df.columns[:8]))}")
-    if df[id_column].duplicated().any():
-        dup = df.loc[df[id_column].duplicated(), id_column].iloc[0]
-        raise UserError(f"case id {dup!r} appears more than once in {what} file {path}")
-    return df.set_index(id_column)
-
-
 def _cmd_feature_icc(args) -> int:
     from .icc import feature_icc, plot_icc_by_class
+    from .tables import read_feature_table
 
-    _refuse_overwrite_input(args.out, [args.a, args.b], "--out")
+    csv_mode = bool(args.a or args.b)
+    if csv_mode == bool(args.study):
+        raise UserError("give either two feature tables (--a, --b, --id-column) or a reader study "
+                        "(--study, --reader-a, --reader-b) (see 'annotation-qc feature-icc --help')")
+    if csv_mode:
+        missing = [o for o, v in (("--a", args.a), ("--b", args.b), ("--id-column", args.id_column)) if not v]
+        if missing:
+            raise UserError(f"feature tables need {', '.join(missing)} as well")
+        inputs = [args.a, args.b]
+    else:
+        missing = [o for o, v in (("--reader-a", args.reader_a), ("--reader-b", args.reader_b)) if not v]
+        if missing:
+            raise UserError(f"a reader study needs {', '.join(missing)} (the same reader twice with "
+                            "--session-a first --session-b repeat for intra-reader agreement)")
+        inputs = []
+    _refuse_overwrite_input(args.out, inputs, "--out")
     if args.plot:
-        _refuse_overwrite_input(args.plot, [args.a, args.b], "--plot")
-    ta = _feature_table(args.a, args.id_column, "first feature table (--a)")
-    tb = _feature_table(args.b, args.id_column, "second feature table (--b)")
-    table = feature_icc(ta, tb, form=args.form)
+        _refuse_overwrite_input(args.plot, inputs, "--plot")
+    if csv_mode:
+        ta = read_feature_table(args.a, args.id_column, "first feature table (--a)")
+        tb = read_feature_table(args.b, args.id_column, "second feature table (--b)")
+        table = feature_icc(ta, tb, form=args.form)
+        source = ""
+    else:
+        from .sessions import ReaderStudy
+
+        res = ReaderStudy.open(args.study).feature_icc(args.reader_a, args.reader_b, args.session_a, args.session_b,
+                                                       sequence=args.sequence, content=args.content, form=args.form)
+        table = res["table"]
+        source = (f"{res['sequence']}/{res['content']} of {args.reader_a} ({args.session_a}) vs {args.reader_b} "
+                  f"({args.session_b}), pyradiomics shape + first-order features; ")
+        if res["skipped_empty"]:
+            print(f"note: left out for an empty mask: {', '.join(res['skipped_empty'])}", file=sys.stderr)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, float_format="%.6g")
     n = len(table)
     defined = table["icc"].notna()
     kept = int((table["icc"] >= args.threshold).sum())
-    print(f"{n} features, {int(n - defined.sum())} undefined (constant), {kept} with {args.form} >= "
+    print(f"{source}{n} features, {int(n - defined.sum())} undefined (constant), {kept} with {args.form} >= "
           f"{args.threshold:g}; cases used: {int(table['n'].max()) if n else 0}; table written to {args.out}")
     if args.plot:
         plot_icc_by_class(table, args.plot, threshold=args.threshold,
@@ -222,23 +246,9 @@ def _cmd_consensus(args) -> int:
 
 
 def _cmd_training_create(args) -> int:
-    from .training import TrainingSession
+    from .training import TrainingSession, cases_from_csv
 
-    table = _read_csv(args.cases, "training cases")
-    needed = ["case_id", "patient_id", "sequence", "image", "reference"]
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise UserError(f"training cases file {args.cases} lacks column(s) {', '.join(missing)}; "
-                        f"needed: {', '.join(needed)} (optional: content, site)")
-    base = Path(args.cases).resolve().parent
-    cases = []
-    for row in table.to_dict("records"):
-        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        for k in ("image", "reference"):
-            if row.get(k):
-                p = Path(str(row[k]))
-                row[k] = str(p if p.is_absolute() else base / p)
-        cases.append(row)
+    cases = cases_from_csv(args.cases)
     criteria = {}
     if args.dice is not None:
         criteria["dice"] = args.dice
@@ -305,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .segmentation_metrics import EMPTY_MASK_CONVENTION
 
     p = _Parser(prog=PROG, description="Annotation quality: reader agreement (ICC), mask comparison, "
-                "per-feature ICC for radiomics, consensus of several readers.")
+                "per-feature ICC for radiomics, consensus of several readers, training sessions and "
+                "image quality. The Slicer module AnnotationQC runs the same library.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("icc", help="ICC, all six forms, from a long-format CSV (one row per rating)",
@@ -337,12 +349,26 @@ def build_parser() -> argparse.ArgumentParser:
                    '"volume_ref_ml", "volume_test_ml", "volume_diff_ml"} (undefined distances are null)')
     s.set_defaults(func=_cmd_compare)
 
-    s = sub.add_parser("feature-icc", help="per-feature ICC between two feature tables (readers or sessions)",
-                       description="Per-feature ICC between two CSV feature tables (one row per case, one "
-                       "column per feature), aligned on the id column and the common feature columns.")
-    s.add_argument("--a", required=True, metavar="CSV", help="features of reader 1 / session 1")
-    s.add_argument("--b", required=True, metavar="CSV", help="features of reader 2 / session 2")
-    s.add_argument("--id-column", required=True, metavar="COL", help="case id column present in both tables")
+    s = sub.add_parser("feature-icc", help="per-feature ICC between two readers or sessions (radiomics)",
+                       description="Per-feature ICC (inter-reader: two readers; intra-reader: one reader's first "
+                       "and repeat sessions), from two CSV feature tables (one row per case, one column per "
+                       "feature, aligned on the id column and the common feature columns) or from a reader study "
+                       "(pyradiomics shape + first-order features of every case both reads submitted, on the "
+                       "case's source image). The table feeds HRMM's reader-agreement filter (ICC >= 0.75 "
+                       "inter and intra).")
+    g = s.add_argument_group("from feature tables")
+    g.add_argument("--a", metavar="CSV", help="features of reader 1 / session 1")
+    g.add_argument("--b", metavar="CSV", help="features of reader 2 / session 2")
+    g.add_argument("--id-column", metavar="COL", help="case id column present in both tables")
+    g = s.add_argument_group("from a reader study")
+    g.add_argument("--study", metavar="DIR", help="reader study folder")
+    g.add_argument("--reader-a", metavar="ID", help="first reader")
+    g.add_argument("--reader-b", metavar="ID", help="second reader (the same reader for intra-reader ICC)")
+    g.add_argument("--session-a", default="first", metavar="NAME", help="session of reader A (first)")
+    g.add_argument("--session-b", default="first", metavar="NAME", help="session of reader B (first; 'repeat' "
+                   "for intra-reader)")
+    g.add_argument("--sequence", help="sequence, when the reads cover several")
+    g.add_argument("--content", help="mask content (e.g. ROI, whole-tumour), when the reads cover several")
     s.add_argument("--form", default="ICC(A,1)", help="ICC form (ICC(A,1) default; any of the six)")
     s.add_argument("--threshold", type=float, default=0.75, help="threshold reported and drawn (0.75)")
     s.add_argument("--out", required=True, metavar="CSV",

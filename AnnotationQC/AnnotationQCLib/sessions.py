@@ -44,7 +44,7 @@ from typing import Callable
 import pandas as pd
 import SimpleITK as sitk
 
-from .common import UserError, grid_difference, same_grid, write_image_atomic, write_json_atomic
+from .common import UserError, grid_difference, read_image, same_grid, write_image_atomic, write_json_atomic
 
 FORMAT = "annotationqc-study/1"
 ROLES = ("annotator", "reviewer", "arbitrator")
@@ -442,6 +442,11 @@ class ReaderStudy:
                          "content": r.content, **res})
         return pd.DataFrame(rows, columns=["case_id", "patient_id", "sequence", "content", *METRIC_KEYS])
 
+    def feature_icc(self, reader_a: str, reader_b: str, session_a: str = "first", session_b: str = "first",
+                    **kwargs) -> dict:
+        """Per-feature ICC of the radiomics features of two reads; see :func:`study_feature_icc`."""
+        return study_feature_icc(self, reader_a, reader_b, session_a, session_b, **kwargs)
+
 
 def blank_mask_like(source: str | os.PathLike) -> sitk.Image:
     """An empty UInt8 mask on the grid of a source image (for a reader's new segmentation)."""
@@ -450,3 +455,70 @@ def blank_mask_like(source: str | os.PathLike) -> sitk.Image:
     out.CopyInformation(img)
     return out
 
+
+
+def _study_feature_tables(study: "ReaderStudy", reader_a: str, reader_b: str, session_a: str, session_b: str,
+                          sequence: str | None, content: str | None, feature_extractor) -> dict:
+    study.role(reader_a)
+    study.role(reader_b)
+    pairs = study.mask_pairs(reader_a, reader_b, session_a, session_b)
+    if sequence:
+        pairs = pairs[pairs["sequence"] == sequence]
+    if content:
+        pairs = pairs[pairs["content"] == content]
+    what = f"{reader_a} ({session_a}) and {reader_b} ({session_b})"
+    kinds = sorted(set(zip(pairs["sequence"], pairs["content"])))
+    if not kinds:
+        raise UserError(f"no case has submitted masks of both {what}"
+                        + (f" for {sequence or 'any sequence'} / {content or 'any content'}" if sequence or content
+                           else "") + "; submit the reads first")
+    if len(kinds) > 1:
+        raise UserError(f"the reads of {what} cover several sequence/content pairs "
+                        f"({', '.join(f'{s}/{c}' for s, c in kinds)}); choose one sequence and content "
+                        "(a per-feature ICC compares one structure across cases)")
+    seq, cont = kinds[0]
+    if feature_extractor is None:
+        from .training import pyradiomics_shape_firstorder as feature_extractor
+    rows_a, rows_b, skipped = {}, {}, []
+    for r in pairs.itertuples():
+        empty = [p for p in (r.mask_a, r.mask_b) if not sitk.GetArrayFromImage(sitk.ReadImage(p)).any()]
+        if empty:
+            skipped.append(r.case_id)
+            continue
+        image = read_image(study.source_image(r.case_id, seq), "source image")
+        rows_a[r.case_id] = feature_extractor(image, sitk.ReadImage(r.mask_a))
+        rows_b[r.case_id] = feature_extractor(image, sitk.ReadImage(r.mask_b))
+    table_a = pd.DataFrame.from_dict(rows_a, orient="index")
+    table_b = pd.DataFrame.from_dict(rows_b, orient="index")
+    table_a.index.name = table_b.index.name = "case_id"
+    return {"features_a": table_a, "features_b": table_b, "sequence": seq, "content": cont,
+            "skipped_empty": skipped}
+
+
+def study_feature_icc(study: "ReaderStudy", reader_a: str, reader_b: str, session_a: str = "first",
+                      session_b: str = "first", *, sequence: str | None = None, content: str | None = None,
+                      form: str = "ICC(A,1)", feature_extractor: Callable | None = None) -> dict:
+    """Per-feature ICC between two reads of a study: inter-reader (two readers, one session)
+    or intra-reader (one reader, sessions ``first`` and ``repeat``).
+
+    For every case where both reads are submitted, features are extracted from the case's
+    source image inside each mask (default: pyradiomics shape + first-order features,
+    :func:`AnnotationQCLib.training.pyradiomics_shape_firstorder`; any
+    ``feature_extractor(image, mask) -> dict`` may be given, e.g. HRMMPredict's extraction),
+    then :func:`AnnotationQCLib.icc.feature_icc` is computed over the cases. The reads must
+    cover one sequence/content (or ``sequence``/``content`` select one). Cases where either
+    mask is empty have no features and are left out (listed in ``skipped_empty``).
+
+    Returns ``{"table", "features_a", "features_b", "sequence", "content", "n_cases",
+    "skipped_empty", "form"}``.
+    """
+    from .icc import feature_icc
+
+    tables = _study_feature_tables(study, reader_a, reader_b, session_a, session_b, sequence, content,
+                                   feature_extractor)
+    n = len(tables["features_a"])
+    if n < 2:
+        raise UserError(f"per-feature ICC needs at least 2 cases with non-empty masks from both reads; "
+                        f"found {n} (left out for an empty mask: {', '.join(tables['skipped_empty']) or 'none'})")
+    table = feature_icc(tables["features_a"], tables["features_b"], form=form)
+    return {"table": table, **tables, "n_cases": n, "form": form}

@@ -83,6 +83,37 @@ def pyradiomics_shape_firstorder(image: sitk.Image, mask: sitk.Image) -> dict[st
     return {k: float(v) for k, v in res.items() if not k.startswith("diagnostics_")}
 
 
+CASE_COLUMNS = ("case_id", "patient_id", "sequence", "image", "reference")
+
+
+def cases_from_csv(path: str | os.PathLike) -> list[dict]:
+    """Reference cases for :meth:`TrainingSession.create` from a CSV table (columns case_id,
+    patient_id, sequence, image, reference; optional content and site). Relative image and
+    mask paths are taken relative to the CSV file's folder."""
+    import math
+
+    from .tables import read_csv_table
+
+    table = read_csv_table(path, "training cases")
+    missing = [c for c in CASE_COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"training cases file {path} lacks column(s) {', '.join(missing)}; "
+                        f"needed: {', '.join(CASE_COLUMNS)} (optional: content, site)")
+    base = Path(path).resolve().parent
+    cases = []
+    for row in table.to_dict("records"):
+        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for k in ("case_id", "patient_id", "sequence", "content", "site"):
+            if row.get(k) is not None:
+                row[k] = str(row[k])
+        for k in ("image", "reference"):
+            if row.get(k):
+                p = Path(str(row[k]))
+                row[k] = str(p if p.is_absolute() else base / p)
+        cases.append(row)
+    return cases
+
+
 class TrainingSession:
     """An instructor-defined training session folder."""
 
