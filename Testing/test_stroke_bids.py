@@ -229,3 +229,26 @@ def test_acceptance(exported, tmp_path):
     assert "dwi/sub-strokecase0009_ses-0001_ADC.nii.gz: identifying sidecar key(s) ['PatientName']" in msgs
     assert any("unexpected raw file(s): ['dwi/dwi_bvec.txt']" in m for m in msgs)
     assert any(m.startswith("annotatorA mask unreadable") for m in msgs)
+
+
+def test_find_session_images(exported, shared_data, tmp_path):
+    """A session folder, flat (ISLES'22) or BIDS (dwi/ + anat/, as exported here)."""
+    from StrokeLesionLib.bids import find_session_images
+
+    out, _ = exported
+    ses = out / "sub-strokecase0009" / "ses-0001"
+    found = find_session_images(ses)
+    assert found == {"dwi": ses / "dwi" / "sub-strokecase0009_ses-0001_dwi.nii.gz",
+                     "adc": ses / "dwi" / "sub-strokecase0009_ses-0001_ADC.nii.gz",
+                     "flair": ses / "anat" / "sub-strokecase0009_ses-0001_FLAIR.nii.gz"}
+    isles = shared_data / "isles22" / "rawdata" / "sub-strokecase0009" / "ses-0001"
+    assert sorted(find_session_images(isles)) == ["adc", "dwi", "flair"]
+    (tmp_path / "two").mkdir()
+    for name in ("sub-1_run-1_dwi.nii.gz", "sub-1_run-2_dwi.nii.gz", "sub-1_adc.nii.gz"):
+        (tmp_path / "two" / name).write_bytes(b"")
+    with pytest.raises(UserError, match="has 2 DWI files"):
+        find_session_images(tmp_path / "two")
+    with pytest.raises(UserError, match="no DWI and no ADC"):
+        find_session_images(out)
+    with pytest.raises(UserError, match="does not exist"):
+        find_session_images(tmp_path / "nowhere")

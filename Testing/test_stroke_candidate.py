@@ -136,3 +136,28 @@ def test_bad_parameters_are_user_errors():
         candidate_mask(case, CandidateParams(dwi_rule="otsu"))
     with pytest.raises(UserError, match="shine-through"):
         candidate_mask(case, CandidateParams(shine_through_adc_mm2s=500e-6))
+
+
+def test_lesion_table_on_the_expert_mask(isles, shared_data):
+    """The per-lesion checks the panel shows, on the expert mask with FLAIR resampled onto the
+    DWI grid: one row per lesion (README: 18 lesions, 523 voxels, 4.184 mL), every lesion
+    DWI-bright, the largest one ADC-low; an ungridded FLAIR is refused."""
+    from StrokeLesionLib.candidate import lesion_table
+    from StrokeLesionLib.diffusion import resample_to_grid
+
+    dwi, adc, truth = isles
+    case = load_diffusion(dwi, adc)
+    flair = sitk.ReadImage(str(dwi).replace("_dwi.nii.gz", "_flair.nii.gz"))
+    rows = lesion_table(truth, case, resample_to_grid(flair, case.dwi))
+    assert [r["lesion"] for r in rows] == list(range(1, 19))
+    assert sum(r["n_voxels"] for r in rows) == 523
+    assert sum(r["volume_ml"] for r in rows) == pytest.approx(4.184)
+    assert all(r["dwi_to_brain"] > 1 for r in rows)
+    largest = max(rows, key=lambda r: r["n_voxels"])
+    assert largest["adc_median_1e-6mm2/s"] < 620 and largest["flair_to_brain"] > 1    # subacute: FLAIR-bright
+    # the centroid lies inside the image, in scanner space (LPS)
+    idx = case.dwi.TransformPhysicalPointToIndex(largest["centroid_lps"])
+    assert all(0 <= i < s for i, s in zip(idx, case.dwi.GetSize()))
+    assert lesion_table(truth, case)[0]["flair_to_brain"] is None
+    with pytest.raises(UserError, match="resampled onto the DWI grid"):
+        lesion_table(truth, case, flair)

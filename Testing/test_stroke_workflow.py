@@ -255,6 +255,25 @@ def test_study_errors(tmp_path, isles):
         s.state("c404")
 
 
+def test_masks_given_as_images(tmp_path, isles):
+    """The Slicer panel hands masks over as images (exported segments): checked against the
+    case's DWI grid, stored with the DWI's exact header, the source recorded."""
+    s = _study(tmp_path, isles)
+    truth = sitk.ReadImage(str(isles["truth"]))
+    moved = sitk.Image(truth)
+    moved.SetOrigin(tuple(o + 2.0 for o in truth.GetOrigin()))
+    with pytest.raises(UserError, match="^mask is not on the DWI grid of case c0009"):
+        s.annotate("c0009", "ann1", moved)
+    nearly = sitk.Image(truth)
+    nearly.SetOrigin(tuple(o + 1e-6 for o in truth.GetOrigin()))       # float noise of a RAS/LPS round trip
+    w = s.annotate("c0009", "ann1", nearly, source="Slicer: segment 'lesion'")["what"]
+    assert w["input"] is None and w["source"] == "Slicer: segment 'lesion'" and w["n_voxels"] == 523
+    saved = sitk.ReadImage(str(s.mask_path("c0009", w["file"])))
+    assert saved.GetOrigin() == s.reference_image("c0009").GetOrigin()
+    with pytest.raises(UserError, match="the mask is empty"):
+        s.annotate("c0009", "ann1", truth * 0)
+
+
 def test_workflow_command_line(tmp_path, isles, reader_masks, capsys):
     """The workflow through stroke-lesion's main() (in-process: same parser and exit codes as
     the console script, without paying a Python start per step)."""

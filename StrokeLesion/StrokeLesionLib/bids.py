@@ -165,6 +165,52 @@ def _sidecar(study_case_dir: Path, entry: dict, keep_pc: bool) -> tuple[dict, di
 
 
 # ---------------------------------------------------------------------------------------
+# Reading a session folder
+
+#: Image kind -> BIDS suffixes that name it (matched case-insensitively: ISLES'22 writes
+#: ``_adc``/``_flair``, BIDS 1.11 ``_ADC``/``_FLAIR``).
+SESSION_SUFFIXES = {"dwi": ("dwi", "trace"), "adc": ("adc",), "flair": ("flair",), "t1w": ("t1w",),
+                    "t2w": ("t2w",)}
+_NIFTI_RE = re.compile(r"^(?P<stem>.+)_(?P<suffix>[A-Za-z0-9]+)\.nii(\.gz)?$")
+
+
+def find_session_images(folder: str | os.PathLike) -> dict[str, Path]:
+    """The DWI, ADC and (when present) FLAIR/T1w/T2w NIfTI files of one session folder.
+
+    Looks in ``folder`` itself (flat layouts such as ISLES'22 ``rawdata/sub-X/ses-Y/``) and
+    in its ``dwi/`` and ``anat/`` subfolders (BIDS). Returns ``{kind: path}``; DWI and ADC
+    are required. Raises UserError naming the folder when one is missing or when a kind
+    matches several files (the message lists them, so the user can pick the files by hand).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"session folder {root} does not exist or is not a folder")
+    found: dict[str, list[Path]] = {k: [] for k in SESSION_SUFFIXES}
+    for sub in (root, root / "dwi", root / "anat"):
+        if not sub.is_dir():
+            continue
+        for p in sorted(sub.iterdir()):
+            m = _NIFTI_RE.match(p.name)
+            if not m or not p.is_file() or p.name.startswith("."):
+                continue
+            suffix = m.group("suffix").lower()
+            for kind, suffixes in SESSION_SUFFIXES.items():
+                if suffix in suffixes:
+                    found[kind].append(p)
+    several = {k: v for k, v in found.items() if len(v) > 1}
+    if several:
+        k, v = next(iter(several.items()))
+        raise UserError(f"session folder {root} has {len(v)} {k.upper()} files ({', '.join(p.name for p in v)}); "
+                        "choose the files one by one instead")
+    missing = [k.upper() for k in ("dwi", "adc") if not found[k]]
+    if missing:
+        have = ", ".join(p.name for v in found.values() for p in v) or "no NIfTI files named *_<suffix>.nii[.gz]"
+        raise UserError(f"session folder {root} has no {' and no '.join(missing)} image (found: {have}); "
+                        "expected BIDS names such as sub-X_ses-Y_dwi.nii.gz and sub-X_ses-Y_ADC.nii.gz")
+    return {k: v[0] for k, v in found.items() if v}
+
+
+# ---------------------------------------------------------------------------------------
 # Export
 
 

@@ -154,3 +154,41 @@ def candidate_mask(case: DiffusionCase, params: CandidateParams | None = None) -
         "shine_through_n_regions": n_st,
     }
     return CandidateResult(img(lesion), img(shine), params, float(thr), med, mad, stats)
+
+
+def lesion_table(mask: sitk.Image, case: DiffusionCase, flair: sitk.Image | None = None,
+                 connectivity: int = 26) -> list[dict]:
+    """One row per lesion (connected component) of ``mask`` on the DWI grid, with the
+    numbers a reader checks (method.md section 3: acute = DWI high, ADC low; FLAIR high
+    suggests an older lesion): volume, median ADC (10^-6 mm2/s), lesion-to-brain median
+    ratios of DWI and (with ``flair`` already on the DWI grid, see
+    diffusion.resample_to_grid) FLAIR, and the centroid (LPS mm).
+    """
+    from AnnotationQCLib.common import same_grid
+    if not same_grid(mask, case.dwi):
+        raise UserError("the lesion mask is not on the DWI grid")
+    if flair is not None and not same_grid(flair, case.dwi):
+        raise UserError("FLAIR must be resampled onto the DWI grid first")
+    lab, n = connected_components(mask, connectivity)
+    brain = sitk.GetArrayViewFromImage(case.brain) > 0
+    dwi = sitk.GetArrayViewFromImage(case.dwi)
+    adc = sitk.GetArrayViewFromImage(case.adc_mm2s)
+    fl = sitk.GetArrayViewFromImage(flair) if flair is not None else None
+    dwi_brain = float(np.median(dwi[brain])) if brain.any() else float("nan")
+    fl_brain = float(np.median(fl[brain])) if fl is not None and brain.any() else float("nan")
+    vv = voxel_volume_ml(case.dwi)
+    rows = []
+    for i in range(1, n + 1):
+        region = lab == i
+        z, y, x = (float(c) for c in np.argwhere(region).mean(axis=0))
+        rows.append({
+            "lesion": i,
+            "n_voxels": int(region.sum()),
+            "volume_ml": float(region.sum() * vv),
+            "adc_median_1e-6mm2/s": float(np.median(adc[region]) * 1e6),
+            "dwi_to_brain": float(np.median(dwi[region]) / dwi_brain) if dwi_brain else float("nan"),
+            "flair_to_brain": (float(np.median(fl[region]) / fl_brain) if fl is not None and fl_brain
+                               else None),
+            "centroid_lps": [float(v) for v in case.dwi.TransformContinuousIndexToPhysicalPoint((x, y, z))],
+        })
+    return rows

@@ -326,10 +326,8 @@ class DiffusionCase:
     adc_path: str | None = None
 
 
-def load_diffusion(dwi_path: str | os.PathLike, adc_path: str | os.PathLike, *, adc_units: str = "auto",
-                   brain: sitk.Image | None = None) -> DiffusionCase:
-    """Read DWI and ADC, check they share a grid, build the brain mask from the DWI (unless
-    given), detect or apply the ADC units and convert the ADC to mm2/s."""
+def read_diffusion_images(dwi_path: str | os.PathLike, adc_path: str | os.PathLike) -> tuple[sitk.Image, sitk.Image]:
+    """Read DWI and ADC as stored (voxel type kept) and check them: 3D, finite, one grid."""
     dwi = read_image(dwi_path, "DWI")
     adc = read_image(adc_path, "ADC")
     for img, p, w in ((dwi, dwi_path, "DWI"), (adc, adc_path, "ADC")):
@@ -341,6 +339,14 @@ def load_diffusion(dwi_path: str | os.PathLike, adc_path: str | os.PathLike, *, 
         raise UserError(f"ADC file {adc_path} is on a different grid than DWI file {dwi_path} "
                         f"({grid_difference(adc, dwi)}); DWI and ADC of one acquisition share a grid, "
                         "check that both files belong to the same series")
+    return dwi, adc
+
+
+def load_diffusion(dwi_path: str | os.PathLike, adc_path: str | os.PathLike, *, adc_units: str = "auto",
+                   brain: sitk.Image | None = None) -> DiffusionCase:
+    """Read DWI and ADC, check they share a grid, build the brain mask from the DWI (unless
+    given), detect or apply the ADC units and convert the ADC to mm2/s."""
+    dwi, adc = read_diffusion_images(dwi_path, adc_path)
     return diffusion_from_images(dwi, adc, adc_units=adc_units, brain=brain,
                                  dwi_path=str(dwi_path), adc_path=str(adc_path))
 

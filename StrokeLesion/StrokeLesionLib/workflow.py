@@ -575,6 +575,10 @@ class Study:
                 st.quality.append({**w, "ts": r["ts"], "who": r["who"]})
         return st
 
+    def slot_of(self, case_id: str, reader_id: str) -> str | None:
+        """The slot (annotatorA/annotatorB/reviewer/arbitrator) ``reader_id`` holds in the case."""
+        return self._slot_of(self.state(case_id), reader_id)
+
     def _slot_of(self, st: CaseState, reader_id: str) -> str | None:
         for slot, rid in st.assignments.items():
             if rid == reader_id:
@@ -617,13 +621,22 @@ class Study:
 
     # -- masks ---------------------------------------------------------------------------
 
-    def _load_mask_file(self, case_id: str, path: str | os.PathLike, what: str) -> sitk.Image:
+    def _load_mask_file(self, case_id: str, path: str | os.PathLike | sitk.Image, what: str) -> sitk.Image:
+        """A reader's mask from a file or an image in memory (the Slicer panel's exported
+        segment), checked to lie on the case's DWI grid; binary, with the DWI's exact header."""
         ref = self.reference_image(case_id)
-        m = read_image(path, what)
+        if isinstance(path, sitk.Image):
+            m, label = path, what
+        else:
+            m, label = read_image(path, what), f"{what} {path}"
+        if m.GetDimension() != 3 or m.GetNumberOfComponentsPerPixel() != 1:
+            raise UserError(f"{label} must be a 3D single-component image")
         if not same_grid(m, ref):
-            raise UserError(f"{what} {path} is not on the DWI grid of case {case_id} ({grid_difference(m, ref)}); "
+            raise UserError(f"{label} is not on the DWI grid of case {case_id} ({grid_difference(m, ref)}); "
                             "masks must be one-to-one with the source DWI (export the segmentation on the DWI)")
-        return _binary(m)
+        out = _binary(m)
+        out.CopyInformation(ref)        # same grid within tolerance: store the DWI's exact geometry
+        return out
 
     def _save_mask(self, case_id: str, slot: str, img: sitk.Image) -> tuple[Path, int]:
         folder = self.case_dir(case_id) / "masks" / slot
@@ -647,9 +660,13 @@ class Study:
 
     # -- annotate ------------------------------------------------------------------------
 
-    def annotate(self, case_id: str, reader_id: str, mask: str | os.PathLike | None, *, no_lesion: bool = False,
-                 time_spent_s: float | None = None, why: str = "", source: str = "manual") -> dict:
-        """Save a new version of the reader's own mask (annotator A or B only)."""
+    def annotate(self, case_id: str, reader_id: str, mask: str | os.PathLike | sitk.Image | None, *,
+                 no_lesion: bool = False, time_spent_s: float | None = None, why: str = "",
+                 source: str = "manual") -> dict:
+        """Save a new version of the reader's own mask (annotator A or B only).
+
+        ``mask``: a file, or an image on the case's DWI grid (e.g. a Slicer segment; say
+        where it came from in ``source``)."""
         st = self.state(case_id)
         slot = self._acting_slot(st, reader_id, ANNOTATOR_SLOTS, "annotate")
         excluded = {k: v for k, v in self.excluded_series(case_id, st).items() if k in ("dwi", "adc")}
@@ -662,10 +679,11 @@ class Study:
         if mask is not None:
             img = self._load_mask_file(case_id, mask, "mask")
             n = int(_arr(img).sum())
+            label = "the mask" if isinstance(mask, sitk.Image) else f"mask {mask}"
             if n == 0 and not no_lesion:
-                raise UserError(f"mask {mask} is empty; if the case shows no acute lesion say so with --no-lesion")
+                raise UserError(f"{label} is empty; if the case shows no acute lesion say so with --no-lesion")
             if n > 0 and no_lesion:
-                raise UserError(f"--no-lesion was given but mask {mask} labels {n} voxels")
+                raise UserError(f"--no-lesion was given but {label} labels {n} voxels")
         else:
             ref = self.reference_image(case_id)
             img = _img(np.zeros(sitk.GetArrayViewFromImage(ref).shape, bool), ref)
@@ -679,7 +697,7 @@ class Study:
             what = {"slot": slot, "version": v, "file": self._rel(case_id, path), "sha256": sha256_file(path),
                     "n_voxels": int(_arr(img).sum()), "volume_ml": float(_arr(img).sum() * vv),
                     "no_lesion": bool(no_lesion), "source": source,
-                    "input": str(mask) if mask is not None else None}
+                    "input": str(mask) if mask is not None and not isinstance(mask, sitk.Image) else None}
             if time_spent_s is not None:
                 what["time_spent_s"] = float(time_spent_s)
             return self._log(case_id).append(who=reader_id, role=slot, action="annotate", what=what, why=why)
@@ -849,7 +867,7 @@ class Study:
         return out
 
     def _decide(self, case_id: str, st: CaseState, choices, default, edited, include_new, allowed,
-                review_mask: sitk.Image | None = None) -> tuple[sitk.Image, dict, dict]:
+                review_mask: sitk.Image | None = None, edited_source: str = "") -> tuple[sitk.Image, dict, dict]:
         a_img, b_img = self.compared_masks(case_id, st)
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(self.mask_path(case_id, st.compare["lesion_map"]))))
         n = st.compare["n_lesions"]
@@ -859,7 +877,8 @@ class Study:
         if edited is not None:
             e = self._load_mask_file(case_id, edited, "edited mask")
             sources["edited"] = _arr(e)
-            meta["edited_input"] = str(edited)
+            meta["edited_input"] = edited_source or ("image in memory" if isinstance(edited, sitk.Image)
+                                                     else str(edited))
         if review_mask is not None:
             sources["review"] = _arr(review_mask)
         if edited is not None and "edited" not in ch.values() and not include_new:
@@ -868,12 +887,14 @@ class Study:
         return _img(mask, a_img), ch, {**report, **meta}
 
     def review(self, case_id: str, reader_id: str, *, choices: dict[int, str] | None = None,
-               default: str | None = None, edited: str | os.PathLike | None = None, accept_proposed: bool = False,
-               dispute: bool = False, include_new: bool = True, why: str) -> dict:
+               default: str | None = None, edited: str | os.PathLike | sitk.Image | None = None,
+               accept_proposed: bool = False, dispute: bool = False, include_new: bool = True, why: str,
+               edited_source: str = "") -> dict:
         """The reviewer's decision. ``accept_proposed`` (agreed cases): take the proposed
         consensus. Otherwise per-lesion choices (``choices`` {id: choice} and/or ``default``
         for the rest). ``dispute``: send the case to arbitration (choices optional: a
-        proposal the arbitrator can pick with 'review')."""
+        proposal the arbitrator can pick with 'review'). ``edited``: the reviewer's edited
+        mask (file or image on the DWI grid; ``edited_source`` says where it came from)."""
         if not why or not why.strip():
             raise UserError("the reviewer's decision needs a reason (--why)")
         st = self.state(case_id)
@@ -894,7 +915,7 @@ class Study:
             report = {"method": f"proposed consensus ({self.settings.agreed_consensus} of A and B)"}
         elif choices or default or edited is not None or not dispute:
             result, decisions, report = self._decide(case_id, st, choices, default, edited, include_new,
-                                                     LESION_CHOICES)
+                                                     LESION_CHOICES, edited_source=edited_source)
         with _lock(self.case_dir(case_id)):
             st2 = self.state(case_id)
             if st2.status != st.status or len(st2.records) != len(st.records):
@@ -913,8 +934,8 @@ class Study:
             return rec
 
     def arbitrate(self, case_id: str, reader_id: str, *, choices: dict[int, str] | None = None,
-                  default: str | None = None, edited: str | os.PathLike | None = None,
-                  include_new: bool = True, why: str) -> dict:
+                  default: str | None = None, edited: str | os.PathLike | sitk.Image | None = None,
+                  include_new: bool = True, why: str, edited_source: str = "") -> dict:
         """The arbitrator's final decision (choices include 'review': the reviewer's proposal)."""
         if not why or not why.strip():
             raise UserError("the arbitrator's decision needs a reason (--why)")
@@ -929,7 +950,8 @@ class Study:
         if uses_review and review_mask is None:
             raise UserError("the reviewer made no proposal mask; choose A, B, union, intersection, edited or none")
         result, decisions, report = self._decide(case_id, st, choices, default, edited, include_new,
-                                                 ARBITRATION_CHOICES, review_mask=review_mask if uses_review else None)
+                                                 ARBITRATION_CHOICES, review_mask=review_mask if uses_review else None,
+                                                 edited_source=edited_source)
         with _lock(self.case_dir(case_id)):
             st2 = self.state(case_id)
             if st2.status != "arbitration" or len(st2.records) != len(st.records):
