@@ -592,6 +592,9 @@ class AnnotationQCLogic(ScriptedLoadableModuleLogic):
         if p.iccSource == IccSource.STUDY:
             if study is None:
                 raise UserError(_("Log in to a reader study first (Reading section), or use two feature tables."))
+            if not p.iccReaderA.strip() or not p.iccReaderB.strip():
+                raise UserError(_("Enter reader A and reader B (the same reader with sessions 'first' and 'repeat' "
+                                  "for the intra-reader ICC)."))
             result = study.feature_icc(p.iccReaderA.strip(), p.iccReaderB.strip(), p.iccSessionA or "first",
                                        p.iccSessionB or "first", sequence=p.iccSequence.strip() or None,
                                        content=p.iccContent.strip() or None, form=p.iccForm.value)
