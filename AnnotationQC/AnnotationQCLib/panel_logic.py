@@ -39,8 +39,14 @@ import vtk
 from vtk.util import numpy_support
 
 from .common import UserError, read_image
-from .mrml_bridge import node_label, require_in_scene, results_to_table_node, segment_to_sitk_mask, sitk_to_volume_node
-from .mrml_bridge import volume_node_to_sitk
+from .mrml_bridge import (
+    node_label,
+    require_in_scene,
+    results_to_table_node,
+    segment_to_sitk_mask,
+    sitk_to_volume_node,
+    volume_node_to_sitk,
+)
 from .sessions import ROLES, ReaderStudy, blank_mask_like
 from .terminology import Label, label_by_key, labels_for_sequence
 
@@ -439,9 +445,11 @@ def open_training_case(session, trainee_id: str, case_id: str, *, variant: str |
 
     scene = scene if scene is not None else slicer.mrmlScene
     check_name(trainee_id, "trainee id")
-    case = next((c for c in session.trainee_cases() if c["case_id"] == case_id), None)
+    cases = session.trainee_cases()
+    case = next((c for c in cases if c["case_id"] == case_id), None)
     if case is None:
-        session._case(case_id)  # UserError listing the cases
+        raise UserError(f"case {case_id!r} is not part of training session {session.meta['name']!r} "
+                        f"(cases: {', '.join(c['case_id'] for c in cases)})")
     if session.trainee_mask_path(trainee_id, case_id).exists():
         raise UserError(f"trainee {trainee_id!r} already submitted case {case_id!r}; submissions are never "
                         "overwritten")
