@@ -82,6 +82,14 @@ def test_session_folder_and_one_click_candidate_match_the_library(mrml_scene, is
     assert table.GetNumberOfRows() == summary["n_lesions"]
     assert all(r["adc_median_1e-6mm2/s"] < 620 and r["flair_to_brain"] > 0 for r in summary["lesions"])
 
+    # a reader starts from the candidate; the views show DWI | ADC | FLAIR on the DWI grid
+    own = pl.new_segmentation(scene, "mine", loaded.dwi)
+    pl.copy_segment(seg, summary["segment_ids"][pl.CANDIDATE_SEGMENT], own, pl.LESION_SEGMENT, loaded.dwi)
+    np.testing.assert_array_equal(segment_array(own, pl.LESION_SEGMENT, loaded.dwi), lesion)
+    assert [v["background"] for v in pl.reading_views(loaded).values()] == [loaded.dwi, loaded.adc, loaded.flair]
+    editor = pl.segment_editor_node(scene)
+    assert pl.segment_editor_node(scene) is editor and editor.GetSingletonTag() == pl.SEGMENT_EDITOR_TAG
+
     # running it again replaces the two segments (same ids), nothing piles up
     again = pl.run_candidate(loaded.dwi, loaded.adc, segmentation_node=seg)
     assert again["segment_ids"] == summary["segment_ids"]
@@ -163,8 +171,13 @@ def test_two_blinded_annotators_review_arbitration_and_export(mrml_scene, study,
     np.testing.assert_array_equal(arr(sitk.ReadImage(str(f2))), t)
     assert v2["source"].startswith("Slicer: segment 'lesion'")
 
-    # annotator B opens the case: an empty segment, never A's mask
-    loaded_b, seg_b, view_b = pl.load_study_case(study, "c0009", "ann2", scene=scene)
+    # annotator B cannot open the case in a scene holding A's work (nothing is removed) ...
+    with pytest.raises(UserError, match="annotators are blinded to each other"):
+        pl.load_study_case(study, "c0009", "ann2", scene=scene)
+    # ... and in B's own scene gets an empty segment, never A's mask
+    from slicer_harness import SlicerCoreScene
+    scene_b = SlicerCoreScene()
+    loaded_b, seg_b, view_b = pl.load_study_case(study, "c0009", "ann2", scene=scene_b.scene)
     assert view_b["annotations"]["annotatorA"] == {"submitted": True, "hidden": "blinded until the case is final"}
     assert pl.segment_is_empty(seg_b, pl.segment_id_by_name(seg_b, pl.LESION_SEGMENT))
     b = t.copy()
@@ -185,6 +198,7 @@ def test_two_blinded_annotators_review_arbitration_and_export(mrml_scene, study,
     assert compare["needs_review"] and compare["n_lesions"] == 19
     with pytest.raises(UserError, match="annotators do not see"):
         pl.load_review(study, "c0009", "ann2", loaded_b.dwi)
+    scene_b.close()
 
     # the reviewer's view: A and B side by side, the disagreement, one row per lesion
     loaded_r, _, view_r = pl.load_study_case(study, "c0009", "rev1", scene=scene)
@@ -194,6 +208,7 @@ def test_two_blinded_annotators_review_arbitration_and_export(mrml_scene, study,
     np.testing.assert_array_equal(segment_array(review.segmentation_b, "annotator B", loaded_r.dwi), b)
     assert review.segmentation_a.GetDisplayNode().GetViewNodeIDs() == ("vtkMRMLSliceNodeRed",)
     assert review.segmentation_b.GetDisplayNode().GetViewNodeIDs() == ("vtkMRMLSliceNodeYellow",)
+    assert pl.review_views(loaded_r.dwi, review)["Green"]["label"] is review.disagreement
     dis = slicer.util.arrayFromVolume(review.disagreement)
     assert (dis == 1).sum() == (t ^ b).sum() == 27 and (dis == 2).sum() == (t & b).sum() == 523
     assert review.compare["agreement"]["dice"] == pytest.approx(2 * 523 / (523 + 550))

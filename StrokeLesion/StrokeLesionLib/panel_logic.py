@@ -136,6 +136,62 @@ def restrict_to_views(node, views) -> None:
     node.GetDisplayNode().SetViewNodeIDs(ids)
 
 
+def reading_views(loaded: "LoadedCase") -> dict:
+    """DWI | ADC | FLAIR (on the DWI grid; the DWI again without FLAIR), linked."""
+    return {"Red": {"background": loaded.dwi}, "Yellow": {"background": loaded.adc},
+            "Green": {"background": loaded.flair if loaded.flair is not None else loaded.dwi}}
+
+
+def review_views(dwi_node, review: "ReviewNodes") -> dict:
+    """DWI with A | DWI with B | DWI with their disagreement (label layer), linked."""
+    return {"Red": {"background": dwi_node, "label": None}, "Yellow": {"background": dwi_node, "label": None},
+            "Green": {"background": dwi_node, "label": review.disagreement}}
+
+
+SEGMENT_EDITOR_TAG = "StrokeLesionSegmentEditor"
+
+
+def segment_editor_node(scene):
+    """The panel's own Segment Editor parameter node (a scene singleton, so the embedded
+    editor keeps its state with the scene and does not share the Segment Editor module's)."""
+    node = scene.GetSingletonNode(SEGMENT_EDITOR_TAG, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(SEGMENT_EDITOR_TAG)
+        node = scene.AddNode(node)
+    return node
+
+
+# ---------------------------------------------------------------------------------------
+# Whose node is it: tags for blinding inside one scene
+
+TAG_CASE, TAG_READER, TAG_CONTENT = "StrokeLesion.case", "StrokeLesion.reader", "StrokeLesion.content"
+
+
+def tag_node(node, case_id: str, reader_id: str, content: str):
+    """Mark a node as holding ``content`` of ``case_id`` loaded for ``reader_id``."""
+    node.SetAttribute(TAG_CASE, case_id)
+    node.SetAttribute(TAG_READER, reader_id)
+    node.SetAttribute(TAG_CONTENT, content)
+    return node
+
+
+def check_scene_blinding(scene, case_id: str, reader_id: str) -> None:
+    """Refuse to open a case for a blinded annotator while the scene holds nodes of that case
+    loaded for another reader (their masks, a review): nothing is removed, so nobody's
+    unsaved work is lost; the user closes the scene or removes those nodes."""
+    others = []
+    for cls in ("vtkMRMLSegmentationNode", "vtkMRMLVolumeNode", "vtkMRMLTableNode"):
+        for node in _nodes(scene, cls):
+            if node.GetAttribute(TAG_CASE) == case_id and node.GetAttribute(TAG_READER) not in (None, "", reader_id):
+                others.append(f"'{node.GetName()}' ({node.GetAttribute(TAG_READER)})")
+    if others:
+        raise UserError(f"the scene holds case {case_id} data loaded for other readers ({', '.join(sorted(others)[:4])}"
+                        f"{', ...' if len(others) > 4 else ''}); annotators are blinded to each other: close the scene "
+                        "(File > Close Scene) or remove those nodes, then open the case again")
+
+
 # ---------------------------------------------------------------------------------------
 # Loading
 
@@ -392,13 +448,20 @@ def load_study_case(study, case_id: str, reader_id: str, *, scene=None, adc_unit
     latest mask as the segment "lesion" (empty before the first version): never the other
     annotator's. Returns (loaded case, the reader's segmentation or None, reader_view)."""
     view = reader_view(study, case_id, reader_id)
+    scene = scene if scene is not None else slicer.mrmlScene
+    if view["blinded"]:
+        check_scene_blinding(scene, case_id, reader_id)
     info = study.case_info(case_id)
     flair = study.image_path(case_id, "flair") if "flair" in info["images"] else None
     loaded = load_case_files(study.image_path(case_id, "dwi"), study.image_path(case_id, "adc"), flair,
                              adc_units=adc_units, scene=scene, name_prefix=case_id, progress=progress)
+    for key in ("dwi", "adc", "flair", "flair_native"):
+        if getattr(loaded, key) is not None:
+            tag_node(getattr(loaded, key), case_id, "", key)           # the images are no reader's data
     segmentation = None
     if view["slot"] in ("annotatorA", "annotatorB"):
-        segmentation = new_segmentation(loaded.dwi.GetScene(), f"{case_id} {view['slot']} ({reader_id})", loaded.dwi)
+        segmentation = tag_node(new_segmentation(scene, f"{case_id} {view['slot']} ({reader_id})", loaded.dwi),
+                                case_id, reader_id, view["slot"])
         versions = view["annotations"].get(view["slot"]) or []
         if versions:
             st = study.state(case_id)
@@ -431,8 +494,9 @@ def load_annotation(study, case_id: str, viewer: str, slot: str, reference_volum
     mask = study.read_mask_version(case_id, rec)
     require_in_scene(reference_volume_node, "DWI volume")
     if segmentation_node is None:
-        segmentation_node = new_segmentation(reference_volume_node.GetScene(),
-                                             f"{case_id} {slot} v{rec['version']:03d}", reference_volume_node)
+        segmentation_node = tag_node(new_segmentation(reference_volume_node.GetScene(),
+                                                      f"{case_id} {slot} v{rec['version']:03d}", reference_volume_node),
+                                     case_id, viewer, slot)
     mask_to_segment(mask, segmentation_node, segment_name or slot, reference_volume_node)
     return segmentation_node
 
@@ -444,6 +508,17 @@ def segment_mask_on_dwi(segmentation_node, segment_id: str, dwi_node) -> tuple[s
     warnings = ["the segment was drawn on another grid and was resampled onto the DWI grid (nearest neighbour)"] \
         if resampled else []
     return mask, warnings
+
+
+def copy_segment(source_segmentation, source_segment_id: str, target_segmentation, target_name: str, dwi_node) -> str:
+    """Start a reader's segment from another one (e.g. the one-click candidate): the source
+    exported onto the DWI grid replaces the target segment. Returns the target segment id."""
+    if segment_is_empty(source_segmentation, source_segment_id):
+        raise UserError(f"segment '{source_segmentation.GetSegmentation().GetSegment(source_segment_id).GetName()}' "
+                        "is empty; nothing to start from")
+    mask, _ = segment_mask_on_dwi(source_segmentation, source_segment_id, dwi_node)
+    require_in_scene(target_segmentation, "segmentation")
+    return mask_to_segment(mask, target_segmentation, target_name, dwi_node)
 
 
 def submit_annotation(study, case_id: str, reader_id: str, segmentation_node, segment_id: str, dwi_node, *,
@@ -579,9 +654,12 @@ def load_review(study, case_id: str, viewer: str, dwi_node, *, views=("Red", "Ye
     dis_node.GetDisplayNode().SetAndObserveColorNodeID(_disagreement_colors(scene).GetID())
     map_node = sitk_to_volume_node(sitk.Cast(lesion_ids, sitk.sitkUInt16), f"{case_id} lesion ids", scene=scene,
                                    labelmap=True)
+    for node, content in ((seg_a, "annotatorA"), (seg_b, "annotatorB"), (dis_node, "disagreement"),
+                          (map_node, "lesion ids")):
+        tag_node(node, case_id, viewer, content)
     rows = review_rows(view)
     if table_node is not None:
-        results_to_table_node(rows, table_node)
+        results_to_table_node(rows, tag_node(table_node, case_id, viewer, "review table"))
     return ReviewNodes(seg_a, seg_b, dis_node, map_node, view["compare"], rows, view["status"])
 
 
@@ -628,14 +706,32 @@ def load_consensus(study, case_id: str, viewer: str, dwi_node, segmentation_node
     mask = study.read_mask_version(case_id, st.consensus)
     require_in_scene(dwi_node, "DWI volume")
     if segmentation_node is None:
-        segmentation_node = new_segmentation(dwi_node.GetScene(), f"{case_id} consensus v{st.consensus['version']:03d}",
-                                             dwi_node)
+        segmentation_node = tag_node(new_segmentation(dwi_node.GetScene(),
+                                                      f"{case_id} consensus v{st.consensus['version']:03d}", dwi_node),
+                                     case_id, viewer, "consensus")
     mask_to_segment(mask, segmentation_node, "consensus", dwi_node)
     return segmentation_node
 
 
 # ---------------------------------------------------------------------------------------
 # Export and acceptance
+
+#: Python packages (pip names) the export and acceptance need beyond what Slicer ships
+#: (Slicer bundles numpy, scipy, SimpleITK, pydicom), by import name.
+EXPORT_PACKAGES = {"nibabel": "nibabel", "dicomanonymizer": "dicom-anonymizer", "pydicom": "pydicom"}
+
+
+def missing_packages(*, validate: bool = False) -> list[str]:
+    """pip names of the packages export/acceptance need that are not installed (the panel
+    offers to install them); ``validate`` adds the official BIDS validator."""
+    import importlib.util
+
+    from .bids import validator_executable
+    out = [pip for module, pip in EXPORT_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if validate and validator_executable() is None:
+        out.append("bids-validator-deno")
+    return out
+
 
 
 def export_dataset(study, out: str | os.PathLike, *, name: str, authors: list[str], license: str | None = None,
