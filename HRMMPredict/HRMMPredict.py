@@ -1,7 +1,12 @@
 import enum
+import importlib
+import importlib.util
 import logging
 import pathlib
+import shutil
+import tempfile
 
+import qt
 import vtk
 
 import slicer
@@ -13,10 +18,15 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 
-# MRML <-> SimpleITK bridge (numpy, SimpleITK, MRML only). The science (pyradiomics, torch)
-# is imported when Predict runs, never when Slicer starts.
-from HRMMPredictLib import mrml_bridge
+# Everything imported here needs only numpy, SimpleITK, VTK and MRML (shipped with Slicer).
+# The science (pyradiomics, scikit-learn, torch) runs in a separate process
+# (HRMMPredictLib.predict_worker) and is imported in Slicer's process only by
+# HRMMPredictLogic.predict (scripting and the module test), never when Slicer starts.
 from AnnotationQCLib.common import UserError
+from AnnotationQCLib.mrml_bridge import register_layout, segment_editor_node, show_in_views, slice_views_layout_xml
+from HRMMPredictLib import mrml_bridge, panel_results, series_guess, slicer_deps
+from HRMMPredictLib.predict_worker import worker_command
+from HRMMPredictLib.process_runner import ProcessRunner, RunState
 
 
 #
@@ -39,12 +49,22 @@ class HRMMPredict(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Predicts high-risk multiple myeloma (HRMM: high-risk cytogenetics or extramedullary disease)
 versus standard-risk myeloma for one vertebral lesion from sagittal spine MRI.
-Select the T1WI, T2WI and fat-suppressed T2WI volumes, the segment outlining the largest
-involved vertebral body (drawn in Segment Editor on any of the three series; it is resampled
-onto the other series' grids when they differ, and the result says so), and a model bundle
-folder trained with <code>hrmm train</code>. Predict gives the probability of high risk and
-the class at the model's stored threshold for each model in the bundle, and each selected
-radiomics feature's value against its training range. The numbers are the same as
+<ol>
+<li>Load the study. The T1WI, T2WI and fat-suppressed T2WI series are guessed from their
+series descriptions (check them).</li>
+<li>Draw the ROI on the largest involved vertebral body: <i>Create ROI segment</i>, then paint
+it slice by slice in the embedded Segment Editor on any of the three series (<i>Show side by
+side</i> puts them next to each other). It is resampled onto the other series' grids when
+they differ, and the result says so.</li>
+<li>Choose a model bundle folder written by <code>hrmm train</code> (remembered); its date,
+cohort and AUCs are shown.</li>
+<li>Predict. The work runs in a separate process (Slicer stays usable; Cancel stops it). The
+first time, the Python packages it needs are installed after you confirm.</li>
+</ol>
+The result gives, for each model of the bundle (the fused model first), the probability of
+high risk and the class at the model's stored threshold, each selected feature's value
+against its training range, and the deep model's 2.5D input crops. It is stored in table
+nodes saved with the scene and can be exported as JSON or CSV. The numbers are those of
 <code>hrmm predict</code> on the command line.
 Research use only; not for clinical decisions.
 """)
@@ -88,7 +108,8 @@ class HRMMPredictParameterNode:
     roiSegmentation, roiSegmentId - the segment outlining the largest involved vertebral body.
     modelDirectory - the model bundle folder (written by ``hrmm train``).
     device - where the deep model runs.
-    summaryTable - probability and class per model (written by Predict).
+    summaryTable - probability and class per model (written by Predict; the whole result is
+        kept as JSON in its "HRMMPredict.Result" attribute).
     featureTable - the selected features' values against their training range (written by Predict).
     """
 
@@ -111,7 +132,16 @@ class HRMMPredictParameterNode:
 class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Uses ScriptedLoadableModuleWidget base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+
+    The prediction runs in a child process (HRMMPredictLib.predict_worker) watched by a
+    HRMMPredictLib.process_runner.ProcessRunner; a QTimer drains its output on the main
+    thread, so the scene and the widgets are only touched here.
     """
+
+    POLL_INTERVAL_MS = 200
+    SEGMENT_EDITOR_TAG = "HRMMPredictSegmentEditor"
+    LAYOUT_ID = 40510  # three sagittal views: T1WI | T2WI | FS-T2WI
+    LAST_MODEL_SETTING = "HRMMPredict/LastModelDirectory"
 
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -121,6 +151,15 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._updatingGui = False
+        self.runner = None
+        self.probeRunner = None
+        self.pollTimer = None
+        self._jobFolder = None
+        self._deviceInfo = None
+        self._guessPending = False
+        self._shownResultKey = None
+        self._bundleSummary = None
+        self._previewLabels = []
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -133,27 +172,63 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = HRMMPredictLogic()
+        self.runner = ProcessRunner()
+        self.probeRunner = ProcessRunner()
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(self.POLL_INTERVAL_MS)
+        self.pollTimer.connect("timeout()", self._onPollTimer)
+        self.ui.progressBar.hide()
+        self.ui.previewLabel.hide()
+        self.ui.previewFrame.hide()
+
+        # The embedded Segment Editor has its own parameter node (a scene singleton).
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene,
+                                                                                 self.SEGMENT_EDITOR_TAG))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onNodeAdded)
 
         # The segment selector has no parameter-node connector: keep it in sync by hand.
         self.ui.roiSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiSegmentationChanged)
         self.ui.roiSegmentSelector.connect("currentSegmentChanged(QString)", self.onRoiSegmentChanged)
+        self.ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)", self.onEditorSegmentChanged)
+        self.ui.guessSeriesButton.connect("clicked(bool)", self.onGuessSeries)
+        self.ui.showSeriesButton.connect("clicked(bool)", self.onShowSeries)
+        self.ui.createRoiButton.connect("clicked(bool)", self.onCreateRoi)
+        self.ui.modelDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onModelDirectoryChanged)
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         self.removeObservers()
+        if self.pollTimer:
+            self.pollTimer.stop()
+        for runner in (self.runner, self.probeRunner):
+            if runner:
+                runner.close()  # never leave a prediction process behind
+        self._removeJobFolder()
+        self.ui.segmentEditorWidget.setActiveEffect(None)
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.initializeParameterNode()
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene,
+                                                                                 self.SEGMENT_EDITOR_TAG))
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
+        self.ui.segmentEditorWidget.updateWidgetFromMRML()
+        self._updateSegmentEditorFromParameterNode()
+        self._probeDevice()
 
     def exit(self) -> None:
-        """Called each time the user opens a different module."""
+        """Called each time the user opens a different module (a running prediction goes on)."""
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.ui.segmentEditorWidget.removeViewObservations()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -161,16 +236,35 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
+        if self.runner and self.runner.state == RunState.RUNNING:
+            self.runner.cancel()  # its nodes are going away
         self.setParameterNode(None)
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
+        self._clearResults()
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene,
+                                                                                     self.SEGMENT_EDITOR_TAG))
+
+    def onNodeAdded(self, caller, event) -> None:
+        """A study being loaded: guess the sequences once the loading settles (empty selectors only)."""
+        if not self._guessPending:
+            self._guessPending = True
+            qt.QTimer.singleShot(0, self._guessSeriesAfterLoad)
+
+    # -- parameter node ----------------------------------------------------------------
 
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
         self.setParameterNode(self.logic.getParameterNode())
+        if self._parameterNode and str(self._parameterNode.modelDirectory) in ("", "."):
+            last = qt.QSettings().value(self.LAST_MODEL_SETTING)
+            if last and pathlib.Path(last).is_dir():
+                self._parameterNode.modelDirectory = pathlib.Path(last)
 
     def setParameterNode(self, inputParameterNode) -> None:
         """Set and observe the parameter node; the GUI follows it."""
@@ -183,11 +277,14 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
+            self._updateModelSummary()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._updateSegmentSelectorFromParameterNode()
+        self._updateSegmentEditorFromParameterNode()
         self._updateResultTableViews()
-        self._checkCanApply()
+        self._showStoredResult()
+        self._updateButtons()
 
     def _updateSegmentSelectorFromParameterNode(self) -> None:
         if not self._parameterNode or self._updatingGui:
@@ -203,58 +300,357 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updatingGui = False
 
+    def _updateSegmentEditorFromParameterNode(self) -> None:
+        """The embedded editor edits the selected ROI segmentation; it draws on T2WI unless
+        the user picked another series as its source volume."""
+        if not self._parameterNode or self._updatingGui:
+            return
+        editor = self.ui.segmentEditorWidget
+        self._updatingGui = True
+        try:
+            segmentation = self._parameterNode.roiSegmentation
+            if editor.segmentationNode() != segmentation:
+                editor.setSegmentationNode(segmentation)
+            segmentId = self._parameterNode.roiSegmentId
+            if segmentation and segmentId and editor.currentSegmentID() != segmentId:
+                editor.setCurrentSegmentID(segmentId)
+            if segmentation and editor.sourceVolumeNode() is None:
+                source = (self._parameterNode.t2Volume or self._parameterNode.t1Volume
+                          or self._parameterNode.fst2Volume)
+                if source:
+                    editor.setSourceVolumeNode(source)
+        finally:
+            self._updatingGui = False
+
     def _updateResultTableViews(self) -> None:
         for view, node in ((self.ui.summaryTableView, self._parameterNode.summaryTable if self._parameterNode else None),
                            (self.ui.featuresTableView, self._parameterNode.featureTable if self._parameterNode else None)):
             if view.mrmlTableNode() != node:
                 view.setMRMLTableNode(node)
 
-    def _setRoiFromSelector(self, segmentId) -> None:
-        """Write the selector's segmentation and segment into the parameter node in one go
-        (the selector is not re-synchronised from the half-written parameter node)."""
+    def _setRoiInParameterNode(self, segmentation, segmentId) -> None:
+        """Write the segmentation and segment into the parameter node in one go (the widgets
+        are not re-synchronised from a half-written parameter node)."""
         if self._parameterNode is None or self._updatingGui:
             return
         self._updatingGui = True
         try:
-            self._parameterNode.roiSegmentation = self.ui.roiSegmentSelector.currentNode()
+            wasModifying = self._parameterNode.StartModify()
+            self._parameterNode.roiSegmentation = segmentation
             self._parameterNode.roiSegmentId = segmentId or ""
+            self._parameterNode.EndModify(wasModifying)
         finally:
             self._updatingGui = False
-        self._checkCanApply()
+        self._onParameterNodeModified()
 
     def onRoiSegmentationChanged(self, node) -> None:
-        self._setRoiFromSelector(self.ui.roiSegmentSelector.currentSegmentID())
+        self._setRoiInParameterNode(self.ui.roiSegmentSelector.currentNode(),
+                                    self.ui.roiSegmentSelector.currentSegmentID())
 
     def onRoiSegmentChanged(self, segmentId) -> None:
-        self._setRoiFromSelector(segmentId)
+        self._setRoiInParameterNode(self.ui.roiSegmentSelector.currentNode(), segmentId)
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        """Enable Predict only with complete inputs; the tooltip says what is missing."""
-        reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("Initializing.")
-        self.ui.predictButton.enabled = not reason
-        self.ui.predictButton.toolTip = reason or _("Predict the risk class of the lesion outlined by the segment.")
+    def onEditorSegmentChanged(self, segmentId) -> None:
+        if segmentId and self.ui.segmentEditorWidget.segmentationNode():
+            self._setRoiInParameterNode(self.ui.segmentEditorWidget.segmentationNode(), segmentId)
 
-    def _showProgress(self, message) -> None:
+    # -- inputs ------------------------------------------------------------------------
+
+    def _seriesDescriptions(self) -> dict:
+        """Node ID -> "name + DICOM series description" of every scalar volume (not labelmaps)."""
+        descriptions = {}
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.IsA("vtkMRMLLabelMapVolumeNode"):
+                continue
+            text = node.GetName() or ""
+            uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+            database = getattr(slicer, "dicomDatabase", None)
+            if uids and database:
+                description = database.instanceValue(uids[0], "0008,103e")
+                if description and description not in text:
+                    text = f"{text} {description}"
+            descriptions[node.GetID()] = text
+        return descriptions
+
+    def _guessSeriesAfterLoad(self) -> None:
+        self._guessPending = False
+        if self._parameterNode is None or (self.runner and self.runner.state.busy):
+            return
+        self.logic.guessSequences(self._parameterNode, self._seriesDescriptions(), overwrite=False)
+
+    def onGuessSeries(self) -> None:
+        guesses = self.logic.guessSequences(self._parameterNode, self._seriesDescriptions(), overwrite=True)
+        missing = [label for key, label in HRMMPredictLogic.LABELS.items() if guesses.get(key) is None]
+        self.ui.statusLabel.text = (_("No series looks like: {items}; select them by hand.").format(
+            items=", ".join(missing)) if missing else _("Series chosen from their names; check them."))
+
+    def onShowSeries(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not show the series."), waitCursor=True):
+            self.logic.showSeriesSideBySide(self._parameterNode, self.LAYOUT_ID)
+
+    def onCreateRoi(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not create the ROI segment."), waitCursor=True):
+            segmentation, segmentId = self.logic.createRoiSegment(self._parameterNode)
+            self._setRoiInParameterNode(segmentation, segmentId)
+            editor = self.ui.segmentEditorWidget
+            editor.setSegmentationNode(segmentation)
+            editor.setSourceVolumeNode(self._parameterNode.t2Volume or self._parameterNode.t1Volume
+                                       or self._parameterNode.fst2Volume)
+            editor.setCurrentSegmentID(segmentId)
+            self.ui.roiCollapsibleButton.collapsed = False
+            editor.setActiveEffectByName("Paint")
+
+    # -- model bundle and device -------------------------------------------------------
+
+    def onModelDirectoryChanged(self, path) -> None:
+        if path and pathlib.Path(path).is_dir():
+            qt.QSettings().setValue(self.LAST_MODEL_SETTING, path)
+        self._updateModelSummary()
+
+    def _updateModelSummary(self) -> None:
+        self._bundleSummary = None
+        directory = self._parameterNode.modelDirectory if self._parameterNode else None
+        if directory is None or str(directory) in ("", "."):
+            self.ui.modelSummaryLabel.text = _("No model bundle selected.")
+            return
+        try:
+            self._bundleSummary = self.logic.bundleSummary(directory)
+        except UserError as exc:
+            self.ui.modelSummaryLabel.text = _("Not usable: {reason}").format(reason=str(exc))
+        except ImportError as exc:
+            self.ui.modelSummaryLabel.text = _(
+                "The bundle can be checked once the Python packages are installed (Predict offers to install "
+                "them; missing: {name}).").format(name=exc.name)
+        else:
+            self.ui.modelSummaryLabel.text = "\n".join(panel_results.bundle_summary_lines(self._bundleSummary))
+        self._updateDeviceInfo()
+        self._updateButtons()
+
+    def _probeDevice(self) -> None:
+        """Ask a worker process what PyTorch finds (importing torch here would freeze Slicer)."""
+        if self._deviceInfo is not None or self.probeRunner.state.busy:
+            return
+        if importlib.util.find_spec("torch") is None:
+            self._deviceInfo = {"torch": None, "gpu": None,
+                                "gpu_unavailable": _("PyTorch is not installed yet (Predict installs it when the "
+                                                     "bundle has a deep model)")}
+            self._updateDeviceInfo()
+            return
+        self.ui.deviceInfoLabel.text = _("Checking PyTorch and the GPU...")
+        if self.probeRunner.start(worker_command(probe=True)):
+            self.pollTimer.start()
+        else:
+            self.ui.deviceInfoLabel.text = self.probeRunner.error
+
+    def _updateDeviceInfo(self) -> None:
+        info = self._deviceInfo
+        if info is None:
+            return
+        needsTorch = self._bundleSummary is not None and panel_results.bundle_has_deep_model(self._bundleSummary)
+        if info.get("gpu"):
+            text = _("GPU found: {gpu}.").format(gpu=info["gpu"])
+        else:
+            text = _("No GPU: {reason}.").format(reason=(info.get("gpu_unavailable") or "").rstrip("."))
+            if needsTorch:
+                text += " " + _("The deep model runs on the CPU, which is slower.")
+        if info.get("torch"):
+            text += " " + _("PyTorch {version}.").format(version=info["torch"])
+        self.ui.deviceInfoLabel.text = text
+
+    # -- predict / cancel --------------------------------------------------------------
+
+    def _updateButtons(self) -> None:
+        """Predict turns into Cancel while a prediction runs; disabled (tooltip says why)
+        until the inputs are complete."""
+        state = self.runner.state if self.runner else RunState.IDLE
+        button = self.ui.predictButton
+        if state == RunState.RUNNING:
+            button.text = _("Cancel")
+            button.enabled = True
+            button.toolTip = _("Stop the prediction (its process is ended).")
+        elif state in (RunState.CANCELLING, RunState.IMPORTING):
+            button.text = _("Cancelling...") if state == RunState.CANCELLING else _("Importing...")
+            button.enabled = False
+            button.toolTip = ""
+        else:
+            reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("Initializing.")
+            button.text = _("Predict")
+            button.enabled = not reason
+            button.toolTip = reason or _("Predict the risk class of the lesion outlined by the ROI segment.")
+        busy = state.busy
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton, self.ui.createRoiButton):
+            widget.enabled = not busy
+        self.ui.progressBar.visible = busy
+        self.ui.exportButton.enabled = not busy and self._storedResult() is not None
+
+    def _showStatus(self, message) -> None:
         self.ui.statusLabel.text = message
         slicer.util.showStatusMessage(message)
-        slicer.app.processEvents()
+
+    def _appendLog(self, text) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
 
     def onPredictButton(self) -> None:
-        """Run the prediction when the user clicks Predict."""
+        if self.runner.state == RunState.RUNNING:
+            self.runner.cancel()
+            self._showStatus(_("Cancelling..."))
+            self._updateButtons()
+            return
+        if self.runner.state.busy:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Prediction could not start."), waitCursor=True):
+            self._startPrediction()
+        self._updateButtons()
+
+    def _startPrediction(self) -> None:
+        reason = self.logic.missingInputs(self._parameterNode)
+        if reason:
+            raise UserError(reason)
+        summary = self.logic.bundleSummary(self._parameterNode.modelDirectory) if self._bundleSummary is None \
+            else self._bundleSummary
+        self.logic.ensurePythonPackages(panel_results.bundle_model_kinds(summary))
+        self._removeJobFolder()
+        self._jobFolder = tempfile.mkdtemp(prefix="HRMMPredict-", dir=slicer.app.temporaryPath)
+        self.ui.logTextEdit.clear()
+        # Reading the nodes is quick and must happen here (MRML is not thread-safe).
+        request = self.logic.writeRequest(self._parameterNode, self._jobFolder, progress=self._showStatus)
+        command = worker_command(request)
+        self._appendLog(" ".join(command))
+        if not self.runner.start(command):
+            raise UserError(self.runner.error)
+        self._showStatus(_("Predicting..."))
+        self.pollTimer.start()
+
+    def _onPollTimer(self) -> None:
+        for line in self.runner.poll():
+            if line.message and line.message["kind"] == "progress":
+                self._showStatus(line.message.get("message", ""))
+                self._appendLog(line.message.get("message", ""))
+            elif line.message is None:
+                self._appendLog(line.text)
+        for line in self.probeRunner.poll():
+            if line.message and line.message["kind"] == "device":
+                self._deviceInfo = line.message
+        if self.probeRunner.state == RunState.IMPORTING:
+            self.probeRunner.finish_import()
+            self._updateDeviceInfo()
+        elif self.probeRunner.state == RunState.FAILED and self._deviceInfo is None:
+            self._deviceInfo = {"gpu": None, "gpu_unavailable": self.probeRunner.error}
+            self._updateDeviceInfo()
+
+        state = self.runner.state
+        if state == RunState.IMPORTING:
+            self._importResult()
+        elif state == RunState.IDLE and self.runner.cancelled and self._jobFolder:
+            self._showStatus(_("Prediction cancelled."))
+            self._removeJobFolder()
+        elif state == RunState.FAILED and self._jobFolder:
+            self._showStatus(_("Prediction failed: {error}").format(error=self.runner.error))
+            self._removeJobFolder()
+            slicer.util.errorDisplay(_("Prediction failed: {error}").format(error=self.runner.error),
+                                     detailedText="\n".join(self.runner.log))
+        if self.runner.state.busy:
+            self._showElapsed()
+        elif not self.probeRunner.state.busy:
+            self.pollTimer.stop()
+        self._updateButtons()
+
+    def _showElapsed(self) -> None:
+        self.ui.progressBar.toolTip = _("{seconds:.0f} s").format(seconds=self.runner.elapsed)
+
+    def _importResult(self) -> None:
+        """The worker has finished: its result goes into the tables (main thread)."""
+        self._updateButtons()
+        try:
+            if not self.runner.result or not self.runner.result.get("path"):
+                raise UserError(_("the prediction process ended without a result"))
+            result = self.logic.importResult(self._parameterNode, self.runner.result["path"])
+        except Exception as exc:
+            logging.exception("HRMMPredict: importing the result failed")
+            self.runner.finish_import(str(exc))
+            self._showStatus(_("Prediction failed: {error}").format(error=self.runner.error))
+            self._removeJobFolder()
+            slicer.util.errorDisplay(_("Prediction failed: {error}").format(error=self.runner.error))
+            return
+        self.runner.finish_import()
+        self._removeJobFolder()
+        self._showStatus(_("Prediction done in {seconds:.0f} s.").format(seconds=self.runner.elapsed or 0)
+                         if self.runner.elapsed else _("Prediction done."))
+        self._shownResultKey = None
+        self._showResult(result)
+
+    def _removeJobFolder(self) -> None:
+        if self._jobFolder:
+            shutil.rmtree(self._jobFolder, ignore_errors=True)
+            self._jobFolder = None
+
+    # -- results -----------------------------------------------------------------------
+
+    def _storedResult(self):
+        table = self._parameterNode.summaryTable if self._parameterNode else None
+        if table is None or table.GetScene() is None:
+            return None
+        try:
+            return mrml_bridge.result_from_table_node(table)
+        except UserError:
+            return None
+
+    def _showStoredResult(self) -> None:
+        """Show the result kept in the summary table (e.g. after the scene was reloaded)."""
+        table = self._parameterNode.summaryTable if self._parameterNode else None
+        key = (table.GetID(), table.GetMTime()) if table is not None else None
+        if key == self._shownResultKey:
+            return
+        self._shownResultKey = key
+        result = self._storedResult()
+        if result is None:
+            self._clearResults()
+        else:
+            self._showResult(result)
+
+    def _clearResults(self) -> None:
         self.ui.resultLabel.text = ""
         self.ui.warningsLabel.text = ""
-        with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
-            try:
-                result = self.logic.predict(self._parameterNode, progress=self._showProgress)
-            finally:
-                self.ui.statusLabel.text = ""
-            self.ui.resultLabel.text = _("{riskClass}: probability of high risk {probability:.3f} "
-                                         "(threshold {threshold:.3f}, {model} model)").format(
-                riskClass=result["class"], probability=result["probability"],
-                threshold=result["threshold"], model=result["model"])
-            if result.get("warnings"):
-                self.ui.warningsLabel.text = "\n".join(result["warnings"])
-            self._updateResultTableViews()
+        self._setPreviews([])
+
+    def _showResult(self, result) -> None:
+        lines = panel_results.result_lines(result)
+        self.ui.resultLabel.text = "\n".join(lines)
+        self.ui.warningsLabel.text = "\n".join(_("Warning: {text}").format(text=w) for w in result.get("warnings", []))
+        self._setPreviews(panel_results.preview_images(result))
+        self._updateResultTableViews()
+        self.ui.resultsCollapsibleButton.collapsed = False
+
+    def _setPreviews(self, images) -> None:
+        for label in self._previewLabels:
+            self.ui.previewLayout.removeWidget(label)
+            label.deleteLater()
+        self._previewLabels = []
+        for title, data in images:
+            pixmap = qt.QPixmap()
+            if not pixmap.loadFromData(qt.QByteArray(data), "PNG"):
+                continue
+            label = qt.QLabel()
+            label.setPixmap(pixmap.scaledToWidth(min(pixmap.width(), 400), qt.Qt.SmoothTransformation))
+            label.toolTip = title
+            self.ui.previewLayout.addWidget(label)
+            self._previewLabels.append(label)
+        self.ui.previewLabel.visible = bool(self._previewLabels)
+        self.ui.previewFrame.visible = bool(self._previewLabels)
+
+    def onExport(self) -> None:
+        result = self._storedResult()
+        if result is None:
+            return
+        path = qt.QFileDialog.getSaveFileName(self.parent, _("Export the prediction"), "hrmm_prediction.json",
+                                              _("JSON (*.json);;CSV (*.csv)"))
+        if not path:
+            return
+        if pathlib.Path(path).suffix.lower() not in (".json", ".csv"):
+            path += ".json"
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            panel_results.export_result(result, path)
+            self._showStatus(_("Saved {path}").format(path=path))
 
 
 #
@@ -265,11 +661,14 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class HRMMPredictLogic(ScriptedLoadableModuleLogic):
     """Moves data between MRML nodes and HRMMPredictLib; no widgets.
 
-    The work is done by HRMMPredictLib.mrml_bridge (tested on slicer-core) and
-    HRMMPredictLib.predict (the library the command line also runs).
+    The work is done by HRMMPredictLib.mrml_bridge (tested on slicer-core),
+    HRMMPredictLib.predict_worker (the process the panel runs) and HRMMPredictLib.predict
+    (the library the command line also runs).
     """
 
     SEQUENCES = ("t1", "t2", "fst2")
+    LABELS = {"t1": "T1WI", "t2": "T2WI", "fst2": "FS-T2WI"}
+    REQUESTER = "HRMM Predict"
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -300,7 +699,110 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         """The three sequences as SimpleITK images and the ROI exported onto each one's grid."""
         return mrml_bridge.case_images_from_nodes(
             self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
-            labels={"t1": "T1WI", "t2": "T2WI", "fst2": "FS-T2WI"}, progress=progress)
+            labels=self.LABELS, progress=progress)
+
+    # -- inputs
+
+    def guessSequences(self, parameterNode, descriptions: dict, overwrite: bool = False) -> dict:
+        """Choose T1WI/T2WI/FS-T2WI from ``descriptions`` (node ID -> name/series
+        description) with HRMMPredictLib.series_guess; only empty fields unless ``overwrite``.
+        Returns role -> SeriesGuess or None."""
+        guesses = series_guess.guess_sequences(descriptions)
+        fields = {"t1": "t1Volume", "t2": "t2Volume", "fst2": "fst2Volume"}
+        wasModifying = parameterNode.StartModify()
+        try:
+            for role, guess in guesses.items():
+                if guess is None or (getattr(parameterNode, fields[role]) and not overwrite):
+                    continue
+                node = slicer.mrmlScene.GetNodeByID(guess.key)
+                if node is not None:
+                    setattr(parameterNode, fields[role], node)
+        finally:
+            parameterNode.EndModify(wasModifying)
+        return guesses
+
+    def showSeriesSideBySide(self, parameterNode, layoutId: int) -> None:
+        """T1WI | T2WI | FS-T2WI in three linked sagittal views."""
+        layoutManager = slicer.app.layoutManager()
+        register_layout(layoutManager.layoutLogic().GetLayoutNode(), layoutId,
+                        slice_views_layout_xml(orientation="Sagittal"))
+        layoutManager.setLayout(layoutId)
+        assignment = {}
+        for view, node in zip(("Red", "Yellow", "Green"), self.volumesByKey(parameterNode).values()):
+            if node:
+                assignment[view] = {"background": node, "orientation": "Sagittal"}
+        if not assignment:
+            raise UserError(_("Select the series first."))
+        show_in_views(slicer.mrmlScene, assignment)
+        slicer.util.resetSliceViews()
+
+    def createRoiSegment(self, parameterNode):
+        """A new segmentation with an empty "ROI" segment on the T2WI grid (or the first
+        selected series); returns (segmentation node, segment ID)."""
+        reference = parameterNode.t2Volume or parameterNode.t1Volume or parameterNode.fst2Volume
+        if not reference:
+            raise UserError(_("Select the series first: the ROI is drawn on one of them."))
+        return mrml_bridge.create_roi_segment(reference, scene=slicer.mrmlScene)
+
+    # -- model bundle and packages
+
+    def bundleSummary(self, directory) -> dict:
+        """The bundle's checked summary (HRMMPredictLib.bundle.load_bundle(...).summary()).
+        Raises UserError for a folder that is not a usable bundle, ImportError before the
+        packages are installed."""
+        from HRMMPredictLib.bundle import load_bundle
+
+        return load_bundle(directory).summary()
+
+    def ensurePythonPackages(self, modelKinds=("radiomics",)) -> None:
+        """Install what the prediction process needs, after the user's confirmation (first
+        use only; nothing is installed when everything is there). PyTorch comes from the
+        PyTorch extension (PyTorchUtils: the CUDA build matching the driver) when it is
+        installed; the rest from PyPI with slicer.packaging.pip_ensure (Slicer 5.12+) or
+        slicer.util.pip_install."""
+        importlib.invalidate_caches()
+        needed = slicer_deps.requirements_for(modelKinds)
+        missing = slicer_deps.missing_requirements(needed)
+        if not missing:
+            return
+        torchMissing = [m for m in missing if m.requirement == slicer_deps.TORCH]
+        others = [m for m in missing if m.requirement != slicer_deps.TORCH]
+        if torchMissing:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                PyTorchUtils = None
+            if PyTorchUtils is not None:
+                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+                if torchLogic.installTorch(askConfirmation=True,
+                                           torchVersionRequirement=slicer_deps.TORCH.spec[len("torch"):]) is None:
+                    raise UserError(_("PyTorch was not installed; the bundle's deep model needs it."))
+            else:  # plain PyPI wheel: CUDA on Linux, CPU-only on Windows and macOS
+                others = torchMissing + others
+        if others:
+            specs = [m.requirement.spec for m in others]
+            packaging = getattr(slicer, "packaging", None)
+            if packaging is not None and hasattr(packaging, "pip_ensure"):
+                try:
+                    packaging.pip_ensure(specs, requester=self.REQUESTER)
+                except RuntimeError as exc:  # declined
+                    raise UserError(_("The Python packages were not installed ({reason}).").format(reason=exc))
+            else:
+                if not slicer.util.confirmOkCancelDisplay(
+                        _("HRMM Predict needs these Python packages, which are not installed yet. Install them "
+                          "now? (This needs a network connection and may take several minutes.)"),
+                        _("{requester} - Install Python Packages").format(requester=self.REQUESTER),
+                        detailedText="\n".join(str(m) for m in others)):
+                    raise UserError(_("The Python packages were not installed (declined)."))
+                with slicer.util.WaitCursor():
+                    slicer.util.pip_install(specs)
+        importlib.invalidate_caches()
+        still = slicer_deps.missing_requirements(needed)
+        if still:
+            raise UserError(_("Still missing after installation: {items}. Restart Slicer and try again.").format(
+                items=", ".join(str(m) for m in still)))
+
+    # -- prediction
 
     def ensureResultTables(self, parameterNode) -> None:
         scene = slicer.mrmlScene
@@ -309,12 +811,48 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         if not parameterNode.featureTable:
             parameterNode.featureTable = scene.AddNewNodeByClass("vtkMRMLTableNode", _("HRMM prediction features"))
 
-    def predict(self, parameterNode, progress=None) -> dict:
-        """Predict the case described by the parameter node; fills its result tables.
+    def writeRequest(self, parameterNode, folder, progress=None):
+        """Read the case from the nodes and write the worker's request into ``folder``."""
+        reason = self.missingInputs(parameterNode)
+        if reason:
+            raise UserError(reason)
+        return mrml_bridge.write_prediction_request(
+            self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
+            parameterNode.modelDirectory, folder, device=parameterNode.device.value, progress=progress)
 
-        Calls HRMMPredictLib.predict.predict_case through mrml_bridge.predict_from_nodes, so
-        the numbers are those of ``hrmm predict``. Raises UserError for incomplete or bad input.
-        """
+    def importResult(self, parameterNode, resultPath) -> dict:
+        """Fill the result tables from the worker's result file; returns the result."""
+        self.ensureResultTables(parameterNode)
+        return mrml_bridge.import_prediction_result(resultPath, parameterNode.summaryTable,
+                                                    parameterNode.featureTable)
+
+    def predictInBackground(self, parameterNode, folder, runner=None, timeout=600.0, progress=None) -> dict:
+        """The panel's path without the panel: request, worker process, import (blocks; for
+        scripts and the module test). Raises UserError with the worker's one-line error."""
+        runner = runner or ProcessRunner()
+        request = self.writeRequest(parameterNode, folder, progress=progress)
+        if not runner.start(worker_command(request)):
+            raise UserError(runner.error)
+        for line in runner.wait(timeout):
+            if progress and line.message and line.message["kind"] == "progress":
+                progress(line.message.get("message", ""))
+        if runner.state == RunState.RUNNING:
+            runner.cancel()
+            runner.wait(30)
+            raise UserError(_("The prediction took more than {seconds:.0f} s and was stopped.").format(seconds=timeout))
+        if runner.state != RunState.IMPORTING:
+            raise UserError(runner.error)
+        try:
+            result = self.importResult(parameterNode, runner.result["path"])
+        except Exception as exc:
+            runner.finish_import(str(exc))
+            raise
+        runner.finish_import()
+        return result
+
+    def predict(self, parameterNode, progress=None) -> dict:
+        """Predict in Slicer's own process (blocks; imports pyradiomics here); fills the
+        result tables. Same numbers as the panel's worker and ``hrmm predict``."""
         reason = self.missingInputs(parameterNode)
         if reason:
             raise UserError(reason)
@@ -343,64 +881,202 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_ReadCaseWithRoiDrawnOnT2()
+        self.test_ReadGeneratedCaseWithRoiDrawnOnT2()
         self.setUp()
         self.test_EmptySegmentAndMissingInputs()
+        self.setUp()
+        self.test_GuessSequencesFromNodeNames()
+        self.setUp()
+        self.test_BackgroundProcessCancel()
+        self.setUp()
+        self.test_PredictGeneratedCaseLikeTheCommandLine()
 
-    def _volume(self, name, spacing, origin, seed):
-        import numpy as np
+    def _generatedCase(self, seed=3, label=1):
+        """A synthetic sagittal spine case (HRMMPredictLib.synthetic.generate_case) in the
+        scene: T1WI on a finer in-plane grid than T2WI/FS-T2WI, the ROI drawn on T2WI."""
         import SimpleITK as sitk
+        from HRMMPredictLib.synthetic import generate_case
 
-        rng = np.random.default_rng(seed)
-        image = sitk.GetImageFromArray(rng.integers(0, 1000, (12, 40, 36)).astype(np.int16))
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        return image, mrml_bridge.sitk_to_volume_node(image, name, scene=slicer.mrmlScene)
-
-    def _caseNodes(self):
-        import numpy as np
-        import SimpleITK as sitk
-
-        t2, t2Node = self._volume("T2", (0.8, 0.8, 4.8), (0.0, 0.0, 0.0), 1)
-        _t1, t1Node = self._volume("T1", (0.6, 0.6, 3.6), (0.3, -0.2, 1.0), 2)
-        _fst2, fst2Node = self._volume("FS-T2", (0.8, 0.8, 4.8), (0.0, 0.0, 0.0), 3)
-        roi = np.zeros((12, 40, 36), np.uint8)
-        roi[4:8, 10:24, 12:26] = 1
-        mask = sitk.GetImageFromArray(roi)
-        mask.CopyInformation(t2)
-        labelmap = mrml_bridge.sitk_to_volume_node(mask, "roi", scene=slicer.mrmlScene, labelmap=True)
+        case = generate_case(seed, label, shape=(8, 80, 96), spacing=(1.0, 1.0, 4.8))
+        t1 = case["t1"]
+        finerT1 = sitk.Resample(t1, [t1.GetSize()[0] * 2, t1.GetSize()[1] * 2, t1.GetSize()[2]], sitk.Transform(),
+                                sitk.sitkLinear, t1.GetOrigin(), (0.5, 0.5, t1.GetSpacing()[2]), t1.GetDirection(),
+                                0.0, t1.GetPixelID())
+        nodes = {
+            "t1": mrml_bridge.sitk_to_volume_node(finerT1, "3: t1_tse_sag", scene=slicer.mrmlScene),
+            "t2": mrml_bridge.sitk_to_volume_node(case["t2"], "4: T2 TSE SAG", scene=slicer.mrmlScene),
+            "fst2": mrml_bridge.sitk_to_volume_node(case["fst2"], "5: t2_tirm_sag", scene=slicer.mrmlScene),
+        }
+        labelmap = mrml_bridge.sitk_to_volume_node(case["roi"], "roi", scene=slicer.mrmlScene, labelmap=True)
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ROI")
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
         slicer.mrmlScene.RemoveNode(labelmap)
-        return t1Node, t2Node, fst2Node, segmentation, int(roi.sum())
+        drawnVoxels = int(sitk.GetArrayViewFromImage(case["roi"]).sum())
+        return nodes, segmentation, drawnVoxels
 
-    def test_ReadCaseWithRoiDrawnOnT2(self):
-        self.delayDisplay("Reading a case whose ROI was drawn on T2WI while T1WI has another grid")
-        t1Node, t2Node, fst2Node, segmentation, drawnVoxels = self._caseNodes()
-        logic = HRMMPredictLogic()
+    def _parameterNode(self, logic, nodes, segmentation):
         parameterNode = logic.getParameterNode()
-        parameterNode.t1Volume, parameterNode.t2Volume, parameterNode.fst2Volume = t1Node, t2Node, fst2Node
+        parameterNode.t1Volume, parameterNode.t2Volume, parameterNode.fst2Volume = nodes["t1"], nodes["t2"], nodes["fst2"]
         parameterNode.roiSegmentation = segmentation
         parameterNode.roiSegmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
+        return parameterNode
 
-        case = logic.readCase(parameterNode)
-        self.assertEqual(case.resampled, {"t1": True, "t2": False, "fst2": False})
-        self.assertEqual(len(case.warnings), 1)
+    def test_ReadGeneratedCaseWithRoiDrawnOnT2(self):
+        self.delayDisplay("Reading a generated case whose ROI was drawn on T2WI while T1WI has another grid")
         import SimpleITK as sitk
 
+        nodes, segmentation, drawnVoxels = self._generatedCase()
+        logic = HRMMPredictLogic()
+        case = logic.readCase(self._parameterNode(logic, nodes, segmentation))
+        self.assertEqual(case.resampled, {"t1": True, "t2": False, "fst2": False})
+        self.assertEqual(case.warnings, ["the ROI was resampled onto the T1WI grid (it was drawn on another voxel grid)"])
         self.assertEqual(int(sitk.GetArrayViewFromImage(case.rois["t2"]).sum()), drawnVoxels)
+        # 0.5 mm in-plane instead of 1 mm: four times the voxels, within a row of voxels around the edge
+        t1Voxels = int(sitk.GetArrayViewFromImage(case.rois["t1"]).sum())
+        self.assertAlmostEqual(t1Voxels / (4 * drawnVoxels), 1.0, delta=0.15)
         self.assertEqual(case.rois["t1"].GetSize(), case.images["t1"].GetSize())
         self.delayDisplay("Test passed")
 
     def test_EmptySegmentAndMissingInputs(self):
         self.delayDisplay("Empty segment and incomplete inputs give clear errors")
-        t1Node, t2Node, fst2Node, segmentation, _voxels = self._caseNodes()
+        nodes, segmentation, _voxels = self._generatedCase()
         logic = HRMMPredictLogic()
         parameterNode = logic.getParameterNode()
         self.assertIn("T1WI", logic.missingInputs(parameterNode))
-        parameterNode.t1Volume, parameterNode.t2Volume, parameterNode.fst2Volume = t1Node, t2Node, fst2Node
-        parameterNode.roiSegmentation = segmentation
+        parameterNode = self._parameterNode(logic, nodes, segmentation)
         parameterNode.roiSegmentId = segmentation.GetSegmentation().AddEmptySegment("", "empty")
-        with self.assertRaises(UserError):
+        with self.assertRaisesRegex(UserError, "segment 'empty' of segmentation 'ROI' is empty"):
             logic.readCase(parameterNode)
+        slicer.mrmlScene.RemoveNode(nodes["fst2"])
+        with self.assertRaisesRegex(UserError, "no longer in the scene|no volume selected"):
+            logic.readCase(self._parameterNode(logic, nodes, segmentation))
         self.delayDisplay("Test passed")
+
+    def test_GuessSequencesFromNodeNames(self):
+        self.delayDisplay("Guessing T1WI/T2WI/FS-T2WI from series names")
+        nodes, segmentation, _voxels = self._generatedCase()
+        logic = HRMMPredictLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.t1Volume = parameterNode.t2Volume = parameterNode.fst2Volume = None
+        names = {node.GetID(): node.GetName() for node in nodes.values()}
+        logic.guessSequences(parameterNode, names)
+        self.assertEqual(parameterNode.t1Volume, nodes["t1"])
+        self.assertEqual(parameterNode.t2Volume, nodes["t2"])
+        self.assertEqual(parameterNode.fst2Volume, nodes["fst2"])
+        self.delayDisplay("Test passed")
+
+    def test_BackgroundProcessCancel(self):
+        self.delayDisplay("A background process started from Slicer is stopped by Cancel")
+        import sys
+        import time
+
+        runner = ProcessRunner()
+        self.assertTrue(runner.start([sys.executable, "-c", "import time; print('started', flush=True); "
+                                                            "time.sleep(60)"]))
+        deadline = time.monotonic() + 30
+        seen = []
+        while not seen and time.monotonic() < deadline:
+            seen = [line.text for line in runner.poll()]
+            slicer.app.processEvents()
+        self.assertEqual(seen, ["started"])
+        runner.cancel()
+        runner.wait(30)
+        self.assertEqual(runner.state, RunState.IDLE)
+        self.assertTrue(runner.cancelled)
+        self.delayDisplay("Test passed")
+
+    def test_PredictGeneratedCaseLikeTheCommandLine(self):
+        """Train a tiny radiomics bundle on a generated cohort, then predict one case through
+        the panel's worker process and with ``hrmm predict``: the same numbers. Needs the
+        Python packages (never installed by a test: Slicer's testing mode skips pip_ensure)."""
+        missing = slicer_deps.missing_requirements()
+        if missing:
+            self.delayDisplay("Skipped (packages not installed: {})".format(", ".join(str(m) for m in missing)))
+            return
+        self.delayDisplay("Predicting a generated case through the worker process and the command line")
+        import csv
+        import json
+        import subprocess
+
+        from HRMMPredictLib.model import TrainConfig
+        from HRMMPredictLib.synthetic import generate_cohort
+        from HRMMPredictLib.training import train_bundle
+
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="HRMMPredictTest-", dir=slicer.app.temporaryPath))
+        try:
+            manifest = generate_cohort(folder / "cohort", n_patients=16, seed=7, effect_size=1.5,
+                                       shape=(8, 80, 96), spacing=(1.0, 1.0, 4.8))
+            params = folder / "small.yaml"
+            params.write_text(_SMALL_PARAMS)
+            config = TrainConfig(seed=0, validation_fraction=0.25, mrmr_k=10, lasso_cv=3, cv_folds=3,
+                                 icc_threshold=0.6)
+            trainKwargs = {}
+            try:
+                from HRMMPredictLib.fusion import DeepOptions
+
+                trainKwargs["deep"] = DeepOptions(enabled=False)  # radiomics only: seconds, not minutes
+            except ImportError:
+                pass
+            bundle = folder / "bundle"
+            train_bundle(manifest, bundle, params, config, n_jobs=1, **trainKwargs)
+
+            with open(manifest, newline="") as f:
+                row = next(csv.DictReader(f))
+            files = {k: str(pathlib.Path(manifest).parent / row[k]) for k in ("t1", "t2", "fst2", "roi")}
+            nodes = {k: slicer.util.loadVolume(files[k], {"name": self.LABEL_NAMES[k]}) for k in ("t1", "t2", "fst2")}
+            segmentation = slicer.util.loadSegmentation(files["roi"])
+            logic = HRMMPredictLogic()
+            parameterNode = self._parameterNode(logic, nodes, segmentation)
+            parameterNode.modelDirectory = bundle
+            parameterNode.device = HRMMPredictDevice.CPU
+            panel = logic.predictInBackground(parameterNode, folder / "job")
+
+            # `hrmm predict --json` in Slicer's Python, with the module folders on sys.path
+            from HRMMPredictLib.process_runner import worker_python
+
+            modulePaths = [str(pathlib.Path(__file__).resolve().parent),
+                           str(pathlib.Path(importlib.import_module("AnnotationQCLib").__file__).resolve().parents[1])]
+            cliCode = ("import sys; sys.path[:0] = sys.argv[1:3]; from HRMMPredictLib.cli import main; "
+                       "sys.exit(main(sys.argv[3:]))")
+            cli = subprocess.run([worker_python(), "-c", cliCode, *modulePaths, "predict", "--t1", files["t1"],
+                                  "--t2", files["t2"], "--fst2", files["fst2"], "--roi", files["roi"],
+                                  "--model", str(bundle), "--device", "cpu", "--json"],
+                                 capture_output=True, text=True, timeout=600)
+            self.assertEqual(cli.returncode, 0, cli.stderr)
+            expected = json.loads(cli.stdout)
+            for key in ("model", "probability", "class", "threshold", "models", "features"):
+                self.assertEqual(panel[key], expected[key], key)
+            rows = mrml_bridge.table_node_to_rows(parameterNode.summaryTable)
+            self.assertEqual(rows[0]["model"], expected["model"])
+            self.assertEqual(rows[0]["probability"], expected["probability"])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.delayDisplay("Test passed")
+
+    LABEL_NAMES = {"t1": "t1_tse_sag", "t2": "t2_tse_sag", "fst2": "t2_tirm_sag"}
+
+
+# A reduced pyradiomics parameter file for the module test (same pipeline, fewer features).
+_SMALL_PARAMS = """\
+imageType:
+  Original: {}
+  LoG:
+    sigma: [2.0]
+    binCount: 32
+featureClass:
+  shape: [VoxelVolume, Sphericity, Elongation]
+  firstorder: [Mean, Median, Variance, Skewness, Kurtosis, Entropy, Uniformity, 10Percentile, 90Percentile]
+  glcm: [Contrast, Correlation, JointEntropy, Idm, ClusterShade]
+  glszm: [ZoneEntropy, SmallAreaEmphasis]
+setting:
+  normalize: true
+  normalizeScale: 100
+  removeOutliers: 3
+  binWidth: 5
+  voxelArrayShift: 300
+  label: 1
+  preCrop: true
+  padDistance: 10
+  minimumROIDimensions: 2
+  minimumROISize: 20
+"""

@@ -15,6 +15,9 @@ import pytest
 from AnnotationQCLib.common import UserError
 from HRMMPredictLib import slicer_deps
 from HRMMPredictLib.panel_results import (
+    bundle_has_deep_model,
+    bundle_model_kinds,
+    bundle_summary_lines,
     export_result,
     feature_rows,
     model_rows,
@@ -192,13 +195,65 @@ def test_read_result_errors(tmp_path):
         read_result(tmp_path / "x.json")
 
 
-def test_preview_images_found_anywhere_in_the_result(tmp_path):
+def test_preview_images_from_base64_and_files(tmp_path):
+    import base64
+    import io
+
     from PIL import Image
 
-    Image.new("RGB", (8, 8)).save(tmp_path / "crops.png")
-    Image.new("RGB", (8, 8)).save(tmp_path / "t1.png")
-    result = dict(RESULT, preview={"png": "crops.png", "channels": {"t1": str(tmp_path / "t1.png"),
-                                                                   "t2": "missing.png"}})
-    assert preview_images(result, base=tmp_path) == [("preview png", tmp_path / "crops.png"),
-                                                     ("preview channels t1", tmp_path / "t1.png")]
+    def png(colour) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    crops, other = png((255, 0, 0)), png((0, 255, 0))
+    (tmp_path / "crops.png").write_bytes(crops)  # the same picture as the base64 one: listed once
+    (tmp_path / "other.png").write_bytes(other)
+    (tmp_path / "fake.png").write_text("not a png")
+    result = dict(RESULT, deep_input={"preview_png_base64": base64.b64encode(crops).decode(),
+                                      "preview_png": "crops.png", "crops": [{"slice": 3}]},
+                  extra={"pictures": [str(tmp_path / "other.png"), "fake.png", "missing.png"],
+                         "bad_png_base64": "%%% not base64"})
+    assert preview_images(result, base=tmp_path) == [("deep_input preview_png_base64", crops),
+                                                     ("extra pictures 1", other)]
     assert preview_images(RESULT, base=tmp_path) == []
+
+
+# A bundle summary as HRMMPredictLib.bundle.Bundle.summary() gives it (the fused bundle of the
+# test cohort; shortened)
+SUMMARY = {
+    "path": "/models/bundle", "created": "2026-11-21T00:56:48+00:00", "primary_model": "fusion",
+    "cohort": [{"split": "all", "patients": 16, "lesions": 20, "positives": 7, "negatives": 13},
+               {"split": "train", "patients": 13, "lesions": 15, "positives": 5, "negatives": 10}],
+    "models": {
+        "radiomics": {"kind": "radiomics", "classifier": "extratrees", "threshold": 0.3125, "cv_auc": 0.91,
+                      "validation_auc": {"auc": 0.8333, "se": 0.1, "ci95": [0.5, 1.0], "n": 5}},
+        "deep": {"kind": "deep", "classifier": "densenet169", "threshold": 0.4722, "cv_auc": None,
+                 "validation_auc": {"auc": 0.5, "ci95": [0.0, 1.0], "n": 5}},
+        "fusion": {"kind": "fusion", "classifier": "extratrees", "threshold": 0.290625, "cv_auc": 1.0,
+                   "validation_auc": None},
+    },
+}
+
+
+def test_bundle_summary_lines():
+    assert bundle_summary_lines(SUMMARY) == [
+        "Trained 2026-11-21 00:56; primary model: fusion",
+        "Cohort all: 16 patients, 20 lesions (7 HRMM / 13 SRMM)",
+        "Cohort train: 13 patients, 15 lesions (5 HRMM / 10 SRMM)",
+        "fusion (extratrees): cross-validation AUC 1.000, threshold 0.291",
+        "radiomics (extratrees): validation AUC 0.833 (95% CI 0.500-1.000, n = 5), cross-validation AUC 0.910, "
+        "threshold 0.312",
+        "deep (densenet169): validation AUC 0.500 (95% CI 0.000-1.000, n = 5), threshold 0.472",
+    ]
+    assert bundle_summary_lines({"created": None, "models": {}}) == ["Trained on an unknown date"]
+    assert bundle_summary_lines({"created": "21 Nov 2026", "cohort": {"patients": 16}})[:2] == [
+        "Trained 21 Nov 2026", "Cohort patients: 16"]
+
+
+def test_bundle_model_kinds_decide_the_packages():
+    assert bundle_model_kinds(SUMMARY) == ["radiomics", "deep", "fusion"] and bundle_has_deep_model(SUMMARY)
+    radiomics_only = {"models": {"radiomics": {"kind": "radiomics"}, "radiomics_logistic": {"kind": "radiomics"}}}
+    assert bundle_model_kinds(radiomics_only) == ["radiomics"] and not bundle_has_deep_model(radiomics_only)
+    assert "torch" in {r.distribution for r in slicer_deps.requirements_for(bundle_model_kinds(SUMMARY))}
+    assert "torch" not in {r.distribution for r in slicer_deps.requirements_for(bundle_model_kinds(radiomics_only))}

@@ -282,3 +282,54 @@ def test_results_table_round_trip(mrml_scene):
     # pandas view through slicer.util (what users export) sees the same numbers
     frame = slicer.util.dataframeFromTable(table)
     assert frame["probability"].iloc[0] == 0.8125
+
+
+# ---------------------------------------------------------------------------------------
+# Views and the embedded Segment Editor
+
+
+def test_segment_editor_node_is_one_singleton_per_tag(mrml_scene):
+    from AnnotationQCLib.mrml_bridge import segment_editor_node
+
+    first = segment_editor_node(mrml_scene.scene, "HRMMPredictSegmentEditor")
+    assert first.IsA("vtkMRMLSegmentEditorNode") and first.GetScene() is mrml_scene.scene
+    assert segment_editor_node(mrml_scene.scene, "HRMMPredictSegmentEditor") is first
+    other = segment_editor_node(mrml_scene.scene, "SegmentEditor")  # the Segment Editor module's own
+    assert other is not first
+    assert mrml_scene.scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode") == 2
+
+
+def test_layout_and_views(mrml_scene):
+    from AnnotationQCLib.mrml_bridge import register_layout, show_in_views, slice_views_layout_xml
+
+    scene = mrml_scene.scene
+    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    xml = slice_views_layout_xml(orientation="Sagittal")
+    assert register_layout(layout, 40501, xml) == 40501
+    assert layout.IsLayoutDescription(40501) and layout.GetLayoutDescription(40501) == xml
+    register_layout(layout, 40501, xml.replace("Sagittal", "Axial"))  # updated, not added twice
+    assert "Axial" in layout.GetLayoutDescription(40501)
+    import xml.etree.ElementTree as ET
+
+    views = [v.get("singletontag") for v in ET.fromstring(xml).iter("view")]
+    assert views == ["Red", "Yellow", "Green"]
+
+    volumes = [sitk_to_volume_node(make_image(seed=s), f"v{s}", scene=scene) for s in range(3)]
+    for name in ("Red", "Yellow"):  # what the layout manager creates for each view
+        slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slice_node.SetLayoutName(name)
+        slice_node.SetOrientation("Axial")
+        composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(name)
+    done = show_in_views(scene, {"Red": {"background": volumes[0], "orientation": "Sagittal"},
+                                 "Yellow": {"background": volumes[1], "foreground": volumes[2], "opacity": 0.3},
+                                 "Green": {"background": volumes[2]}})
+    assert done == ["Red", "Yellow"]  # no Green view in this scene
+    composites = {n.GetLayoutName(): n for n in
+                  (scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(2))}
+    slices = {n.GetLayoutName(): n for n in (scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(2))}
+    assert composites["Red"].GetBackgroundVolumeID() == volumes[0].GetID()
+    assert composites["Yellow"].GetForegroundVolumeID() == volumes[2].GetID()
+    assert composites["Yellow"].GetForegroundOpacity() == pytest.approx(0.3)
+    assert composites["Red"].GetLinkedControl() and composites["Yellow"].GetHotLinkedControl()
+    assert slices["Red"].GetOrientation() == "Sagittal" and slices["Yellow"].GetOrientation() == "Axial"

@@ -39,7 +39,7 @@ UI_FILES = sorted(p for top in ROOT.iterdir() if top.is_dir() and not top.name.s
                   if not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
 
 # Q_PROPERTY names of the Slicer/CTK widget classes the .ui files use, from their headers
-# (Slicer Libs/MRML/Widgets/<class>.h, CTK Libs/Widgets/<class>.h; Slicer main 2026-08,
+# (Slicer Libs/MRML/Widgets/<class>.h, Modules/Loadable/*/Widgets/<class>.h, CTK Libs/Widgets/<class>.h; Slicer main 2026-08,
 # CTK main). Their Qt base class's properties are taken from PySide6 at run time.
 # A class used in a .ui but missing here fails the test: add its header's Q_PROPERTY names.
 KNOWN_PROPERTIES = {
@@ -52,6 +52,14 @@ KNOWN_PROPERTIES = {
         "noneEnabled", "editEnabled", "segmentationNodeSelectorVisible", "multiSelection", "horizontalLayout",
         "selectNodeUponCreation"}),
     "qMRMLTableView": ("QTableView", {"transposed", "firstRowLocked", "firstColumnLocked"}),
+    # Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.h
+    "qMRMLSegmentEditorWidget": ("QWidget", {
+        "segmentationNodeSelectorVisible", "sourceVolumeNodeSelectorVisible", "maskingSectionVisible",
+        "specifyGeometryButtonVisible", "show3DButtonVisible", "addRemoveSegmentButtonsVisible",
+        "autoShowSourceVolumeNode", "masterVolumeNodeSelectorVisible", "autoShowMasterVolumeNode",
+        "switchToSegmentationsButtonVisible", "undoEnabled", "maximumNumberOfUndoStates", "readOnly",
+        "effectButtonStyle", "effectColumnCount", "unorderedEffectsVisible", "defaultTerminologyEntrySettingsKey",
+        "defaultTerminologyEntry", "jumpToSelectedSegmentEnabled"}),
     "ctkCollapsibleButton": ("QAbstractButton", {
         "collapsed", "collapsedHeight", "flat", "contentsFrameShape", "contentsFrameShadow", "contentsLineWidth",
         "contentsMidLineWidth", "buttonTextAlignment", "indicatorAlignment"}),

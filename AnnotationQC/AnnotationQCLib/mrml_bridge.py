@@ -43,10 +43,14 @@ _LATTICE_TOL = 1e-3
 
 __all__ = [
     "node_label",
+    "register_layout",
     "require_in_scene",
     "results_to_table_node",
+    "segment_editor_node",
     "segment_to_sitk_mask",
+    "show_in_views",
     "sitk_to_volume_node",
+    "slice_views_layout_xml",
     "table_node_to_rows",
     "volume_node_to_sitk",
 ]
@@ -414,3 +418,74 @@ def table_node_to_rows(table_node) -> list[dict]:
                 value = column.GetValue(r)
             rows[r][name] = value
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Views and the embedded Segment Editor (MRML side; the widgets call these)
+
+
+def slice_views_layout_xml(views=("Red", "Yellow", "Green"), orientation: str = "Axial") -> str:
+    """A Slicer layout description: the given slice views side by side, one orientation
+    (register it with :func:`register_layout`)."""
+    colours = {"Red": "#F34A33", "Yellow": "#EDD54C", "Green": "#6EB04B"}
+    items = "".join(
+        f'<item><view class="vtkMRMLSliceNode" singletontag="{v}">'
+        f'<property name="orientation" action="default">{orientation}</property>'
+        f'<property name="viewlabel" action="default">{v[0]}</property>'
+        f'<property name="viewcolor" action="default">{colours.get(v, "#888888")}</property>'
+        "</view></item>" for v in views)
+    return f'<layout type="horizontal">{items}</layout>'
+
+
+def register_layout(layout_node, layout_id: int, description: str) -> int:
+    """Add (or update) a layout description in Slicer's layout node; returns its id."""
+    if layout_node.IsLayoutDescription(layout_id):
+        layout_node.SetLayoutDescription(layout_id, description)
+    else:
+        layout_node.AddLayoutDescription(layout_id, description)
+    return layout_id
+
+
+def _nodes_by_class(scene, class_name: str) -> list:
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+def show_in_views(scene, assignment: dict, link: bool = True) -> list[str]:
+    """Put volumes into slice views by layout name: ``{"Red": {"background": node,
+    "foreground": node, "label": node, "opacity": 0.4, "orientation": "Sagittal"}, ...}``;
+    linked views scroll and zoom together. Works on the views' slice and slice composite
+    nodes (MRML), so the layout must be set first. Returns the views that were found."""
+    composites = {n.GetLayoutName(): n for n in _nodes_by_class(scene, "vtkMRMLSliceCompositeNode")}
+    slices = {n.GetLayoutName(): n for n in _nodes_by_class(scene, "vtkMRMLSliceNode")}
+    done = []
+    for view, layers in assignment.items():
+        composite = composites.get(view)
+        if composite is None:
+            continue
+        for key, setter in (("background", composite.SetBackgroundVolumeID),
+                            ("foreground", composite.SetForegroundVolumeID), ("label", composite.SetLabelVolumeID)):
+            if key in layers:
+                node = layers[key]
+                setter(node.GetID() if node is not None else None)
+        if "opacity" in layers:
+            composite.SetForegroundOpacity(float(layers["opacity"]))
+        if "orientation" in layers and view in slices:
+            slices[view].SetOrientation(str(layers["orientation"]))
+        composite.SetLinkedControl(bool(link))
+        composite.SetHotLinkedControl(bool(link))
+        done.append(view)
+    return done
+
+
+def segment_editor_node(scene, tag: str):
+    """A panel's own Segment Editor parameter node: a scene singleton with ``tag``, so an
+    embedded editor keeps its state with the scene without sharing the Segment Editor
+    module's (created on first use, the same node afterwards)."""
+    node = scene.GetSingletonNode(tag, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(tag)
+        node = scene.AddNode(node)
+    return node

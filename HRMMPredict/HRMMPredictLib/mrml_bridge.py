@@ -33,6 +33,7 @@ __all__ = [
     "RESULT_ATTRIBUTE",
     "CaseImages",
     "case_images_from_nodes",
+    "create_roi_segment",
     "import_prediction_result",
     "predict_from_nodes",
     "prediction_summary_rows",
@@ -114,6 +115,20 @@ def case_images_from_nodes(volumes: Mapping[str, object], segmentation_node, seg
 
 # ---------------------------------------------------------------------------------------
 # HRMM prediction from nodes (what the HRMMPredict panel runs)
+
+
+def create_roi_segment(reference_volume_node, *, scene=None, name: str = "HRMM ROI", segment_name: str = "ROI",
+                       color=(0.9, 0.1, 0.1)) -> tuple[object, str]:
+    """A new segmentation with one empty segment to draw the ROI in, on the grid of
+    ``reference_volume_node`` (the series the user draws on, usually T2WI); returns
+    ``(segmentation node, segment id)``."""
+    require_in_scene(reference_volume_node, "reference volume")
+    scene = scene if scene is not None else reference_volume_node.GetScene()
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("", segment_name, list(color))
+    return segmentation, segment_id
 
 
 RESULT_ATTRIBUTE = "HRMMPredict.Result"  # the whole result (JSON) on the summary table node

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from AnnotationQCLib.common import UserError, atomic_path, json_safe, write_json_atomic
@@ -22,6 +23,9 @@ FUSED_MODEL = "fusion"
 MODEL_COLUMNS = ("model", "probability", "threshold", "class", "primary")
 
 __all__ = [
+    "bundle_has_deep_model",
+    "bundle_model_kinds",
+    "bundle_summary_lines",
     "export_result",
     "feature_rows",
     "model_rows",
@@ -86,27 +90,44 @@ def result_lines(result: dict) -> list[str]:
     return lines
 
 
-def preview_images(result: dict, base: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """The preview pictures (PNG files) a result names, e.g. the 2.5D crops of the deep
-    model: every string value ending in ``.png`` anywhere in the result, labelled by its
-    key path, relative paths taken from ``base``; files that do not exist are skipped."""
-    found: list[tuple[str, Path]] = []
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    def walk(value, label: str) -> None:
+
+def preview_images(result: dict, base: str | os.PathLike | None = None) -> list[tuple[str, bytes]]:
+    """The preview pictures a result carries, as ``(label, PNG bytes)``: e.g. the deep
+    model's 2.5D crops (``deep_input.preview_png_base64``). Found anywhere in the result:
+    a string under a key ending in ``png_base64`` (decoded), or a string ending in ``.png``
+    naming an existing file (relative to ``base``). Labels are the key paths; the same
+    picture is listed once; anything that is not a PNG is skipped."""
+    import base64
+    import binascii
+
+    found: list[tuple[str, bytes]] = []
+
+    def add(label: str, data: bytes | None) -> None:
+        if data and data.startswith(PNG_SIGNATURE) and all(data != d for _, d in found):
+            found.append((label, data))
+
+    def walk(value, label: str, key: str) -> None:
         if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, f"{label} {key}".strip())
+            for k, item in value.items():
+                walk(item, f"{label} {k}".strip(), str(k))
         elif isinstance(value, (list, tuple)):
             for i, item in enumerate(value):
-                walk(item, f"{label} {i + 1}".strip())
+                walk(item, f"{label} {i + 1}".strip(), key)
+        elif isinstance(value, str) and key.lower().endswith("png_base64"):
+            try:
+                add(label, base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError):
+                pass
         elif isinstance(value, str) and value.lower().endswith(".png"):
             path = Path(value)
             if not path.is_absolute() and base is not None:
                 path = Path(base) / path
-            if path.is_file() and all(path != p for _, p in found):
-                found.append((label, path))
+            if path.is_file():
+                add(label, path.read_bytes())
 
-    walk({k: v for k, v in result.items() if k not in ("features", "warnings")}, "")
+    walk({k: v for k, v in result.items() if k not in ("features", "warnings")}, "", "")
     return found
 
 
@@ -159,3 +180,80 @@ def _csv_value(value):
     if isinstance(value, (list, dict)):
         return json.dumps(json_safe(value))
     return value
+
+
+# ---------------------------------------------------------------------------------------
+# The model bundle (HRMMPredictLib.bundle.load_bundle(...).summary())
+
+
+def bundle_model_kinds(summary: dict) -> list[str]:
+    """The kinds of the bundle's models ("radiomics", "deep", "fusion"), in the bundle's order."""
+    kinds: list[str] = []
+    for entry in (summary.get("models") or {}).values():
+        kind = (entry or {}).get("kind") or "radiomics"
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds or ["radiomics"]
+
+
+def bundle_has_deep_model(summary: dict) -> bool:
+    """True when predicting runs the DenseNet (a deep or fused model)."""
+    return any(kind in ("deep", "fusion") for kind in bundle_model_kinds(summary))
+
+
+def _auc_text(value) -> str | None:
+    if isinstance(value, dict):
+        auc = value.get("auc")
+        if auc is None:
+            return None
+        text = f"{auc:.3f}"
+        ci = value.get("ci95")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+            text += f" (95% CI {ci[0]:.3f}-{ci[1]:.3f}"
+            text += f", n = {value['n']})" if value.get("n") is not None else ")"
+        return text
+    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+        return f"{value:.3f}"
+    return None
+
+
+def _cohort_lines(cohort) -> list[str]:
+    if isinstance(cohort, list):
+        lines = []
+        for split in cohort:
+            if not isinstance(split, dict):
+                continue
+            text = f"{split.get('split', 'cohort')}: {split.get('patients', '?')} patients, " \
+                   f"{split.get('lesions', '?')} lesions"
+            if split.get("positives") is not None and split.get("negatives") is not None:
+                text += f" ({split['positives']} HRMM / {split['negatives']} SRMM)"
+            lines.append(text)
+        return lines
+    if isinstance(cohort, dict):
+        return [", ".join(f"{k}: {v}" for k, v in cohort.items() if isinstance(v, (str, int, float)))]
+    return []
+
+
+def bundle_summary_lines(summary: dict) -> list[str]:
+    """What the panel shows about a bundle: when it was trained, on how many patients and
+    lesions, and each model's AUCs (fused first, as in the results) and threshold."""
+    created = str(summary.get("created") or "")
+    if re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d", created):  # ISO 8601 from the bundle writer
+        created = f"{created[:10]} {created[11:16]}"
+    lines = [f"Trained {created or 'on an unknown date'}"
+             + (f"; primary model: {summary['primary_model']}" if summary.get("primary_model") else "")]
+    lines += ["Cohort " + line for line in _cohort_lines(summary.get("cohort"))]
+    ordered = ordered_models({"model": summary.get("primary_model"), "models": summary.get("models") or {}})
+    for name, entry in ordered:
+        parts = []
+        validation = _auc_text(entry.get("validation_auc"))
+        if validation:
+            parts.append(f"validation AUC {validation}")
+        cv = _auc_text(entry.get("cv_auc"))
+        if cv:
+            parts.append(f"cross-validation AUC {cv}")
+        if entry.get("threshold") is not None:
+            parts.append(f"threshold {entry['threshold']:.3f}")
+        kind = entry.get("classifier") or entry.get("kind")
+        lines.append(f"{name}" + (f" ({kind})" if kind else "") + (": " + ", ".join(parts) if parts else ""))
+    return lines

@@ -25,7 +25,6 @@ Run as a script by path, the file puts its module folder (and each ``--module-pa
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -141,11 +140,8 @@ def run_request(request_path: str | os.PathLike) -> dict:
     roi = request["roi"]
     roi = ({k: read_image(p, f"ROI on {SEQUENCE_NAMES.get(k, k)}") for k, p in roi.items()}
            if isinstance(roi, dict) else read_image(roi, "ROI"))
-    kwargs = {"device": request.get("device", "auto"), "progress": _progress}
-    # The 2.5D crops are drawn into the job folder when the library can do that.
-    if "preview_dir" in inspect.signature(predict_case).parameters:
-        kwargs["preview_dir"] = str(Path(request["result"]).parent)
-    result = predict_case(images, roi, request["model_dir"], **kwargs)
+    result = predict_case(images, roi, request["model_dir"], device=request.get("device", "auto"),
+                          progress=_progress)
     add_case_info(result, request.get("warnings", []), request.get("roi_resampled", {}))
     write_json_atomic(request["result"], result)
     return result
