@@ -207,10 +207,15 @@ def cross_validated_proba(pipe: Pipeline, X: pd.DataFrame, y: np.ndarray, groups
 
 def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, cfg: TrainConfig,
                            reader2: pd.DataFrame | None = None, repeat: pd.DataFrame | None = None,
-                           progress: Callable[[str], None] | None = None) -> tuple[dict[str, FittedRadiomicsModel], dict]:
+                           progress: Callable[[str], None] | None = None,
+                           name: str = "radiomics") -> tuple[dict[str, FittedRadiomicsModel], dict]:
     """Fit the selection pipeline and both classifiers on training lesions ``X`` (rows:
     lesion ids, columns: ``<seq>_<feature>``). Returns the fitted models and a summary of
-    the selection (ICC counts, features surviving each step)."""
+    the selection (ICC counts, features surviving each step).
+
+    The fusion model (:mod:`HRMMPredictLib.fusion`) is trained by this same function on
+    the selected radiomics features plus the deep PCA components, without reader tables
+    (so without the ICC step) and with ``name="fusion"``."""
     from HRMMPredictLib.stats import roc_auc_delong, youden_threshold
 
     y = np.asarray(y).astype(int)
@@ -244,9 +249,9 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
         threshold = float(youden_threshold(y, oof)["threshold"]) if np.ptp(oof) > 0 else 0.5
         fitted = clone(clf).fit(Ztrain, y)
         models[kind] = FittedRadiomicsModel(
-            name=f"radiomics_{kind}", classifier_kind=kind, features=selected, mean=mean, scale=scale,
+            name=f"{name}_{kind}", classifier_kind=kind, features=selected, mean=mean, scale=scale,
             classifier=fitted, threshold=threshold, train_stats=stats_df, cv_auc=cv_auc,
-            cv_oof=pd.Series(oof, index=X.index, name=f"radiomics_{kind}"),
+            cv_oof=pd.Series(oof, index=X.index, name=f"{name}_{kind}"),
             importances=_importances(fitted, selected))
     return models, summary
 
