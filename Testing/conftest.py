@@ -25,4 +25,4 @@ def shared_data() -> Path:
 
 
 # Session fixtures shared by several test files (a small trained HRMM model).
-from hrmm_fixtures import small_cohort, small_config, small_params, trained_bundle  # noqa: E402,F401
+from hrmm_fixtures import fused_bundle, small_cohort, small_config, small_params, trained_bundle  # noqa: E402,F401

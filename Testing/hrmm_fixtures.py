@@ -1,5 +1,6 @@
-"""A small trained HRMM model for tests: a synthetic cohort, a reduced pyradiomics parameter
-file (same pipeline, fewer features, so training takes seconds) and a bundle."""
+"""Small trained HRMM models for tests: a synthetic cohort, a reduced pyradiomics parameter
+file (same pipeline, fewer features, so training takes seconds), a radiomics-only bundle
+(``trained_bundle``) and one with the deep model and the fusion (``fused_bundle``)."""
 
 from __future__ import annotations
 
@@ -60,8 +61,37 @@ def small_config():
 
 @pytest.fixture(scope="session")
 def trained_bundle(tmp_path_factory, small_cohort, small_params, small_config) -> tuple[Path, dict]:
+    """Radiomics models only (``hrmm train --no-deep``)."""
+    from HRMMPredictLib.fusion import DeepOptions
     from HRMMPredictLib.training import train_bundle
 
     out = tmp_path_factory.mktemp("model") / "bundle"
-    summary = train_bundle(small_cohort, out, small_params, small_config, n_jobs=1)
+    summary = train_bundle(small_cohort, out, small_params, small_config, n_jobs=1, deep=DeepOptions(enabled=False))
+    return out, summary
+
+
+# Tiny deep-model settings for tests: 64 x 64 crops, one epoch, batch 4, one torch thread
+# (the network, the selection and the fusion are the real ones; only the sizes shrink).
+DEEP_TEST_SIZE = 64
+
+
+def tiny_deep_options(**overrides):
+    from HRMMPredictLib.deep_cohort import DeepInputConfig
+    from HRMMPredictLib.deep_model import TrainConfig as DeepTrainConfig
+    from HRMMPredictLib.fusion import DeepOptions
+
+    train = DeepTrainConfig(epochs=1, batch_size=4, val_fraction=0.25, eval_batch_size=8)
+    opts = dict(train=train, input=DeepInputConfig(size=DEEP_TEST_SIZE), device="cpu", threads=1)
+    opts.update(overrides)
+    return DeepOptions(**opts)
+
+
+@pytest.fixture(scope="session")
+def fused_bundle(tmp_path_factory, small_cohort, small_params, small_config) -> tuple[Path, dict]:
+    """The same cohort and settings as ``trained_bundle`` plus the deep model and the fusion
+    (``trained_bundle`` stays radiomics-only: the ``--no-deep`` path)."""
+    from HRMMPredictLib.training import train_bundle
+
+    out = tmp_path_factory.mktemp("fused") / "bundle"
+    summary = train_bundle(small_cohort, out, small_params, small_config, n_jobs=1, deep=tiny_deep_options())
     return out, summary

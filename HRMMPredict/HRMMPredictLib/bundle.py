@@ -7,8 +7,12 @@ Layout::
                                thresholds, cohort hash, SHA-256 of every other file
       radiomics_params.yaml    the pyradiomics settings the features were computed with
       models/*.skops           fitted scikit-learn estimators (skops: no pickle; only an
-                               explicit list of scikit-learn/numpy types may be loaded)
-      training/*.csv           selection and cross-validation records, for people
+                               explicit list of scikit-learn/numpy types may be loaded):
+                               radiomics*, fusion* classifiers and deep_pca (the PCA of the
+                               deep features)
+      models/deep.safetensors  DenseNet169 weights (safetensors: tensors only, no code)
+      training/*.csv           predictions, selection, deep-training history and 2.5D input
+                               records, for people and the evaluation report
 
 Loading verifies the checksums and the versions first and says what is wrong.
 """
@@ -208,12 +212,35 @@ class Bundle:
             self._cache[rel] = sio.load(p, trusted=sorted(untrusted))
         return self._cache[rel]
 
+    def load_deep_model(self, rel: str, device="cpu"):
+        """The bundle's DenseNet169 (safetensors, checked by ``load_bundle``) on ``device``;
+        loaded once per device."""
+        from HRMMPredictLib.deep_model import load_model, select_device
+
+        dev = select_device(device)[0]
+        key = (rel, str(dev))
+        if key not in self._cache:
+            self._cache[key] = load_model(self.path / rel, dev)
+        return self._cache[key]
+
+    @property
+    def has_deep(self) -> bool:
+        models = self.manifest.get("models", {}).values()
+        return "deep" in self.manifest and any(m.get("kind") == "deep" for m in models)
+
     def summary(self) -> dict:
         m = self.manifest
         models = {k: {kk: v.get(kk) for kk in ("kind", "classifier", "threshold", "cv_auc", "validation_auc")}
                   for k, v in m.get("models", {}).items()}
-        return {"path": str(self.path), "created": m.get("created"), "primary_model": m.get("primary_model"),
-                "cohort": m.get("cohort", {}).get("summary"), "models": models}
+        out = {"path": str(self.path), "created": m.get("created"), "primary_model": m.get("primary_model"),
+               "cohort": m.get("cohort", {}).get("summary"), "models": models}
+        if "deep" in m:
+            tr = m["deep"].get("training", {})
+            out["deep"] = {k: tr.get(k) for k in ("device", "best_epoch", "selection", "epochs_run")}
+            out["deep"]["pca_components"] = m["deep"].get("pca", {}).get("n_components")
+        if "fusion" in m:
+            out["fusion"] = {k: m["fusion"].get(k) for k in ("fit", "deep_features_in_sample", "selected")}
+        return out
 
 
 def load_bundle(path: str | os.PathLike, check_versions: bool = True) -> Bundle:

@@ -117,15 +117,36 @@ def cmd_extract_cohort(a) -> int:
     return 0
 
 
+def deep_options_from_args(a):
+    """DeepOptions from ``hrmm train``'s deep-model arguments (paper defaults)."""
+    from HRMMPredictLib.fusion import DeepOptions
+
+    if a.no_deep:
+        return DeepOptions(enabled=False)
+    from HRMMPredictLib.deep_model import TrainConfig as DeepTrainConfig
+
+    dcfg = DeepTrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, val_fraction=a.deep_val_fraction,
+                           pretrained_weights=a.weights)
+    return DeepOptions(train=dcfg, device=a.device, fusion_fit=a.fusion_fit, threads=a.threads)
+
+
+def _epoch_line(epoch: int, epochs: int, row: dict) -> None:
+    val = "" if row.get("val_loss") is None else f"  internal-val loss {row['val_loss']:.4f}" + (
+        "" if row.get("val_auc") is None else f" AUC {row['val_auc']:.3f}")
+    _step(f"deep model epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}{val}  ({row['seconds']:.1f} s)")
+
+
 def cmd_train(a) -> int:
     from HRMMPredictLib.model import TrainConfig
     from HRMMPredictLib.training import train_bundle
 
     cfg = TrainConfig(seed=a.seed, validation_fraction=a.validation_fraction, icc_threshold=a.icc_threshold,
                       mrmr_k=a.mrmr_k, tune=a.tune)
+    deep = deep_options_from_args(a)
     t0 = time.perf_counter()
     summary = train_bundle(a.manifest, a.out, a.params, cfg, cache_dir=a.cache, n_jobs=a.jobs, progress=_step,
-                           extraction_progress=_progress_bar("extracting features"), overwrite=a.overwrite)
+                           extraction_progress=_progress_bar("extracting features"), overwrite=a.overwrite,
+                           deep=deep, epoch_progress=_epoch_line)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     if a.json:
         print(json.dumps(summary, indent=2))
@@ -142,17 +163,30 @@ def format_training_summary(s: dict) -> str:
     lines.append("  features per selection step: " + ", ".join(f"{k} {v}" for k, v in s["selection"].items()))
     lines.append(f"  selected ({len(s['selected_features'])}): " + ", ".join(s["selected_features"][:8])
                  + (" ..." if len(s["selected_features"]) > 8 else ""))
+    if s.get("deep"):
+        d = s["deep"]
+        lines.append(f"  deep model on {d['device']}: {d['selection']}; PCA to {d['pca_components']} components; "
+                     f"fusion fitted on {d['fusion_fit']} lesions, selected: " + ", ".join(d["fusion_selected"][:6])
+                     + (" ..." if len(d["fusion_selected"]) > 6 else ""))
     for name, m in s["models"].items():
         va = "n/a" if m["validation_auc"] is None else f"{m['validation_auc']:.3f}"
-        lines.append(f"  {name:<22} CV AUC {m['cv_auc']:.3f}  validation AUC {va}  threshold {m['threshold']:.3f}")
+        cv = "n/a" if m["cv_auc"] is None else f"{m['cv_auc']:.3f}"
+        mark = "*" if name == s.get("primary_model") else " "
+        lines.append(f" {mark}{name:<22} CV AUC {cv}  validation AUC {va}  threshold {m['threshold']:.3f}")
     return "\n".join(lines)
 
 
 def cmd_predict(a) -> int:
     from HRMMPredictLib.predict import format_prediction, predict_case
 
+    if a.preview and Path(a.preview).exists():
+        raise UserError(f"preview file {a.preview} already exists; choose another --preview path")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     res = predict_case({"t1": a.t1, "t2": a.t2, "fst2": a.fst2}, a.roi, a.model, resample_roi=a.resample_roi,
-                       device=a.device, progress=None if a.json else _step)
+                       device=a.device, progress=None if a.json else _step, preview=False, preview_path=a.preview)
     if a.json:
         print(json.dumps(res, indent=2))
     else:
@@ -187,7 +221,8 @@ def cmd_demo(a) -> int:
     from HRMMPredictLib.demo import run_demo
 
     return run_demo(Path(a.out), n_patients=a.patients, jobs=a.jobs, seed=a.seed, progress=_step,
-                    bar=_progress_bar)
+                    bar=_progress_bar, epochs=a.epochs, deep=not a.no_deep, device=a.device,
+                    epoch_progress=_epoch_line)
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=20)
     p.add_argument("--jobs", type=int, default=None, help="parallel extraction processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=3, help="deep-model epochs (default 3 for the demo; the paper: 300)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-deep", action="store_true", help="radiomics models only")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate-demo", help="write a deterministic synthetic spine MRI cohort + manifest")
@@ -248,6 +286,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--icc-threshold", type=float, default=0.75)
     p.add_argument("--mrmr-k", type=int, default=100)
     p.add_argument("--tune", action="store_true", help="tune ExtraTrees by patient-grouped CV on the training set")
+    g = p.add_argument_group("deep model and fusion (defaults: the paper's settings)")
+    g.add_argument("--no-deep", action="store_true", help="radiomics models only (no DenseNet169, no fusion)")
+    g.add_argument("--epochs", type=int, default=300, help="DenseNet169 training epochs (default: 300, the paper)")
+    g.add_argument("--batch-size", type=int, default=16, help="training batch size (default: 16, the paper)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when available, else CPU (slow: about 1 s per image per epoch)")
+    g.add_argument("--weights", default=None, metavar="LOCAL_FILE",
+                   help="ImageNet DenseNet169 weights to start from (torchvision .pth or .safetensors, downloaded "
+                        "by you; nothing is downloaded at run time)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--deep-val-fraction", type=float, default=0.2,
+                   help="share of the training patients held out inside the training set to choose the epoch "
+                        "(default 0.2; about 0.4 with --fusion-fit internal)")
+    g.add_argument("--fusion-fit", choices=["paper", "internal"], default="paper",
+                   help="lesions the fusion selection/classifier are fitted on: paper = all training lesions "
+                        "(their deep features are in-sample for the network: optimistic); internal = the "
+                        "network's internal-validation lesions only (honest, fewer lesions). See docs/fusion.md")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -259,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--resample-roi", action="store_true", help="resample the ROI onto each image (nearest neighbour)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the deep model runs (auto: CUDA when available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--preview", default=None, metavar="PNG",
+                   help="write the 2.5D input (T1WI, T2WI, FS-T2WI crops + composite, ROI outlined) to this PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

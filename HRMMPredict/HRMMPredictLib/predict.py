@@ -1,12 +1,17 @@
 """Prediction for one lesion: the same numbers from the CLI, the Python API and Slicer.
 
-Only the features a model uses are extracted (pyradiomics can enable single features and
-image types), which gives the same values as a full extraction, much faster.
+Only the radiomics features the models use are extracted (pyradiomics can enable single
+features and image types), which gives the same values as a full extraction, much faster.
+With a deep model in the bundle, the lesion's 2.5D stack is built by the same function as
+in training (:func:`HRMMPredictLib.deep_cohort.lesion_stack`), run through the network
+once (probability + pooled features), projected with the training PCA, and fed with the
+radiomics features to the fusion models.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -16,6 +21,7 @@ import SimpleITK as sitk
 
 from AnnotationQCLib.common import UserError, check_finite, read_image, read_mask, same_grid, resample_mask_to
 from HRMMPredictLib.bundle import Bundle, load_bundle
+from HRMMPredictLib.fusion import DEEP_FEATURE_PREFIX, is_deep_feature
 from HRMMPredictLib.radiomics_features import (MIN_ROI_VOXELS, SEQUENCE_NAMES, PreprocessConfig, extract_features,
                                                load_params, split_sequence_feature)
 
@@ -57,26 +63,38 @@ def _as_mask(roi, image: sitk.Image, roi_name: str, resample: bool, seq_label: s
 
 
 def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | Bundle, resample_roi: bool = False,
-                 device: str = "auto", progress: Callable[[str], None] | None = None) -> dict:
+                 device: str = "auto", progress: Callable[[str], None] | None = None, preview: bool = True,
+                 preview_path: str | os.PathLike | None = None) -> dict:
     """Predict high-risk myeloma for one lesion.
 
     ``images``: sequence name (``t1``, ``t2``, ``fst2``) -> path or SimpleITK image; ``roi``:
     path or image of the ROI on the largest involved vertebral body (on the images' grid,
     or resampled with ``resample_roi``), or a mapping sequence -> ROI already on each
-    sequence's grid (what the Slicer logic passes when the series have different grids). Returns a JSON-ready dict with every model's
-    probability and class at its stored threshold, the answer of the primary model and the
-    selected features' values against their training range.
+    sequence's grid (what the Slicer logic passes when the series have different grids).
+
+    Returns a JSON-ready dict: ``models`` (every model's probability and class at its
+    stored threshold: radiomics, deep, fusion and the logistic variants), the answer of
+    the primary model (``model``, ``probability``, ``class``: the fusion when the bundle
+    has a deep model), the selected features' values against their training range and,
+    with a deep model, ``deep_input``: where the 2.5D crops came from, the device, and a
+    preview of the stack (PNG as base64 when ``preview``, written to ``preview_path`` when
+    given). The deep model runs on ``device`` (auto/cpu/cuda).
     """
     say = progress or (lambda s: None)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
     man = bundle.manifest
     sequences = man.get("sequences", ["t1", "t2", "fst2"])
     params = load_params(bundle.params_path)
     prep = PreprocessConfig.from_dict(man["radiomics"].get("preprocess"))
-    rad_models = {k: v for k, v in man["models"].items() if v.get("kind") == "radiomics"}
+    table_models = {k: v for k, v in man["models"].items() if v.get("kind") in ("radiomics", "fusion")}
+    deep_models = {k: v for k, v in man["models"].items() if v.get("kind") == "deep"}
     needed: dict[str, list[str]] = {s: [] for s in sequences}
-    for entry in rad_models.values():
+    for entry in table_models.values():
         for f in entry["features"]:
+            if is_deep_feature(f["name"]):
+                continue
             seq, feat = split_sequence_feature(f["name"], sequences)
             if feat not in needed[seq]:
                 needed[seq].append(feat)
@@ -86,26 +104,48 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
         label = SEQUENCE_NAMES.get(seq, seq)
         loaded[seq] = _as_image(images.get(seq), f"{label} image")
     warnings = []
+    masks: dict[str, sitk.Image] = {}
+
+    def mask_for(seq: str) -> sitk.Image:
+        if seq not in masks:
+            label = SEQUENCE_NAMES.get(seq, seq)
+            seq_roi = roi.get(seq) if isinstance(roi, Mapping) else roi  # one ROI, or one per sequence grid
+            if seq_roi is None:
+                raise UserError(f"no ROI given for the {label} image")
+            masks[seq], resampled = _as_mask(seq_roi, loaded[seq][0], "ROI", resample_roi, label)
+            if resampled:
+                warnings.append(f"the ROI was resampled onto the {label} grid (nearest neighbour)")
+        return masks[seq]
+
     values: dict[str, float] = {}
+    t0 = time.perf_counter()
     for seq in sequences:
         if not needed[seq]:
             continue
         label = SEQUENCE_NAMES.get(seq, seq)
         img, src = loaded[seq]
-        seq_roi = roi.get(seq) if isinstance(roi, Mapping) else roi  # one ROI, or one per sequence grid
-        if seq_roi is None:
-            raise UserError(f"no ROI given for the {label} image")
-        mask, resampled = _as_mask(seq_roi, img, "ROI", resample_roi, label)
-        if resampled:
-            warnings.append(f"the ROI was resampled onto the {label} grid (nearest neighbour)")
+        mask = mask_for(seq)
         say(f"extracting {len(needed[seq])} feature(s) from {label}")
         feats = extract_features(img, mask, params, prep, feature_names=needed[seq])
         for k, v in feats.items():
             values[f"{seq}_{k}"] = v
+    timings["radiomics_s"] = time.perf_counter() - t0
+
+    results = {}
+    deep_input = None
+    if deep_models:
+        t0 = time.perf_counter()
+        deep_input, p_deep, components = _deep_part(bundle, {s: loaded[s][0] for s in sequences}, mask_for, roi,
+                                                    device, say, preview, preview_path)
+        values.update(components)
+        for name, entry in deep_models.items():
+            thr = float(entry["threshold"])
+            results[name] = {"probability": p_deep, "threshold": thr, "class": "HRMM" if p_deep >= thr else "SRMM",
+                             "classifier": entry.get("classifier")}
+        timings["deep_s"] = time.perf_counter() - t0
 
     row = pd.DataFrame([values])
-    results = {}
-    for name, entry in rad_models.items():
+    for name, entry in table_models.items():
         clf = bundle.load_estimator(entry["file"])
         feats = [f["name"] for f in entry["features"]]
         Z = (row[feats].to_numpy(dtype=float) - np.asarray(entry["zscore"]["mean"])) / np.asarray(entry["zscore"]["scale"])
@@ -113,29 +153,71 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
         thr = float(entry["threshold"])
         results[name] = {"probability": p, "threshold": thr, "class": "HRMM" if p >= thr else "SRMM",
                          "classifier": entry.get("classifier")}
+    order = [m for m in man["models"] if m in results]
+    results = {m: results[m] for m in order}
     primary = man.get("primary_model") or next(iter(results))
     feature_rows = []
-    primary_feats = {f["name"]: f for f in man["models"][primary]["features"]} if primary in rad_models else {}
+    primary_feats = {f["name"] for f in man["models"][primary].get("features", [])}
     all_feats = {}
-    for entry in rad_models.values():
+    for entry in table_models.values():
         for f in entry["features"]:
             all_feats.setdefault(f["name"], f)
     for name, f in all_feats.items():
         v = values[name]
-        seq, feat = split_sequence_feature(name, sequences)
+        if is_deep_feature(name):
+            seq_label = "deep"
+            feat = f"PCA component {int(name[len(DEEP_FEATURE_PREFIX):])} of the DenseNet169 features"
+        else:
+            seq, feat = split_sequence_feature(name, sequences)
+            seq_label = SEQUENCE_NAMES.get(seq, seq)
         in_range = f["min"] <= v <= f["max"]
-        feature_rows.append({"name": name, "sequence": SEQUENCE_NAMES.get(seq, seq), "feature": feat, "value": v,
+        feature_rows.append({"name": name, "sequence": seq_label, "feature": feat, "value": v,
                              "train_min": f["min"], "train_max": f["max"], "train_mean": f["mean"],
                              "train_sd": f["sd"], "in_training_range": bool(in_range),
                              "used_by_primary": name in primary_feats})
         if not in_range:
             warnings.append(f"{name} = {v:.4g} lies outside the training range [{f['min']:.4g}, {f['max']:.4g}]")
     res = results[primary]
-    return {"model": primary, "probability": res["probability"], "class": res["class"],
-            "threshold": res["threshold"], "label_meaning": {"HRMM": "high-risk multiple myeloma",
-                                                             "SRMM": "standard-risk multiple myeloma"},
-            "models": results, "features": feature_rows, "warnings": warnings,
-            "model_dir": str(bundle.path)}
+    timings["total_s"] = time.perf_counter() - t_start
+    out = {"model": primary, "probability": res["probability"], "class": res["class"],
+           "threshold": res["threshold"], "label_meaning": {"HRMM": "high-risk multiple myeloma",
+                                                            "SRMM": "standard-risk multiple myeloma"},
+           "models": results, "features": feature_rows, "warnings": warnings,
+           "model_dir": str(bundle.path), "timings": timings}
+    if deep_input is not None:
+        out["deep_input"] = deep_input
+    return out
+
+
+def _deep_part(bundle: Bundle, images: dict, mask_for, roi, device: str, say, preview: bool,
+               preview_path) -> tuple[dict, float, dict[str, float]]:
+    """The 2.5D stack (the training's own function), the network, the PCA: returns the
+    deep-input record, P(HRMM) of the network and the PCA components by name."""
+    from HRMMPredictLib.deep_cohort import DeepInputConfig, lesion_stack, preview_base64
+    from HRMMPredictLib.deep_input import save_preview_png
+    from HRMMPredictLib.deep_model import select_device
+    from HRMMPredictLib.fusion import deep_outputs, pca_frame
+
+    dman = bundle.manifest["deep"]
+    cfg = DeepInputConfig.from_dict(dman.get("input"))
+    seqs = ("t1", "t2", "fst2")
+    masks = {s: mask_for(s) for s in seqs}
+    one_grid = not isinstance(roi, Mapping) and all(same_grid(images[s], images["t1"]) for s in seqs)
+    say("building the 2.5D input (largest-ROI slice of T1WI, T2WI, FS-T2WI)")
+    stack, info = lesion_stack(images, masks["t1"] if one_grid else masks, cfg)
+    dev, dev_desc = select_device(device)
+    say(f"running DenseNet169 on {dev_desc}")
+    net = bundle.load_deep_model(dman["file"], dev)
+    p, feats = deep_outputs(net, stack[None], dev, batch_size=1)
+    pca = bundle.load_estimator(dman["pca"]["file"])
+    comps = pca_frame(pca, feats, ["case"]).iloc[0]
+    record = {"device": dev_desc, "size": int(cfg.size), "channels": ["T1WI", "T2WI", "FS-T2WI"],
+              "crops": info["crops"], "preview_png_base64": None, "preview_png": None}
+    if preview:
+        record["preview_png_base64"] = preview_base64(stack, info["roi"])
+    if preview_path:
+        record["preview_png"] = str(save_preview_png(stack, preview_path, roi=info["roi"]))
+    return record, float(p[0]), {k: float(v) for k, v in comps.items()}
 
 
 def format_prediction(result: dict) -> str:
