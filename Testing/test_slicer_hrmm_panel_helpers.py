@@ -20,6 +20,7 @@ from HRMMPredictLib.panel_results import (
     bundle_summary_lines,
     export_result,
     feature_rows,
+    manifest_model_kinds,
     model_rows,
     ordered_models,
     preview_images,
@@ -257,3 +258,13 @@ def test_bundle_model_kinds_decide_the_packages():
     assert bundle_model_kinds(radiomics_only) == ["radiomics"] and not bundle_has_deep_model(radiomics_only)
     assert "torch" in {r.distribution for r in slicer_deps.requirements_for(bundle_model_kinds(SUMMARY))}
     assert "torch" not in {r.distribution for r in slicer_deps.requirements_for(bundle_model_kinds(radiomics_only))}
+
+
+def test_manifest_model_kinds_without_packages(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": SUMMARY["models"]}))
+    assert manifest_model_kinds(tmp_path) == ["radiomics", "deep", "fusion"]
+    with pytest.raises(UserError, match="is not a model bundle \\(no manifest.json\\)"):
+        manifest_model_kinds(tmp_path / "elsewhere")
+    (tmp_path / "manifest.json").write_text("{damaged")
+    with pytest.raises(UserError, match="could not be read \\(JSONDecodeError\\)"):
+        manifest_model_kinds(tmp_path)

@@ -165,6 +165,26 @@ def test_crash_reports_the_last_line_of_the_traceback(tmp_path):
     assert any("Traceback" in line for line in runner.log)
 
 
+def test_child_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HRMM_FROM_PARENT", "inherited")
+    args = python_script(tmp_path, """
+        import os
+        from HRMMPredictLib.process_runner import emit_message
+        emit_message("env", parent=os.environ.get("HRMM_FROM_PARENT"), extra=os.environ.get("HRMM_EXTRA"),
+                     unbuffered=os.environ.get("PYTHONUNBUFFERED"))
+    """)
+    runner = ProcessRunner()
+    for kwargs, expected in (({"env": {"HRMM_EXTRA": "1"}}, {"parent": "inherited", "extra": "1"}),
+                             # a base environment replaces this process's (Slicer: its startup environment)
+                             ({"base_env": {k: v for k, v in os.environ.items() if k != "HRMM_FROM_PARENT"}},
+                              {"parent": None, "extra": None})):
+        runner.start(args, **kwargs)
+        (message,) = [line.message for line in runner.wait(TIMEOUT) if line.message]
+        assert runner.state is RunState.IMPORTING, runner.error
+        runner.finish_import()
+        assert message == {"kind": "env", "unbuffered": "1", **expected}
+
+
 def test_program_that_cannot_start_fails_without_raising(tmp_path):
     runner = ProcessRunner()
     assert runner.start([str(tmp_path / "no-such-python")]) is False

@@ -27,6 +27,7 @@ __all__ = [
     "bundle_model_kinds",
     "bundle_summary_lines",
     "export_result",
+    "manifest_model_kinds",
     "feature_rows",
     "model_rows",
     "ordered_models",
@@ -194,6 +195,21 @@ def bundle_model_kinds(summary: dict) -> list[str]:
         if kind not in kinds:
             kinds.append(kind)
     return kinds or ["radiomics"]
+
+
+def manifest_model_kinds(model_dir: str | os.PathLike) -> list[str]:
+    """The model kinds named in a bundle folder's ``manifest.json``, read as plain JSON (no
+    checks, no packages needed): what the panel needs to know before installing packages.
+    The bundle itself is checked by ``HRMMPredictLib.bundle.load_bundle`` afterwards."""
+    manifest = Path(model_dir) / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{model_dir} is not a model bundle (no manifest.json); give the folder written by "
+                        "'hrmm train'") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"model manifest {manifest} could not be read ({exc.__class__.__name__})") from None
+    return bundle_model_kinds(data if isinstance(data, dict) else {})
 
 
 def bundle_has_deep_model(summary: dict) -> bool:

@@ -193,9 +193,15 @@ class ProcessRunner:
 
     # -- starting ----------------------------------------------------------------------
 
-    def start(self, args: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> bool:
+    def start(self, args: Sequence[str], *, env: Mapping[str, str] | None = None,
+              base_env: Mapping[str, str] | None = None, cwd: str | None = None) -> bool:
         """Start ``args``; returns False (state FAILED, :attr:`error` says why) when the
-        program cannot be started. Refuses (RuntimeError) while a run is in progress."""
+        program cannot be started. Refuses (RuntimeError) while a run is in progress.
+
+        The child's environment is ``base_env`` (default: this process's) updated with
+        ``env``; in Slicer pass ``slicer.util.startupEnvironment()`` as ``base_env``, as
+        ``launchConsoleProcess`` does, so the child does not inherit the application's
+        library paths."""
         if self.state.busy:
             raise RuntimeError(f"a process is already {self.state.value}")
         self.returncode = None
@@ -210,11 +216,8 @@ class ProcessRunner:
             kwargs["start_new_session"] = True
         else:  # pragma: no cover - Windows
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-        full_env = None
-        if env is not None:
-            full_env = dict(os.environ)
-            full_env.update(env)
-        full_env = full_env if full_env is not None else dict(os.environ)
+        full_env = dict(base_env) if base_env is not None else dict(os.environ)
+        full_env.update(env or {})
         full_env.setdefault("PYTHONUNBUFFERED", "1")  # progress lines arrive when written
         full_env.setdefault("PYTHONIOENCODING", "utf-8")
         try:
