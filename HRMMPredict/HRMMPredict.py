@@ -159,6 +159,8 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._guessPending = False
         self._shownResultKey = None
         self._bundleSummary = None
+        self._bundleSummaryCache = {}
+        self._summaryDirectory = None
         self._previewLabels = []
 
     def setup(self) -> None:
@@ -277,9 +279,10 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
-            self._updateModelSummary()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        if self._parameterNode and str(self._parameterNode.modelDirectory) != self._summaryDirectory:
+            self._updateModelSummary()  # e.g. a scene with another bundle was loaded
         self._updateSegmentSelectorFromParameterNode()
         self._updateSegmentEditorFromParameterNode()
         self._updateResultTableViews()
@@ -403,18 +406,26 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- model bundle and device -------------------------------------------------------
 
     def onModelDirectoryChanged(self, path) -> None:
+        # (may run before the parameter node has the new path: use the signal's)
         if path and pathlib.Path(path).is_dir():
             qt.QSettings().setValue(self.LAST_MODEL_SETTING, path)
-        self._updateModelSummary()
+        self._updateModelSummary(path)
 
-    def _updateModelSummary(self) -> None:
+    def _updateModelSummary(self, directory=None) -> None:
+        """Show the bundle's checked summary (``directory``: default the parameter node's)."""
         self._bundleSummary = None
-        directory = self._parameterNode.modelDirectory if self._parameterNode else None
+        if directory is None:
+            directory = self._parameterNode.modelDirectory if self._parameterNode else None
+        self._summaryDirectory = str(directory) if directory is not None else None
         if directory is None or str(directory) in ("", "."):
             self.ui.modelSummaryLabel.text = _("No model bundle selected.")
             return
         try:
-            self._bundleSummary = self.logic.bundleSummary(directory)
+            manifest = pathlib.Path(directory) / "manifest.json"
+            key = (str(directory), manifest.stat().st_mtime_ns if manifest.is_file() else None)
+            if key not in self._bundleSummaryCache:  # checking the checksums reads the whole bundle
+                self._bundleSummaryCache = {key: self.logic.bundleSummary(directory)}
+            self._bundleSummary = self._bundleSummaryCache[key]
         except UserError as exc:
             self.ui.modelSummaryLabel.text = _("Not usable: {reason}").format(reason=str(exc))
         except ImportError as exc:
