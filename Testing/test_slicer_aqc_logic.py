@@ -20,7 +20,12 @@ from slicer_harness import box_mask, make_image, mrml_scene, segmentation_from_m
 from AnnotationQCLib import panel_logic as pl  # noqa: E402
 from AnnotationQCLib.common import UserError, same_grid  # noqa: E402
 from AnnotationQCLib.icc import feature_icc  # noqa: E402
-from AnnotationQCLib.mrml_bridge import segment_to_sitk_mask, table_node_to_rows, volume_node_to_sitk  # noqa: E402
+from AnnotationQCLib.mrml_bridge import (  # noqa: E402
+    new_segmentation,
+    segment_to_sitk_mask,
+    table_node_to_rows,
+    volume_node_to_sitk,
+)
 from AnnotationQCLib.segmentation_metrics import compare_masks  # noqa: E402
 from AnnotationQCLib.sessions import ReaderStudy  # noqa: E402
 from AnnotationQCLib.terminology import TERMINOLOGY_FILE, VARIANTS, label_by_key, label_set  # noqa: E402
@@ -64,7 +69,7 @@ def test_terminology_loads_in_slicers_own_logic_and_colours_segments(mrml_scene)
         slicer_types[(t.GetCodingSchemeDesignator(), t.GetCodeValue())] = tuple(t.GetRecommendedDisplayRGBValue())
     assert len(slicer_types) == 5
     volume = slicer.util.addVolumeFromArray(np.zeros(SIZE[::-1], np.int16))
-    segmentation = pl._new_segmentation(mrml_scene.scene, "labels", volume)
+    segmentation = new_segmentation(mrml_scene.scene, "labels", volume)
     for variant in VARIANTS:
         for label in label_set(variant):
             sid = pl.add_segment(segmentation, label.key, label)

@@ -160,7 +160,7 @@ def test_segment_drawn_on_t2_lands_on_the_same_region_of_t1(mrml_scene, t1_grid)
     assert_same_geometry(on_t1, t1)
 
     # independent reference: SimpleITK nearest-neighbour resampling of the drawn mask
-    reference = sitk.GetArrayViewFromImage(resample_mask_to(drawn, t1)).astype(bool)
+    reference = sitk.GetArrayFromImage(resample_mask_to(drawn, t1)).astype(bool)
     ours = sitk.GetArrayViewFromImage(on_t1).astype(bool)
     dice = 2 * np.count_nonzero(reference & ours) / (reference.sum() + ours.sum())
     assert dice > 0.97, dice
@@ -255,6 +255,47 @@ def test_removed_segmentation_is_a_user_error(mrml_scene):
     mrml_scene.scene.RemoveNode(segmentation)
     with pytest.raises(UserError, match="segmentation 'ROI segmentation' is no longer in the scene"):
         segment_to_sitk_mask(segmentation, segment_id, t2_node)
+
+
+def test_set_segment_mask_replaces_voxels_and_keeps_the_segment(mrml_scene):
+    """The one segment writer of the three panels: voxels replaced (a smaller mask shrinks
+    the segment, an empty one clears it), the segment's id, name, colour and tags kept, an
+    overlapping segment of the same segmentation untouched."""
+    from AnnotationQCLib.mrml_bridge import new_segmentation, segment_id_by_name, segment_is_empty, set_segment_mask
+
+    image = make_image()
+    volume = sitk_to_volume_node(image, "T2", scene=mrml_scene.scene)
+    segmentation = new_segmentation(mrml_scene.scene, "readers", volume)
+    assert segmentation.GetDisplayNode() is not None
+    big = segmentation.GetSegmentation().AddEmptySegment("", "big", [0.1, 0.2, 0.3])
+    small = segmentation.GetSegmentation().AddEmptySegment("", "small", [0.9, 0.8, 0.7])
+    segmentation.GetSegmentation().GetSegment(small).SetTag("Owner", "reader-1")
+    assert segment_is_empty(segmentation, big) and segment_is_empty(segmentation, small)
+    set_segment_mask(segmentation, big, box_mask(image))                                  # 14 x 14 x 4 voxels
+    set_segment_mask(segmentation, small, box_mask(image, (14, 12, 4), (20, 20, 6)))      # inside big: 6 x 8 x 2
+    set_segment_mask(segmentation, small, box_mask(image, (15, 13, 4), (18, 16, 5)))      # replaced: 3 x 3 x 1
+    counts = {sid: int(sitk.GetArrayFromImage(segment_to_sitk_mask(segmentation, sid, volume)[0]).sum())
+              for sid in (big, small)}
+    assert counts == {big: 14 * 14 * 4, small: 3 * 3 * 1}
+    segment = segmentation.GetSegmentation().GetSegment(small)
+    tag = vtk.reference("")
+    assert segment.GetName() == "small" and segment.GetTag("Owner", tag) and str(tag) == "reader-1"
+    assert tuple(segment.GetColor()) == pytest.approx((0.9, 0.8, 0.7))
+    assert segment_id_by_name(segmentation, "small") == small
+    set_segment_mask(segmentation, small, box_mask(image, (0, 0, 0), (0, 0, 0)))           # empty mask clears
+    assert segment_is_empty(segmentation, small) and not segment_is_empty(segmentation, big)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+    with pytest.raises(UserError, match="segment 'nope' is not in segmentation 'readers'"):
+        segment_is_empty(segmentation, "nope")
+    with pytest.raises(UserError, match="segmentation 'readers' has no segment named 'lesion'"):
+        segment_id_by_name(segmentation, "lesion")
+
+
+def test_ras_lps_points():
+    from AnnotationQCLib.mrml_bridge import lps_to_ras, ras_to_lps
+
+    assert ras_to_lps((1.5, -2.0, 3.0)) == (-1.5, 2.0, 3.0)
+    assert lps_to_ras(ras_to_lps((1.5, -2.0, 3.0))) == (1.5, -2.0, 3.0)
 
 
 # ---------------------------------------------------------------------------------------

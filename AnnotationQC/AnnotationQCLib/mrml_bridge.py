@@ -16,9 +16,15 @@ Segments are exported onto a reference volume's grid by Slicer's own exporter
 (``vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry``, the core
 of ``ExportSegmentsToLabelmapNode``, without the temporary labelmap node), so the mask is
 exactly what Slicer would export, transforms between the segmentation and the volume
-included. Bad input (a node removed from the scene, an empty segment, an unknown segment
-id, a volume without voxels) raises :class:`AnnotationQCLib.common.UserError` with a
-one-line message naming the node and saying what to do.
+included. Masks go into segments through Slicer's labelmap import (:func:`set_segment_mask`
+replaces a segment's voxels and keeps its id, name, colour, terminology and tags). Bad input
+(a node removed from the scene, an empty segment, an unknown segment id, a volume without
+voxels) raises :class:`AnnotationQCLib.common.UserError` with a one-line message naming the
+node and saying what to do.
+
+The generic segment, view, layout and Segment Editor helpers of the three panels live here
+(used by AnnotationQCLib.panel_logic, StrokeLesionLib.panel_logic, HRMMPredictLib.mrml_bridge
+and the module files).
 """
 
 from __future__ import annotations
@@ -42,12 +48,19 @@ _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _LATTICE_TOL = 1e-3
 
 __all__ = [
+    "lps_to_ras",
+    "new_segmentation",
     "node_label",
+    "nodes_by_class",
+    "ras_to_lps",
     "register_layout",
     "require_in_scene",
     "results_to_table_node",
     "segment_editor_node",
+    "segment_id_by_name",
+    "segment_is_empty",
     "segment_to_sitk_mask",
+    "set_segment_mask",
     "show_in_views",
     "sitk_to_volume_node",
     "slice_views_layout_xml",
@@ -77,6 +90,12 @@ def require_in_scene(node, what: str):
     return node
 
 
+def nodes_by_class(scene, class_name: str) -> list:
+    """The scene's nodes of a class (subclasses included), as a list."""
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
 def _require_volume(node, what: str):
     require_in_scene(node, what)
     if not node.IsA("vtkMRMLScalarVolumeNode"):
@@ -93,6 +112,16 @@ def _require_volume(node, what: str):
 
 # ---------------------------------------------------------------------------------------
 # Geometry
+
+
+def ras_to_lps(point) -> tuple[float, float, float]:
+    """A point in Slicer's RAS mm as ITK's LPS mm (and back: the flip is its own inverse)."""
+    return tuple(float(v) for v in _LPS_FROM_RAS @ np.asarray(point, float))
+
+
+def lps_to_ras(point) -> tuple[float, float, float]:
+    """A point in ITK's LPS mm as Slicer's RAS mm."""
+    return ras_to_lps(point)
 
 
 def _matrix(vtk_matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -334,6 +363,64 @@ def segment_to_sitk_mask(segmentation_node, segment_id: str, reference_volume_no
     return _apply_grid(mask, grid), bool(resampled)
 
 
+def new_segmentation(scene, name: str, reference_volume_node=None):
+    """A new segmentation node with display nodes; with ``reference_volume_node`` its
+    reference geometry is that volume's grid (Segment Editor then draws on that grid)."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.CreateDefaultDisplayNodes()
+    if reference_volume_node is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    return node
+
+
+def _require_segment(segmentation_node, segment_id: str):
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise UserError(f"segment '{segment_id}' is not in {node_label(segmentation_node, 'segmentation')}")
+    return segment
+
+
+def segment_id_by_name(segmentation_node, name: str) -> str:
+    """The id of the segment called ``name`` (UserError when there is none)."""
+    require_in_scene(segmentation_node, "segmentation")
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    if not segment_id:
+        raise UserError(f"{node_label(segmentation_node, 'segmentation')} has no segment named '{name}'")
+    return segment_id
+
+
+def segment_is_empty(segmentation_node, segment_id: str) -> bool:
+    """True when the segment labels no voxel (a segment that cannot be converted to a binary
+    labelmap counts as empty)."""
+    require_in_scene(segmentation_node, "segmentation")
+    _require_segment(segmentation_node, segment_id)
+    segmentation = segmentation_node.GetSegmentation()
+    name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if not segmentation.ContainsRepresentation(name) and not segmentation.CreateRepresentation(name):
+        return True
+    return _segment_voxel_count(segmentation_node, segment_id) == 0
+
+
+def set_segment_mask(segmentation_node, segment_id: str, mask: sitk.Image) -> None:
+    """Replace the voxels of an existing segment by a 0/1 mask (any grid; an empty mask
+    clears it). The segment keeps its id, name, colour, terminology and tags, and the
+    segmentation's other segments are untouched (overlaps included). Goes through Slicer's
+    labelmap import, as ``slicer.util.updateSegmentBinaryLabelmapFromArray`` does."""
+    require_in_scene(segmentation_node, "segmentation")
+    _require_segment(segmentation_node, segment_id)
+    scene = segmentation_node.GetScene()
+    labelmap = sitk_to_volume_node(sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8), "__temporary mask__",
+                                   scene=scene, labelmap=True)
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node,
+                                                                                         ids):
+            raise RuntimeError(f"Slicer could not import the mask into segment '{segment_id}'")
+    finally:
+        scene.RemoveNode(labelmap)
+
+
 # ---------------------------------------------------------------------------------------
 # Tables
 
@@ -446,18 +533,13 @@ def register_layout(layout_node, layout_id: int, description: str) -> int:
     return layout_id
 
 
-def _nodes_by_class(scene, class_name: str) -> list:
-    collection = scene.GetNodesByClass(class_name)
-    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
-
-
 def show_in_views(scene, assignment: dict, link: bool = True) -> list[str]:
     """Put volumes into slice views by layout name: ``{"Red": {"background": node,
     "foreground": node, "label": node, "opacity": 0.4, "orientation": "Sagittal"}, ...}``;
     linked views scroll and zoom together. Works on the views' slice and slice composite
     nodes (MRML), so the layout must be set first. Returns the views that were found."""
-    composites = {n.GetLayoutName(): n for n in _nodes_by_class(scene, "vtkMRMLSliceCompositeNode")}
-    slices = {n.GetLayoutName(): n for n in _nodes_by_class(scene, "vtkMRMLSliceNode")}
+    composites = {n.GetLayoutName(): n for n in nodes_by_class(scene, "vtkMRMLSliceCompositeNode")}
+    slices = {n.GetLayoutName(): n for n in nodes_by_class(scene, "vtkMRMLSliceNode")}
     done = []
     for view, layers in assignment.items():
         composite = composites.get(view)

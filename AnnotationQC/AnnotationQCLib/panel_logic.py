@@ -20,6 +20,9 @@ from the library:
 - quality: signal/background/tissue ROI segments -> SNR/CNR, and the grade / Likert record
   that hides a flagged series from the case lists.
 
+The generic segment helpers (``new_segmentation``, ``set_segment_mask``,
+``segment_is_empty``) are :mod:`AnnotationQCLib.mrml_bridge`'s, imported here.
+
 Blinding: a reading loads the source image and the reader's own masks only; reviewers and
 arbitrators also get the annotators' submitted masks (``ReaderStudy.visible_masks``). Case
 labels never reach the scene.
@@ -36,14 +39,16 @@ import pandas as pd
 import SimpleITK as sitk
 import slicer
 import vtk
-from vtk.util import numpy_support
 
 from .common import UserError, read_image
 from .mrml_bridge import (
+    new_segmentation,
     node_label,
     require_in_scene,
     results_to_table_node,
+    segment_is_empty,
     segment_to_sitk_mask,
+    set_segment_mask,
     sitk_to_volume_node,
     volume_node_to_sitk,
 )
@@ -60,51 +65,7 @@ QUALITY_ROIS = {"signal": (0.95, 0.2, 0.2), "background": (0.2, 0.5, 1.0), "tiss
 
 
 # ---------------------------------------------------------------------------------------
-# Segments (helpers of this logic; candidates for mrml_bridge)
-
-
-def _segment(segmentation_node, segment_id: str):
-    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-    if segment is None:
-        raise UserError(f"segment '{segment_id}' is not in {node_label(segmentation_node, 'segmentation')}")
-    return segment
-
-
-def segment_is_empty(segmentation_node, segment_id: str) -> bool:
-    """True when the segment labels no voxel."""
-    require_in_scene(segmentation_node, "segmentation")
-    segment = _segment(segmentation_node, segment_id)
-    segmentation = segmentation_node.GetSegmentation()
-    name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    if not segmentation.ContainsRepresentation(name) and not segmentation.CreateRepresentation(name):
-        return True
-    labelmap = segment.GetRepresentation(name)
-    if labelmap is None or labelmap.GetPointData() is None or labelmap.GetPointData().GetScalars() is None:
-        return True
-    extent = labelmap.GetExtent()
-    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
-        return True
-    values = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
-    return not np.any(values == segment.GetLabelValue())
-
-
-def set_segment_mask(segmentation_node, segment_id: str, mask: sitk.Image) -> None:
-    """Replace the voxels of an existing segment by a 0/1 mask (any grid; the segment keeps its
-    id, name, colour, terminology and tags). Goes through Slicer's labelmap import, as
-    ``slicer.util.updateSegmentBinaryLabelmapFromArray`` does."""
-    require_in_scene(segmentation_node, "segmentation")
-    _segment(segmentation_node, segment_id)
-    scene = segmentation_node.GetScene()
-    labelmap = sitk_to_volume_node(sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8), "__AnnotationQC temporary__",
-                                   scene=scene, labelmap=True)
-    try:
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segment_id)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node,
-                                                                                         ids):
-            raise RuntimeError(f"Slicer could not import the mask into segment '{segment_id}'")
-    finally:
-        scene.RemoveNode(labelmap)
+# Segments (the generic helpers are in mrml_bridge)
 
 
 def add_segment(segmentation_node, content: str, label: Label | None = None, name: str | None = None,
@@ -140,13 +101,6 @@ def content_segments(segmentation_node) -> dict[str, str]:
                                 "delete one")
             out[content] = segment_id
     return out
-
-
-def _new_segmentation(scene, name: str, reference_volume_node):
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
-    return node
 
 
 def _attr(node, key: str) -> str:
@@ -232,7 +186,7 @@ def open_reading(study: ReaderStudy, reader_id: str, case_id: str, sequence: str
     patient_id = study.meta["cases"][case_id]["patient_id"]
     image = read_image(source, "source image")
     volume = sitk_to_volume_node(image, f"{patient_id}_{sequence}", scene=scene)
-    segmentation = _new_segmentation(scene, f"{patient_id}_{sequence} {reader_id} ({session})", volume)
+    segmentation = new_segmentation(scene, f"{patient_id}_{sequence} {reader_id} ({session})", volume)
     for key, value in (("StudyFolder", str(study.folder.resolve())), ("ReaderId", reader_id), ("CaseId", case_id),
                        ("Sequence", sequence), ("Session", session)):
         segmentation.SetAttribute(ATTRIBUTE_PREFIX + key, value)
@@ -252,7 +206,7 @@ def open_reading(study: ReaderStudy, reader_id: str, case_id: str, sequence: str
             if m["reader_id"] != reader_id and m["sequence"] == sequence:
                 theirs.setdefault(m["reader_id"], []).append(m)
         for other, masks in sorted(theirs.items()):
-            node = _new_segmentation(scene, f"{patient_id}_{sequence} {other} (submitted)", volume)
+            node = new_segmentation(scene, f"{patient_id}_{sequence} {other} (submitted)", volume)
             node.SetAttribute(ATTRIBUTE_PREFIX + "ReaderId", other)
             node.SetAttribute(ATTRIBUTE_PREFIX + "ReadOnly", "1")
             for m in masks:
@@ -455,7 +409,7 @@ def open_training_case(session, trainee_id: str, case_id: str, *, variant: str |
                         "overwritten")
     image = read_image(case["image"], "training case image")
     volume = sitk_to_volume_node(image, f"{case['patient_id']}_{case['sequence']} (training)", scene=scene)
-    segmentation = _new_segmentation(scene, f"{case['patient_id']}_{case['sequence']} {trainee_id} (training)",
+    segmentation = new_segmentation(scene, f"{case['patient_id']}_{case['sequence']} {trainee_id} (training)",
                                      volume)
     segmentation.SetAttribute(ATTRIBUTE_PREFIX + "TrainingSession", str(session.folder.resolve()))
     segmentation.SetAttribute(ATTRIBUTE_PREFIX + "ReaderId", trainee_id)
@@ -480,7 +434,8 @@ def submit_training_case(session, segmentation_node, volume_node) -> Path:
         raise UserError(f"{node_label(segmentation_node, 'segmentation')} must hold exactly one training segment")
     (sid,) = segments.values()
     if segment_is_empty(segmentation_node, sid):
-        raise UserError(f"segment '{_segment(segmentation_node, sid).GetName()}' is empty; draw the lesion first")
+        name = segmentation_node.GetSegmentation().GetSegment(sid).GetName()
+        raise UserError(f"segment '{name}' is empty; draw the lesion first")
     mask, _resampled = segment_to_sitk_mask(segmentation_node, sid, volume_node, what="training case volume")
     return session.submit(trainee_id, case_id, mask)
 
@@ -520,7 +475,7 @@ def quality_roi_segmentation(volume_node, *, scene=None):
     "background" (noisy air outside the body) and "tissue" (optional, for the CNR)."""
     require_in_scene(volume_node, "volume")
     scene = scene if scene is not None else volume_node.GetScene()
-    node = _new_segmentation(scene, f"{volume_node.GetName()} quality ROIs", volume_node)
+    node = new_segmentation(scene, f"{volume_node.GetName()} quality ROIs", volume_node)
     for name, colour in QUALITY_ROIS.items():
         sid = node.GetSegmentation().AddEmptySegment("", name, list(colour))
         node.GetSegmentation().GetSegment(sid).SetTag(CONTENT_TAG, name)
