@@ -71,6 +71,8 @@ def test_fused_bundle_records_three_models(fused_bundle):
     assert "best internal-validation" in tr["selection"] and tr["config"]["epochs"] == 1
     hist = pd.read_csv(path / "training" / "deep_history.csv")
     assert list(hist["epoch"]) == [1] and np.isfinite(hist["train_loss"]).all()
+    assert [r["epoch"] for r in tr["history"]] == [1] and tr["history"][0]["train_loss"] == pytest.approx(
+        hist["train_loss"][0], rel=1e-5)
     # the network fitted on training lesions only; its internal validation split is part of the training set
     roles = preds["deep_role"].fillna("")
     assert (roles[~is_train] == "").all()
@@ -240,3 +242,53 @@ def test_pca_component_rule():
     pca = fit_pca(X)
     assert pca.n_components_ == 11 and component_names(3) == ["deep_pc001", "deep_pc002", "deep_pc003"]
     np.testing.assert_allclose(fit_pca(X).components_, pca.components_)      # exact SVD: deterministic
+
+
+def test_fusion_fit_internal_end_to_end(small_cohort, small_params, small_config, tmp_path):
+    """The honest fit: the fusion's z-scores, selection and classifiers come from the
+    network's internal-validation lesions only, and its out-of-fold column covers exactly them."""
+    from hrmm_fixtures import tiny_deep_options
+
+    from HRMMPredictLib import radiomics_features as rf
+    from HRMMPredictLib.deep_cohort import DeepInputConfig, cohort_stacks
+    from HRMMPredictLib.deep_model import TrainConfig as DeepTrainConfig
+    from HRMMPredictLib.deep_model import internal_validation_split
+    from HRMMPredictLib.fusion import deep_outputs, pca_frame
+    from HRMMPredictLib.model import patient_split
+    from HRMMPredictLib.training import train_bundle
+
+    cohort = load_manifest(small_cohort)
+    tr = cohort[(patient_split(cohort, small_config.validation_fraction, small_config.seed) == "train").to_numpy()]
+    y, g = tr["label"].to_numpy(), tr["patient_id"].astype(str).to_numpy()
+
+    def enough(seed):  # >= 3 patients of each class in the network's internal split (small cohort)
+        val = internal_validation_split(y, g, 0.45, seed)[1]
+        return min(len(set(g[val][y[val] == c])) for c in (0, 1)) >= 3
+
+    seed = next(s for s in range(100) if enough(s))
+    deep = tiny_deep_options(train=DeepTrainConfig(epochs=1, batch_size=4, val_fraction=0.45, eval_batch_size=8,
+                                                   seed=seed), fusion_fit="internal")
+    path = tmp_path / "bundle"
+    train_bundle(small_cohort, path, small_params, small_config, n_jobs=1, deep=deep)
+    man = _manifest(path)
+    preds = _preds(path)
+    internal = (preds["deep_role"] == "internal_validation").to_numpy()
+    fu = man["fusion"]
+    assert fu["fit"] == "internal" and fu["deep_features_in_sample"] is False
+    assert fu["n_fit_lesions"] == internal.sum() == man["deep"]["training"]["n_val"]
+    assert "fusion_cv" not in preds.columns
+    for name in ("fusion", "fusion_logistic"):
+        assert man["models"][name]["cv_column"] == f"{name}_internal"
+        assert (preds[f"{name}_internal"].notna().to_numpy() == internal).all()
+        assert "internal-validation lesions" in man["models"][name]["threshold_rule"]
+    # the fusion's z-score parameters are the internal lesions' means, not the training set's
+    b = load_bundle(path)
+    stacks, _ = cohort_stacks(cohort, Path(small_cohort).parent / ".hrmm_cache", DeepInputConfig(size=64))
+    _, feats = deep_outputs(b.load_deep_model(man["deep"]["file"], "cpu"), stacks, "cpu")
+    pcs = pca_frame(b.load_estimator(man["deep"]["pca"]["file"]), feats, preds["lesion_id"])
+    rad = rf.extract_cohort(cohort, Path(small_cohort).parent / ".hrmm_cache", rf.load_params(small_params),
+                            n_jobs=1)["roi"].loc[preds["lesion_id"]]
+    X = pd.concat([rad, pcs], axis=1)
+    sel = fu["selected"]
+    np.testing.assert_allclose(man["models"]["fusion"]["zscore"]["mean"], X.loc[internal, sel].mean(), rtol=1e-6,
+                               atol=1e-8)

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=20)
     p.add_argument("--jobs", type=int, default=None, help="parallel extraction processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=3, help="deep-model epochs (default 3 for the demo; the paper: 300)")
+    p.add_argument("--epochs", type=int, default=2, help="deep-model epochs (default 2 for the demo; the paper: 300)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-deep", action="store_true", help="radiomics models only")
     p.set_defaults(func=cmd_demo)
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--deep-val-fraction", type=float, default=0.2,
                    help="share of the training patients held out inside the training set to choose the epoch "
-                        "(default 0.2; about 0.4 with --fusion-fit internal)")
+                        "(default 0.2; e.g. 0.34, a third, with --fusion-fit internal)")
     g.add_argument("--fusion-fit", choices=["paper", "internal"], default="paper",
                    help="lesions the fusion selection/classifier are fitted on: paper = all training lesions "
                         "(their deep features are in-sample for the network: optimistic); internal = the "

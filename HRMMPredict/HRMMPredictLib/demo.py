@@ -19,7 +19,7 @@ import pandas as pd
 from AnnotationQCLib.common import write_json_atomic
 
 
-DEMO_EPOCHS = 3
+DEMO_EPOCHS = 2
 
 
 def run_demo(out: Path, n_patients: int = 20, jobs: int | None = None, seed: int = 0,

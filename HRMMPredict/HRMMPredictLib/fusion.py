@@ -27,7 +27,8 @@ Which lesions the supervised fusion steps are fitted on (``fusion_fit``):
     their deep features are out-of-sample). PCA is still fitted on all training lesions
     (unsupervised; the projection of the held-out lesions is then honest). The price is a
     small fitting set (about ``val_fraction`` of the training lesions): raise the deep
-    model's ``val_fraction`` (e.g. 0.4) for this mode. Their only remaining optimism is
+    model's ``val_fraction`` (e.g. 0.34: the split uses ``round(1 / fraction)``
+    folds, so a third of the training patients) for this mode. Their only remaining optimism is
     that they chose the epoch.
 
 Out-of-fold deep features (a network per cross-validation fold) were not implemented:
@@ -95,7 +96,7 @@ class DeepOptions:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.fusion_fit == "internal" and self.train.val_fraction <= 0:
             raise UserError("fusion fit 'internal' needs the deep model's internal validation split "
-                            "(val_fraction > 0); use a fraction of about 0.4")
+                            "(val_fraction > 0); use e.g. 0.34 (a third of the training patients)")
         self.train.validate()
         if self.train.pretrained_weights is not None:
             from pathlib import Path
@@ -218,7 +219,7 @@ def fusion_config(cfg, y: np.ndarray, groups: np.ndarray, fusion_fit: str):
         raise UserError(f"fusion fit 'internal': the deep model's internal validation split holds only {n_pat} "
                         f"patient(s) of one class (at least {MIN_INTERNAL_PATIENTS} of each are needed to fit and "
                         "cross-validate the fusion); raise the deep "
-                        "model's internal validation fraction (e.g. 0.4), train on more patients, or use "
+                        "model's internal validation fraction (e.g. --deep-val-fraction 0.34), train on more patients, or use "
                         "fusion fit 'paper'")
     return replace(cfg, cv_folds=folds)
 

@@ -267,7 +267,8 @@ def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: TrainConfig, cohort: 
 
     deep_entry = {
         "kind": "deep", "classifier": "densenet169", "file": DEEP_FILE, "prediction_column": DEEP_MODEL,
-        "threshold": float(thr), "threshold_rule": thr_rule, "cv_auc": None,
+        "threshold": float(thr), "threshold_rule": thr_rule, "cv_auc": None, "cv_column": None,
+        "internal_column": "deep_internal",
         "internal_validation_auc": auc_or_none(y_all[is_internal], p_deep[is_internal]),
         "validation_auc": auc_or_none(y_all[~is_train], p_deep[~is_train]),
         "features": [],
@@ -276,7 +277,9 @@ def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: TrainConfig, cohort: 
                                                 "selection_metric", "best_val_auc", "best_val_loss", "n_fit",
                                                 "n_val", "seconds", "train_images_per_second")}
     train_rec.update({"config": deep.train.to_dict(), "threads": n_threads, "history_file": "training/deep_history.csv",
-                      "pretrained_weights": weights_rec, "epochs_run": len(history["epochs"])})
+                      "pretrained_weights": weights_rec, "epochs_run": len(history["epochs"]),
+                      "history": [{k_: (round(v, 6) if isinstance(v, float) else v) for k_, v in r.items()}
+                                  for r in history["epochs"]]})
     sections = {
         "deep": {
             "file": DEEP_FILE, "architecture": ARCHITECTURE, "input": deep.input.to_dict(),
