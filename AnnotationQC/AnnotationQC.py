@@ -19,6 +19,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTabl
 # imported only when an ICC is computed or a training report is written.
 from AnnotationQCLib import panel_logic
 from AnnotationQCLib.common import UserError
+from AnnotationQCLib.mrml_bridge import segment_editor_node
 
 
 #
@@ -294,14 +295,7 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _selectSegmentEditorNode(self) -> None:
         """The module's own Segment Editor parameter node (not shared with the Segment Editor module)."""
-        tag = "AnnotationQC"
-        node = slicer.mrmlScene.GetSingletonNode(tag, "vtkMRMLSegmentEditorNode")
-        if node is None:
-            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
-            node.UnRegister(None)
-            node.SetSingletonTag(tag)
-            node = slicer.mrmlScene.AddNode(node)
-        self.segmentEditorWidget.setMRMLSegmentEditorNode(node)
+        self.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene, "AnnotationQC"))
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:

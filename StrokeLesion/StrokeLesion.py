@@ -16,9 +16,11 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 
 from AnnotationQCLib.common import UserError
+from AnnotationQCLib.mrml_bridge import register_layout, segment_editor_node, segment_id_by_name, show_in_views
 
 # The logic's work is in StrokeLesionLib.panel_logic (MRML only, tested on slicer-core); it
-# is imported on first use, so Slicer's start-up does not load the stroke library.
+# is imported on first use, so Slicer's start-up does not load the stroke library. The
+# generic view, layout and segment helpers are AnnotationQCLib.mrml_bridge's.
 
 
 def _panelLogic():
@@ -207,7 +209,8 @@ class StrokeLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self.segmentEditorWidget.setMRMLSegmentEditorNode(_panelLogic().segment_editor_node(slicer.mrmlScene))
+        self.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene,
+                                                                              _panelLogic().SEGMENT_EDITOR_TAG))
         self._updateSegmentEditor()
 
     def exit(self) -> None:
@@ -274,10 +277,11 @@ class StrokeLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return result
 
     def _showLayout(self, assignment) -> None:
+        pl = _panelLogic()
         layoutManager = slicer.app.layoutManager()
-        layoutId = _panelLogic().register_layout(layoutManager.layoutLogic().GetLayoutNode())
+        layoutId = register_layout(layoutManager.layoutLogic().GetLayoutNode(), pl.LAYOUT_ID, pl.LAYOUT_XML)
         layoutManager.setLayout(layoutId)
-        _panelLogic().show_in_views(slicer.mrmlScene, assignment)
+        show_in_views(slicer.mrmlScene, assignment)
         slicer.util.resetSliceViews()
 
     # -- load and candidate ----------------------------------------------------------
@@ -542,7 +546,7 @@ class StrokeLesionLogic(ScriptedLoadableModuleLogic):
         pl = _panelLogic()
         if not parameterNode.candidateSegmentation or not parameterNode.lesionSegmentation:
             raise UserError(_("Open the case and compute the candidate first."))
-        source = pl.segment_id_by_name(parameterNode.candidateSegmentation, pl.CANDIDATE_SEGMENT)
+        source = segment_id_by_name(parameterNode.candidateSegmentation, pl.CANDIDATE_SEGMENT)
         return pl.copy_segment(parameterNode.candidateSegmentation, source, parameterNode.lesionSegmentation,
                                pl.LESION_SEGMENT, parameterNode.dwiVolume)
 
@@ -552,7 +556,7 @@ class StrokeLesionLogic(ScriptedLoadableModuleLogic):
         segmentation = parameterNode.lesionSegmentation
         return pl.submit_annotation(self._study(parameterNode), parameterNode.caseId.strip(),
                                     parameterNode.readerId.strip(), segmentation,
-                                    pl.segment_id_by_name(segmentation, pl.LESION_SEGMENT), parameterNode.dwiVolume,
+                                    segment_id_by_name(segmentation, pl.LESION_SEGMENT), parameterNode.dwiVolume,
                                     no_lesion=noLesion, time_spent_s=timeSpentS, why=why, progress=progress)
 
     def compare(self, parameterNode) -> dict:
@@ -670,7 +674,7 @@ class StrokeLesionTest(ScriptedLoadableModuleTest):
         expected = candidate_mask(diffusion_from_images(images[0], images[1])).mask
         pl = _panelLogic()
         segmentation = parameterNode.candidateSegmentation
-        mask, resampled = segment_to_sitk_mask(segmentation, pl.segment_id_by_name(segmentation, pl.CANDIDATE_SEGMENT),
+        mask, resampled = segment_to_sitk_mask(segmentation, segment_id_by_name(segmentation, pl.CANDIDATE_SEGMENT),
                                                dwiNode)
         self.assertFalse(resampled)
         self.assertTrue(np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(expected)))

@@ -20,7 +20,16 @@ import SimpleITK as sitk
 from slicer_harness import mrml_scene, slicer  # noqa: F401  (fixture + the slicer-core module)
 
 from AnnotationQCLib.common import UserError  # noqa: E402
-from AnnotationQCLib.mrml_bridge import segment_to_sitk_mask, volume_node_to_sitk  # noqa: E402
+from AnnotationQCLib.mrml_bridge import (  # noqa: E402
+    new_segmentation,
+    register_layout,
+    segment_editor_node,
+    segment_id_by_name,
+    segment_is_empty,
+    segment_to_sitk_mask,
+    show_in_views,
+    volume_node_to_sitk,
+)
 from AnnotationQCLib.segmentation_metrics import connected_components  # noqa: E402
 from StrokeLesionLib import panel_logic as pl  # noqa: E402
 from StrokeLesionLib.candidate import candidate_mask  # noqa: E402
@@ -43,7 +52,7 @@ def arr(img: sitk.Image) -> np.ndarray:
 
 
 def segment_array(segmentation, name, reference):
-    mask, resampled = segment_to_sitk_mask(segmentation, pl.segment_id_by_name(segmentation, name), reference)
+    mask, resampled = segment_to_sitk_mask(segmentation, segment_id_by_name(segmentation, name), reference)
     assert resampled is False                     # drawn on the DWI grid itself: copied voxel for voxel
     return arr(mask)
 
@@ -83,12 +92,13 @@ def test_session_folder_and_one_click_candidate_match_the_library(mrml_scene, is
     assert all(r["adc_median_1e-6mm2/s"] < 620 and r["flair_to_brain"] > 0 for r in summary["lesions"])
 
     # a reader starts from the candidate; the views show DWI | ADC | FLAIR on the DWI grid
-    own = pl.new_segmentation(scene, "mine", loaded.dwi)
+    own = new_segmentation(scene, "mine", loaded.dwi)
     pl.copy_segment(seg, summary["segment_ids"][pl.CANDIDATE_SEGMENT], own, pl.LESION_SEGMENT, loaded.dwi)
     np.testing.assert_array_equal(segment_array(own, pl.LESION_SEGMENT, loaded.dwi), lesion)
     assert [v["background"] for v in pl.reading_views(loaded).values()] == [loaded.dwi, loaded.adc, loaded.flair]
-    editor = pl.segment_editor_node(scene)
-    assert pl.segment_editor_node(scene) is editor and editor.GetSingletonTag() == pl.SEGMENT_EDITOR_TAG
+    editor = segment_editor_node(scene, pl.SEGMENT_EDITOR_TAG)
+    assert segment_editor_node(scene, pl.SEGMENT_EDITOR_TAG) is editor
+    assert editor.GetSingletonTag() == pl.SEGMENT_EDITOR_TAG
 
     # running it again replaces the two segments (same ids), nothing piles up
     again = pl.run_candidate(loaded.dwi, loaded.adc, segmentation_node=seg)
@@ -156,8 +166,8 @@ def test_two_blinded_annotators_review_arbitration_and_export(mrml_scene, study,
     # annotator A draws (here: the expert mask put into the segment) and submits twice
     loaded_a, seg_a, view_a = pl.load_study_case(study, "c0009", "ann1", scene=scene)
     assert view_a["slot"] == "annotatorA" and view_a["blinded"] and loaded_a.flair is not None
-    lesion_a = pl.segment_id_by_name(seg_a, pl.LESION_SEGMENT)
-    assert pl.segment_is_empty(seg_a, lesion_a)
+    lesion_a = segment_id_by_name(seg_a, pl.LESION_SEGMENT)
+    assert segment_is_empty(seg_a, lesion_a)
     with pytest.raises(UserError, match="is empty; draw the lesion"):
         pl.submit_annotation(study, "c0009", "ann1", seg_a, lesion_a, loaded_a.dwi)
     first = np.where(lab == smallest, False, t)                        # first draft misses one lesion
@@ -179,11 +189,11 @@ def test_two_blinded_annotators_review_arbitration_and_export(mrml_scene, study,
     scene_b = SlicerCoreScene()
     loaded_b, seg_b, view_b = pl.load_study_case(study, "c0009", "ann2", scene=scene_b.scene)
     assert view_b["annotations"]["annotatorA"] == {"submitted": True, "hidden": "blinded until the case is final"}
-    assert pl.segment_is_empty(seg_b, pl.segment_id_by_name(seg_b, pl.LESION_SEGMENT))
+    assert segment_is_empty(seg_b, segment_id_by_name(seg_b, pl.LESION_SEGMENT))
     b = t.copy()
     b[40:43, 60:63, 30:33] = True                                        # B adds a 27-voxel lesion
     pl.mask_to_segment(_like(b, truth), seg_b, pl.LESION_SEGMENT, loaded_b.dwi)
-    vb = pl.submit_annotation(study, "c0009", "ann2", seg_b, pl.segment_id_by_name(seg_b, pl.LESION_SEGMENT),
+    vb = pl.submit_annotation(study, "c0009", "ann2", seg_b, segment_id_by_name(seg_b, pl.LESION_SEGMENT),
                               loaded_b.dwi)
     assert (vb["slot"], vb["version"], vb["n_voxels"]) == ("annotatorB", 1, 550)
     # blinding: A cannot open B's mask nor the review; B cannot submit as A
@@ -228,7 +238,7 @@ def test_two_blinded_annotators_review_arbitration_and_export(mrml_scene, study,
     rv = pl.submit_review(study, "c0009", "rev1", default="A", choices={extra["lesion"]: "none"}, dispute=True,
                           why="B's extra lesion looks like a flow void")
     assert rv["outcome"] == "disputed" and rv["n_voxels"] == 523
-    edited = pl.new_segmentation(scene, "arbitrator edit", loaded_r.dwi)
+    edited = new_segmentation(scene, "arbitrator edit", loaded_r.dwi)
     keep = np.where(lab == smallest, False, t)
     sid = pl.mask_to_segment(_like(keep, truth), edited, "edit", loaded_r.dwi)
     small_id = int(np.unique(ids[lab == smallest])[0])               # that lesion's id in the comparison
@@ -277,10 +287,11 @@ def test_submission_with_node_removed_mid_way_saves_nothing(mrml_scene, study):
 
 def test_layout_and_linked_views(mrml_scene):
     scene = mrml_scene.scene
-    root = ET.fromstring(pl.layout_xml())
+    root = ET.fromstring(pl.LAYOUT_XML)
     assert [v.get("singletontag") for v in root.iter("view")] == list(pl.VIEWS)
     layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
-    assert pl.register_layout(layout) == pl.LAYOUT_ID and layout.IsLayoutDescription(pl.LAYOUT_ID)
+    assert register_layout(layout, pl.LAYOUT_ID, pl.LAYOUT_XML) == pl.LAYOUT_ID
+    assert layout.IsLayoutDescription(pl.LAYOUT_ID)
     from slicer_harness import make_image
     from AnnotationQCLib.mrml_bridge import sitk_to_volume_node
     vols = [sitk_to_volume_node(make_image(seed=i), f"v{i}", scene=scene) for i in range(3)]
@@ -289,9 +300,9 @@ def test_layout_and_linked_views(mrml_scene):
         c = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
         c.SetLayoutName(name)
         composites[name] = c
-    done = pl.show_in_views(scene, {"Red": {"background": vols[0]}, "Yellow": {"background": vols[1],
-                                                                             "label": vols[2]},
-                                    "Green": {"background": vols[2]}})
+    done = show_in_views(scene, {"Red": {"background": vols[0]}, "Yellow": {"background": vols[1],
+                                                                          "label": vols[2]},
+                                 "Green": {"background": vols[2]}})
     assert done == ["Red", "Yellow"]                  # no Green view in this layout: skipped
     assert composites["Red"].GetBackgroundVolumeID() == vols[0].GetID()
     assert composites["Yellow"].GetLabelVolumeID() == vols[2].GetID()

@@ -1,10 +1,12 @@
 """StrokeLesion's Slicer logic: MRML nodes <-> StrokeLesionLib, without Qt.
 
-This is StrokeLesion's MRML bridge (with AnnotationQCLib.mrml_bridge, the only library files
-that import ``slicer``). It needs MRML only, so it runs in the Slicer application and under
+With AnnotationQCLib.mrml_bridge this is the only StrokeLesion library file that imports
+``slicer``. It needs MRML only, so it runs in the Slicer application and under
 ``slicer-core``, where Testing/test_slicer_stroke.py runs it on real scenes with the real
 ISLES'22 case. The panel (StrokeLesion.py) only collects the user's choices and calls these
-functions; every number comes from the library:
+functions; every number comes from the library. The generic node helpers (segments, views,
+layouts, the Segment Editor node, RAS/LPS points) are AnnotationQCLib.mrml_bridge's; the
+panel gives them this module's LAYOUT_ID, LAYOUT_XML and SEGMENT_EDITOR_TAG.
 
 - loading: DWI/ADC(/FLAIR) from files or a session folder (bids.find_session_images), ADC
   units detected (diffusion.detect_adc_units), FLAIR resampled onto the DWI grid
@@ -29,17 +31,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import SimpleITK as sitk
 import slicer
 
 from AnnotationQCLib.common import UserError, read_image, same_grid
 from AnnotationQCLib.mrml_bridge import (
+    lps_to_ras,
+    new_segmentation,
     node_label,
+    nodes_by_class,
+    ras_to_lps,
     require_in_scene,
     results_to_table_node,
+    segment_is_empty,
     segment_to_sitk_mask,
+    set_segment_mask,
     sitk_to_volume_node,
+    slice_views_layout_xml,
     volume_node_to_sitk,
 )
 
@@ -57,8 +65,11 @@ DISAGREEMENT_COLORS = {1: ("one reader only", (1.0, 0.15, 0.15)), 2: ("both read
 #: The three axial views of the panel's layout (slice view names in Slicer).
 VIEWS = ("Red", "Yellow", "Green")
 LAYOUT_ID = 2604          # a custom layout id (Slicer's own ids are below 1000)
+#: The panel's layout: the three views side by side, axial (mrml_bridge.register_layout adds it)
+LAYOUT_XML = slice_views_layout_xml(VIEWS, "Axial")
+#: Singleton tag of the panel's own Segment Editor node (mrml_bridge.segment_editor_node)
+SEGMENT_EDITOR_TAG = "StrokeLesionSegmentEditor"
 
-_LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
 Progress = Callable[[str], None]
 
 
@@ -66,65 +77,8 @@ def _say(progress: Progress | None) -> Progress:
     return progress or (lambda message: None)
 
 
-def ras_to_lps(point) -> tuple[float, float, float]:
-    return tuple(float(v) for v in np.asarray(point, float) * _LPS_FROM_RAS)
-
-
-def lps_to_ras(point) -> tuple[float, float, float]:
-    return ras_to_lps(point)
-
-
 # ---------------------------------------------------------------------------------------
 # Layout and views
-
-
-def layout_xml(views=VIEWS, orientation: str = "Axial") -> str:
-    """Slicer layout description: the given slice views side by side, one orientation."""
-    colours = {"Red": "#F34A33", "Yellow": "#EDD54C", "Green": "#6EB04B"}
-    items = "".join(
-        f'<item><view class="vtkMRMLSliceNode" singletontag="{v}">'
-        f'<property name="orientation" action="default">{orientation}</property>'
-        f'<property name="viewlabel" action="default">{v[0]}</property>'
-        f'<property name="viewcolor" action="default">{colours.get(v, "#888888")}</property>'
-        "</view></item>" for v in views)
-    return f'<layout type="horizontal">{items}</layout>'
-
-
-def register_layout(layout_node, layout_id: int = LAYOUT_ID) -> int:
-    """Add the panel's three-view layout to Slicer's layout node (once); returns its id."""
-    if not layout_node.IsLayoutDescription(layout_id):
-        layout_node.AddLayoutDescription(layout_id, layout_xml())
-    return layout_id
-
-
-def show_in_views(scene, assignment: dict[str, dict], link: bool = True) -> list[str]:
-    """Put volumes into slice views: ``{"Red": {"background": node, "foreground": node,
-    "label": node, "opacity": 0.4}, ...}``; linked views scroll and zoom together. Works on
-    the views' slice composite nodes (MRML), so the layout must be set first. Returns the
-    views that were found."""
-    done = []
-    composites = {n.GetLayoutName(): n for n in _nodes(scene, "vtkMRMLSliceCompositeNode")}
-    for view, layers in assignment.items():
-        comp = composites.get(view)
-        if comp is None:
-            continue
-        for key, setter in (("background", comp.SetBackgroundVolumeID), ("foreground", comp.SetForegroundVolumeID),
-                            ("label", comp.SetLabelVolumeID)):
-            if key in layers:
-                node = layers[key]
-                setter(node.GetID() if node is not None else None)
-        if "opacity" in layers:
-            comp.SetForegroundOpacity(float(layers["opacity"]))
-        comp.SetLinkedControl(bool(link))
-        comp.SetHotLinkedControl(bool(link))
-        done.append(view)
-    return done
-
-
-def _nodes(scene, class_name: str) -> list:
-    col = scene.GetNodesByClass(class_name)
-    out = [col.GetItemAsObject(i) for i in range(col.GetNumberOfItems())]
-    return out
 
 
 def restrict_to_views(node, views) -> None:
@@ -148,21 +102,6 @@ def review_views(dwi_node, review: "ReviewNodes") -> dict:
             "Green": {"background": dwi_node, "label": review.disagreement}}
 
 
-SEGMENT_EDITOR_TAG = "StrokeLesionSegmentEditor"
-
-
-def segment_editor_node(scene):
-    """The panel's own Segment Editor parameter node (a scene singleton, so the embedded
-    editor keeps its state with the scene and does not share the Segment Editor module's)."""
-    node = scene.GetSingletonNode(SEGMENT_EDITOR_TAG, "vtkMRMLSegmentEditorNode")
-    if node is None:
-        node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
-        node.UnRegister(None)
-        node.SetSingletonTag(SEGMENT_EDITOR_TAG)
-        node = scene.AddNode(node)
-    return node
-
-
 # ---------------------------------------------------------------------------------------
 # Whose node is it: tags for blinding inside one scene
 
@@ -183,7 +122,7 @@ def check_scene_blinding(scene, case_id: str, reader_id: str) -> None:
     unsaved work is lost; the user closes the scene or removes those nodes."""
     others = []
     for cls in ("vtkMRMLSegmentationNode", "vtkMRMLVolumeNode", "vtkMRMLTableNode"):
-        for node in _nodes(scene, cls):
+        for node in nodes_by_class(scene, cls):
             if node.GetAttribute(TAG_CASE) == case_id and node.GetAttribute(TAG_READER) not in (None, "", reader_id):
                 others.append(f"'{node.GetName()}' ({node.GetAttribute(TAG_READER)})")
     if others:
@@ -298,59 +237,26 @@ def resample_node_to_dwi(volume_node, dwi_node, name: str | None = None, *, what
 
 def mask_to_segment(mask: sitk.Image, segmentation_node, name: str, reference_volume_node=None,
                     color=None) -> str:
-    """Write a 0/1 mask as the segment ``name`` of ``segmentation_node`` (replaced when a
-    segment of that name exists, keeping its id); returns the segment id. With
-    ``reference_volume_node`` the segmentation's reference geometry is set to it, so Segment
-    Editor edits on that grid."""
+    """Write a 0/1 mask as the segment ``name`` of ``segmentation_node``: an existing segment
+    of that name gets the mask's voxels (mrml_bridge.set_segment_mask: id, colour and tags
+    kept), else a new segment is added (``color``, default SEGMENT_COLORS). Returns the
+    segment id. With ``reference_volume_node`` the segmentation's reference geometry is set
+    to it, so Segment Editor edits on that grid."""
     require_in_scene(segmentation_node, "segmentation")
-    scene = segmentation_node.GetScene()
-    labelmap = sitk_to_volume_node(sitk.Cast(mask != 0, sitk.sitkUInt8), f"{name} (temporary)", scene=scene,
-                                   labelmap=True)
-    try:
-        oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmap)
-    finally:
-        scene.RemoveNode(labelmap)
     if reference_volume_node is not None:
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
     segmentation = segmentation_node.GetSegmentation()
     segment_id = segmentation.GetSegmentIdBySegmentName(name)
-    if segment_id:
-        segmentation.RemoveSegment(segment_id)
-    color = color or SEGMENT_COLORS.get(name, (0.9, 0.2, 0.2))
-    return segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(oriented, name, list(color), segment_id or "")
-
-
-def segment_id_by_name(segmentation_node, name: str) -> str:
-    require_in_scene(segmentation_node, "segmentation")
-    sid = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
-    if not sid:
-        raise UserError(f"{node_label(segmentation_node, 'segmentation')} has no segment named '{name}'")
-    return sid
-
-
-def segment_is_empty(segmentation_node, segment_id: str) -> bool:
-    """True when the segment labels no voxel (binary-labelmap segmentations)."""
-    segmentation = segmentation_node.GetSegmentation()
-    segment = segmentation.GetSegment(segment_id)
-    if segment is None:
-        raise UserError(f"segment '{segment_id}' is not in {node_label(segmentation_node, 'segmentation')}")
-    name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    if not segmentation.ContainsRepresentation(name):
-        segmentation.CreateRepresentation(name)
-    rep = segment.GetRepresentation(name)
-    if rep is None or rep.GetPointData() is None or rep.GetPointData().GetScalars() is None:
-        return True
-    from vtk.util import numpy_support
-    values = numpy_support.vtk_to_numpy(rep.GetPointData().GetScalars())
-    return not np.any(values == segment.GetLabelValue())
-
-
-def new_segmentation(scene, name: str, reference_volume_node=None):
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    node.CreateDefaultDisplayNodes()
-    if reference_volume_node is not None:
-        node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
-    return node
+    added = not segment_id
+    if added:
+        segment_id = segmentation.AddEmptySegment("", name, list(color or SEGMENT_COLORS.get(name, (0.9, 0.2, 0.2))))
+    try:
+        set_segment_mask(segmentation_node, segment_id, mask)
+    except BaseException:
+        if added:
+            segmentation.RemoveSegment(segment_id)
+        raise
+    return segment_id
 
 
 # ---------------------------------------------------------------------------------------
