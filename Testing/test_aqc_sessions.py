@@ -171,3 +171,32 @@ def test_study_errors(tmp_path, study):
         study.add_case("c1", "P001", {"T2": study.source_image("c1", "T2")})
     with pytest.raises(UserError, match="not found"):
         study.add_case("c3", "P003", {"T2": tmp_path / "missing.nii.gz"})
+
+
+def test_damaged_study_files_are_one_line_errors(tmp_path, study):
+    """study.json, session.json and the JSON-lines logs share one reader each
+    (sessions.read_json_document / read_jsonl): damage is named, nothing is rewritten."""
+    from AnnotationQCLib.quality import read_quality_log
+    from AnnotationQCLib.training import TrainingSession
+
+    meta = study.folder / "study.json"
+    good = meta.read_text(encoding="utf-8")
+    meta.write_text(good.replace('"annotationqc-study/1"', '"other/9"'), encoding="utf-8")
+    with pytest.raises(UserError, match=r"has format 'other/9'; expected 'annotationqc-study/1'"):
+        ReaderStudy.open(study.folder)
+    meta.write_text("{", encoding="utf-8")
+    with pytest.raises(UserError, match=r"study.json is not valid JSON \(.* at line 1\)"):
+        ReaderStudy.open(study.folder)
+    meta.write_text(good, encoding="utf-8")
+    study = ReaderStudy.open(study.folder)
+    study.start_reading("r1", "c1", "T2")
+    log = study.folder / "reads.jsonl"
+    log.write_text(log.read_text(encoding="utf-8") + "{damaged\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"reads.jsonl line 2 is not valid JSON; the reading log is damaged"):
+        study.events()
+    (study.folder / "quality.jsonl").write_text("\n[\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"quality.jsonl line 2 is not valid JSON; the quality log is damaged"):
+        read_quality_log(study.folder / "quality.jsonl")
+    assert read_quality_log(tmp_path / "no-log.jsonl") == []
+    with pytest.raises(UserError, match="is not a training session"):
+        TrainingSession.open(study.folder)

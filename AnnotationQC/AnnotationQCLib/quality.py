@@ -24,7 +24,6 @@ Gaussian noise SD (Henkelman 1985), which lowers SNR/CNR by that factor.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .common import UserError, grid_difference, same_grid
+from .sessions import ReaderStudy, append_jsonl, read_jsonl
 
 GRADES = {1: "blurred or obvious artefacts; not diagnostic",
           2: "structures distinguishable; minor artefacts",
@@ -137,26 +137,12 @@ def make_record(case_id: str, sequence: str, rater: str, grade: int | None = Non
 
 def append_quality_record(log_path: str | os.PathLike, record: dict) -> None:
     """Append one record to a JSON-lines log (created when missing; never rewritten)."""
-    p = Path(log_path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(log_path, record)
 
 
 def read_quality_log(log_path: str | os.PathLike) -> list[dict]:
-    p = Path(log_path)
-    if not p.exists():
-        return []
-    out = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{p} line {i} is not valid JSON; the quality log is damaged") from None
-    return out
+    """The records of a quality log, in log order (none when it does not exist)."""
+    return read_jsonl(log_path, "quality log")
 
 
 def latest_records(records: list[dict]) -> dict[tuple[str, str, str], dict]:
@@ -178,8 +164,6 @@ def record_quality(study_folder: str | os.PathLike, case_id: str, sequence: str,
     picks it up). Returns the record."""
     folder = Path(study_folder)
     if (folder / "study.json").exists():
-        from .sessions import ReaderStudy
-
         ReaderStudy.open(folder).source_image(case_id, sequence)  # UserError for unknown case/series
     rec = make_record(case_id, sequence, rater, **kwargs)
     append_quality_record(Path(study_folder) / "quality.jsonl", rec)

@@ -92,12 +92,64 @@ def parse_mask_name(name: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def _sha256(path: Path) -> str:
+# ---------------------------------------------------------------------------------------
+# Files of a study or training session (also used by training.py and quality.py)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def binary_mask(mask: sitk.Image) -> sitk.Image:
+    """The mask as UInt8 0/1 (any non-zero voxel is 1), as masks are stored."""
+    return sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+
+
+def read_json_document(path: Path, fmt: str, missing: str) -> dict:
+    """A folder's JSON description (study.json, session.json) of format ``fmt``; UserError
+    ``missing`` when the file is absent, and one naming the file when it is not valid JSON or
+    has another format."""
+    if not path.exists():
+        raise UserError(missing)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if doc.get("format") != fmt:
+        raise UserError(f"{path} has format {doc.get('format')!r}; expected {fmt!r}")
+    return doc
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one record to a JSON-lines log (created when missing; never rewritten), synced
+    to disk before returning."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
+    """The records of a JSON-lines log (none when the file is missing); a damaged line is a
+    UserError naming the file, the line and ``what`` (e.g. "reading log")."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{p} line {i} is not valid JSON; the {what} is damaged") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -140,15 +192,8 @@ class ReaderStudy:
     def __init__(self, folder: str | os.PathLike, clock: Callable[[], datetime] = _now):
         self.folder = Path(folder)
         self.clock = clock
-        meta_path = self.folder / "study.json"
-        if not meta_path.exists():
-            raise UserError(f"{self.folder} is not a reader study (no study.json); create one first")
-        try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{meta_path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if self.meta.get("format") != FORMAT:
-            raise UserError(f"{meta_path} has format {self.meta.get('format')!r}; expected {FORMAT!r}")
+        self.meta = read_json_document(self.folder / "study.json", FORMAT,
+                                       f"{self.folder} is not a reader study (no study.json); create one first")
 
     # ---- creation and set-up ---------------------------------------------------------
 
@@ -247,23 +292,10 @@ class ReaderStudy:
             mask_name(case["patient_id"], sequence, content)
 
     def events(self) -> list[dict]:
-        p = self.folder / "reads.jsonl"
-        if not p.exists():
-            return []
-        out = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f"{p} line {i} is not valid JSON; the reading log is damaged") from None
-        return out
+        return read_jsonl(self.folder / "reads.jsonl", "reading log")
 
     def _append(self, event: dict) -> None:
-        with open(self.folder / "reads.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(event, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.folder / "reads.jsonl", event)
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -306,7 +338,7 @@ class ReaderStudy:
         if path.exists() and not saves:
             raise UserError(f"{path} exists but is not recorded in this study; it is left untouched - move it "
                             "away first")
-        if path.exists() and saves and _sha256(path) != saves[-1]["sha256"]:
+        if path.exists() and saves and sha256_file(path) != saves[-1]["sha256"]:
             raise UserError(f"{path} was changed outside the study since it was saved; it is left untouched")
         now = self.clock()
         if seconds_spent is None:
@@ -314,13 +346,12 @@ class ReaderStudy:
             starts = [e for e in self.events() if e["event"] == "start"
                       and (e["reader_id"], e["session"], e["case_id"], e["sequence"]) == key]
             seconds_spent = (now - _parse_time(starts[-1]["time"])).total_seconds() if starts else None
-        binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        binary = binary_mask(mask)
         write_image_atomic(binary, path)
         voxels = int(sitk.GetArrayViewFromImage(binary).sum())
         self._append({"event": "save", "reader_id": reader_id, "role": role, "session": session,
                       "case_id": case_id, "patient_id": self._case(case_id)["patient_id"], "sequence": sequence,
-                      "content": content, "mask": self._rel(path), "sha256": _sha256(path), "voxels": voxels,
+                      "content": content, "mask": self._rel(path), "sha256": sha256_file(path), "voxels": voxels,
                       "final": bool(final), "notes": str(notes), "time": _iso(now),
                       "seconds_spent": None if seconds_spent is None else float(seconds_spent)})
         return path

@@ -28,9 +28,7 @@ a warning when missing (one site only, or reference volumes within a factor of 2
 
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,23 +42,11 @@ from .common import (UserError, atomic_path, grid_difference, read_image, same_g
                      write_json_atomic, write_text_atomic)
 from .icc import feature_icc, koo_li
 from .segmentation_metrics import compare_masks, json_safe
-from .sessions import check_name, mask_name
+from .sessions import binary_mask, check_name, mask_name, read_json_document, sha256_file
 
 FORMAT = "annotationqc-training/1"
 MIN_CASES = 5
 DEFAULT_CRITERIA = {"dice": 0.80, "icc": 0.75, "icc_form": "ICC(A,1)"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _binary(img: sitk.Image) -> sitk.Image:
-    return sitk.Cast(sitk.NotEqual(img, 0), sitk.sitkUInt8)
 
 
 def pyradiomics_shape_firstorder(image: sitk.Image, mask: sitk.Image) -> dict[str, float]:
@@ -77,7 +63,7 @@ def pyradiomics_shape_firstorder(image: sitk.Image, mask: sitk.Image) -> dict[st
     ex.enableFeatureClassByName("shape")
     ex.enableFeatureClassByName("firstorder")
     try:
-        res = ex.execute(sitk.Cast(image, sitk.sitkFloat32), _binary(mask), label=1)
+        res = ex.execute(sitk.Cast(image, sitk.sitkFloat32), binary_mask(mask), label=1)
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"radiomics features could not be computed ({str(exc).splitlines()[0][:120]})") from None
     return {k: float(v) for k, v in res.items() if not k.startswith("diagnostics_")}
@@ -119,15 +105,8 @@ class TrainingSession:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        p = self.folder / "session.json"
-        if not p.exists():
-            raise UserError(f"{self.folder} is not a training session (no session.json)")
-        try:
-            self.meta = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if self.meta.get("format") != FORMAT:
-            raise UserError(f"{p} has format {self.meta.get('format')!r}; expected {FORMAT!r}")
+        self.meta = read_json_document(self.folder / "session.json", FORMAT,
+                                       f"{self.folder} is not a training session (no session.json)")
 
     # ---- definition ------------------------------------------------------------------
 
@@ -191,9 +170,8 @@ class TrainingSession:
         (folder / "reference").mkdir(parents=True, exist_ok=True)
         for cid, c in stored.items():
             dest = folder / c["reference"]
-            with atomic_path(dest) as tmp:
-                sitk.WriteImage(_binary(sitk.ReadImage(c.pop("_src"))), str(tmp), True)
-            c["reference_sha256"] = _sha256(dest)
+            write_image_atomic(binary_mask(sitk.ReadImage(c.pop("_src"))), dest)
+            c["reference_sha256"] = sha256_file(dest)
         write_json_atomic(folder / "session.json", {
             "format": FORMAT, "name": str(name), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "criteria": crit, "warnings": warnings, "cases": stored})
@@ -239,8 +217,7 @@ class TrainingSession:
         if not isinstance(mask, sitk.Image) or not same_grid(mask, image):
             diff = grid_difference(mask, image) if isinstance(mask, sitk.Image) else "not an image"
             raise UserError(f"mask for case {case_id!r} is not on the grid of {c['image']} ({diff})")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_image_atomic(_binary(mask), path)
+        write_image_atomic(binary_mask(mask), path)
         return path
 
     # ---- evaluation -------------------------------------------------------------------
@@ -248,7 +225,7 @@ class TrainingSession:
     def _reference(self, case_id: str) -> sitk.Image:
         c = self._case(case_id)
         p = self.folder / c["reference"]
-        if not p.exists() or _sha256(p) != c["reference_sha256"]:
+        if not p.exists() or sha256_file(p) != c["reference_sha256"]:
             raise UserError(f"reference mask {p} is missing or was changed after the session was defined")
         return sitk.ReadImage(str(p))
 
@@ -264,7 +241,7 @@ class TrainingSession:
                 missing.append(cid)
                 continue
             ref = self._reference(cid)
-            tr = _binary(sitk.ReadImage(str(tpath)))
+            tr = binary_mask(sitk.ReadImage(str(tpath)))
             m = compare_masks(ref, tr)
             r = sitk.GetArrayViewFromImage(ref).astype(bool)
             t = sitk.GetArrayViewFromImage(tr).astype(bool)
