@@ -48,7 +48,6 @@ so one test component covering two reference lesions detects both.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import SimpleITK as sitk

@@ -146,7 +146,7 @@ def _check_row_images(row: int, r: pd.Series, rois: list[str]) -> list[str]:
     for col in rois:
         if col in grids:
             try:
-                arr = sitk.GetArrayViewFromImage(sitk.ReadImage(str(r[col])))
+                arr = sitk.GetArrayFromImage(sitk.ReadImage(str(r[col])))  # a view of a temporary image reads freed memory
             except RuntimeError:
                 problems.append(f"row {row}: {col} file {r[col]} could not be read")
                 continue
