@@ -3,7 +3,6 @@ traceback; the manifest reports every problem at once with row numbers."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.base import clone
-from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from HRMMPredictLib.model import TrainConfig, build_pipeline, classifiers

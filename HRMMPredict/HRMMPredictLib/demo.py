@@ -8,7 +8,6 @@ pipeline working, not the method's accuracy.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path

@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from AnnotationQCLib.common import UserError

@@ -10,7 +10,7 @@ training set, 5-fold patient-grouped cross-validation refits the whole pipeline 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -38,7 +38,6 @@ class, NaN/infinite or constant scores, probabilities outside [0, 1].
 from __future__ import annotations
 
 import math
-import os
 from statistics import NormalDist
 from typing import Iterable, Sequence
 

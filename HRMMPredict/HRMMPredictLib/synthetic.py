@@ -37,10 +37,9 @@ close to ``positive_fraction`` positives.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
