@@ -139,7 +139,7 @@ def evaluate_models(sets: Mapping[str, "object"], models: Sequence[str], thresho
         y, probs = _check_set(name, df, models)
         pid = df["patient_id"].astype(str)
         patients[name] = set(pid)
-        lesions[name] = set(df["lesion_id"].astype(str))
+        lesions[name] = set(zip(pid, df["lesion_id"].astype(str)))
         per_patient = pid.value_counts()
         summary = {"lesions": int(y.size), "patients": int(pid.nunique()), "positives": int(y.sum()),
                    "negatives": int(y.size - y.sum()), "prevalence": float(y.mean()),
