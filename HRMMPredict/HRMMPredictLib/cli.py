@@ -30,7 +30,7 @@ def _progress_bar(desc: str):
             step = int(10 * i / max(n, 1))
             if step != state["last"] or i >= n:
                 state["last"] = step
-                _eprint(f"[hrmm] {desc}: {i}/{n}")
+                _eprint(f"[hrmm {time.perf_counter() - _T0:5.0f}s] {desc}: {i}/{n}")
         return plain
 
     def cb(i: int, n: int, msg: str = "") -> None:
@@ -49,8 +49,12 @@ def _progress_bar(desc: str):
     return cb
 
 
+_T0 = time.perf_counter()
+
+
 def _step(msg: str) -> None:
-    _eprint(f"[hrmm] {msg}")
+    """A progress line with the seconds since the command started."""
+    _eprint(f"[hrmm {time.perf_counter() - _T0:5.0f}s] {msg}")
 
 
 # ---------------------------------------------------------------------------------------
