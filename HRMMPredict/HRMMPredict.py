@@ -1033,7 +1033,7 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
             manifest = generate_cohort(folder / "cohort", n_patients=16, seed=7, effect_size=1.5,
                                        shape=(8, 80, 96), spacing=(1.0, 1.0, 4.8))
             params = folder / "small.yaml"
-            params.write_text(_SMALL_PARAMS)
+            params.write_text((pathlib.Path(mrml_bridge.__file__).parent / "Resources" / "hrmm_radiomics_small.yaml").read_text())
             config = TrainConfig(seed=0, validation_fraction=0.25, mrmr_k=10, lasso_cv=3, cv_folds=3,
                                  icc_threshold=0.6)
             trainKwargs = {}
@@ -1082,27 +1082,3 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
     LABEL_NAMES = {"t1": "t1_tse_sag", "t2": "t2_tse_sag", "fst2": "t2_tirm_sag"}
 
 
-# A reduced pyradiomics parameter file for the module test (same pipeline, fewer features).
-_SMALL_PARAMS = """\
-imageType:
-  Original: {}
-  LoG:
-    sigma: [2.0]
-    binCount: 32
-featureClass:
-  shape: [VoxelVolume, Sphericity, Elongation]
-  firstorder: [Mean, Median, Variance, Skewness, Kurtosis, Entropy, Uniformity, 10Percentile, 90Percentile]
-  glcm: [Contrast, Correlation, JointEntropy, Idm, ClusterShade]
-  glszm: [ZoneEntropy, SmallAreaEmphasis]
-setting:
-  normalize: true
-  normalizeScale: 100
-  removeOutliers: 3
-  binWidth: 5
-  voxelArrayShift: 300
-  label: 1
-  preCrop: true
-  padDistance: 10
-  minimumROIDimensions: 2
-  minimumROISize: 20
-"""

@@ -8,29 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SMALL_PARAMS = """\
-imageType:
-  Original: {}
-  LoG:
-    sigma: [2.0]
-    binCount: 32
-featureClass:
-  shape: [VoxelVolume, Sphericity, Elongation]
-  firstorder: [Mean, Median, Variance, Skewness, Kurtosis, Entropy, Uniformity, 10Percentile, 90Percentile]
-  glcm: [Contrast, Correlation, JointEntropy, Idm, ClusterShade]
-  glszm: [ZoneEntropy, SmallAreaEmphasis]
-setting:
-  normalize: true
-  normalizeScale: 100
-  removeOutliers: 3
-  binWidth: 5
-  voxelArrayShift: 300
-  label: 1
-  preCrop: true
-  padDistance: 10
-  minimumROIDimensions: 2
-  minimumROISize: 20
-"""
+SMALL_PARAMS = (Path(__file__).resolve().parents[1] / "HRMMPredict" / "HRMMPredictLib" / "Resources"
+                / "hrmm_radiomics_small.yaml").read_text()
 
 SHAPE = (8, 80, 96)
 SPACING = (1.0, 1.0, 4.8)
