@@ -190,8 +190,9 @@ def main(argv=None) -> int:
               f"probabilities {p['models']}")
         print(f"[{dev}] crop + N4 per sequence {p['preprocess_per_sequence_s']:.2f} s, done for every sequence "
               f"a model uses ({', '.join(p['sequences_needed'])}) in both paths; without it: full "
-              f"{p['full_extraction_s'] - 3 * p['preprocess_per_sequence_s']:.2f} s vs selected "
-              f"{p['predict_radiomics_s'] - len(p['sequences_needed']) * p['preprocess_per_sequence_s']:.2f} s")
+              f"~{max(0.0, p['full_extraction_s'] - 3 * p['preprocess_per_sequence_s']):.2f} s vs selected "
+              f"~{max(0.0, p['predict_radiomics_s'] - len(p['sequences_needed']) * p['preprocess_per_sequence_s']):.2f}"
+              " s (timed separately: rough)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if tmp is not None:
