@@ -64,7 +64,7 @@ def predict_cohort(bundle: Bundle, manifest_path: str | os.PathLike, models: Seq
     n = len(cohort)
     for i, r in enumerate(cohort.itertuples(index=False), start=1):
         rd = r._asdict()
-        res = predict_case({s: rd[s] for s in ("t1", "t2", "fst2")}, rd["roi"], bundle)
+        res = predict_case({s: rd[s] for s in ("t1", "t2", "fst2")}, rd["roi"], bundle, preview=False)
         row = {"lesion_id": str(rd["lesion_id"]), "patient_id": str(rd["patient_id"]), "label": int(rd["label"])}
         for m in models:
             row[m] = res["models"][m]["probability"]
