@@ -32,7 +32,6 @@ which is for the analysis after reading, not for a reader's view.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -45,6 +44,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .common import UserError, grid_difference, read_image, same_grid, write_image_atomic, write_json_atomic
+from AnnotationQCLib.common import sha256_file  # noqa: F401  (one owner; re-exported)
 
 FORMAT = "annotationqc-study/1"
 ROLES = ("annotator", "reviewer", "arbitrator")
@@ -94,15 +94,6 @@ def parse_mask_name(name: str) -> tuple[str, str, str]:
 
 # ---------------------------------------------------------------------------------------
 # Files of a study or training session (also used by training.py and quality.py)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def binary_mask(mask: sitk.Image) -> sitk.Image:

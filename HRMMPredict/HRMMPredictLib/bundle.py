@@ -20,7 +20,6 @@ Loading verifies the checksums and the versions first and says what is wrong.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from AnnotationQCLib.common import UserError, write_json_atomic
+from AnnotationQCLib.common import sha256_file  # noqa: F401  (one owner; re-exported)
 
 FORMAT = "hrmm-model-bundle"
 FORMAT_VERSION = 1
@@ -83,14 +83,6 @@ def software_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _major_minor(v: str) -> tuple[int, ...]:

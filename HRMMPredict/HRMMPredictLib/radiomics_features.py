@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from AnnotationQCLib.common import UserError, check_finite, read_image, read_mask
+from AnnotationQCLib.common import UserError, check_finite, read_image, read_mask, sha256_file
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent / "Resources" / "hrmm_radiomics.yaml"
 SEQUENCES = ("t1", "t2", "fst2")
@@ -311,11 +311,7 @@ def file_sha256(path: str | os.PathLike, _cache: dict = {}) -> str:  # noqa: B00
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _cache:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _cache[key] = h.hexdigest()
+        _cache[key] = sha256_file(p)
     return _cache[key]
 
 

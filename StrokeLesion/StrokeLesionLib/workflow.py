@@ -49,6 +49,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from AnnotationQCLib.common import UserError, grid_difference, read_image, same_grid
+from AnnotationQCLib.common import sha256_file  # noqa: F401  (one owner; re-exported)
 
 # ---------------------------------------------------------------------------------------
 # Readers and roles
@@ -159,14 +160,6 @@ class StudySettings:
 
 # ---------------------------------------------------------------------------------------
 # Files: no-clobber writes, hashes, lock, audit log
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _publish_new(write, final: Path) -> Path:
