@@ -18,8 +18,8 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTabl
 # The panel's MRML logic (numpy, SimpleITK, pandas, MRML). pyradiomics and matplotlib are
 # imported only when an ICC is computed or a training report is written.
 from AnnotationQCLib import panel_logic
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.mrml_bridge import segment_editor_node
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.mrml_bridge import segment_editor_node
 
 
 #
@@ -678,7 +678,7 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
 
     def test_CompareTwoBoxes(self):
         self.delayDisplay("Comparing two boxes shifted by two voxels")
-        from AnnotationQCLib.mrml_bridge import sitk_to_volume_node
+        from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
 
         image = self._image()
         volume = sitk_to_volume_node(image, "reference", scene=slicer.mrmlScene)

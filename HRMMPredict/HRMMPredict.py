@@ -22,8 +22,13 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTabl
 # The science (pyradiomics, scikit-learn, torch) runs in a separate process
 # (HRMMPredictLib.predict_worker) and is imported in Slicer's process only by
 # HRMMPredictLogic.predict (scripting and the module test), never when Slicer starts.
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.mrml_bridge import register_layout, segment_editor_node, show_in_views, slice_views_layout_xml
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.mrml_bridge import (
+    register_layout,
+    segment_editor_node,
+    show_in_views,
+    slice_views_layout_xml,
+)
 from HRMMPredictLib import mrml_bridge, panel_results, series_guess, slicer_deps
 from HRMMPredictLib.predict_worker import worker_command
 from HRMMPredictLib.process_runner import ProcessRunner, RunState
@@ -43,8 +48,8 @@ class HRMMPredict(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("HRMM Predict")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        # AnnotationQC ships AnnotationQCLib, which this module's library uses.
-        self.parent.dependencies = ["AnnotationQC"]
+        # ClinicalMRICommon (hidden) ships ClinicalMRICommonLib: image I/O, files, errors, MRML bridge.
+        self.parent.dependencies = ["ClinicalMRICommon"]
         self.parent.contributors = ["ClinicalMRI extension developers"]
         self.parent.helpText = _("""
 Predicts high-risk multiple myeloma (HRMM: high-risk cytogenetics or extramedullary disease)
@@ -1061,7 +1066,7 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
             from HRMMPredictLib.process_runner import worker_python
 
             modulePaths = [str(pathlib.Path(__file__).resolve().parent),
-                           str(pathlib.Path(importlib.import_module("AnnotationQCLib").__file__).resolve().parents[1])]
+                           str(pathlib.Path(importlib.import_module("ClinicalMRICommonLib").__file__).resolve().parents[1])]
             cliCode = ("import sys; sys.path[:0] = sys.argv[1:3]; from HRMMPredictLib.cli import main; "
                        "sys.exit(main(sys.argv[3:]))")
             cli = subprocess.run([worker_python(), "-c", cliCode, *modulePaths, "predict", "--t1", files["t1"],

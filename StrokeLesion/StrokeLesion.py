@@ -15,12 +15,12 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.mrml_bridge import register_layout, segment_editor_node, segment_id_by_name, show_in_views
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.mrml_bridge import register_layout, segment_editor_node, segment_id_by_name, show_in_views
 
 # The logic's work is in StrokeLesionLib.panel_logic (MRML only, tested on slicer-core); it
 # is imported on first use, so Slicer's start-up does not load the stroke library. The
-# generic view, layout and segment helpers are AnnotationQCLib.mrml_bridge's.
+# generic view, layout and segment helpers are ClinicalMRICommonLib.mrml_bridge's.
 
 
 def _panelLogic():
@@ -43,8 +43,8 @@ class StrokeLesion(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Stroke Lesion")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        # AnnotationQC ships AnnotationQCLib (agreement metrics, MRML bridge) used by this module's library.
-        self.parent.dependencies = ["AnnotationQC"]
+        # ClinicalMRICommon (hidden) ships ClinicalMRICommonLib: agreement metrics, image I/O, MRML bridge.
+        self.parent.dependencies = ["ClinicalMRICommon"]
         self.parent.contributors = ["ClinicalMRI extension developers"]
         self.parent.helpText = _("""
 Annotation of acute ischaemic stroke lesions on diffusion MRI, following the two-reader workflow of the
@@ -643,7 +643,7 @@ class StrokeLesionTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SimpleITK as sitk
 
-        from AnnotationQCLib.mrml_bridge import segment_to_sitk_mask, sitk_to_volume_node
+        from ClinicalMRICommonLib.mrml_bridge import segment_to_sitk_mask, sitk_to_volume_node
         from StrokeLesionLib.candidate import candidate_mask
         from StrokeLesionLib.diffusion import diffusion_from_images
 

@@ -120,7 +120,7 @@ def box_mask(reference: sitk.Image, lo=(12, 10, 3), hi=(26, 24, 7)) -> sitk.Imag
 
 def segmentation_from_mask(core, mask: sitk.Image, name="ROI"):
     """A segmentation node whose one segment is the mask (as drawn on the mask's grid)."""
-    from AnnotationQCLib.mrml_bridge import sitk_to_volume_node
+    from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
 
     labelmap = sitk_to_volume_node(mask, f"{name} labelmap", scene=core.scene, labelmap=True)
     segmentation = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")

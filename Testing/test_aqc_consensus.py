@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.consensus import disagreement_map, majority_vote, staple, vote_count
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.agreement.consensus import disagreement_map, majority_vote, staple, vote_count
 
 SHAPE = (12, 30, 30)
 

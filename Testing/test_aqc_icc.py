@@ -12,9 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.icc import (FORMS, feature_class, feature_icc, feature_icc_filter, icc_all,
-                                 icc_from_long, koo_li, plot_icc_by_class)
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.agreement.icc import (
+    FORMS,
+    feature_class,
+    feature_icc,
+    feature_icc_filter,
+    icc_all,
+    icc_from_long,
+    koo_li,
+    plot_icc_by_class,
+)
 
 # README: unrounded ICCs, F (df), 95% CIs to 0.01
 SF_ICC = {"ICC(1,1)": 0.165742, "ICC(A,1)": 0.289764, "ICC(C,1)": 0.714841,

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from AnnotationQCLib.cli import main
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.quality import (flagged_series, make_record, read_quality_log, record_quality, snr_cnr,
-                                     snr_cnr_from_labelmap)
+from ClinicalMRICommonLib.errors import UserError
+from AnnotationQCLib.quality import record_quality
+from ClinicalMRICommonLib.quality import flagged_series, make_record, read_quality_log, snr_cnr, snr_cnr_from_labelmap
 from AnnotationQCLib.sessions import ReaderStudy
 
 

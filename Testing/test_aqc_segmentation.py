@@ -12,9 +12,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.segmentation_metrics import (METRIC_KEYS, compare_masks, connected_components, dice,
-                                                  lesion_detection)
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.agreement.segmentation_metrics import (
+    METRIC_KEYS,
+    compare_masks,
+    connected_components,
+    dice,
+    lesion_detection,
+)
 
 SPACING = (0.6, 1.5, 2.5)  # x, y, z in mm; x smallest so the hand geometry below is exact
 

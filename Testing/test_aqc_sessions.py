@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from AnnotationQCLib.sessions import ReaderStudy, blank_mask_like, mask_name, parse_mask_name
 
 SHAPE = (6, 16, 16)
@@ -176,7 +176,7 @@ def test_study_errors(tmp_path, study):
 def test_damaged_study_files_are_one_line_errors(tmp_path, study):
     """study.json, session.json and the JSON-lines logs share one reader each
     (sessions.read_json_document / read_jsonl): damage is named, nothing is rewritten."""
-    from AnnotationQCLib.quality import read_quality_log
+    from ClinicalMRICommonLib.quality import read_quality_log
     from AnnotationQCLib.training import TrainingSession
 
     meta = study.folder / "study.json"

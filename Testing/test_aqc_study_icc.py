@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from AnnotationQCLib.cli import main
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.icc import icc_all
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.agreement.icc import icc_all
 from AnnotationQCLib.sessions import ReaderStudy, blank_mask_like
 
 SHAPE = (6, 24, 24)

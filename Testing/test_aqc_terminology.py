@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from AnnotationQCLib.terminology import (
     LOCAL_SCHEME,
     TERMINOLOGY_FILE,

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from AnnotationQCLib.cli import main
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from AnnotationQCLib.training import TrainingSession
 
 SHAPE = (8, 40, 40)

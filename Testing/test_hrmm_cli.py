@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.manifest import load_manifest
 
 HRMM = [sys.executable, "-m", "HRMMPredictLib.cli"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.deep_cohort import (CACHE_SUBDIR, DeepInputConfig, cohort_stacks, lesion_stack,
                                         read_lesion_images, stack_key)
 from HRMMPredictLib.deep_input import stack_25d

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.deep_input import choose_slice_axis, crop_25d, save_preview_png, stack_25d
 
 # A sagittal 2D acquisition as a scanner stores it: index i runs anterior->posterior,

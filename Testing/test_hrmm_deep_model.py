@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.deep_model import (
     N_FEATURES, TrainConfig, _augment, build_densenet169, extract_features, internal_validation_split,
     load_model, predict_proba, read_model_metadata, save_model, select_device, to_monai_key, train_deep_model,

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.bundle import MANIFEST, load_bundle
 from HRMMPredictLib.manifest import load_manifest
 from HRMMPredictLib.predict import predict_case

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib import radiomics_features as rf
 from HRMMPredictLib.bundle import MANIFEST, load_bundle
 from HRMMPredictLib.manifest import load_manifest

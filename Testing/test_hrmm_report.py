@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib import report, stats
 
 MODELS = ["radiomics", "deep", "fusion"]

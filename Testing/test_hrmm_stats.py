@@ -11,7 +11,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib import stats as S
 
 # ---------------------------------------------------------------------------------------

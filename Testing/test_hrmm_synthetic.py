@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from scipy.stats import mannwhitneyu
 
-from AnnotationQCLib.common import UserError, same_grid
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import same_grid
 from HRMMPredictLib import synthetic as syn
 
 SMALL = (7, 80, 80)          # 64 x 64 mm in-plane, 7 slices: big enough for one spine region

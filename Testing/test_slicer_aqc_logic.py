@@ -17,17 +17,18 @@ import SimpleITK as sitk
 
 from slicer_harness import box_mask, make_image, mrml_scene, segmentation_from_mask, slicer  # noqa: F401
 
-from AnnotationQCLib import panel_logic as pl  # noqa: E402
-from AnnotationQCLib.common import UserError, same_grid  # noqa: E402
-from AnnotationQCLib.icc import feature_icc  # noqa: E402
-from AnnotationQCLib.mrml_bridge import (  # noqa: E402
+from AnnotationQCLib import panel_logic as pl
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import same_grid
+from ClinicalMRICommonLib.agreement.icc import feature_icc
+from ClinicalMRICommonLib.mrml_bridge import (
     new_segmentation,
     segment_to_sitk_mask,
     table_node_to_rows,
     volume_node_to_sitk,
 )
-from AnnotationQCLib.segmentation_metrics import compare_masks  # noqa: E402
-from AnnotationQCLib.sessions import ReaderStudy  # noqa: E402
+from ClinicalMRICommonLib.agreement.segmentation_metrics import compare_masks
+from AnnotationQCLib.sessions import ReaderStudy
 from AnnotationQCLib.terminology import TERMINOLOGY_FILE, VARIANTS, label_by_key, label_set  # noqa: E402
 from AnnotationQCLib.training import TrainingSession  # noqa: E402
 
@@ -168,7 +169,7 @@ def test_compare_two_segmentations_table_and_disagreement(mrml_scene):
     scene = mrml_scene.scene
     image = make_image(size=SIZE)
     volume = slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(image))
-    from AnnotationQCLib.mrml_bridge import sitk_to_volume_node
+    from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
 
     sitk_to_volume_node(image, node=volume)
     a = box_mask(image, (10, 10, 2), (20, 20, 6))   # 10 x 10 x 4 = 400 voxels
@@ -284,7 +285,7 @@ def test_quality_rois_snr_cnr_and_flagged_series(mrml_scene, cns_study):
     arr[2:8, 22:30, 22:34] = 250.0                                    # tissue
     image = sitk.GetImageFromArray(arr.astype(np.float32))
     image.CopyInformation(source)
-    from AnnotationQCLib.mrml_bridge import sitk_to_volume_node
+    from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
 
     volume = sitk_to_volume_node(image, "graded T2", scene=mrml_scene.scene)
     rois = pl.quality_roi_segmentation(volume)

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("HRMMPredict", "AnnotationQC", "StrokeLesion")
+#: Modules with a panel (the template classes, generic tests and a <M>Test each).
+PANEL_MODULES = ("HRMMPredict", "AnnotationQC", "StrokeLesion")
+#: Every module of the extension: the hidden library module ClinicalMRICommon too.
+MODULES = ("ClinicalMRICommon",) + PANEL_MODULES
 
 
 # --------------------------------------------------------------------------------------
@@ -115,7 +118,7 @@ def test_module_lists_every_file(module):
         f"(edit the explicit lists; paths are relative to {module}/):\n  " + "\n  ".join(problems))
 
 
-@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("module", PANEL_MODULES)
 def test_module_builds_scripted_module_with_tests(module):
     cmds, _ = _module_cmake(module)
     build = [args for name, args in cmds if name == "slicermacrobuildscriptedmodule"]
@@ -148,7 +151,7 @@ def test_only_the_module_script_sits_at_the_top_of_the_module_folder(module):
     assert not extra, f"{module}/ holds Python files other than {module}.py: {extra}; move them into {module}Lib/"
 
 
-@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("module", PANEL_MODULES)
 def test_module_script_has_the_template_classes(module):
     tree = ast.parse((ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
@@ -196,3 +199,31 @@ def test_extension_cmakelists():
     # generate-config and CPack come last, after the modules
     assert names[-2:] == ["include", "include"]
     assert [a for _, a in cmds[-2:]] == [["${Slicer_EXTENSION_GENERATE_CONFIG}"], ["${Slicer_EXTENSION_CPACK}"]]
+
+
+def test_common_library_module_is_hidden_first_and_a_dependency():
+    """ClinicalMRICommon is added first (CMake), is hidden, and the modules that use its library
+    depend on it, not on AnnotationQC (so a failing AnnotationQC cannot take them down)."""
+    cmds = _commands((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
+    subdirs = [a[0] for n, a in cmds if n == "add_subdirectory"]
+    assert subdirs[0] == "ClinicalMRICommon", f"ClinicalMRICommon must be added first, not after {subdirs[:1]}"
+    tree = ast.parse((ROOT / "ClinicalMRICommon" / "ClinicalMRICommon.py").read_text(encoding="utf-8"))
+    src = ast.unparse(tree)
+    assert "self.parent.hidden = True" in src
+    for module in ("HRMMPredict", "StrokeLesion"):
+        text = (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
+        deps = [ast.literal_eval(node.value) for node in ast.walk(ast.parse(text))
+                if isinstance(node, ast.Assign) and any(ast.unparse(t) == "self.parent.dependencies" for t in node.targets)]
+        assert deps and "ClinicalMRICommon" in deps[0] and "AnnotationQC" not in deps[0], (module, deps)
+    offenders = [str(p.relative_to(ROOT)) for m in ("HRMMPredict", "StrokeLesion") for p in (ROOT / m).rglob("*.py")
+                 if "AnnotationQCLib" in p.read_text(encoding="utf-8")]
+    assert not offenders, f"these files name AnnotationQCLib (use ClinicalMRICommonLib): {offenders}"
+
+
+def test_cmake_minimum_accepts_the_cmake_slicer_extensions_are_built_with():
+    """Slicer 5.10's extension template says cmake_minimum_required(VERSION 3.20.6...3.22.6):
+    a minimum above 3.20.6 refuses the CMake the extension index builds with."""
+    cmds = _commands((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
+    version = [a for n, a in cmds if n == "cmake_minimum_required"][0][1]
+    low = tuple(int(x) for x in version.split("...")[0].split("."))
+    assert low <= (3, 20, 6), f"cmake_minimum_required VERSION {version}: the minimum must be at most 3.20.6"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib import slicer_deps
 from HRMMPredictLib.panel_results import (
     bundle_has_deep_model,

@@ -210,7 +210,7 @@ def test_worker_command_runs_the_file_by_path():
     args = worker_command("/tmp/job/request.json", python="/opt/Slicer/bin/PythonSlicer")
     assert args[0] == "/opt/Slicer/bin/PythonSlicer"
     assert Path(args[1]) == SRC / "HRMMPredict" / "HRMMPredictLib" / "predict_worker.py"
-    assert args[2:4] == ["--module-path", str(SRC / "AnnotationQC")]
+    assert args[2:4] == ["--module-path", str(SRC / "ClinicalMRICommon")]
     assert args[4:] == ["--request", "/tmp/job/request.json"]
     assert worker_python()  # PythonSlicer in Slicer, this interpreter here
 

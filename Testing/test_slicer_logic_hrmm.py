@@ -18,8 +18,9 @@ import SimpleITK as sitk
 
 from slicer_harness import box_mask, make_image, mrml_scene, segmentation_from_mask, slicer  # noqa: F401
 
-from AnnotationQCLib.common import UserError, same_grid  # noqa: E402
-from AnnotationQCLib.mrml_bridge import sitk_to_volume_node  # noqa: E402
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import same_grid
+from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
 from HRMMPredictLib import mrml_bridge, panel_results  # noqa: E402
 from HRMMPredictLib.mrml_bridge import case_images_from_nodes, table_node_to_rows  # noqa: E402
 from HRMMPredictLib.predict_worker import worker_command  # noqa: E402

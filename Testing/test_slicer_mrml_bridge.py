@@ -30,8 +30,9 @@ from slicer_harness import (  # noqa: F401  (fixture + the slicer-core module + 
 
 vtk = pytest.importorskip("vtk")
 
-from AnnotationQCLib.common import UserError, resample_mask_to  # noqa: E402
-from AnnotationQCLib.mrml_bridge import (  # noqa: E402
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import resample_mask_to
+from ClinicalMRICommonLib.mrml_bridge import (
     results_to_table_node,
     segment_to_sitk_mask,
     sitk_to_volume_node,
@@ -261,7 +262,12 @@ def test_set_segment_mask_replaces_voxels_and_keeps_the_segment(mrml_scene):
     """The one segment writer of the three panels: voxels replaced (a smaller mask shrinks
     the segment, an empty one clears it), the segment's id, name, colour and tags kept, an
     overlapping segment of the same segmentation untouched."""
-    from AnnotationQCLib.mrml_bridge import new_segmentation, segment_id_by_name, segment_is_empty, set_segment_mask
+    from ClinicalMRICommonLib.mrml_bridge import (
+        new_segmentation,
+        segment_id_by_name,
+        segment_is_empty,
+        set_segment_mask,
+    )
 
     image = make_image()
     volume = sitk_to_volume_node(image, "T2", scene=mrml_scene.scene)
@@ -292,7 +298,7 @@ def test_set_segment_mask_replaces_voxels_and_keeps_the_segment(mrml_scene):
 
 
 def test_ras_lps_points():
-    from AnnotationQCLib.mrml_bridge import lps_to_ras, ras_to_lps
+    from ClinicalMRICommonLib.mrml_bridge import lps_to_ras, ras_to_lps
 
     assert ras_to_lps((1.5, -2.0, 3.0)) == (-1.5, 2.0, 3.0)
     assert lps_to_ras(ras_to_lps((1.5, -2.0, 3.0))) == (1.5, -2.0, 3.0)
@@ -330,7 +336,7 @@ def test_results_table_round_trip(mrml_scene):
 
 
 def test_segment_editor_node_is_one_singleton_per_tag(mrml_scene):
-    from AnnotationQCLib.mrml_bridge import segment_editor_node
+    from ClinicalMRICommonLib.mrml_bridge import segment_editor_node
 
     first = segment_editor_node(mrml_scene.scene, "HRMMPredictSegmentEditor")
     assert first.IsA("vtkMRMLSegmentEditorNode") and first.GetScene() is mrml_scene.scene
@@ -341,7 +347,7 @@ def test_segment_editor_node_is_one_singleton_per_tag(mrml_scene):
 
 
 def test_layout_and_views(mrml_scene):
-    from AnnotationQCLib.mrml_bridge import register_layout, show_in_views, slice_views_layout_xml
+    from ClinicalMRICommonLib.mrml_bridge import register_layout, show_in_views, slice_views_layout_xml
 
     scene = mrml_scene.scene
     layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")

@@ -19,8 +19,8 @@ import SimpleITK as sitk
 
 from slicer_harness import mrml_scene, slicer  # noqa: F401  (fixture + the slicer-core module)
 
-from AnnotationQCLib.common import UserError  # noqa: E402
-from AnnotationQCLib.mrml_bridge import (  # noqa: E402
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.mrml_bridge import (
     new_segmentation,
     register_layout,
     segment_editor_node,
@@ -30,7 +30,7 @@ from AnnotationQCLib.mrml_bridge import (  # noqa: E402
     show_in_views,
     volume_node_to_sitk,
 )
-from AnnotationQCLib.segmentation_metrics import connected_components  # noqa: E402
+from ClinicalMRICommonLib.agreement.segmentation_metrics import connected_components
 from StrokeLesionLib import panel_logic as pl  # noqa: E402
 from StrokeLesionLib.candidate import candidate_mask  # noqa: E402
 from StrokeLesionLib.diffusion import load_diffusion  # noqa: E402
@@ -293,7 +293,7 @@ def test_layout_and_linked_views(mrml_scene):
     assert register_layout(layout, pl.LAYOUT_ID, pl.LAYOUT_XML) == pl.LAYOUT_ID
     assert layout.IsLayoutDescription(pl.LAYOUT_ID)
     from slicer_harness import make_image
-    from AnnotationQCLib.mrml_bridge import sitk_to_volume_node
+    from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
     vols = [sitk_to_volume_node(make_image(seed=i), f"v{i}", scene=scene) for i in range(3)]
     composites = {}
     for name in ("Red", "Yellow"):                    # what Slicer's layout manager creates per view

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from StrokeLesionLib.bids import (ExportOptions, check_derivative_description, export_study, run_validator,
                                   validator_executable)
 from StrokeLesionLib.workflow import Reader, Study

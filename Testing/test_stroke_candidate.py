@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from StrokeLesionLib.candidate import CandidateParams, candidate_mask
 from StrokeLesionLib.diffusion import diffusion_from_images, load_diffusion
 from StrokeLesionLib.metrics import lesion_metrics

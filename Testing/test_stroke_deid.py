@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 
 pydicom = pytest.importorskip("pydicom", reason="pydicom (with dicom-anonymizer) is needed for DICOM de-identification")
 pytest.importorskip("dicomanonymizer", reason="dicom-anonymizer is needed for DICOM de-identification")

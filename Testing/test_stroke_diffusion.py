@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError, same_grid
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import same_grid
 from StrokeLesionLib import diffusion as dif
 
 CASE = "sub-strokecase0009_ses-0001"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.segmentation_metrics import connected_components, dice
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.agreement.segmentation_metrics import connected_components, dice
 from StrokeLesionLib.workflow import (AuditLog, Reader, StudySettings, Study, Thresholds, apply_lesion_choices,
                                       qualification_problems)
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import UserError, atomic_path, read_image, run_cli, write_image_atomic
-from .segmentation_metrics import json_safe
+from ClinicalMRICommonLib.errors import UserError, run_cli
+from ClinicalMRICommonLib.files import atomic_path, write_image_atomic
+from ClinicalMRICommonLib.images import read_image
+from ClinicalMRICommonLib.agreement.segmentation_metrics import json_safe
 
 PROG = "annotation-qc"
 
@@ -51,7 +53,7 @@ def _print_json(obj) -> None:
 
 
 def _read_csv(path: str, what: str) -> pd.DataFrame:
-    from .tables import read_csv_table
+    from ClinicalMRICommonLib.tables import read_csv_table
 
     return read_csv_table(path, what)
 
@@ -75,7 +77,7 @@ def _fmt(v, nd=4) -> str:
 
 
 def _cmd_icc(args) -> int:
-    from .icc import FORMS, format_icc_table, icc_from_long
+    from ClinicalMRICommonLib.agreement.icc import FORMS, format_icc_table, icc_from_long
 
     df = _read_csv(args.input, "ratings")
     res = icc_from_long(df, args.target, args.rater, args.rating, alpha=args.alpha)
@@ -115,7 +117,11 @@ def _read_binary_mask(path: str, what: str, label: int | None):
 
 
 def _cmd_compare(args) -> int:
-    from .segmentation_metrics import EMPTY_MASK_CONVENTION, compare_masks, lesion_detection
+    from ClinicalMRICommonLib.agreement.segmentation_metrics import (
+        EMPTY_MASK_CONVENTION,
+        compare_masks,
+        lesion_detection,
+    )
 
     ref = _read_binary_mask(args.reference, "reference mask", args.label)
     test = _read_binary_mask(args.test, "test mask", args.label)
@@ -149,8 +155,8 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_feature_icc(args) -> int:
-    from .icc import feature_icc, plot_icc_by_class
-    from .tables import read_feature_table
+    from ClinicalMRICommonLib.agreement.icc import feature_icc, plot_icc_by_class
+    from ClinicalMRICommonLib.tables import read_feature_table
 
     csv_mode = bool(args.a or args.b)
     if csv_mode == bool(args.study):
@@ -206,7 +212,7 @@ def _cmd_feature_icc(args) -> int:
 def _cmd_consensus(args) -> int:
     import SimpleITK as sitk
 
-    from .consensus import disagreement_map, majority_vote, staple
+    from ClinicalMRICommonLib.agreement.consensus import disagreement_map, majority_vote, staple
 
     outputs = [(args.out, "--out")] + [(p, o) for p, o in ((args.probability, "--probability"),
                                                            (args.disagreement, "--disagreement")) if p]
@@ -294,7 +300,7 @@ def _cmd_training_report(args) -> int:
 
 
 def _cmd_quality(args) -> int:
-    from .quality import snr_cnr
+    from ClinicalMRICommonLib.quality import snr_cnr
 
     image = read_image(args.image, "image")
     rois = {key: read_image(getattr(args, key), f"{key} ROI")
@@ -312,7 +318,7 @@ def _cmd_quality(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .segmentation_metrics import EMPTY_MASK_CONVENTION
+    from ClinicalMRICommonLib.agreement.segmentation_metrics import EMPTY_MASK_CONVENTION
 
     p = _Parser(prog=PROG, description="Annotation quality: reader agreement (ICC), mask comparison, "
                 "per-feature ICC for radiomics, consensus of several readers, training sessions and "

@@ -40,8 +40,9 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from .common import UserError, read_image
-from .mrml_bridge import (
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.images import read_image
+from ClinicalMRICommonLib.mrml_bridge import (
     new_segmentation,
     node_label,
     require_in_scene,
@@ -285,8 +286,8 @@ def compare_segments(segmentation_a, segment_a: str, segmentation_b, segment_b: 
     by ``disagreement_map``'s two labels as segments "readers disagree" and "both readers
     agree". Returns ``{"metrics", "lesions", "resampled": [a, b], "disagreement_voxels",
     "agreement_voxels"}``."""
-    from .consensus import disagreement_map
-    from .segmentation_metrics import compare_masks, lesion_detection
+    from ClinicalMRICommonLib.agreement.consensus import disagreement_map
+    from ClinicalMRICommonLib.agreement.segmentation_metrics import compare_masks, lesion_detection
 
     mask_a, resampled_a = segment_to_sitk_mask(segmentation_a, segment_a, reference_volume_node)
     mask_b, resampled_b = segment_to_sitk_mask(segmentation_b, segment_b, reference_volume_node)
@@ -320,7 +321,7 @@ def compare_segments(segmentation_a, segment_a: str, segmentation_b, segment_b: 
 def icc_rows(table: pd.DataFrame, threshold: float = 0.75) -> list[dict]:
     """Rows of a ``feature_icc`` table: feature, class, icc, ci_low, ci_high, interpretation,
     n, and whether the feature reaches ``threshold``."""
-    from .icc import feature_class
+    from ClinicalMRICommonLib.agreement.icc import feature_class
 
     rows = []
     for feature, r in table.iterrows():
@@ -337,7 +338,7 @@ def icc_rows(table: pd.DataFrame, threshold: float = 0.75) -> list[dict]:
 def icc_class_rows(table: pd.DataFrame, threshold: float = 0.75) -> list[dict]:
     """Per radiomics feature class: features, defined ICCs, median ICC and how many reach
     ``threshold`` (the numbers under the boxes of the ICC-by-class plot)."""
-    from .icc import feature_class
+    from ClinicalMRICommonLib.agreement.icc import feature_class
 
     classes = pd.Series([feature_class(str(f)) for f in table.index], index=table.index)
     rows = []
@@ -354,7 +355,7 @@ def icc_to_nodes(table: pd.DataFrame, *, threshold: float = 0.75, table_node=Non
                  plot_png: str | os.PathLike | None = None, title: str | None = None) -> dict:
     """Write a ``feature_icc`` table into table nodes and draw the ICC-by-class plot (PNG).
     Returns ``{"rows", "class_rows", "plot", "n_features", "n_passing"}``."""
-    from .icc import plot_icc_by_class
+    from ClinicalMRICommonLib.agreement.icc import plot_icc_by_class
 
     rows, class_rows = icc_rows(table, threshold), icc_class_rows(table, threshold)
     if table_node is not None:
@@ -371,8 +372,8 @@ def icc_to_nodes(table: pd.DataFrame, *, threshold: float = 0.75, table_node=Non
 def feature_icc_from_csv(csv_a: str | os.PathLike, csv_b: str | os.PathLike, id_column: str,
                          form: str = "ICC(A,1)") -> pd.DataFrame:
     """``feature_icc`` of two feature tables (CSV files), as ``annotation-qc feature-icc``."""
-    from .icc import feature_icc
-    from .tables import read_feature_table
+    from ClinicalMRICommonLib.agreement.icc import feature_icc
+    from ClinicalMRICommonLib.tables import read_feature_table
 
     if not str(id_column).strip():
         raise UserError("enter the name of the case id column of the feature tables")
@@ -485,7 +486,7 @@ def quality_roi_segmentation(volume_node, *, scene=None):
 def measure_snr_cnr(volume_node, roi_segmentation_node, *, rayleigh_correction: bool = False) -> dict:
     """SNR (and CNR when the "tissue" segment is drawn) of a volume from the ROI segments of
     :func:`quality_roi_segmentation`, exported onto the volume's grid (quality.snr_cnr)."""
-    from .quality import snr_cnr
+    from ClinicalMRICommonLib.quality import snr_cnr
 
     rois = content_segments(roi_segmentation_node)
     missing = [r for r in ("signal", "background") if r not in rois]

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -43,8 +42,11 @@ from typing import Callable
 import pandas as pd
 import SimpleITK as sitk
 
-from .common import UserError, grid_difference, read_image, same_grid, write_image_atomic, write_json_atomic
-from AnnotationQCLib.common import sha256_file  # noqa: F401  (one owner; re-exported)
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import append_jsonl, read_jsonl, sha256_file, write_image_atomic, write_json_atomic
+from ClinicalMRICommonLib.grids import grid_difference, same_grid
+from ClinicalMRICommonLib.images import read_grid, read_image
+from ClinicalMRICommonLib.masks import binary_mask
 
 FORMAT = "annotationqc-study/1"
 ROLES = ("annotator", "reviewer", "arbitrator")
@@ -96,11 +98,6 @@ def parse_mask_name(name: str) -> tuple[str, str, str]:
 # Files of a study or training session (also used by training.py and quality.py)
 
 
-def binary_mask(mask: sitk.Image) -> sitk.Image:
-    """The mask as UInt8 0/1 (any non-zero voxel is 1), as masks are stored."""
-    return sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
-
-
 def read_json_document(path: Path, fmt: str, missing: str) -> dict:
     """A folder's JSON description (study.json, session.json) of format ``fmt``; UserError
     ``missing`` when the file is absent, and one naming the file when it is not valid JSON or
@@ -114,67 +111,6 @@ def read_json_document(path: Path, fmt: str, missing: str) -> dict:
     if doc.get("format") != fmt:
         raise UserError(f"{path} has format {doc.get('format')!r}; expected {fmt!r}")
     return doc
-
-
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one record to a JSON-lines log (created when missing; never rewritten), synced
-    to disk before returning."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
-    """The records of a JSON-lines log (none when the file is missing); a damaged line is a
-    UserError naming the file, the line and ``what`` (e.g. "reading log")."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    out = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{p} line {i} is not valid JSON; the {what} is damaged") from None
-    return out
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """Grid of an image file read from its header only (duck-types the sitk.Image getters
-    used by same_grid / grid_difference)."""
-
-    size: tuple
-    spacing: tuple
-    origin: tuple
-    direction: tuple
-
-    def GetSize(self):  # noqa: N802 - mirrors sitk.Image
-        return self.size
-
-    def GetSpacing(self):  # noqa: N802
-        return self.spacing
-
-    def GetOrigin(self):  # noqa: N802
-        return self.origin
-
-    def GetDirection(self):  # noqa: N802
-        return self.direction
-
-
-def _image_info(path: Path) -> _Grid:
-    """The grid of an image file without reading its voxels."""
-    r = sitk.ImageFileReader()
-    r.SetFileName(str(path))
-    try:
-        r.ReadImageInformation()
-    except RuntimeError:
-        raise UserError(f"source image {path} could not be read; check the study's image paths") from None
-    return _Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
 
 
 class ReaderStudy:
@@ -316,7 +252,7 @@ class ReaderStudy:
         check_name(content, "content")
         src = self.source_image(case_id, sequence)
         path = self.mask_path(reader_id, case_id, sequence, content, session)
-        grid = _image_info(src)
+        grid = read_grid(src, "source image")
         if not isinstance(mask, sitk.Image):
             raise UserError("mask must be a SimpleITK image")
         if not same_grid(mask, grid):
@@ -381,7 +317,7 @@ class ReaderStudy:
         qpath = self.folder / "quality.jsonl"
         if not qpath.exists():
             return set()
-        from .quality import flagged_series, read_quality_log
+        from ClinicalMRICommonLib.quality import flagged_series, read_quality_log
 
         return set(flagged_series(read_quality_log(qpath)))
 
@@ -454,7 +390,7 @@ class ReaderStudy:
     def agreement(self, reader_a: str, reader_b: str, session_a: str = "first", session_b: str = "first",
                   tolerance_mm: float = 1.0) -> pd.DataFrame:
         """compare_masks for every pair of :meth:`mask_pairs` (reader_a is the reference)."""
-        from .segmentation_metrics import METRIC_KEYS, compare_masks
+        from ClinicalMRICommonLib.agreement.segmentation_metrics import METRIC_KEYS, compare_masks
 
         pairs = self.mask_pairs(reader_a, reader_b, session_a, session_b)
         rows = []
@@ -534,7 +470,7 @@ def study_feature_icc(study: "ReaderStudy", reader_a: str, reader_b: str, sessio
     Returns ``{"table", "features_a", "features_b", "sequence", "content", "n_cases",
     "skipped_empty", "form"}``.
     """
-    from .icc import feature_icc
+    from ClinicalMRICommonLib.agreement.icc import feature_icc
 
     tables = _study_feature_tables(study, reader_a, reader_b, session_a, session_b, sequence, content,
                                    feature_extractor)

@@ -45,7 +45,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import UserError
+from ClinicalMRICommonLib.errors import UserError
 
 RESOURCES = Path(__file__).resolve().parent / "Resources"
 TERMINOLOGY_FILE = RESOURCES / "SegmentationCategoryTypeModifier-CNSTumour.term.json"

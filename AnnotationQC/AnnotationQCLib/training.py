@@ -38,11 +38,15 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .common import (UserError, atomic_path, grid_difference, read_image, same_grid, write_image_atomic,
-                     write_json_atomic, write_text_atomic)
-from .icc import feature_icc, koo_li
-from .segmentation_metrics import compare_masks, json_safe
-from .sessions import binary_mask, check_name, mask_name, read_json_document, sha256_file
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import atomic_path, write_image_atomic, write_json_atomic, write_text_atomic
+from ClinicalMRICommonLib.grids import grid_difference, same_grid
+from ClinicalMRICommonLib.images import read_image
+from ClinicalMRICommonLib.agreement.icc import feature_icc, koo_li
+from ClinicalMRICommonLib.agreement.segmentation_metrics import compare_masks, json_safe
+from .sessions import check_name, mask_name, read_json_document
+from ClinicalMRICommonLib.masks import binary_mask
+from ClinicalMRICommonLib.files import sha256_file
 
 FORMAT = "annotationqc-training/1"
 MIN_CASES = 5
@@ -78,7 +82,7 @@ def cases_from_csv(path: str | os.PathLike) -> list[dict]:
     mask paths are taken relative to the CSV file's folder."""
     import math
 
-    from .tables import read_csv_table
+    from ClinicalMRICommonLib.tables import read_csv_table
 
     table = read_csv_table(path, "training cases")
     missing = [c for c in CASE_COLUMNS if c not in table.columns]

@@ -32,8 +32,9 @@ from typing import Any
 
 import pandas as pd
 
-from AnnotationQCLib.common import UserError, write_json_atomic
-from AnnotationQCLib.common import sha256_file  # noqa: F401  (one owner; re-exported)
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import write_json_atomic
+from ClinicalMRICommonLib.files import sha256_file
 
 FORMAT = "hrmm-model-bundle"
 FORMAT_VERSION = 1

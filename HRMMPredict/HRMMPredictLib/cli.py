@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from AnnotationQCLib.common import UserError, atomic_path, run_cli
+from ClinicalMRICommonLib.errors import UserError, run_cli
+from ClinicalMRICommonLib.files import atomic_path
 
 
 def _eprint(*a) -> None:
@@ -85,7 +86,8 @@ def cmd_extract(a) -> int:
     import pandas as pd
 
     from HRMMPredictLib import radiomics_features as rf
-    from AnnotationQCLib.common import check_finite, read_image, read_mask
+    from ClinicalMRICommonLib.images import check_finite, read_image
+    from ClinicalMRICommonLib.masks import read_mask
 
     params = rf.load_params(a.params)
     img = read_image(a.image, "image")

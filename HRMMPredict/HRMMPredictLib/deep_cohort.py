@@ -36,7 +36,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError, atomic_path, check_finite, read_image, read_mask, write_json_atomic
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import atomic_path, write_json_atomic
+from ClinicalMRICommonLib.images import check_finite, read_image
+from ClinicalMRICommonLib.masks import read_mask
 from HRMMPredictLib.deep_input import (DEFAULT_MARGIN, DEFAULT_SIZE, DEFAULT_UNSHARP, SEQUENCE_ORDER, crop_25d,
                                        save_preview_png, stack_25d)
 

@@ -71,7 +71,9 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFilter
 
-from AnnotationQCLib.common import UserError, atomic_path, grid_difference, same_grid
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import atomic_path
+from ClinicalMRICommonLib.grids import grid_difference, same_grid
 
 SEQUENCE_ORDER = ("T1WI", "T2WI", "FS-T2WI")
 DEFAULT_MARGIN = 5

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from AnnotationQCLib.common import UserError, atomic_path
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import atomic_path
 
 N_FEATURES = 1664               # DenseNet169's channels after norm5
 N_CLASSES = 2                   # 0 = SRMM, 1 = HRMM

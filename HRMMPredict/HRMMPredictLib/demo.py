@@ -15,7 +15,7 @@ from typing import Callable
 
 import pandas as pd
 
-from AnnotationQCLib.common import write_json_atomic
+from ClinicalMRICommonLib.files import write_json_atomic
 
 
 DEMO_EPOCHS = 2

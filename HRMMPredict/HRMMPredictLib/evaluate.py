@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.bundle import Bundle, load_bundle, software_versions
 
 ID_COLUMNS = ("lesion_id", "patient_id", "label", "split")

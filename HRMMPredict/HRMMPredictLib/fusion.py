@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.deep_cohort import DeepInputConfig
 
 PCA_MAX_COMPONENTS = 256

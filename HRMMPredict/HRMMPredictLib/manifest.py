@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError, grid_difference
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import grid_difference
 
 REQUIRED = ("patient_id", "lesion_id", "label", "t1", "t2", "fst2", "roi")
 OPTIONAL_ROIS = ("roi_reader2", "roi_repeat")

@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.selection import CorrelationFilter, LassoSelector, MannWhitneySelector, MRMRSelector
 
 PAPER_EXTRATREES = {"n_estimators": 4, "max_depth": 2, "min_samples_split": 2, "random_state": 0}
@@ -92,7 +92,7 @@ class ReaderAgreementFilter(TransformerMixin, BaseEstimator):
         self.form = form
 
     def fit(self, X: pd.DataFrame, y=None):
-        from AnnotationQCLib.icc import feature_icc
+        from ClinicalMRICommonLib.agreement.icc import feature_icc
 
         if not hasattr(X, "index"):
             raise TypeError("ReaderAgreementFilter needs a DataFrame indexed by lesion id")

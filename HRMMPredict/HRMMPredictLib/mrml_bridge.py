@@ -2,7 +2,7 @@
 nodes, and the prediction the panel runs (``predict_from_nodes``, the same numbers as
 ``hrmm predict``).
 
-The generic node <-> image and table helpers live in :mod:`AnnotationQCLib.mrml_bridge`
+The generic node <-> image and table helpers live in :mod:`ClinicalMRICommonLib.mrml_bridge`
 (the bottom of the extension's dependency graph) and are re-exported here. Like that
 module, this one needs MRML only (no Qt), so it runs in Slicer and under ``slicer-core``.
 """
@@ -16,8 +16,10 @@ from typing import Callable, Mapping
 
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError, json_safe, same_grid
-from AnnotationQCLib.mrml_bridge import (  # noqa: F401  (re-exported for the module file)
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import json_safe
+from ClinicalMRICommonLib.grids import same_grid
+from ClinicalMRICommonLib.mrml_bridge import (  # noqa: F401  (re-exported for the module file)
     require_in_scene,
     results_to_table_node,
     segment_to_sitk_mask,

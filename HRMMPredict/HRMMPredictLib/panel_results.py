@@ -15,7 +15,8 @@ import os
 import re
 from pathlib import Path
 
-from AnnotationQCLib.common import UserError, atomic_path, json_safe, write_json_atomic
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import atomic_path, json_safe, write_json_atomic
 
 FUSED_MODEL = "fusion"
 

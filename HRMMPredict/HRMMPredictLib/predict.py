@@ -18,7 +18,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError, check_finite, read_image, read_mask, same_grid, resample_mask_to
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.images import check_finite, read_image
+from ClinicalMRICommonLib.masks import read_mask
+from ClinicalMRICommonLib.grids import same_grid, resample_mask_to
 from HRMMPredictLib.bundle import Bundle, load_bundle
 from HRMMPredictLib.fusion import DEEP_FEATURE_PREFIX, is_deep_feature
 from HRMMPredictLib.radiomics_features import (MIN_ROI_VOXELS, SEQUENCE_NAMES, PreprocessConfig, extract_features,

@@ -31,7 +31,7 @@ import sys
 import traceback
 from pathlib import Path
 
-if __name__ == "__main__":  # run by path: import the package, not sibling files, and find AnnotationQCLib
+if __name__ == "__main__":  # run by path: import the package, not sibling files, and find ClinicalMRICommonLib
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
     sys.path.insert(0, os.path.dirname(_here))
@@ -71,7 +71,7 @@ def write_request(folder: str | os.PathLike, images: dict, roi, model_dir: str |
     """Write a case (``images``: sequence -> SimpleITK image; ``roi``: one mask on their shared
     grid, or sequence -> mask) and what to do with it into ``folder``; returns the request
     file. The files are written atomically; the folder is the panel's temporary job folder."""
-    from AnnotationQCLib.common import write_image_atomic, write_json_atomic
+    from ClinicalMRICommonLib.files import write_image_atomic, write_json_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def write_request(folder: str | os.PathLike, images: dict, roi, model_dir: str |
 
 def read_request(path: str | os.PathLike) -> dict:
     """The request with its file names made absolute; UserError when it is not one."""
-    from AnnotationQCLib.common import UserError
+    from ClinicalMRICommonLib.errors import UserError
 
     path = Path(path)
     try:
@@ -130,7 +130,8 @@ def _progress(message: str) -> None:
 
 def run_request(request_path: str | os.PathLike) -> dict:
     """Predict the case of a request; writes its result file and returns the result."""
-    from AnnotationQCLib.common import read_image, write_json_atomic
+    from ClinicalMRICommonLib.images import read_image
+    from ClinicalMRICommonLib.files import write_json_atomic
     from HRMMPredictLib.predict import predict_case
     from HRMMPredictLib.radiomics_features import SEQUENCE_NAMES
 
@@ -151,7 +152,7 @@ def probe_device() -> dict:
     """What the deep model could run on: PyTorch's version and build, the CUDA device
     ``auto`` would pick (its description from ``deep_model.select_device``), and why a GPU
     cannot be used when it cannot."""
-    from AnnotationQCLib.common import UserError
+    from ClinicalMRICommonLib.errors import UserError
 
     info: dict = {"torch": None, "cuda_build": None, "auto": None, "gpu": None, "gpu_unavailable": None}
     try:
@@ -177,8 +178,8 @@ def worker_command(request_path: str | os.PathLike | None = None, *, probe: bool
     """The command line that runs this worker by path (what the panel starts)."""
     from HRMMPredictLib.process_runner import worker_python
 
-    annotation_qc = Path(__import__("AnnotationQCLib").__file__).resolve().parent.parent
-    args = [python or worker_python(), str(Path(__file__).resolve()), "--module-path", str(annotation_qc)]
+    common = Path(__import__("ClinicalMRICommonLib").__file__).resolve().parent.parent
+    args = [python or worker_python(), str(Path(__file__).resolve()), "--module-path", str(common)]
     if probe:
         return args + ["--probe-device"]
     return args + ["--request", str(request_path)]
@@ -206,7 +207,7 @@ def _main(argv: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors are one ``error`` message + ``error: ...`` on stderr, exit 2;
     anything else a traceback on stderr + an ``error`` message, exit 1."""
-    from AnnotationQCLib.common import UserError
+    from ClinicalMRICommonLib.errors import UserError
     from HRMMPredictLib.process_runner import emit_message
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

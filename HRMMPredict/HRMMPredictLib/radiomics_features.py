@@ -23,7 +23,10 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from AnnotationQCLib.common import UserError, check_finite, read_image, read_mask, sha256_file
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.images import check_finite, read_image
+from ClinicalMRICommonLib.masks import read_mask
+from ClinicalMRICommonLib.files import sha256_file
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent / "Resources" / "hrmm_radiomics.yaml"
 SEQUENCES = ("t1", "t2", "fst2")
@@ -350,7 +353,7 @@ def _run_task(args) -> tuple[int, dict | None, str | None]:
     except UserError as exc:
         return idx, None, f"{task.lesion_id} {task.sequence} {task.roi_kind}: {exc}"
     if cache_file:
-        from AnnotationQCLib.common import write_json_atomic
+        from ClinicalMRICommonLib.files import write_json_atomic
 
         write_json_atomic(cache_file, feats, indent=None)
     return idx, dict(feats), None

@@ -25,7 +25,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from AnnotationQCLib.common import UserError, write_text_atomic
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import write_text_atomic
 
 from . import stats
 

@@ -30,7 +30,7 @@ Conventions used throughout (they are part of the contract, tests check them):
   a predicted risk of exactly 0 is never treated, so at pt = 0 the model treats the cases
   with risk > 0 and "treat all" treats everyone. Thresholds must lie in [0, 1).
 
-Every function checks its input and raises :class:`AnnotationQCLib.common.UserError` with a
+Every function checks its input and raises :class:`ClinicalMRICommonLib.errors.UserError` with a
 one-line message for: length mismatch, labels other than 0/1, fewer than two cases of a
 class, NaN/infinite or constant scores, probabilities outside [0, 1].
 """
@@ -43,8 +43,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.common import json_safe as _common_json_safe
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import json_safe as _common_json_safe
 
 # scipy is imported lazily (only the Hosmer-Lemeshow p-value needs it): the command line
 # starts faster without scipy.stats.
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-json_safe = _common_json_safe  # one owner: AnnotationQCLib.common
+json_safe = _common_json_safe  # one owner: ClinicalMRICommonLib.files
 
 
 # ---------------------------------------------------------------------------------------

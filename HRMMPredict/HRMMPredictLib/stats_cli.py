@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from AnnotationQCLib.common import UserError, run_cli
+from ClinicalMRICommonLib.errors import UserError, run_cli
 
 from . import stats
 

@@ -45,7 +45,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from AnnotationQCLib.common import UserError, atomic_path, write_image_atomic, write_json_atomic
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import atomic_path, write_image_atomic, write_json_atomic
 
 __all__ = ["generate_cohort", "generate_case", "MANIFEST_COLUMNS", "SEQUENCES", "ROI_KEYS",
            "SAGITTAL_DIRECTION", "TISSUE_LABELS"]

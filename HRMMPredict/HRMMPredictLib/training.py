@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from AnnotationQCLib.common import json_safe
+from ClinicalMRICommonLib.files import json_safe
 from HRMMPredictLib import bundle as bundle_mod
 from HRMMPredictLib.fusion import (FUSION_FIT_MODES, DeepOptions, auc_or_none, deep_outputs, fit_pca,
                                    fusion_table, pca_frame, torch_threads, train_fusion_models,

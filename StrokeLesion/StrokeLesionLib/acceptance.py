@@ -16,7 +16,7 @@ Checks, each case (subject/session) and the dataset as a whole:
   and no identifying sidecar key left (deid.clean_sidecar finds nothing to remove);
 * file naming - every file matches the names this layout allows (and, with
   ``run_official_validator``, bids-validator-deno reports no error);
-* quality - every image has a Likert grade >= 3 (AnnotationQCLib.quality.MIN_LIKERT) and SNR
+* quality - every image has a Likert grade >= 3 (ClinicalMRICommonLib.quality.MIN_LIKERT) and SNR
   and CNR in scans.tsv.
 
 Writes ``acceptance_report.json`` and ``acceptance_report.html`` (never over existing ones).
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 
 from .bids import check_derivative_description
 
@@ -96,7 +96,7 @@ def _read_tsv(path: Path) -> list[dict]:
 
 def check_dataset(dataset: str | os.PathLike, *, run_official_validator: bool = False) -> dict:
     """Run the acceptance checks; returns the report dict (``accepted`` True/False)."""
-    from AnnotationQCLib.quality import MIN_LIKERT
+    from ClinicalMRICommonLib.quality import MIN_LIKERT
 
     from .deid import clean_sidecar
     root = Path(dataset)

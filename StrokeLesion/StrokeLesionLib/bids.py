@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 
 from .deid import clean_sidecar, method_text
 from .workflow import Study

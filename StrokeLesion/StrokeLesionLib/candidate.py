@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError
-from AnnotationQCLib.segmentation_metrics import connected_components
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.agreement.segmentation_metrics import connected_components
 
 from .diffusion import DiffusionCase, check_threshold_mm2s
 
@@ -66,7 +66,7 @@ def voxel_volume_ml(img: sitk.Image) -> float:
 
 
 def remove_small_islands(mask: sitk.Image, min_voxels: float, connectivity: int = 26) -> tuple[np.ndarray, int, int]:
-    """Drop connected components (AnnotationQCLib's lesion definition: 26- or 6-connected)
+    """Drop connected components (ClinicalMRICommonLib.agreement's lesion definition: 26- or 6-connected)
     with fewer than ``min_voxels`` voxels. Returns (mask array z,y,x, n_kept, n_removed)."""
     lab, n = connected_components(mask, connectivity)
     if n == 0:
@@ -164,7 +164,7 @@ def lesion_table(mask: sitk.Image, case: DiffusionCase, flair: sitk.Image | None
     ratios of DWI and (with ``flair`` already on the DWI grid, see
     diffusion.resample_to_grid) FLAIR, and the centroid (LPS mm).
     """
-    from AnnotationQCLib.common import same_grid
+    from ClinicalMRICommonLib.grids import same_grid
     if not same_grid(mask, case.dwi):
         raise UserError("the lesion mask is not on the DWI grid")
     if flair is not None and not same_grid(flair, case.dwi):

@@ -1,7 +1,7 @@
 """``stroke-lesion``: the command line of the acute-stroke annotation workflow.
 
 Every subcommand is a thin wrapper over the library; bad input ends as one line
-``error: ...`` on stderr and exit status 2 (AnnotationQCLib.common.run_cli).
+``error: ...`` on stderr and exit status 2 (ClinicalMRICommonLib.errors.run_cli).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from AnnotationQCLib.common import UserError, run_cli, to_jsonable, write_image_atomic
+from ClinicalMRICommonLib.errors import UserError, run_cli
+from ClinicalMRICommonLib.files import json_safe as to_jsonable, write_image_atomic
 
 
 class _Parser(argparse.ArgumentParser):

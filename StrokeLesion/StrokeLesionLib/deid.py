@@ -31,7 +31,8 @@ import json
 import os
 from pathlib import Path
 
-from AnnotationQCLib.common import UserError, write_json_atomic
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import write_json_atomic
 
 DEID_TABLE = "dicomfields_2026c"
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")

@@ -26,7 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from AnnotationQCLib.common import UserError, check_finite, grid_difference, read_image, same_grid
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.images import check_finite, read_image
+from ClinicalMRICommonLib.grids import grid_difference, same_grid
 
 #: Scale factor from each supported unit to mm2/s (the canonical unit).
 ADC_UNITS: dict[str, float] = {"mm2/s": 1.0, "1e-3mm2/s": 1e-3, "1e-6mm2/s": 1e-6}

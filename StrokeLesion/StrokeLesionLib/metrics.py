@@ -1,6 +1,6 @@
 """ISLES'22 evaluation metrics of a predicted lesion mask against a reference mask.
 
-The agreement itself is AnnotationQCLib's (one owner): ``dice`` (both empty -> 1) and
+The agreement itself is ClinicalMRICommonLib.agreement's (one owner): ``dice`` (both empty -> 1) and
 ``lesion_detection`` (26-connected components, a single overlapping voxel is a hit,
 lesion F1 = 2TP / (2TP + FP + FN), absolute lesion-count difference). This module only
 reads the files, checks them and adds the ISLES'22 absolute volume difference
@@ -14,8 +14,10 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
-from AnnotationQCLib.common import UserError, grid_difference, read_image, resample_mask_to, same_grid
-from AnnotationQCLib.segmentation_metrics import dice, lesion_detection
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import grid_difference, resample_mask_to, same_grid
+from ClinicalMRICommonLib.images import read_image
+from ClinicalMRICommonLib.agreement.segmentation_metrics import dice, lesion_detection
 
 ISLES_KEYS = ("dice", "abs_volume_diff_ml", "abs_lesion_count_diff", "lesion_f1")
 
@@ -34,7 +36,7 @@ def volume_ml(mask: sitk.Image) -> float:
 def lesion_metrics(truth: sitk.Image, pred: sitk.Image, *, detail: bool = False) -> dict:
     """``{"dice", "abs_volume_diff_ml", "abs_lesion_count_diff", "lesion_f1"}`` (ISLES'22).
 
-    With ``detail`` also the lesion counts and matches of AnnotationQCLib.lesion_detection
+    With ``detail`` also the lesion counts and matches of ClinicalMRICommonLib.agreement.segmentation_metrics.lesion_detection
     and both volumes.
     """
     t, p = binary_mask(truth), binary_mask(pred)

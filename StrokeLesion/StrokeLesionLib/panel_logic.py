@@ -1,11 +1,11 @@
 """StrokeLesion's Slicer logic: MRML nodes <-> StrokeLesionLib, without Qt.
 
-With AnnotationQCLib.mrml_bridge this is the only StrokeLesion library file that imports
+With ClinicalMRICommonLib.mrml_bridge this is the only StrokeLesion library file that imports
 ``slicer``. It needs MRML only, so it runs in the Slicer application and under
 ``slicer-core``, where Testing/test_slicer_stroke.py runs it on real scenes with the real
 ISLES'22 case. The panel (StrokeLesion.py) only collects the user's choices and calls these
 functions; every number comes from the library. The generic node helpers (segments, views,
-layouts, the Segment Editor node, RAS/LPS points) are AnnotationQCLib.mrml_bridge's; the
+layouts, the Segment Editor node, RAS/LPS points) are ClinicalMRICommonLib.mrml_bridge's; the
 panel gives them this module's LAYOUT_ID, LAYOUT_XML and SEGMENT_EDITOR_TAG.
 
 - loading: DWI/ADC(/FLAIR) from files or a session folder (bids.find_session_images), ADC
@@ -16,7 +16,7 @@ panel gives them this module's LAYOUT_ID, LAYOUT_XML and SEGMENT_EDITOR_TAG.
 - two readers: workflow.Study (annotate, blinding through Study.case_view, compare, review,
   arbitrate, notes), masks exchanged as segments on the case's DWI grid;
 - review view: annotators A and B as two segmentations shown in two views, their
-  disagreement (AnnotationQCLib.consensus.disagreement_map) as a label map, the comparison's
+  disagreement (ClinicalMRICommonLib.agreement.consensus.disagreement_map) as a label map, the comparison's
   numbers and one row per lesion with the notes attached to it;
 - export: bids.export_study + the official validator + our GeneratedBy check; acceptance.
 
@@ -34,8 +34,10 @@ from typing import Callable
 import SimpleITK as sitk
 import slicer
 
-from AnnotationQCLib.common import UserError, read_image, same_grid
-from AnnotationQCLib.mrml_bridge import (
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.images import read_image
+from ClinicalMRICommonLib.grids import same_grid
+from ClinicalMRICommonLib.mrml_bridge import (
     lps_to_ras,
     new_segmentation,
     node_label,
@@ -60,7 +62,7 @@ LESION_SEGMENT = "lesion"
 SEGMENT_COLORS = {CANDIDATE_SEGMENT: (0.95, 0.80, 0.10), SHINE_THROUGH_SEGMENT: (0.30, 0.60, 1.00),
                   LESION_SEGMENT: (0.90, 0.20, 0.20), "annotator A": (0.95, 0.55, 0.10),
                   "annotator B": (0.20, 0.75, 0.95), "consensus": (0.30, 0.85, 0.30)}
-#: Disagreement label map values (AnnotationQCLib.consensus): 1 only one reader, 2 both readers.
+#: Disagreement label map values (ClinicalMRICommonLib.agreement.consensus): 1 only one reader, 2 both readers.
 DISAGREEMENT_COLORS = {1: ("one reader only", (1.0, 0.15, 0.15)), 2: ("both readers", (0.2, 0.9, 0.2))}
 #: The three axial views of the panel's layout (slice view names in Slicer).
 VIEWS = ("Red", "Yellow", "Green")
@@ -484,7 +486,7 @@ class ReviewNodes:
 
 
 def compare_case(study, case_id: str, by: str) -> dict:
-    """Study.compare (AnnotationQCLib: Dice, lesion-wise matching, volume difference)."""
+    """Study.compare (ClinicalMRICommonLib.agreement: Dice, lesion-wise matching, volume difference)."""
     if not by:
         raise UserError("enter your reader id first (the study records who did what)")
     return study.compare(case_id, by=by)["what"]
@@ -523,7 +525,7 @@ def load_review(study, case_id: str, viewer: str, dwi_node, *, views=("Red", "Ye
     one of ``views``, their disagreement map and the lesion-id map as label maps, and a
     table with one row per lesion (notes attached). Annotators cannot open it before the
     case is final (blinding)."""
-    from AnnotationQCLib.consensus import disagreement_map
+    from ClinicalMRICommonLib.agreement.consensus import disagreement_map
 
     say = _say(progress)
     view = reader_view(study, case_id, viewer)

@@ -1,7 +1,7 @@
 """Case-level two-reader workflow of the acute-stroke consensus (method.md section 3).
 
 Every case is annotated independently by two qualified annotators (A and B, blinded to
-each other); the system compares the two masks (AnnotationQCLib: Dice, lesion-wise
+each other); the system compares the two masks (ClinicalMRICommonLib.agreement: Dice, lesion-wise
 matches, volume difference); a case whose disagreement exceeds the study's thresholds goes
 to the reviewer, who decides lesion by lesion (A, B, union, intersection, an edited mask,
 or none); a case the reviewer marks disputed goes to the arbitrator, whose decision is
@@ -48,8 +48,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from AnnotationQCLib.common import UserError, grid_difference, read_image, same_grid
-from AnnotationQCLib.common import sha256_file  # noqa: F401  (one owner; re-exported)
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import grid_difference, same_grid
+from ClinicalMRICommonLib.images import read_image
+from ClinicalMRICommonLib.files import sha256_file
 
 # ---------------------------------------------------------------------------------------
 # Readers and roles
@@ -300,9 +302,9 @@ def _img(a: np.ndarray, like: sitk.Image, dtype=np.uint8) -> sitk.Image:
 
 
 def lesion_label_map(a: np.ndarray, b: np.ndarray, like: sitk.Image, connectivity: int = 26) -> tuple[np.ndarray, int]:
-    """Lesions for the review: connected components of A union B (AnnotationQCLib's
+    """Lesions for the review: connected components of A union B (ClinicalMRICommonLib.agreement's
     definition), numbered 1..n in SimpleITK's raster order."""
-    from AnnotationQCLib.segmentation_metrics import connected_components
+    from ClinicalMRICommonLib.agreement.segmentation_metrics import connected_components
     lab, n = connected_components(_img(a | b, like), connectivity)
     return lab, n
 
@@ -735,7 +737,7 @@ class Study:
                 what["resolved_on"] = "compare"
                 what["lesion"] = int(lab[k, j, i]) or None
             elif role in ANNOTATOR_SLOTS and role in st.annotations:
-                from AnnotationQCLib.segmentation_metrics import connected_components
+                from ClinicalMRICommonLib.agreement.segmentation_metrics import connected_components
                 own = self.read_mask_version(case_id, st.annotations[role][-1])
                 lab, _ = connected_components(own, self.settings.lesion_connectivity)
                 what["resolved_on"] = f"{role} v{st.annotations[role][-1]['version']}"
@@ -746,8 +748,8 @@ class Study:
     # -- compare -------------------------------------------------------------------------
 
     def compare(self, case_id: str, *, by: str, tolerance_mm: float = 1.0) -> dict:
-        """Compare the latest masks of A and B (AnnotationQCLib) and route the case."""
-        from AnnotationQCLib.segmentation_metrics import compare_masks, lesion_detection
+        """Compare the latest masks of A and B (ClinicalMRICommonLib.agreement) and route the case."""
+        from ClinicalMRICommonLib.agreement.segmentation_metrics import compare_masks, lesion_detection
         with _lock(self.case_dir(case_id)):
             st = self.state(case_id)
             if st.status != "ready_to_compare":
@@ -811,7 +813,7 @@ class Study:
             return _img(a | b, a_img)
         if method == "intersection" or not (a.any() or b.any()):
             return _img(a & b, a_img)
-        from AnnotationQCLib.consensus import staple
+        from ClinicalMRICommonLib.agreement.consensus import staple
         cons, _, _ = staple([a_img, b_img])
         return _binary(cons)
 
@@ -966,11 +968,11 @@ class Study:
         """Record a series' image quality (Likert 1-5, SNR, CNR) in the case's audit trail.
 
         The record and its flag rule (Likert < 3, or SNR/CNR below the given minimums, needs
-        a reason and excludes the series) are AnnotationQCLib.quality's; with
+        a reason and excludes the series) are ClinicalMRICommonLib.quality's; with
         ``roi_labelmap`` (labels 1 signal, 2 background, 3 tissue on the series' grid) SNR
-        and CNR are measured by AnnotationQCLib.quality.snr_cnr_from_labelmap.
+        and CNR are measured by ClinicalMRICommonLib.quality.snr_cnr_from_labelmap.
         """
-        from AnnotationQCLib.quality import make_record, snr_cnr_from_labelmap
+        from ClinicalMRICommonLib.quality import make_record, snr_cnr_from_labelmap
         info = self.case_info(case_id)
         if series not in info["images"]:
             raise UserError(f"case {case_id} has no {series} image; series: {', '.join(info['images'])}")

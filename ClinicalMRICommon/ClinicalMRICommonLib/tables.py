@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .common import UserError
+from ClinicalMRICommonLib.errors import UserError
 
 
 def read_csv_table(path: str | os.PathLike, what: str) -> pd.DataFrame:

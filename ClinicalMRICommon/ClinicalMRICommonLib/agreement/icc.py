@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from .common import UserError, atomic_path
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import atomic_path
 
 #: McGraw & Wong name -> Shrout & Fleiss name, in the order results are reported.
 FORMS: dict[str, str] = {

@@ -19,7 +19,7 @@ exactly what Slicer would export, transforms between the segmentation and the vo
 included. Masks go into segments through Slicer's labelmap import (:func:`set_segment_mask`
 replaces a segment's voxels and keeps its id, name, colour, terminology and tags). Bad input
 (a node removed from the scene, an empty segment, an unknown segment id, a volume without
-voxels) raises :class:`AnnotationQCLib.common.UserError` with a one-line message naming the
+voxels) raises :class:`ClinicalMRICommonLib.errors.UserError` with a one-line message naming the
 node and saying what to do.
 
 The generic segment, view, layout and Segment Editor helpers of the three panels live here
@@ -39,7 +39,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from AnnotationQCLib.common import UserError
+from ClinicalMRICommonLib.errors import UserError
 
 # RAS <-> LPS: flip the first two axes
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])

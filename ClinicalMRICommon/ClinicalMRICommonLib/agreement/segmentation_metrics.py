@@ -52,8 +52,9 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from .common import UserError, grid_difference, same_grid
-from AnnotationQCLib.common import json_safe as _common_json_safe
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import grid_difference, same_grid
+from ClinicalMRICommonLib.files import json_safe as _common_json_safe
 
 METRIC_KEYS = ("dice", "jaccard", "hd95_mm", "assd_mm", "surface_dice", "volume_ref_ml",
                "volume_test_ml", "volume_diff_ml")
@@ -63,7 +64,7 @@ EMPTY_MASK_CONVENTION = (
     "one mask empty: dice = jaccard = surface_dice = 0 and hd95_mm = assd_mm = null (NaN)")
 
 
-json_safe = _common_json_safe  # one owner: AnnotationQCLib.common
+json_safe = _common_json_safe  # one owner: ClinicalMRICommonLib.files
 
 
 def _check_pair(reference: sitk.Image, test: sitk.Image) -> None:

@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .common import UserError, grid_difference, same_grid
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import grid_difference, same_grid
 
 AGREE_BACKGROUND, DISAGREE, AGREE_FOREGROUND = 0, 1, 2
 

@@ -1,0 +1,13 @@
+"""ClinicalMRICommonLib: the one owner of what the extension's three modules share.
+
+Packages and modules (import each where it is needed; this file imports nothing, so Slicer's
+start-up does not load SimpleITK or pandas through it):
+
+- ``errors``: :class:`~ClinicalMRICommonLib.errors.UserError` and ``run_cli``;
+- ``images``, ``masks``, ``grids``: image input with its checks, binary masks, voxel grids;
+- ``files``: the atomic writer, SHA-256, strict JSON, JSON-lines logs;
+- ``tables``: CSV tables with one-line errors;
+- ``quality``: image-quality grades and SNR/CNR;
+- ``agreement``: ICC, overlap/surface metrics and lesion matching, STAPLE/majority consensus;
+- ``mrml_bridge``: SimpleITK images <-> Slicer nodes, layouts, the Segment Editor (needs Slicer).
+"""
