@@ -11,3 +11,6 @@ start-up does not load SimpleITK or pandas through it):
 - ``agreement``: ICC, overlap/surface metrics and lesion matching, STAPLE/majority consensus;
 - ``mrml_bridge``: SimpleITK images <-> Slicer nodes, layouts, the Segment Editor (needs Slicer).
 """
+
+#: The extension's version (also pyproject.toml's; Testing/common checks they agree).
+__version__ = "0.2.0"

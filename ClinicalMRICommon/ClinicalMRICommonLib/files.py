@@ -126,3 +126,44 @@ def read_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
             except json.JSONDecodeError:
                 raise UserError(f"{p} line {i} is not valid JSON; the {what} is damaged") from None
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Output paths: the one overwrite policy
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_output_path(path: str | os.PathLike, *, overwrite: bool = False, what: str = "output",
+                      inputs: "list | tuple" = (), others: "list | tuple" = (), folder: bool = False) -> Path:
+    """The one overwrite policy of the extension, for every file (or folder) a command writes.
+
+    Refuses, with a UserError naming the path: an existing output unless ``overwrite``; an
+    output that is one of the command's ``inputs`` (even with ``overwrite``: that would destroy
+    the input); an output equal to another output of the same command (``others``); a folder
+    where a file is expected and a file where a folder is expected (``folder``)."""
+    p = Path(path)
+    if str(path).strip() in ("", "."):
+        raise UserError(f"{what} path is empty; give a file name")
+    for i in inputs:
+        if i is not None and str(i) and _same_file(p, Path(i)):
+            raise UserError(f"{what} {p} is also an input of this command; writing it would destroy the input: "
+                            "choose another output name")
+    for o in others:
+        if o is not None and str(o) and _same_file(p, Path(o)):
+            raise UserError(f"{what} {p} is given for two outputs of this command; give each output its own name")
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{what} {p} is a file; give a folder")
+    elif p.is_dir():
+        raise UserError(f"{what} path {p} is a folder; give a file name")
+    if p.exists() and not overwrite and (not folder or any(p.iterdir())):
+        raise UserError(f"{what} {p} already exists; choose another name or pass --overwrite to replace it")
+    return p
