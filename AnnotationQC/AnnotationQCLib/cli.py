@@ -1,27 +1,31 @@
 """``annotation-qc``: reader agreement, mask comparison, per-feature ICC and consensus from
 the command line. The numbers come from the same library functions the Slicer module uses.
 
-Every user mistake (missing file, unknown column, masks on different grids, constant
-ratings, ...) ends with one ``error: ...`` line on stderr and exit status 2.
+The tool follows the extension's one command-line convention
+(:mod:`ClinicalMRICommonLib.cli`): ``--version``; ``--json`` wherever a command prints data;
+``--overwrite`` wherever a command replaces a file (decided by
+:func:`ClinicalMRICommonLib.files.check_output_path`); mask pairs are ``--reference`` /
+``--test`` (``--truth`` / ``--pred`` kept as aliases); outputs are ``--out``; exit status 0
+done, 1 done with a negative verdict (a trainee NOT PASSED), 2 bad input (one
+``error: ...`` line on stderr, never a traceback).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
+from ClinicalMRICommonLib.cli import EXIT_NEGATIVE, EXIT_OK, add_command, add_json, add_overwrite, emit, tool_parser
 from ClinicalMRICommonLib.errors import UserError, run_cli
-from ClinicalMRICommonLib.files import atomic_path, write_image_atomic
+from ClinicalMRICommonLib.files import check_output_path, write_image_atomic
 from ClinicalMRICommonLib.images import read_image
-from ClinicalMRICommonLib.agreement.segmentation_metrics import json_safe
 
 PROG = "annotation-qc"
+
+DESCRIPTION = ("Annotation quality: reader agreement (ICC), mask comparison, per-feature ICC for radiomics, "
+               "consensus of several readers, training sessions and image quality. The Slicer module "
+               "AnnotationQC runs the same library.")
 
 EPILOG = """workflows:
   agreement of two readers on one mask:
@@ -37,33 +41,13 @@ EPILOG = """workflows:
     annotation-qc training-create --folder SESSION --name "CNS 2024" --cases cases.csv
     annotation-qc training-submit --session SESSION --trainee t1 --case case1 --mask t1_case1.nii.gz
     annotation-qc training-report --session SESSION --trainee t1
-Run 'annotation-qc COMMAND --help' for a command's options. Errors end with one 'error: ...'
-line and exit status 2."""
+Run 'annotation-qc COMMAND --help' for a command's options."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage mistakes as one-line UserErrors (exit 2 via run_cli)."""
-
-    def error(self, message):  # noqa: D401 - argparse API
-        raise UserError(f"{message} (see '{self.prog} --help')")
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
-
-
-def _read_csv(path: str, what: str) -> pd.DataFrame:
+def _read_csv(path: str, what: str):
     from ClinicalMRICommonLib.tables import read_csv_table
 
     return read_csv_table(path, what)
-
-
-def _refuse_overwrite_input(out: str, inputs: list[str], option: str) -> None:
-    o = Path(out).resolve()
-    for i in inputs:
-        if Path(i).resolve() == o:
-            raise UserError(f"{option} {out} is also an input file; choose another output path "
-                            "(inputs are never overwritten)")
 
 
 def _fmt(v, nd=4) -> str:
@@ -91,12 +75,12 @@ def _cmd_icc(args) -> int:
             r = res[name]
             out[name] = {"icc": r["icc"], "ci95": r["ci95"], "F": r["F"], "df1": int(r["df1"]),
                          "df2": int(r["df2"]), "p": r["p"]}
-        _print_json(out)
+        emit(out, True)
     else:
         print(format_icc_table(res))
         print("Interpretation after Koo & Li (2016): < 0.5 poor, 0.5-0.75 moderate, 0.75-0.9 good, "
               "> 0.9 excellent")
-    return 0
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,6 +88,9 @@ def _cmd_icc(args) -> int:
 
 
 def _read_binary_mask(path: str, what: str, label: int | None):
+    """A mask file as UInt8 0/1 (only ``label`` when given, else any non-zero voxel); NaN
+    voxels refused. Empty masks are allowed (the metrics have a convention for them)."""
+    import numpy as np
     import SimpleITK as sitk
 
     img = read_image(path, what)
@@ -129,8 +116,8 @@ def _cmd_compare(args) -> int:
     if args.lesions:
         res = {**res, "lesions": lesion_detection(ref, test, connectivity=args.connectivity)}
     if args.json:
-        _print_json(res)
-        return 0
+        emit(res, True)
+        return EXIT_OK
     rows = [("Dice", _fmt(res["dice"])), ("Jaccard", _fmt(res["jaccard"])),
             ("HD95 (mm)", _fmt(res["hd95_mm"], 3)), ("ASSD (mm)", _fmt(res["assd_mm"], 3)),
             (f"surface Dice @ {args.tolerance_mm:g} mm", _fmt(res["surface_dice"])),
@@ -147,7 +134,7 @@ def _cmd_compare(args) -> int:
         print(f"{k:<{width}}  {v}")
     if res["hd95_mm"] is None or not math.isfinite(res["hd95_mm"]):
         print(f"note: {EMPTY_MASK_CONVENTION}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,9 +160,9 @@ def _cmd_feature_icc(args) -> int:
             raise UserError(f"a reader study needs {', '.join(missing)} (the same reader twice with "
                             "--session-a first --session-b repeat for intra-reader agreement)")
         inputs = []
-    _refuse_overwrite_input(args.out, inputs, "--out")
+    check_output_path(args.out, overwrite=args.overwrite, what="--out", inputs=inputs, others=[args.plot])
     if args.plot:
-        _refuse_overwrite_input(args.plot, inputs, "--plot")
+        check_output_path(args.plot, overwrite=args.overwrite, what="--plot", inputs=inputs, others=[args.out])
     if csv_mode:
         ta = read_feature_table(args.a, args.id_column, "first feature table (--a)")
         tb = read_feature_table(args.b, args.id_column, "second feature table (--b)")
@@ -191,18 +178,23 @@ def _cmd_feature_icc(args) -> int:
                   f"({args.session_b}), pyradiomics shape + first-order features; ")
         if res["skipped_empty"]:
             print(f"note: left out for an empty mask: {', '.join(res['skipped_empty'])}", file=sys.stderr)
+    from ClinicalMRICommonLib.files import atomic_path
+
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, float_format="%.6g")
     n = len(table)
     defined = table["icc"].notna()
     kept = int((table["icc"] >= args.threshold).sum())
-    print(f"{source}{n} features, {int(n - defined.sum())} undefined (constant), {kept} with {args.form} >= "
-          f"{args.threshold:g}; cases used: {int(table['n'].max()) if n else 0}; table written to {args.out}")
+    summary = {"features": n, "undefined": int(n - defined.sum()), "form": args.form, "threshold": args.threshold,
+               "at_or_above_threshold": kept, "cases": int(table["n"].max()) if n else 0, "out": args.out,
+               "plot": args.plot}
     if args.plot:
-        plot_icc_by_class(table, args.plot, threshold=args.threshold,
-                          title=f"{args.form} per feature class")
-        print(f"plot written to {args.plot}")
-    return 0
+        plot_icc_by_class(table, args.plot, threshold=args.threshold, title=f"{args.form} per feature class")
+    emit(summary, args.json,
+         f"{source}{n} features, {summary['undefined']} undefined (constant), {kept} with {args.form} >= "
+         f"{args.threshold:g}; cases used: {summary['cases']}; table written to {args.out}"
+         + (f"\nplot written to {args.plot}" if args.plot else ""))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,14 +202,15 @@ def _cmd_feature_icc(args) -> int:
 
 
 def _cmd_consensus(args) -> int:
+    import numpy as np
     import SimpleITK as sitk
-
     from ClinicalMRICommonLib.agreement.consensus import disagreement_map, majority_vote, staple
 
     outputs = [(args.out, "--out")] + [(p, o) for p, o in ((args.probability, "--probability"),
                                                            (args.disagreement, "--disagreement")) if p]
     for path, option in outputs:
-        _refuse_overwrite_input(path, args.masks, option)
+        check_output_path(path, overwrite=args.overwrite, what=option, inputs=args.masks,
+                          others=[p for p, o in outputs if o != option])
     masks = [_read_binary_mask(p, f"mask {i}", args.label) for i, p in enumerate(args.masks, start=1)]
     result: dict = {"method": args.method, "n_readers": len(masks), "out": args.out}
     if args.method == "staple":
@@ -238,17 +231,18 @@ def _cmd_consensus(args) -> int:
     result["voxels"] = n_vox
     result["volume_ml"] = n_vox * float(np.prod(consensus.GetSpacing())) / 1000.0
     if args.json:
-        _print_json(result)
+        emit(result, True)
     else:
         print(f"{args.method} consensus of {len(masks)} readers: {n_vox} voxels "
               f"({result['volume_ml']:.3f} mL) written to {args.out}")
         for r in result.get("readers", []):
             print(f"  reader {r['reader']} ({r['mask']}): sensitivity {r['sensitivity']:.4f}, "
                   f"specificity {r['specificity']:.6f}")
-    return 0
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------
+# training sessions
 
 
 def _cmd_training_create(args) -> int:
@@ -261,10 +255,12 @@ def _cmd_training_create(args) -> int:
     if args.icc is not None:
         criteria["icc"] = args.icc
     session = TrainingSession.create(args.folder, args.name, cases, criteria)
-    print(f"training session {args.name!r} with {len(session.case_ids)} cases written to {args.folder}")
     for w in session.meta["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    return 0
+    emit({"folder": str(args.folder), "name": args.name, "cases": session.case_ids,
+          "criteria": session.meta["criteria"], "warnings": session.meta["warnings"]}, args.json,
+         f"training session {args.name!r} with {len(session.case_ids)} cases written to {args.folder}")
+    return EXIT_OK
 
 
 def _cmd_training_submit(args) -> int:
@@ -273,95 +269,124 @@ def _cmd_training_submit(args) -> int:
     session = TrainingSession.open(args.session)
     mask = read_image(args.mask, "trainee mask")
     path = session.submit(args.trainee, args.case, mask)
-    print(f"submitted {path}")
-    return 0
+    emit({"trainee": args.trainee, "case": args.case, "mask": str(path)}, args.json, f"submitted {path}")
+    return EXIT_OK
+
+
+def _report_folder(session, trainee: str, out: str | None) -> Path:
+    from .sessions import check_name
+
+    return Path(out) if out else session.folder / "reports" / check_name(trainee, "trainee id")
 
 
 def _cmd_training_report(args) -> int:
     from .training import TrainingSession
 
     session = TrainingSession.open(args.session)
-    report = session.write_report(args.trainee, args.out)
-    if args.json:
-        _print_json(report)
-        return 0
+    out = _report_folder(session, args.trainee, args.out)
+    check_output_path(out, what="--out", folder=True, overwrite=True)
+    for name in ("report.json", "report.html"):
+        check_output_path(out / name, overwrite=args.overwrite, what="training report")
+    report = session.write_report(args.trainee, out)
     ov = report["overall"]
-    icc = ov["feature_icc"]
-    print(f"trainee {args.trainee}: {'PASSED' if ov['passed'] else 'NOT PASSED'}")
-    for r in ov["reasons"]:
-        print(f"  - {r}")
-    print(f"cases submitted {ov['cases_submitted']}/{ov['cases_total']}, mean Dice {_fmt(ov['mean_dice'], 3)}, "
-          f"median feature {icc['form']} {_fmt(icc['median'], 3)} ({icc['interpretation']})")
-    for c in report["cases"]:
-        print(f"  {c['case_id']:<12} Dice {_fmt(c['dice'], 3)}  HD95 {_fmt(c['hd95_mm'], 2)} mm  "
-              f"over {_fmt(c['over_ml'], 3)} mL  under {_fmt(c['under_ml'], 3)} mL  {c['tendency']}")
-    print(f"report: {report['files']['html']}")
-    return 0
+    if args.json:
+        emit(report, True)
+    else:
+        icc = ov["feature_icc"]
+        print(f"trainee {args.trainee}: {'PASSED' if ov['passed'] else 'NOT PASSED'}")
+        for r in ov["reasons"]:
+            print(f"  - {r}")
+        print(f"cases submitted {ov['cases_submitted']}/{ov['cases_total']}, mean Dice {_fmt(ov['mean_dice'], 3)}, "
+              f"median feature {icc['form']} {_fmt(icc['median'], 3)} ({icc['interpretation']})")
+        for c in report["cases"]:
+            print(f"  {c['case_id']:<12} Dice {_fmt(c['dice'], 3)}  HD95 {_fmt(c['hd95_mm'], 2)} mm  "
+                  f"over {_fmt(c['over_ml'], 3)} mL  under {_fmt(c['under_ml'], 3)} mL  {c['tendency']}")
+        print(f"report: {report['files']['html']}")
+    return EXIT_OK if ov["passed"] else EXIT_NEGATIVE
+
+
+# ---------------------------------------------------------------------------------------
+# image quality
 
 
 def _cmd_quality(args) -> int:
     from ClinicalMRICommonLib.quality import snr_cnr
 
+    missing = [o for o, v in (("--image", args.image), ("--signal", args.signal),
+                              ("--background", args.background)) if not v]
+    if missing:
+        raise UserError(f"quality: SNR/CNR need {', '.join(missing)} (see annotation-qc quality --help)")
     image = read_image(args.image, "image")
     rois = {key: read_image(getattr(args, key), f"{key} ROI")
             for key in ("signal", "background", "tissue") if getattr(args, key)}
     res = snr_cnr(image, rois["signal"], rois["background"], rois.get("tissue"),
                   rayleigh_correction=args.rayleigh)
     if args.json:
-        _print_json(res)
+        emit(res, True)
     else:
         print(f"SNR {_fmt(res['snr'], 2)}  (mean signal {res['mean_signal']:.4g} over {res['n_signal']} voxels, "
               f"noise SD {res['noise_sd']:.4g} from {res['n_background']} background voxels)")
         if res["cnr"] is not None:
             print(f"CNR {_fmt(res['cnr'], 2)}  (mean tissue {res['mean_tissue']:.4g} over {res['n_tissue']} voxels)")
-    return 0
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ---------------------------------------------------------------------------------------
+# parser
+
+
+def _mask_pair(s) -> None:
+    """``--reference`` / ``--test`` (the extension's names for a mask pair; ``--truth`` /
+    ``--pred`` kept as aliases)."""
+    s.add_argument("--reference", "--truth", dest="reference", required=True, metavar="MASK",
+                   help="reference mask (NIfTI/NRRD/MHA; alias --truth)")
+    s.add_argument("--test", "--pred", dest="test", required=True, metavar="MASK",
+                   help="mask to compare, on the reference's grid (alias --pred)")
+
+
+def _label_option(s) -> None:
+    s.add_argument("--label", type=int, default=None, metavar="N",
+                   help="use only this label value of the mask files (default: any non-zero voxel)")
+
+
+def build_parser():
     from ClinicalMRICommonLib.agreement.segmentation_metrics import EMPTY_MASK_CONVENTION
 
-    p = _Parser(prog=PROG, description="Annotation quality: reader agreement (ICC), mask comparison, "
-                "per-feature ICC for radiomics, consensus of several readers, training sessions and "
-                "image quality. The Slicer module AnnotationQC runs the same library.",
-                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p, sub = tool_parser(PROG, DESCRIPTION, EPILOG)
 
-    s = sub.add_parser("icc", help="ICC, all six forms, from a long-format CSV (one row per rating)",
-                       description="All six ICC forms (McGraw & Wong names with the Shrout & Fleiss names "
-                       "beside them), F, df, p and 95% CI. Targets missing a rating are dropped (and counted).")
+    s = add_command(sub, "icc", "ICC, all six forms, from a long-format CSV (one row per rating)",
+                    description="All six ICC forms (McGraw & Wong names with the Shrout & Fleiss names beside "
+                    "them), F, df, p and 95% CI. Targets missing a rating are dropped (and counted).")
     s.add_argument("--input", required=True, metavar="CSV", help="long-format table: one row per rating")
     s.add_argument("--target", required=True, metavar="COL", help="column naming the rated target (case)")
     s.add_argument("--rater", required=True, metavar="COL", help="column naming the rater")
     s.add_argument("--rating", required=True, metavar="COL", help="column with the numeric rating")
     s.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level of the intervals (0.05)")
-    s.add_argument("--json", action="store_true",
-                   help='print one JSON object keyed by "ICC(1,1)", "ICC(A,1)", "ICC(C,1)", "ICC(1,k)", '
-                   '"ICC(A,k)", "ICC(C,k)", each {"icc", "ci95": [lo, hi], "F", "df1", "df2", "p"}')
+    add_json(s, 'one JSON object keyed by "ICC(1,1)", "ICC(A,1)", "ICC(C,1)", "ICC(1,k)", "ICC(A,k)", '
+             '"ICC(C,k)", each {"icc", "ci95": [lo, hi], "F", "df1", "df2", "p"}')
     s.set_defaults(func=_cmd_icc)
 
-    s = sub.add_parser("compare", help="agreement of two masks on one grid (Dice, HD95, ...)",
-                       description="Dice, Jaccard, HD95, ASSD, surface Dice and volumes (mm, mL). "
-                       f"Empty masks: {EMPTY_MASK_CONVENTION}.")
-    s.add_argument("--reference", required=True, metavar="MASK", help="reference mask (NIfTI/NRRD)")
-    s.add_argument("--test", required=True, metavar="MASK", help="mask to compare, on the reference's grid")
+    s = add_command(sub, "compare", "agreement of two masks on one grid (Dice, HD95, ...)",
+                    description="Dice, Jaccard, HD95, ASSD, surface Dice and volumes (mm, mL). "
+                    f"Empty masks: {EMPTY_MASK_CONVENTION}.")
+    _mask_pair(s)
     s.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (1.0)")
-    s.add_argument("--label", type=int, default=None, help="use only this label value (default: any non-zero)")
+    _label_option(s)
     s.add_argument("--lesions", action="store_true",
                    help="add lesion-wise detection (ISLES'22: matched, missed, extra, lesion F1) under 'lesions'")
     s.add_argument("--connectivity", type=int, choices=(6, 26), default=26,
                    help="lesion connectivity for --lesions (26)")
-    s.add_argument("--json", action="store_true",
-                   help='print one JSON object {"dice", "jaccard", "hd95_mm", "assd_mm", "surface_dice", '
-                   '"volume_ref_ml", "volume_test_ml", "volume_diff_ml"} (undefined distances are null)')
+    add_json(s, 'one JSON object {"dice", "jaccard", "hd95_mm", "assd_mm", "surface_dice", "volume_ref_ml", '
+             '"volume_test_ml", "volume_diff_ml"} (undefined distances are null)')
     s.set_defaults(func=_cmd_compare)
 
-    s = sub.add_parser("feature-icc", help="per-feature ICC between two readers or sessions (radiomics)",
-                       description="Per-feature ICC (inter-reader: two readers; intra-reader: one reader's first "
-                       "and repeat sessions), from two CSV feature tables (one row per case, one column per "
-                       "feature, aligned on the id column and the common feature columns) or from a reader study "
-                       "(pyradiomics shape + first-order features of every case both reads submitted, on the "
-                       "case's source image). The table feeds HRMM's reader-agreement filter (ICC >= 0.75 "
-                       "inter and intra).")
+    s = add_command(sub, "feature-icc", "per-feature ICC between two readers or sessions (radiomics)",
+                    description="Per-feature ICC (inter-reader: two readers; intra-reader: one reader's first "
+                    "and repeat sessions), from two CSV feature tables (one row per case, one column per "
+                    "feature, aligned on the id column and the common feature columns) or from a reader study "
+                    "(pyradiomics shape + first-order features of every case both reads submitted, on the "
+                    "case's source image). The table feeds HRMM's reader-agreement filter (ICC >= 0.75 "
+                    "inter and intra).")
     g = s.add_argument_group("from feature tables")
     g.add_argument("--a", metavar="CSV", help="features of reader 1 / session 1")
     g.add_argument("--b", metavar="CSV", help="features of reader 2 / session 2")
@@ -373,69 +398,83 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--session-a", default="first", metavar="NAME", help="session of reader A (first)")
     g.add_argument("--session-b", default="first", metavar="NAME", help="session of reader B (first; 'repeat' "
                    "for intra-reader)")
-    g.add_argument("--sequence", help="sequence, when the reads cover several")
-    g.add_argument("--content", help="mask content (e.g. ROI, whole-tumour), when the reads cover several")
+    g.add_argument("--sequence", metavar="SEQ", help="sequence, when the reads cover several")
+    g.add_argument("--content", metavar="NAME",
+                   help="mask content (e.g. ROI, whole-tumour), when the reads cover several")
     s.add_argument("--form", default="ICC(A,1)", help="ICC form (ICC(A,1) default; any of the six)")
     s.add_argument("--threshold", type=float, default=0.75, help="threshold reported and drawn (0.75)")
     s.add_argument("--out", required=True, metavar="CSV",
                    help="output table: feature, icc, ci_low, ci_high, interpretation, n")
     s.add_argument("--plot", metavar="PNG", help="also draw the ICC distribution per feature class")
+    add_overwrite(s)
+    add_json(s, "the summary (features, undefined, at_or_above_threshold, cases, out)")
     s.set_defaults(func=_cmd_feature_icc)
 
-    s = sub.add_parser("consensus", help="consensus mask of several readers (STAPLE or majority vote)",
-                       description="STAPLE (with each reader's sensitivity/specificity) or majority vote "
-                       "(more than half of the readers; ties go to background).")
+    s = add_command(sub, "consensus", "consensus mask of several readers (STAPLE or majority vote)",
+                    description="STAPLE (with each reader's sensitivity/specificity) or majority vote (more "
+                    "than half of the readers; ties go to background). The outputs must differ from each "
+                    "other and from the input masks.")
     s.add_argument("--masks", required=True, nargs="+", metavar="MASK", help="reader masks on one grid")
     s.add_argument("--out", required=True, metavar="MASK", help="consensus mask to write")
-    s.add_argument("--method", choices=("staple", "majority"), default="staple")
+    s.add_argument("--method", choices=("staple", "majority"), default="staple",
+                   help="staple (default; with each reader's sensitivity and specificity) or majority")
     s.add_argument("--threshold", type=float, default=0.5,
                    help="STAPLE: foreground where probability >= threshold (0.5)")
-    s.add_argument("--label", type=int, default=None, help="use only this label value (default: any non-zero)")
+    _label_option(s)
     s.add_argument("--probability", metavar="IMAGE", help="STAPLE: also write the probability image")
     s.add_argument("--disagreement", metavar="MASK",
                    help="also write a disagreement map (0 all background, 1 readers disagree, 2 all foreground)")
-    s.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_overwrite(s)
+    add_json(s, "the result (method, readers with sensitivity/specificity, voxels, volume_ml, files)")
     s.set_defaults(func=_cmd_consensus)
 
-    s = sub.add_parser("quality", help="SNR and CNR of a series from signal, background and tissue ROIs",
-                       description="SNR = mean(signal) / SD(background); CNR = |mean(signal) - mean(tissue)| "
-                       "/ SD(background) (SD with ddof 1). ROIs are masks on the image grid; the background "
-                       "ROI should be noisy air outside the body.")
-    s.add_argument("--image", required=True, metavar="IMAGE")
-    s.add_argument("--signal", required=True, metavar="MASK", help="ROI in the tissue of interest")
-    s.add_argument("--background", required=True, metavar="MASK", help="ROI in air (noise)")
+    s = add_command(sub, "quality", "SNR and CNR of a series from signal, background and tissue ROIs",
+                    description="SNR = mean(signal) / SD(background); CNR = |mean(signal) - mean(tissue)| "
+                    "/ SD(background) (SD with ddof 1). ROIs are masks on the image grid; the background "
+                    "ROI should be noisy air outside the body.")
+    s.add_argument("--image", metavar="IMAGE", help="the series to measure (required)")
+    s.add_argument("--signal", metavar="MASK", help="ROI in the tissue of interest (required)")
+    s.add_argument("--background", metavar="MASK", help="ROI in air (noise) (required)")
     s.add_argument("--tissue", metavar="MASK", help="second tissue ROI for the CNR")
     s.add_argument("--rayleigh", action="store_true",
                    help="divide the background SD by 0.655 (Rayleigh noise of magnitude images)")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(s, "the measurement (snr, cnr, means, noise SD, voxel counts)")
     s.set_defaults(func=_cmd_quality)
 
-    s = sub.add_parser("training-create", help="define a training session from reference cases (instructor)",
-                       description="Define a training session: at least 5 reference cases (CSV columns case_id, "
-                       "patient_id, sequence, image, reference, optional content and site; paths relative to "
-                       "the CSV). Pass criteria default to mean Dice >= 0.80 and median radiomics-feature "
-                       "ICC(A,1) >= 0.75.")
-    s.add_argument("--folder", required=True, metavar="DIR", help="new session folder")
-    s.add_argument("--name", required=True, help="session name")
+    s = add_command(sub, "training-create", "define a training session from reference cases (instructor)",
+                    description="Define a training session: at least 5 reference cases (CSV columns case_id, "
+                    "patient_id, sequence, image, reference, optional content and site; paths relative to "
+                    "the CSV). Pass criteria default to mean Dice >= 0.80 and median radiomics-feature "
+                    "ICC(A,1) >= 0.75. A session is never overwritten: choose a new folder.")
+    s.add_argument("--folder", required=True, metavar="DIR", help="new session folder (created)")
+    s.add_argument("--name", required=True, help="session name shown in reports")
     s.add_argument("--cases", required=True, metavar="CSV", help="reference cases table")
-    s.add_argument("--dice", type=float, default=None, help="pass threshold for the mean Dice (0.80)")
-    s.add_argument("--icc", type=float, default=None, help="pass threshold for the median feature ICC (0.75)")
+    s.add_argument("--dice", type=float, default=None, metavar="X", help="pass threshold for the mean Dice (0.80)")
+    s.add_argument("--icc", type=float, default=None, metavar="X",
+                   help="pass threshold for the median feature ICC (0.75)")
+    add_json(s, "the session created (folder, cases, criteria, warnings)")
     s.set_defaults(func=_cmd_training_create)
 
-    s = sub.add_parser("training-submit", help="submit a trainee's mask for one case")
-    s.add_argument("--session", required=True, metavar="DIR")
-    s.add_argument("--trainee", required=True, metavar="ID")
-    s.add_argument("--case", required=True, metavar="CASE_ID")
+    s = add_command(sub, "training-submit", "submit a trainee's mask for one case",
+                    description="Save a trainee's mask for one case of a training session (on the case "
+                    "image's grid). A submission is never overwritten.")
+    s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
+    s.add_argument("--trainee", required=True, metavar="ID",
+                   help="trainee id: letters, digits and '-' (it becomes the folder trainees/<id>/)")
+    s.add_argument("--case", required=True, metavar="CASE_ID", help="case id as listed by the session")
     s.add_argument("--mask", required=True, metavar="MASK", help="mask on the case image's grid")
+    add_json(s, "the stored submission (trainee, case, mask path)")
     s.set_defaults(func=_cmd_training_submit)
 
-    s = sub.add_parser("training-report", help="score a trainee against a training session's reference cases",
-                       description="Per-case and overall scores, over-/under-segmentation overlays and "
-                       "pass/fail; writes report.json, report.html and overlay PNGs.")
+    s = add_command(sub, "training-report", "score a trainee against a training session's reference cases",
+                    description="Per-case and overall scores, over-/under-segmentation overlays and "
+                    "pass/fail; writes report.json, report.html and overlay PNGs. Exit status 1 when the "
+                    "trainee has NOT PASSED. An earlier report is kept unless --overwrite.")
     s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
-    s.add_argument("--trainee", required=True, metavar="ID")
+    s.add_argument("--trainee", required=True, metavar="ID", help="trainee id to score")
     s.add_argument("--out", metavar="DIR", help="report folder (default <session>/reports/<trainee>)")
-    s.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_overwrite(s)
+    add_json(s, "the whole report")
     s.set_defaults(func=_cmd_training_report)
     return p
 
@@ -445,18 +484,13 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return 0
+        return EXIT_OK
     return int(args.func(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``annotation-qc`` console script."""
-    try:
-        return run_cli(_main, argv)
-    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
-
-from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.agreement.consensus import disagreement_map, majority_vote, staple, vote_count
+from ClinicalMRICommonLib.errors import UserError
+from scipy import ndimage
 
 SHAPE = (12, 30, 30)
 

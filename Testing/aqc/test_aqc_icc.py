@@ -11,8 +11,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
-from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.agreement.icc import (
     FORMS,
     feature_class,
@@ -23,6 +21,7 @@ from ClinicalMRICommonLib.agreement.icc import (
     koo_li,
     plot_icc_by_class,
 )
+from ClinicalMRICommonLib.errors import UserError
 
 # README: unrounded ICCs, F (df), 95% CIs to 0.01
 SF_ICC = {"ICC(1,1)": 0.165742, "ICC(A,1)": 0.289764, "ICC(C,1)": 0.714841,

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-
 from AnnotationQCLib.cli import main
 
 SCRIPT = Path(sys.executable).parent / "annotation-qc"
@@ -23,7 +22,8 @@ SF_ICC = {"ICC(1,1)": 0.165742, "ICC(A,1)": 0.289764, "ICC(C,1)": 0.714841,
 def run(*args, cwd=None):
     if not SCRIPT.exists():
         pytest.skip(f"console script {SCRIPT} not installed (pip install -e .)")
-    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd,
+                          check=False)
 
 
 def assert_one_line_error(proc, *fragments):
@@ -160,12 +160,26 @@ def test_feature_icc_cli(tmp_path, capsys):
     assert table.loc["original_ngtdm_Busyness", "icc"] < 0.5
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "3 with ICC(A,1) >= 0.75" in proc.stdout
-    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "patient", "--out", str(out)]) == 2
+    # an existing table is kept unless --overwrite
+    before_out = out.read_bytes()
+    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "case", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before_out
+    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "case", "--out", str(out),
+                 "--overwrite", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["features"] == 4 and summary["at_or_above_threshold"] == 3 and summary["cases"] == n
+    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "patient", "--out", str(out),
+                 "--overwrite"]) == 2
     assert "id column 'patient' not found" in capsys.readouterr().err
+    # --out and --plot may not name the same file
+    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "case", "--out", str(out),
+                 "--plot", str(out), "--overwrite"]) == 2
+    assert "two outputs" in capsys.readouterr().err
     # the output may not be one of the inputs
     before = pa.read_bytes()
-    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "case", "--out", str(pa)]) == 2
-    assert pa.read_bytes() == before
+    assert main(["feature-icc", "--a", str(pa), "--b", str(pb), "--id-column", "case", "--out", str(pa),
+                 "--overwrite"]) == 2
+    assert "also an input" in capsys.readouterr().err and pa.read_bytes() == before
 
 
 def test_consensus_cli(tmp_path, capsys):
@@ -194,8 +208,17 @@ def test_consensus_cli(tmp_path, capsys):
     mv = json.loads(capsys.readouterr().out)
     assert mv["voxels"] == int(truth.sum())
     before = paths[0].read_bytes()
-    assert main(["consensus", "--masks", *map(str, paths), "--out", str(paths[0])]) == 2
-    assert "never overwritten" in capsys.readouterr().err and paths[0].read_bytes() == before
+    assert main(["consensus", "--masks", *map(str, paths), "--out", str(paths[0]), "--overwrite"]) == 2
+    assert "also an input" in capsys.readouterr().err and paths[0].read_bytes() == before
+    # --out and --disagreement may not be the same file; an existing output needs --overwrite
+    assert main(["consensus", "--masks", *map(str, paths), "--out", str(dis), "--disagreement", str(dis),
+                 "--overwrite"]) == 2
+    assert "two outputs" in capsys.readouterr().err
+    before = out.read_bytes()
+    assert main(["consensus", "--masks", *map(str, paths), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["consensus", "--masks", *map(str, paths), "--out", str(out), "--method", "majority",
+                 "--overwrite"]) == 0
     assert main(["consensus", "--masks", str(paths[0]), "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "at least 2" in capsys.readouterr().err
 

@@ -9,10 +9,6 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
-from scipy.spatial import cKDTree
-
-from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.agreement.segmentation_metrics import (
     METRIC_KEYS,
     compare_masks,
@@ -20,6 +16,9 @@ from ClinicalMRICommonLib.agreement.segmentation_metrics import (
     dice,
     lesion_detection,
 )
+from ClinicalMRICommonLib.errors import UserError
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 SPACING = (0.6, 1.5, 2.5)  # x, y, z in mm; x smallest so the hand geometry below is exact
 

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-
 from AnnotationQCLib.cli import main
-from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.agreement.icc import icc_all
 from AnnotationQCLib.sessions import ReaderStudy, blank_mask_like
+from ClinicalMRICommonLib.agreement.icc import icc_all
+from ClinicalMRICommonLib.errors import UserError
 
 SHAPE = (6, 24, 24)
 SPACING = (0.9, 0.9, 3.0)

@@ -9,12 +9,11 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from AnnotationQCLib.cli import main
-from ClinicalMRICommonLib.errors import UserError
 from AnnotationQCLib.quality import record_quality
-from ClinicalMRICommonLib.quality import flagged_series, make_record, read_quality_log, snr_cnr, snr_cnr_from_labelmap
 from AnnotationQCLib.sessions import ReaderStudy
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.quality import flagged_series, make_record, read_quality_log, snr_cnr, snr_cnr_from_labelmap
 
 
 def _im(arr, dtype=np.float32):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from ClinicalMRICommonLib.errors import UserError
 from AnnotationQCLib.terminology import (
     LOCAL_SCHEME,
     TERMINOLOGY_FILE,
@@ -25,6 +23,7 @@ from AnnotationQCLib.terminology import (
     load_terminology,
     terminology_entry,
 )
+from ClinicalMRICommonLib.errors import UserError
 
 # Codes as they appear in Slicer's SegmentationCategoryTypeModifier-DICOM-Master.json and
 # AnatomicRegionAndModifier-DICOM-Master.json (Slicer main, 2026-08)

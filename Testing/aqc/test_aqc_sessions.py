@@ -9,9 +9,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from ClinicalMRICommonLib.errors import UserError
 from AnnotationQCLib.sessions import ReaderStudy, blank_mask_like, mask_name, parse_mask_name
+from ClinicalMRICommonLib.errors import UserError
 
 SHAPE = (6, 16, 16)
 
@@ -176,8 +175,8 @@ def test_study_errors(tmp_path, study):
 def test_damaged_study_files_are_one_line_errors(tmp_path, study):
     """study.json, session.json and the JSON-lines logs share one reader each
     (sessions.read_json_document / read_jsonl): damage is named, nothing is rewritten."""
-    from ClinicalMRICommonLib.quality import read_quality_log
     from AnnotationQCLib.training import TrainingSession
+    from ClinicalMRICommonLib.quality import read_quality_log
 
     meta = study.folder / "study.json"
     good = meta.read_text(encoding="utf-8")

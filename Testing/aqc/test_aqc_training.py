@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-
 from AnnotationQCLib.cli import main
-from ClinicalMRICommonLib.errors import UserError
 from AnnotationQCLib.training import TrainingSession
+from ClinicalMRICommonLib.errors import UserError
 
 SHAPE = (8, 40, 40)
 SPACING = (0.8, 0.8, 3.0)
@@ -167,6 +166,18 @@ def test_training_cli(tmp_path, cases, capsys):
     assert main(["training-report", "--session", str(folder), "--trainee", "carol", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["overall"]["passed"] is True and len(rep["cases"]) == 5
+    # a re-run keeps the earlier report unless --overwrite
+    report_json = folder / "reports" / "carol" / "report.json"
+    before = report_json.read_bytes()
+    assert main(["training-report", "--session", str(folder), "--trainee", "carol"]) == 2
+    assert "already exists" in capsys.readouterr().err and report_json.read_bytes() == before
+    assert main(["training-report", "--session", str(folder), "--trainee", "carol", "--overwrite"]) == 0
+    assert "trainee carol: PASSED" in capsys.readouterr().out
+    # NOT PASSED is a negative verdict: exit status 1
+    assert main(["training-submit", "--session", str(folder), "--trainee", "dave", "--case", "case1",
+                 "--mask", str(tmp_path / "case1_mask.nii.gz")]) == 0
+    assert main(["training-report", "--session", str(folder), "--trainee", "dave"]) == 1
+    assert "trainee dave: NOT PASSED" in capsys.readouterr().out
     assert main(["training-submit", "--session", str(folder), "--trainee", "carol", "--case", "case9",
                  "--mask", str(tmp_path / "case1_mask.nii.gz")]) == 2
     assert "not part of training session" in capsys.readouterr().err
