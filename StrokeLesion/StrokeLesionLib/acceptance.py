@@ -320,19 +320,19 @@ def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, cle
 # Report
 
 
-def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write acceptance_report.json and .html into ``out_dir`` (refuses to replace them)."""
+def write_report(report: dict, out_dir: str | os.PathLike, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write acceptance_report.json and .html into ``out_dir`` (existing ones are replaced
+    only with ``overwrite``; each file is written atomically)."""
+    from ClinicalMRICommonLib.files import check_output_path, json_safe, write_text_atomic
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"report folder {out} is a file; give a folder")
     jp, hp = out / "acceptance_report.json", out / "acceptance_report.html"
     for p in (jp, hp):
-        if p.exists():
-            raise UserError(f"{p} already exists; write the report into another folder")
-    with open(jp, "x", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    with open(hp, "x", encoding="utf-8") as f:
-        f.write(render_html(report))
+        check_output_path(p, overwrite=overwrite, what="report")
+    html_text = render_html(report)
+    write_text_atomic(jp, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(hp, html_text)
     return jp, hp
 
 

@@ -228,14 +228,48 @@ def _package_version() -> str:
         return "unknown"
 
 
-def export_study(study: Study, out: str | os.PathLike, options: ExportOptions) -> dict:
-    """Write the BIDS dataset. ``out`` must be new or empty (nothing is overwritten).
+def export_study(study: Study, out: str | os.PathLike, options: ExportOptions, *, overwrite: bool = False) -> dict:
+    """Write the BIDS dataset. ``out`` must be new or empty; with ``overwrite`` an earlier
+    export there (a folder with a dataset_description.json) is replaced.
+
+    The dataset is written into a temporary folder beside ``out`` and renamed onto it only
+    when complete: a failure leaves no half-written dataset (and an earlier export intact).
     Returns a report (files written, cases without a consensus, warnings)."""
-    from .diffusion import read_b_value
+    import tempfile
     options.check()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {out} is not empty; export into a new folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} is a file; give a new folder for the dataset")
+    replacing = out.exists() and any(out.iterdir())
+    if replacing and not overwrite:
+        raise UserError(f"output folder {out} is not empty; export into a new folder, or pass --overwrite to "
+                        "replace an earlier export")
+    if replacing and not (out / "dataset_description.json").exists():
+        raise UserError(f"output folder {out} is not empty and holds no BIDS dataset; --overwrite replaces only "
+                        "an earlier export: choose a new folder")
+    sr, orr = study.root.resolve(), out.resolve()
+    if sr == orr or sr.is_relative_to(orr) or orr.is_relative_to(sr):
+        raise UserError(f"output folder {out} and the study folder {study.root} overlap; export outside the study")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        report = _export_into(study, stage, options)
+        report["output"] = str(out)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "ds")
+            os.rename(stage, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return report
+
+
+def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
+    from .diffusion import read_b_value
     case_ids = study.case_ids()
     if options.cases is not None:
         unknown = sorted(set(options.cases) - set(case_ids))

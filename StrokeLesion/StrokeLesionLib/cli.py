@@ -1,27 +1,22 @@
 """``stroke-lesion``: the command line of the acute-stroke annotation workflow.
 
-Every subcommand is a thin wrapper over the library; bad input ends as one line
-``error: ...`` on stderr and exit status 2 (ClinicalMRICommonLib.errors.run_cli).
+Every subcommand is a thin wrapper over the library. The parser follows the extension's one
+CLI convention (ClinicalMRICommonLib.cli): ``--version``, ``--json`` wherever a command prints
+data, ``--overwrite`` wherever it writes a file the user names, help on every option, exit
+status 0 done / 1 done with a negative verdict (NOT ACCEPTED, validator errors) / 2 bad
+input (one line ``error: ...`` on stderr, ClinicalMRICommonLib.errors.run_cli).
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
-import os
 import sys
-from pathlib import Path
 
+from ClinicalMRICommonLib import cli as common_cli
+from ClinicalMRICommonLib.cli import EXIT_NEGATIVE, EXIT_OK, add_command, add_json, add_overwrite, emit
 from ClinicalMRICommonLib.errors import UserError, run_cli
-from ClinicalMRICommonLib.files import json_safe as to_jsonable, write_image_atomic
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage mistakes as a one-line UserError (exit 2, no usage dump)."""
-
-    def error(self, message):  # noqa: D401 - argparse API
-        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+from ClinicalMRICommonLib.files import check_output_path, write_image_atomic
 
 
 def _float(text: str) -> float:
@@ -29,22 +24,6 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _out_path(path: str, overwrite: bool, what: str = "output") -> Path:
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise UserError(f"{what} file {p} already exists; choose another name or pass --overwrite")
-    if p.exists() and p.is_dir():
-        raise UserError(f"{what} path {p} is a folder; give a file name such as mask.nii.gz")
-    return p
-
-
-def _emit(obj, as_json: bool, text: str) -> None:
-    if as_json:
-        print(json.dumps(to_jsonable(obj), indent=2))
-    else:
-        print(text)
 
 
 def _who(args) -> str:
@@ -70,11 +49,13 @@ def cmd_candidate(args) -> int:
     params = CandidateParams(adc_threshold_mm2s=args.threshold, dwi_rule=args.dwi_rule, dwi_k=args.dwi_k,
                              dwi_percentile=args.dwi_percentile, min_size_ml=args.min_size_ml,
                              shine_through_adc_mm2s=args.shine_through_adc).check()
-    out = _out_path(args.out, args.overwrite, "--out")
-    extra = {}
-    for name in ("shine_through_out", "eadc_out", "brain_out"):
-        if getattr(args, name):
-            extra[name] = _out_path(getattr(args, name), args.overwrite, "--" + name.replace("_", "-"))
+    names = ("out", "shine_through_out", "eadc_out", "brain_out")
+    given = {n: getattr(args, n) for n in names if getattr(args, n)}
+    checked = {n: check_output_path(p, overwrite=args.overwrite, what="--" + n.replace("_", "-"),
+                                    inputs=[args.dwi, args.adc], others=[q for m, q in given.items() if m != n])
+               for n, p in given.items()}
+    out = checked.pop("out")
+    extra = checked
     case = load_diffusion(args.dwi, args.adc, adc_units=units)
     res = candidate_mask(case, params)
     b = src = None
@@ -94,7 +75,7 @@ def cmd_candidate(args) -> int:
         summary["b_value_source"] = src
     summary.update({k: str(v) for k, v in extra.items()})
     u = case.units
-    _emit(summary, args.json,
+    emit(summary, args.json,
           f"ADC units: {u.units} ({'detected' if u.detected else 'stated'}; brain median {u.brain_median_raw:.4g})\n"
           f"candidate: {summary['volume_ml']:.3f} mL, {summary['n_lesions']} lesion(s) "
           f"({summary['islands_removed']} island(s) < {params.min_size_ml:g} mL removed)\n"
@@ -107,8 +88,8 @@ def cmd_candidate(args) -> int:
 def cmd_metrics(args) -> int:
     from .metrics import lesion_metrics_files
 
-    m = lesion_metrics_files(args.truth, args.pred, resample_pred=args.resample_pred)
-    _emit(m, args.json, "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in m.items()))
+    m = lesion_metrics_files(args.reference, args.test, resample_pred=args.resample_test)
+    emit(m, args.json, "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in m.items()))
     return 0
 
 
@@ -148,7 +129,7 @@ def cmd_study_init(args) -> int:
                                                    max_unmatched_lesions=args.max_unmatched_lesions),
                              agreed_consensus=args.agreed_consensus, signoff_agreed=not args.no_signoff)
     s = Study.create(args.study, by=_who(args), name=args.name or "", settings=settings)
-    _emit(s.meta, args.json, f"created study {s.root}")
+    emit(s.meta, args.json, f"created study {s.root}")
     return 0
 
 
@@ -159,7 +140,7 @@ def cmd_reader_add(args) -> int:
     r = Reader(args.id, args.title, args.years, args.neuro_years, name=args.name or "", training=args.training or "")
     _study(args).add_reader(r, by=_who(args), why=args.why or "")
     roles = [role for role in ROLE_REQUIREMENTS if not qualification_problems(r, role)]
-    _emit({**asdict(r), "qualifies_as": roles}, args.json,
+    emit({**asdict(r), "qualifies_as": roles}, args.json,
           f"recorded reader {r.id}; qualifies as: {', '.join(roles) or 'no role yet'}")
     return 0
 
@@ -171,7 +152,7 @@ def cmd_reader_list(args) -> int:
     rows = []
     for r in _study(args).readers().values():
         rows.append({**asdict(r), "qualifies_as": [x for x in ROLE_REQUIREMENTS if not qualification_problems(r, x)]})
-    _emit(rows, args.json, "\n".join(f"{r['id']}: {r['title']}, {r['years']:g} y, {r['neuro_years']:g} y neuro -> "
+    emit(rows, args.json, "\n".join(f"{r['id']}: {r['title']}, {r['years']:g} y, {r['neuro_years']:g} y neuro -> "
                                      f"{', '.join(r['qualifies_as']) or '-'}" for r in rows) or "no readers")
     return 0
 
@@ -182,19 +163,47 @@ def cmd_case_init(args) -> int:
     by = _who(args)
     s.init_case(args.case, dwi=args.dwi, adc=args.adc, others=others, subject=args.subject,
                 session=args.session, by=by, why=args.why or "")
-    for slot, val in (("annotatorA", args.annotator_a), ("annotatorB", args.annotator_b),
-                      ("reviewer", args.reviewer), ("arbitrator", args.arbitrator)):
-        if val:
-            s.assign(args.case, slot, val, by=by, why=args.why or "")
+    for slot, val in _slot_assignments(args):
+        s.assign(args.case, slot, val, by=by, why=args.why or "")
     v = s.case_view(args.case)
-    _emit(v, args.json, f"case {args.case}: {v['status']} ({v['next']})")
+    emit(v, args.json, f"case {args.case}: {v['status']} ({v['next']})")
     return 0
+
+
+def _slot(text: str) -> str:
+    """A reader slot in either spelling: annotator-a / annotatorA, annotator-b / annotatorB,
+    reviewer, arbitrator (case init's options and case assign's --slot use the same names)."""
+    key = text.strip().replace("_", "-").lower()
+    names = {"annotator-a": "annotatorA", "annotatora": "annotatorA", "annotator-b": "annotatorB",
+             "annotatorb": "annotatorB", "reviewer": "reviewer", "arbitrator": "arbitrator"}
+    if key not in names:
+        raise argparse.ArgumentTypeError(f"unknown slot {text!r}; use annotator-a, annotator-b, reviewer or arbitrator")
+    return names[key]
+
+
+SLOT_OPTIONS = (("annotator_a", "annotatorA"), ("annotator_b", "annotatorB"), ("reviewer", "reviewer"),
+                ("arbitrator", "arbitrator"))
+
+
+def _slot_assignments(args) -> list[tuple[str, str]]:
+    return [(slot, getattr(args, dest)) for dest, slot in SLOT_OPTIONS if getattr(args, dest, None)]
 
 
 def cmd_case_assign(args) -> int:
     s = _study(args)
-    s.assign(args.case, args.slot, args.reader, by=_who(args), why=args.why or "")
-    _emit(s.case_view(args.case), args.json, f"case {args.case}: {args.slot} = {args.reader}")
+    pairs = _slot_assignments(args)
+    if (args.slot is None) != (args.reader is None):
+        raise UserError("give --slot and --reader together (or --annotator-a/--annotator-b/--reviewer/--arbitrator "
+                        "READER)")
+    if args.slot:
+        pairs.insert(0, (args.slot, args.reader))
+    if not pairs:
+        raise UserError("nothing to assign: give --annotator-a/--annotator-b/--reviewer/--arbitrator READER "
+                        "(or --slot SLOT --reader READER)")
+    for slot, reader in pairs:
+        s.assign(args.case, slot, reader, by=_who(args), why=args.why or "")
+    emit(s.case_view(args.case), args.json,
+         "\n".join(f"case {args.case}: {slot} = {reader}" for slot, reader in pairs))
     return 0
 
 
@@ -203,7 +212,7 @@ def cmd_annotate(args) -> int:
                                 time_spent_s=args.minutes * 60 if args.minutes is not None else None,
                                 why=args.why or "")
     w = rec["what"]
-    _emit(w, args.json, f"saved {w['slot']} version {w['version']} ({w['volume_ml']:.3f} mL): {w['file']}")
+    emit(w, args.json, f"saved {w['slot']} version {w['version']} ({w['volume_ml']:.3f} mL): {w['file']}")
     return 0
 
 
@@ -216,7 +225,7 @@ def cmd_note(args) -> int:
     w = rec["what"]
     where = f"lesion {w['lesion']}" if w["lesion"] else (f"component {w['component']} of {w['resolved_on']}"
                                                          if w["component"] else "no lesion at that point")
-    _emit(w, args.json, f"note recorded ({where})")
+    emit(w, args.json, f"note recorded ({where})")
     return 0
 
 
@@ -230,7 +239,7 @@ def cmd_compare(args) -> int:
             + ("-> review: " + "; ".join(w["reasons"]) if w["needs_review"] else "-> within thresholds")
             + "\n" + "\n".join(f"  lesion {les['id']}: {les['volume_ml']:.3f} mL, {les['drawn_by']}"
                                 for les in w["lesions"]))
-    _emit(w, args.json, text)
+    emit(w, args.json, text)
     return 0
 
 
@@ -248,14 +257,14 @@ def cmd_review(args) -> int:
                               accept_proposed=args.accept_proposed, dispute=args.dispute,
                               include_new=not args.no_new, why=args.why)
     w = rec["what"]
-    _emit(w, args.json, f"review {w['outcome']}" + (f"; mask {w['file']}" if w.get("file") else ""))
+    emit(w, args.json, f"review {w['outcome']}" + (f"; mask {w['file']}" if w.get("file") else ""))
     return 0
 
 
 def cmd_arbitrate(args) -> int:
     rec = _study(args).arbitrate(args.case, args.reader, choices=_choices(args), default=args.all,
                                  edited=args.edited, include_new=not args.no_new, why=args.why)
-    _emit(rec["what"], args.json, f"final decision recorded; mask {rec['what']['file']}")
+    emit(rec["what"], args.json, f"final decision recorded; mask {rec['what']['file']}")
     return 0
 
 
@@ -266,7 +275,7 @@ def cmd_quality(args) -> int:
     w = rec["what"]
     snr = f", SNR {w['snr']:.1f}" if w["snr"] is not None else ""
     cnr = f", CNR {w['cnr']:.1f}" if w["cnr"] is not None else ""
-    _emit(w, args.json, f"{args.series}: Likert {w['likert']}{snr}{cnr} ("
+    emit(w, args.json, f"{args.series}: Likert {w['likert']}{snr}{cnr} ("
           + ("usable" if w["usable"] else "EXCLUDED: " + "; ".join(w["flag_reasons"])) + ")")
     return 0
 
@@ -282,7 +291,7 @@ def cmd_export_bids(args) -> int:
                          keep_patient_characteristics=args.keep_patient_characteristics,
                          include_audit=not args.no_audit, include_eadc=not args.no_eadc,
                          cases=tuple(args.case) if args.case else None)
-    rep = export_study(_study(args), args.out, opts)
+    rep = export_study(_study(args), args.out, opts, overwrite=args.overwrite)
     if args.validate:
         v = run_validator(args.out)
         rep["validator"] = {"n_errors": v["n_errors"], "errors": sorted(
@@ -291,8 +300,8 @@ def cmd_export_bids(args) -> int:
         f"\nwarning: {w}" for w in rep["warnings"])
     if "validator" in rep:
         text += f"\nBIDS validator: {rep['validator']['n_errors']} error(s) {' '.join(rep['validator']['errors'])}"
-    _emit(rep, args.json, text)
-    return 1 if rep.get("validator", {}).get("n_errors") else 0
+    emit(rep, args.json, text)
+    return EXIT_NEGATIVE if rep.get("validator", {}).get("n_errors") else EXIT_OK
 
 
 def cmd_validate_bids(args) -> int:
@@ -314,26 +323,32 @@ def cmd_validate_bids(args) -> int:
         lines += [f"  {name} error {i['code']}: {i.get('location', '')}" for i in dv["errors"]]
     for name, probs in deriv_problems.items():
         lines.append(f"derivatives/{name}/dataset_description.json: " + ("; ".join(probs) if probs else "ok"))
-    _emit(out, args.json, "\n".join(lines))
-    return 1 if bad else 0
+    emit(out, args.json, "\n".join(lines))
+    return EXIT_NEGATIVE if bad else EXIT_OK
 
 
 def cmd_deid(args) -> int:
     from .deid import clean_sidecar_file, deidentify_file, deidentify_folder
     from pathlib import Path as _P
     src = _P(args.input)
+    if args.kind == "sidecar" or src.is_file():
+        check_output_path(args.output, overwrite=args.overwrite, what="output", inputs=[src])
     if args.kind == "sidecar":
-        rep = clean_sidecar_file(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics)
+        rep = clean_sidecar_file(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics,
+                                 overwrite=args.overwrite)
         text = f"removed {', '.join(rep['removed']) or 'nothing'}; non-DICOM keys kept for review: " \
                f"{', '.join(rep['kept_non_dicom']) or 'none'}"
     elif src.is_dir():
-        rep = deidentify_folder(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics)
+        check_output_path(args.output, overwrite=args.overwrite, what="output folder", inputs=[src], folder=True)
+        rep = deidentify_folder(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics,
+                                overwrite=args.overwrite)
         text = f"de-identified {rep['n_files']} DICOM file(s) into {rep['output']} ({rep['method']})" + (
             f"; skipped {len(rep['skipped_not_dicom'])} non-DICOM file(s)" if rep["skipped_not_dicom"] else "")
     else:
-        rep = deidentify_file(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics)
+        rep = deidentify_file(src, args.output, keep_patient_characteristics=args.keep_patient_characteristics,
+                              overwrite=args.overwrite)
         text = f"wrote {rep['output']} ({rep['method']})"
-    _emit(rep, args.json, text)
+    emit(rep, args.json, text)
     return 0
 
 
@@ -344,7 +359,7 @@ def cmd_accept(args) -> int:
     rep = check_dataset(args.dataset, run_official_validator=args.validate)
     ds = _P(args.dataset).resolve()
     out_dir = _P(args.report_dir) if args.report_dir else ds.with_name(ds.name + "-acceptance")
-    jp, hp = write_report(rep, out_dir)
+    jp, hp = write_report(rep, out_dir, overwrite=args.overwrite)
     s = rep["summary"]
     lines = [f"{'ACCEPTED' if rep['accepted'] else 'NOT ACCEPTED'}: {s['sessions_passed']}/{s['sessions']} "
              f"session(s) pass; {s['consensus_masks']} consensus mask(s), {s['total_lesions']} lesion(s), "
@@ -357,8 +372,8 @@ def cmd_accept(args) -> int:
             if not c["ok"] and c["severity"] == "error":
                 lines.append(f"  sub-{sess['subject']} ses-{sess['session']}: {c['message']}")
     lines.append(f"report: {hp} and {jp.name}")
-    _emit({**rep, "report_html": str(hp), "report_json": str(jp)}, args.json, "\n".join(lines))
-    return 0 if rep["accepted"] else 1
+    emit({**rep, "report_html": str(hp), "report_json": str(jp)}, args.json, "\n".join(lines))
+    return EXIT_OK if rep["accepted"] else EXIT_NEGATIVE
 
 
 def cmd_status(args) -> int:
@@ -367,182 +382,229 @@ def cmd_status(args) -> int:
         v = s.case_view(args.case, viewer=args.reader)
         if args.reader and args.reader not in v["assignments"].values():
             raise UserError(f"reader {args.reader} is not assigned to case {args.case}")
-        _emit(v, args.json, f"case {v['case_id']}: {v['status']} ({v['next']})\n"
+        emit(v, args.json, f"case {v['case_id']}: {v['status']} ({v['next']})\n"
               + "\n".join(f"  {k}: {val}" for k, val in v["assignments"].items()))
     else:
         rows = s.status(viewer=args.reader)
-        _emit(rows, args.json, "\n".join(f"{r['case_id']}: {r['status']} ({r['next']})" for r in rows) or "no cases")
+        emit(rows, args.json, "\n".join(f"{r['case_id']}: {r['status']} ({r['next']})" for r in rows) or "no cases")
     return 0
 
 
 # ---------------------------------------------------------------------------------------
 # parser
 
+DESCRIPTION = ("Acute ischaemic stroke lesion annotation (the Chinese expert consensus, 2025): candidate mask "
+               "from DWI/ADC, ISLES'22 metrics, the two-reader workflow (annotators A and B, reviewer, "
+               "arbitrator) with an audit trail, BIDS export, de-identification and dataset acceptance.")
+
+WORKFLOW_EXAMPLE = """\
+worked example (one ISLES'22 case, four qualified readers):
+  stroke-lesion candidate --dwi sub-1_dwi.nii.gz --adc sub-1_adc.nii.gz --out cand.nii.gz
+  stroke-lesion study init STUDY --name "acute stroke 2025"
+  stroke-lesion reader add STUDY --id ann1 --title attending --years 8 --neuro-years 3
+  stroke-lesion reader add STUDY --id ann2 --title attending --years 6 --neuro-years 2
+  stroke-lesion reader add STUDY --id rev1 --title associate_chief --years 14 --neuro-years 9
+  stroke-lesion reader add STUDY --id arb1 --title chief --years 25 --neuro-years 18
+  stroke-lesion case init STUDY case1 --dwi sub-1_dwi.nii.gz --adc sub-1_adc.nii.gz \\
+      --annotator-a ann1 --annotator-b ann2 --reviewer rev1 --arbitrator arb1
+  stroke-lesion annotate STUDY case1 --reader ann1 --mask a.nii.gz
+  stroke-lesion annotate STUDY case1 --reader ann2 --mask b.nii.gz
+  stroke-lesion compare STUDY case1
+  stroke-lesion review STUDY case1 --reader rev1 --all union --lesion 3=A --why "3: B drew a vessel"
+  stroke-lesion quality STUDY case1 --series dwi --reader rev1 --likert 4 --snr 25 --cnr 8
+  stroke-lesion status STUDY
+  stroke-lesion export-bids STUDY DATASET --name "acute stroke 2025" --author "A. Reader" --validate
+  stroke-lesion accept DATASET"""
+
+
+def _add_by(p, *, why_help: str = "reason, recorded in the audit trail") -> None:
+    p.add_argument("--by", help="who performs this step (default: the login name)")
+    p.add_argument("--why", help=why_help)
+    add_json(p, "the recorded step")
+
+
+def _add_study_case(p) -> None:
+    p.add_argument("study", help="the study folder (made by 'stroke-lesion study init')")
+    p.add_argument("case", help="the case id within the study")
+
+
+def _add_slot_options(p) -> None:
+    for opt, alias, what in (("--annotator-a", "--annotatorA", "annotator A"),
+                             ("--annotator-b", "--annotatorB", "annotator B"),
+                             ("--reviewer", None, "the reviewer"), ("--arbitrator", None, "the arbitrator")):
+        names = [opt] + ([alias] if alias else [])
+        p.add_argument(*names, metavar="READER",
+                       help=f"reader id of {what} (a reader recorded with 'reader add' who qualifies for the role)")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="stroke-lesion", description="Acute ischaemic stroke lesion annotation: candidate mask from "
-                "DWI/ADC, ISLES'22 metrics, two-reader workflow, BIDS export, de-identification, acceptance.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p, sub = common_cli.tool_parser("stroke-lesion", DESCRIPTION, WORKFLOW_EXAMPLE)
 
-    c = sub.add_parser("candidate", help="semi-automatic candidate mask: ADC < threshold AND DWI high AND brain")
+    c = add_command(sub, "candidate", "semi-automatic candidate mask: ADC < threshold AND DWI high AND brain")
     c.add_argument("--dwi", required=True, help="DWI (b=1000 or the acquisition's high b) NIfTI")
     c.add_argument("--adc", required=True, help="ADC map on the DWI grid")
-    c.add_argument("--adc-units", default="auto", help="auto (default), mm2/s, 1e-3mm2/s or 1e-6mm2/s")
-    c.add_argument("--threshold", type=_float, default=620e-6, help="ADC threshold in mm2/s (default 620e-6)")
+    c.add_argument("--adc-units", default="auto",
+                   help="units of the ADC map: auto (default: detected from the brain median), mm2/s, "
+                        "1e-3mm2/s or 1e-6mm2/s; a stated unit is trusted")
+    c.add_argument("--threshold", type=_float, default=620e-6,
+                   help="ADC threshold in mm2/s (default 620e-6, the consensus' 620 x 10^-6 mm2/s)")
     c.add_argument("--b-value", type=_float, help="b-value in s/mm2 (default: from the DWI JSON sidecar)")
     c.add_argument("--min-size-ml", type=_float, default=0.01, help="remove islands smaller than this (mL; 0.01)")
     c.add_argument("--dwi-rule", choices=["mad", "percentile"], default="mad",
                    help="DWI hyperintensity: median + k*MAD_n of the brain (default) or a brain percentile")
     c.add_argument("--dwi-k", type=_float, default=3.0, help="k for --dwi-rule mad (default 3)")
-    c.add_argument("--dwi-percentile", type=_float, default=99.0, help="percentile for --dwi-rule percentile")
+    c.add_argument("--dwi-percentile", type=_float, default=99.0,
+                   help="percentile for --dwi-rule percentile (default 99)")
     c.add_argument("--shine-through-adc", type=_float, default=None,
                    help="ADC (mm2/s) at or above which a DWI-bright voxel is T2 shine-through (default: --threshold)")
-    c.add_argument("--out", required=True, help="output mask (NIfTI, on the DWI grid)")
+    c.add_argument("--out", required=True, help="output mask (NIfTI, on the DWI grid); never one of the inputs")
     c.add_argument("--shine-through-out", help="also write the T2 shine-through mask here")
     c.add_argument("--eadc-out", help="also write eADC = exp(-b*ADC) here")
-    c.add_argument("--brain-out", help="also write the brain mask here")
-    c.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    c.add_argument("--json", action="store_true", help="print a JSON summary")
+    c.add_argument("--brain-out", help="also write the brain mask here (a name different from --out)")
+    add_overwrite(c)
+    add_json(c, "a summary")
     c.set_defaults(func=cmd_candidate)
 
-    m = sub.add_parser("metrics", help="ISLES'22 metrics of a predicted mask against a reference mask")
-    m.add_argument("--truth", required=True)
-    m.add_argument("--pred", required=True)
-    m.add_argument("--resample-pred", action="store_true",
-                   help="resample the prediction onto the truth's grid (nearest neighbour) instead of refusing")
-    m.add_argument("--json", action="store_true")
+    m = add_command(sub, "metrics", "ISLES'22 metrics of a test mask against a reference mask")
+    m.add_argument("--reference", "--truth", dest="reference", required=True,
+                   help="reference (expert) mask; --truth is the old name")
+    m.add_argument("--test", "--pred", dest="test", required=True,
+                   help="mask to evaluate (e.g. the candidate); --pred is the old name")
+    m.add_argument("--resample-test", "--resample-pred", dest="resample_test", action="store_true",
+                   help="resample the test mask onto the reference's grid (nearest neighbour) instead of refusing")
+    add_json(m, "the metrics")
     m.set_defaults(func=cmd_metrics)
 
     # workflow -------------------------------------------------------------------------
-    def by(pp):
-        pp.add_argument("--by", help="who performs this step (default: the login name)")
-        pp.add_argument("--why", help="reason, recorded in the audit trail")
-        pp.add_argument("--json", action="store_true")
-
-    st = sub.add_parser("study", help="create a study folder (thresholds, settings)")
-    stsub = st.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
-    x = stsub.add_parser("init", help="create a study")
-    x.add_argument("study")
-    x.add_argument("--name")
+    st = add_command(sub, "study", "create a study folder (thresholds, settings)")
+    stsub = st.add_subparsers(dest="study_command", required=True, parser_class=common_cli.Parser, metavar="COMMAND")
+    x = add_command(stsub, "init", "create a study")
+    x.add_argument("study", help="new study folder (created; refused when it already holds a study)")
+    x.add_argument("--name", help="study name (default: the folder name)")
     x.add_argument("--min-dice", type=_float, default=0.80, help="review when Dice(A,B) is below (0.80)")
     x.add_argument("--max-volume-diff-ml", type=_float, default=1.0, help="review when |V_B - V_A| is above (1.0 mL)")
     x.add_argument("--max-unmatched-lesions", type=int, default=0,
                    help="review when more lesions than this are drawn by one annotator only (0)")
-    x.add_argument("--agreed-consensus", choices=["staple", "union", "intersection"], default="staple")
+    x.add_argument("--agreed-consensus", choices=["staple", "union", "intersection"], default="staple",
+                   help="how the proposed consensus of an agreed case is formed from A and B (default staple)")
     x.add_argument("--no-signoff", action="store_true", help="agreed cases become final without the reviewer")
-    by(x)
+    _add_by(x)
     x.set_defaults(func=cmd_study_init)
 
-    rd = sub.add_parser("reader", help="reader qualification records")
-    rdsub = rd.add_subparsers(dest="reader_command", required=True, parser_class=_Parser)
-    x = rdsub.add_parser("add", help="record a reader's qualification (a new record supersedes, history kept)")
-    x.add_argument("study")
-    x.add_argument("--id", required=True)
-    x.add_argument("--title", required=True, choices=["resident", "attending", "associate_chief", "chief"])
+    rd = add_command(sub, "reader", "reader qualification records")
+    rdsub = rd.add_subparsers(dest="reader_command", required=True, parser_class=common_cli.Parser, metavar="COMMAND")
+    x = add_command(rdsub, "add", "record a reader's qualification (a new record supersedes, history kept)")
+    x.add_argument("study", help="the study folder")
+    x.add_argument("--id", required=True, help="pseudonymous reader id (letters, digits, '-', '_', '.')")
+    x.add_argument("--title", required=True, choices=["resident", "attending", "associate_chief", "chief"],
+                   help="professional title (the consensus' roles need attending/resident for annotators, "
+                        "associate chief for the reviewer, chief for the arbitrator)")
     x.add_argument("--years", type=_float, required=True, help="years in diagnostic radiology")
     x.add_argument("--neuro-years", type=_float, required=True, help="years in neuroradiology")
-    x.add_argument("--name")
+    x.add_argument("--name", help="the reader's name (kept in the study, never exported)")
     x.add_argument("--training", help="training record (e.g. AnnotationQC session id and result)")
-    by(x)
+    _add_by(x)
     x.set_defaults(func=cmd_reader_add)
-    x = rdsub.add_parser("list")
-    x.add_argument("study")
-    x.add_argument("--json", action="store_true")
+    x = add_command(rdsub, "list", "the readers and the roles they qualify for")
+    x.add_argument("study", help="the study folder")
+    add_json(x, "the readers")
     x.set_defaults(func=cmd_reader_list)
 
-    cs = sub.add_parser("case", help="create cases and assign readers")
-    cssub = cs.add_subparsers(dest="case_command", required=True, parser_class=_Parser)
-    x = cssub.add_parser("init", help="add a case (images are copied into the study)")
-    x.add_argument("study")
-    x.add_argument("case")
-    x.add_argument("--dwi", required=True)
-    x.add_argument("--adc", required=True)
-    for k in ("flair", "t1w", "t2w", "b0"):
-        x.add_argument(f"--{k}")
+    cs = add_command(sub, "case", "create cases and assign readers")
+    cssub = cs.add_subparsers(dest="case_command", required=True, parser_class=common_cli.Parser, metavar="COMMAND")
+    x = add_command(cssub, "init", "add a case (images are copied into the study)")
+    _add_study_case(x)
+    x.add_argument("--dwi", required=True, help="DWI b=1000 (trace) NIfTI, the primary annotation image")
+    x.add_argument("--adc", required=True, help="ADC map on the DWI grid")
+    for k, what in (("flair", "FLAIR"), ("t1w", "T1-weighted"), ("t2w", "T2-weighted"), ("b0", "b=0 DWI")):
+        x.add_argument(f"--{k}", help=f"{what} image of the same session (optional)")
     x.add_argument("--subject", help="BIDS subject label (default: the case id without punctuation)")
     x.add_argument("--session", default="01", help="BIDS session label (default 01)")
-    for k in ("annotator-a", "annotator-b", "reviewer", "arbitrator"):
-        x.add_argument(f"--{k}", help=f"reader id of the {k.replace('-', ' ')}")
-    by(x)
+    _add_slot_options(x)
+    _add_by(x)
     x.set_defaults(func=cmd_case_init)
-    x = cssub.add_parser("assign", help="assign a qualified reader to a slot")
-    x.add_argument("study")
-    x.add_argument("case")
-    x.add_argument("--slot", required=True, choices=["annotatorA", "annotatorB", "reviewer", "arbitrator"])
-    x.add_argument("--reader", required=True)
-    by(x)
+    x = add_command(cssub, "assign", "assign qualified readers to slots",
+                    epilog="examples:\n  stroke-lesion case assign STUDY case1 --annotator-b ann2\n"
+                           "  stroke-lesion case assign STUDY case1 --slot annotatorB --reader ann2   (same)")
+    _add_study_case(x)
+    x.add_argument("--slot", type=_slot, metavar="SLOT",
+                   help="annotator-a, annotator-b, reviewer or arbitrator (annotatorA/annotatorB also accepted); "
+                        "with --reader")
+    x.add_argument("--reader", help="reader id for --slot")
+    _add_slot_options(x)
+    _add_by(x)
     x.set_defaults(func=cmd_case_assign)
 
-    x = sub.add_parser("annotate", help="save a new version of an annotator's mask")
-    x.add_argument("study")
-    x.add_argument("case")
-    x.add_argument("--reader", required=True)
-    x.add_argument("--mask", help="binary NIfTI on the case's DWI grid")
+    x = add_command(sub, "annotate", "save a new version of an annotator's mask")
+    _add_study_case(x)
+    x.add_argument("--reader", required=True, help="the annotator's reader id (annotator A or B of the case)")
+    x.add_argument("--mask", help="binary (0/1) NIfTI on the case's DWI grid")
     x.add_argument("--no-lesion", action="store_true", help="the case shows no acute lesion (empty mask)")
-    x.add_argument("--minutes", type=_float, help="time spent")
-    x.add_argument("--why")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("--minutes", type=_float, help="time spent annotating, in minutes (recorded)")
+    x.add_argument("--why", help="comment, recorded in the audit trail")
+    add_json(x, "the saved version")
     x.set_defaults(func=cmd_annotate)
 
-    x = sub.add_parser("note", help="attach a note on an ambiguous region to a lesion")
-    x.add_argument("study")
-    x.add_argument("case")
-    x.add_argument("--reader", required=True)
-    x.add_argument("--text", required=True)
+    x = add_command(sub, "note", "attach a note on an ambiguous region to a lesion")
+    _add_study_case(x)
+    x.add_argument("--reader", required=True, help="the reader writing the note (assigned to the case)")
+    x.add_argument("--text", required=True, help="the note")
     g = x.add_mutually_exclusive_group(required=True)
     g.add_argument("--lesion", type=int, help="lesion id of the comparison")
     g.add_argument("--point-ras", type=_point, help="x,y,z in mm, RAS (as Slicer shows it)")
     g.add_argument("--point-lps", type=_point, help="x,y,z in mm, LPS (ITK/DICOM)")
-    x.add_argument("--json", action="store_true")
+    add_json(x, "the note")
     x.set_defaults(func=cmd_note)
 
-    x = sub.add_parser("compare", help="compare annotators A and B and route the case")
-    x.add_argument("study")
-    x.add_argument("case")
-    by(x)
+    x = add_command(sub, "compare", "compare annotators A and B and route the case")
+    _add_study_case(x)
+    _add_by(x)
     x.set_defaults(func=cmd_compare)
 
     for name, fn, help_, choices in (
             ("review", cmd_review, "the reviewer's lesion-by-lesion decision", "A, B, union, intersection, edited, none"),
             ("arbitrate", cmd_arbitrate, "the arbitrator's final decision",
              "A, B, union, intersection, edited, review, none")):
-        x = sub.add_parser(name, help=help_)
-        x.add_argument("study")
-        x.add_argument("case")
-        x.add_argument("--reader", required=True)
-        x.add_argument("--all", help=f"choice for every lesion not given with --lesion ({choices})")
-        x.add_argument("--lesion", type=_lesion_choice, action="append", help="N=CHOICE, repeatable")
+        x = add_command(sub, name, help_)
+        _add_study_case(x)
+        x.add_argument("--reader", required=True, help=f"the {'reviewer' if name == 'review' else 'arbitrator'}'s "
+                                                        "reader id")
+        x.add_argument("--all", "--default", dest="all", metavar="CHOICE",
+                       help=f"choice for every lesion not given with --lesion ({choices})")
+        x.add_argument("--lesion", type=_lesion_choice, action="append", metavar="N=CHOICE",
+                       help="the choice for lesion N (lesion ids as 'compare' lists them), repeatable")
         x.add_argument("--edited", help="an edited mask on the DWI grid (for the 'edited' choice)")
         x.add_argument("--no-new", action="store_true",
                        help="ignore components of the edited mask that touch no lesion of A or B")
         x.add_argument("--why", required=True, help="reason (required, recorded)")
-        x.add_argument("--json", action="store_true")
+        add_json(x, "the decision")
         if name == "review":
             x.add_argument("--accept-proposed", action="store_true",
                            help="sign off the proposed consensus (cases within the thresholds)")
             x.add_argument("--dispute", action="store_true", help="send the case to the arbitrator")
         x.set_defaults(func=fn)
 
-    x = sub.add_parser("quality", help="record a series' image quality (Likert 1-5, SNR, CNR)")
-    x.add_argument("study")
-    x.add_argument("case")
-    x.add_argument("--reader", required=True)
+    x = add_command(sub, "quality", "record a series' image quality (Likert 1-5, SNR, CNR)")
+    _add_study_case(x)
+    x.add_argument("--reader", required=True, help="the grading reader's id")
     x.add_argument("--series", required=True, help="dwi, adc, flair, t1w, t2w or b0")
-    x.add_argument("--likert", type=int, required=True)
-    x.add_argument("--snr", type=_float)
-    x.add_argument("--cnr", type=_float)
-    x.add_argument("--reason")
+    x.add_argument("--likert", type=int, required=True, help="Likert 1 (non-diagnostic) to 5 (excellent); < 3 "
+                                                             "excludes the series")
+    x.add_argument("--snr", type=_float, help="signal-to-noise ratio (entered)")
+    x.add_argument("--cnr", type=_float, help="contrast-to-noise ratio (entered)")
+    x.add_argument("--reason", help="why the series is flagged (required when it is)")
     x.add_argument("--roi", help="label map on the series' grid (1 signal, 2 background, 3 tissue) to measure SNR/CNR")
     x.add_argument("--min-snr", type=_float, help="flag (exclude) the series below this SNR")
     x.add_argument("--min-cnr", type=_float, help="flag (exclude) the series below this CNR")
-    x.add_argument("--json", action="store_true")
+    add_json(x, "the quality record")
     x.set_defaults(func=cmd_quality)
 
-    x = sub.add_parser("export-bids", help="export the study to a BIDS dataset with a lesion-mask derivative")
-    x.add_argument("study")
+    x = add_command(sub, "export-bids", "export the study to a BIDS dataset with a lesion-mask derivative")
+    x.add_argument("study", help="the study folder")
     x.add_argument("out", help="new (or empty) output folder")
-    x.add_argument("--name", required=True, help="dataset name")
-    x.add_argument("--author", action="append", help="author (repeat for each)")
+    x.add_argument("--name", required=True, help="dataset name (required)")
+    x.add_argument("--author", action="append", required=True,
+                   help="author (required: at least one; repeat for each)")
     x.add_argument("--license", help="data licence, e.g. CC-BY-4.0")
     x.add_argument("--mask-naming", choices=["bids", "consensus-document"], default="bids",
                    help="'consensus-document' names the consensus mask sub-X_ses-Y_dwi_lesionmask.nii.gz as in the "
@@ -555,52 +617,53 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-eadc", action="store_true", help="do not write eADC maps")
     x.add_argument("--case", action="append", help="export only this case (repeatable)")
     x.add_argument("--validate", action="store_true", help="run bids-validator-deno afterwards")
-    x.add_argument("--json", action="store_true")
+    add_overwrite(x)
+    add_json(x, "the export report")
     x.set_defaults(func=cmd_export_bids)
 
-    x = sub.add_parser("validate-bids", help="run the official BIDS validator and check derivatives' GeneratedBy")
-    x.add_argument("dataset")
-    x.add_argument("--json", action="store_true")
+    x = add_command(sub, "validate-bids", "run the official BIDS validator and check derivatives' GeneratedBy")
+    x.add_argument("dataset", help="the exported BIDS dataset folder")
+    add_json(x, "the validator's errors and warnings")
     x.set_defaults(func=cmd_validate_bids)
 
-    x = sub.add_parser("deid", help="de-identify DICOM (PS3.15 Basic Profile) or a JSON sidecar")
-    x.add_argument("kind", choices=["dicom", "sidecar"])
+    x = add_command(sub, "deid", "de-identify DICOM (PS3.15 Basic Profile) or a JSON sidecar")
+    x.add_argument("kind", choices=["dicom", "sidecar"], help="what to de-identify: DICOM or a JSON sidecar")
     x.add_argument("input", help="DICOM file or folder, or a JSON sidecar")
     x.add_argument("output", help="output file or new folder")
     x.add_argument("--keep-patient-characteristics", action="store_true",
                    help="Retain Patient Characteristics Option (age, sex, size, weight)")
-    x.add_argument("--json", action="store_true")
+    add_overwrite(x)
+    add_json(x, "the de-identification report")
     x.set_defaults(func=cmd_deid)
 
-    x = sub.add_parser("accept", help="acceptance checks of an exported dataset and its quality report (HTML+JSON)")
-    x.add_argument("dataset")
+    x = add_command(sub, "accept", "acceptance checks of an exported dataset and its quality report (HTML+JSON)")
+    x.add_argument("dataset", help="the exported BIDS dataset folder")
     x.add_argument("--report-dir", help="where to write the report (default: DATASET-acceptance beside the dataset)")
     x.add_argument("--validate", action="store_true", help="also run bids-validator-deno")
-    x.add_argument("--json", action="store_true")
+    add_overwrite(x)
+    add_json(x, "the acceptance report")
     x.set_defaults(func=cmd_accept)
 
-    x = sub.add_parser("status", help="cases and their state (blinded for annotators with --reader)")
-    x.add_argument("study")
-    x.add_argument("case", nargs="?")
+    x = add_command(sub, "status", "cases and their state (blinded for annotators with --reader)")
+    x.add_argument("study", help="the study folder")
+    x.add_argument("case", nargs="?", help="one case (default: every case)")
     x.add_argument("--reader", help="show what this reader may see")
-    x.add_argument("--json", action="store_true")
+    add_json(x, "the state")
     x.set_defaults(func=cmd_status)
 
     return p
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        raise UserError("stroke-lesion: give a command (see stroke-lesion --help)")
+    return int(args.func(args) or EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run_cli(_main, argv)
-    except BrokenPipeError:                      # output piped into e.g. `head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

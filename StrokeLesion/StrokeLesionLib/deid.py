@@ -147,7 +147,7 @@ def deidentify_file(src: str | os.PathLike, dst: str | os.PathLike, *, keep_pati
 
 
 def deidentify_folder(src: str | os.PathLike, dst: str | os.PathLike, *,
-                      keep_patient_characteristics: bool = False) -> dict:
+                      keep_patient_characteristics: bool = False, overwrite: bool = False) -> dict:
     """De-identify every DICOM file under ``src`` into the new folder ``dst`` (same relative
     paths). Files that are not DICOM are skipped and listed. UIDs are replaced consistently
     across the whole run (same input UID -> same new UID)."""
@@ -155,8 +155,9 @@ def deidentify_folder(src: str | os.PathLike, dst: str | os.PathLike, *,
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(f"input folder not found: {src}")
-    if dst.exists() and any(dst.iterdir()):
-        raise UserError(f"output folder {dst} is not empty; choose a new folder")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise UserError(f"output folder {dst} is not empty; choose a new folder or pass --overwrite to replace "
+                        "the files in it")
     if dst.resolve().is_relative_to(src.resolve()):
         raise UserError("the output folder must not be inside the input folder")
     done, skipped = [], []
@@ -167,7 +168,7 @@ def deidentify_folder(src: str | os.PathLike, dst: str | os.PathLike, *,
             skipped.append(str(p.relative_to(src)))
             continue
         done.append(deidentify_file(p, dst / p.relative_to(src),
-                                    keep_patient_characteristics=keep_patient_characteristics))
+                                    keep_patient_characteristics=keep_patient_characteristics, overwrite=overwrite))
     if not done:
         raise UserError(f"no DICOM file found under {src}")
     return {"n_files": len(done), "skipped_not_dicom": skipped, "method": done[0]["method"], "output": str(dst)}

@@ -142,7 +142,12 @@ def test_deid_command_line(tmp_path, capsys):
     assert "Zhang" not in str(pydicom.dcmread(str(tmp_path / "out" / "a.dcm")))
     assert main(["deid", "dicom", str(tmp_path / "in"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not empty" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "already exists" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["deid", "dicom", str(tmp_path / "in"), str(tmp_path / "out"), "--overwrite"]) == 0
+    assert "Zhang" not in str(pydicom.dcmread(str(tmp_path / "out" / "a.dcm")))
+    assert main(["deid", "dicom", str(tmp_path / "in" / "a.dcm"), str(tmp_path / "in" / "a.dcm"), "--overwrite"]) == 2
+    assert "also an input" in capsys.readouterr().err
     (tmp_path / "s.json").write_text(json.dumps({"PatientName": "Zhang^San", "EchoTime": 0.055}))
     assert main(["deid", "sidecar", str(tmp_path / "s.json"), str(tmp_path / "s_clean.json")]) == 0
     assert json.loads((tmp_path / "s_clean.json").read_text()) == {"EchoTime": 0.055}
