@@ -1,0 +1,13 @@
+"""Human-in-the-loop pre-annotation with active learning (the CNS-tumour annotation
+consensus, section 7 "human-machine interactive annotation").
+
+- ``store``: the loop folder (cases, standard set, reviews, status), numpy/SimpleITK only;
+- ``audit``: the hash-chained audit trail and the folder lock (standard library);
+- ``ranking``: uncertainty statistics and the diverse active-learning queue (numpy);
+- ``model``: MONAI training, the safetensors model bundle, pre-labelling, ``propose``
+  (torch and MONAI imported inside its functions);
+- ``cli``: ``annotation-qc loop ...``;
+- ``review_logic``: the Slicer panel's "Pre-annotation review" (MRML, no Qt).
+
+This file imports nothing (Slicer start-up).
+"""
