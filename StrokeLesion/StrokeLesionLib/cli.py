@@ -41,15 +41,16 @@ def _who(args) -> str:
 
 
 def cmd_candidate(args) -> int:
-    from .candidate import CandidateParams, candidate_mask
-    from .diffusion import eadc, load_diffusion, parse_adc_units, read_b_value
+    from .candidate import CandidateParams, candidate_mask, refine_on_dwi
+    from .diffusion import check_threshold_mm2s, eadc, load_diffusion, parse_adc_units, read_b_value
 
     # check everything cheap before reading images
     units = parse_adc_units(args.adc_units)
     params = CandidateParams(adc_threshold_mm2s=args.threshold, dwi_rule=args.dwi_rule, dwi_k=args.dwi_k,
                              dwi_percentile=args.dwi_percentile, min_size_ml=args.min_size_ml,
                              shine_through_adc_mm2s=args.shine_through_adc).check()
-    names = ("out", "shine_through_out", "eadc_out", "brain_out")
+    check_threshold_mm2s(args.refine_adc_limit)
+    names = ("out", "refined_out", "shine_through_out", "eadc_out", "brain_out")
     given = {n: getattr(args, n) for n in names if getattr(args, n)}
     checked = {n: check_output_path(p, overwrite=args.overwrite, what="--" + n.replace("_", "-"),
                                     inputs=[args.dwi, args.adc], others=[q for m, q in given.items() if m != n])
@@ -58,6 +59,10 @@ def cmd_candidate(args) -> int:
     extra = checked
     case = load_diffusion(args.dwi, args.adc, adc_units=units)
     res = candidate_mask(case, params)
+    refined = None
+    if "refined_out" in extra:
+        refined = refine_on_dwi(case, res, mode=args.refine_mode, adc_limit_mm2s=args.refine_adc_limit)
+        write_image_atomic(refined.mask, extra["refined_out"])
     b = src = None
     if "eadc_out" in extra or args.b_value is not None:
         b, src = read_b_value(args.dwi, args.b_value)
@@ -74,14 +79,24 @@ def cmd_candidate(args) -> int:
         summary["b_value"] = b
         summary["b_value_source"] = src
     summary.update({k: str(v) for k, v in extra.items()})
+    summary["adc_pair_checks"] = case.pair_check.get("checks", [])
+    summary["warnings"] = list(case.warnings)
     u = case.units
-    emit(summary, args.json,
-          f"ADC units: {u.units} ({'detected' if u.detected else 'stated'}; brain median {u.brain_median_raw:.4g})\n"
-          f"candidate: {summary['volume_ml']:.3f} mL, {summary['n_lesions']} lesion(s) "
-          f"({summary['islands_removed']} island(s) < {params.min_size_ml:g} mL removed)\n"
-          f"T2 shine-through (DWI high, ADC not low; not lesion): {summary['shine_through_volume_ml']:.3f} mL "
-          f"in {summary['shine_through_n_regions']} region(s)\n"
-          f"wrote {out}")
+    text = (f"ADC units: {u.units} ({'detected' if u.detected else 'stated'}; brain median {u.brain_median_raw:.4g})\n"
+            f"step 1, candidate: ADC < {params.adc_threshold_mm2s * 1e6:g} x 10^-6 mm2/s AND {summary['dwi_rule']} "
+            f"(DWI > {res.dwi_threshold:.4g}): {summary['volume_ml']:.3f} mL, {summary['n_lesions']} lesion(s) "
+            f"({summary['islands_removed']} island(s) < {params.min_size_ml:g} mL removed)\n"
+            f"T2 shine-through (DWI high, ADC not low; not lesion): {summary['shine_through_volume_ml']:.3f} mL "
+            f"in {summary['shine_through_n_regions']} region(s)\n"
+            f"wrote {out}")
+    if refined is not None:
+        summary["refined"] = {**refined.summary(), "out": str(extra["refined_out"])}
+        r = summary["refined"]
+        text += (f"\nstep 2, refined on DWI ({r['mode']}): seeds of step 1 grown into DWI > {r['dwi_threshold']:.4g} "
+                 f"with ADC < {r['adc_limit_mm2s'] * 1e6:g} x 10^-6 mm2/s: {r['volume_ml']:.3f} mL "
+                 f"(+{r['added_ml']:.3f} mL), {r['n_lesions']} lesion(s)\nwrote {r['out']}")
+    text += "".join(f"\nwarning: {w}" for w in case.warnings)
+    emit(summary, args.json, text)
     return 0
 
 
@@ -458,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shine-through-adc", type=_float, default=None,
                    help="ADC (mm2/s) at or above which a DWI-bright voxel is T2 shine-through (default: --threshold)")
     c.add_argument("--out", required=True, help="output mask (NIfTI, on the DWI grid); never one of the inputs")
+    c.add_argument("--refined-out",
+                   help="also run the optional second step (refine the candidate on DWI) and write it here; --out "
+                        "stays the plain ADC-threshold candidate")
+    c.add_argument("--refine-mode", default="border", choices=["border", "connected"],
+                   help="second step: 'border' (default) adds the one-voxel layer around each candidate lesion that "
+                        "is DWI-bright with ADC below --refine-adc-limit; 'connected' adds every such voxel connected "
+                        "to a candidate lesion")
+    c.add_argument("--refine-adc-limit", type=_float, default=800e-6,
+                   help="relaxed ADC limit of the second step in mm2/s (default 800e-6: normal adult white matter)")
     c.add_argument("--shine-through-out", help="also write the T2 shine-through mask here")
     c.add_argument("--eadc-out", help="also write eADC = exp(-b*ADC) here")
     c.add_argument("--brain-out", help="also write the brain mask here (a name different from --out)")

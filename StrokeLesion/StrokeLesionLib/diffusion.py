@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +84,13 @@ def _brain_median(adc: sitk.Image, brain: sitk.Image, path: str | os.PathLike | 
 
 
 def units_from_median(median: float) -> str | None:
-    """The unit whose plausible brain-median window contains ``median``, or None."""
+    """The unit whose plausible brain-median window contains ``median``, or None.
+
+    The window edges are inclusive and compared in each unit's own scale (300 and 3000 in
+    1e-6 mm2/s fit although 3000 * 1e-6 is a hair above 3e-3 in floating point)."""
     lo, hi = BRAIN_MEDIAN_ADC_RANGE_MM2S
-    fits = [u for u, f in ADC_UNITS.items() if lo <= median * f <= hi]
+    rel = 1e-9
+    fits = [u for u, f in ADC_UNITS.items() if lo / f * (1 - rel) <= median <= hi / f * (1 + rel)]
     return fits[0] if len(fits) == 1 else None
 
 
@@ -316,9 +321,148 @@ def coverage_on_grid(image: sitk.Image, reference: sitk.Image) -> float:
 # Loading a DWI/ADC pair
 
 
+# ---------------------------------------------------------------------------------------
+# Is the "ADC" an ADC map of this DWI?
+
+#: Diffusivity of free water at body temperature (37 degC), mm2/s: CSF on an ADC map reads
+#: about this (Le Bihan 1995, NMR Biomed 8:375; the ISLES'22 case reads 2.65e-3 in its CSF).
+FREE_WATER_ADC_37C_MM2S = 3.0e-3
+#: CSF below this on the map (half the free-water value, room for CSF voxels that partly hold
+#: tissue) means the map is not an ADC in the units found.
+MIN_CSF_ADC_MM2S = FREE_WATER_ADC_37C_MM2S / 2
+#: CSF = the darkest CSF_PERCENTILE % of the DWI inside the brain (CSF is dark on a b=1000
+#: DWI: it is ~10-20 % of the intracranial volume); tissue = the DWI's interquartile range.
+CSF_PERCENTILE = 5.0
+TISSUE_PERCENTILES = (25.0, 75.0)
+#: CSF and tissue differ by a factor > 2 on a b=1000 DWI, an ADC and a b0 alike; a CSF/tissue
+#: ratio within 10 % of 1 means no CSF is in view (a phantom) and the CSF checks are skipped
+CSF_CONTRAST_MIN = 1.1
+#: a b0 must explain the ADC: median ln(b0/DWI)/b within this factor of the ADC's median
+B0_AGREEMENT_FACTOR = 2.0
+
+_EADC_WORDS = re.compile(r"EADC|EXP[ _-]?ADC|EXPONENTIAL")
+_ADC_WORDS = re.compile(r"(?<![A-Z])ADC|APPARENT[ _-]?DIFFUSION")
+_DWI_WORDS = re.compile(r"TRACEW|(?<![A-Z])TRACE(?![A-Z])|ISODWI|(?<![A-Z])DWI(?![A-Z])|(?<![A-Z])B[ _=-]?0(?![0-9])"
+                        r"|(?<![A-Z])B[ _=-]?(500|800|1000|1500|2000)(?![0-9])")
+_MAGNITUDE_TOKENS = {"M", "MAGNITUDE", "M_SE", "M_FFE", "M_IR"}
+
+
+def _sidecar_verdict(meta: dict | None) -> tuple[str | None, str]:
+    """What the image's sidecar says it is: ("adc" | "eadc" | "dwi" | None, the fields read).
+
+    ImageType (DICOM 0008,0008 as dcm2niix writes it), SeriesDescription and ProtocolName are
+    read; Siemens marks eADC images with the ImageType value EXP, DWI traces with TRACEW,
+    Philips magnitude images with M / M_SE."""
+    if not meta:
+        return None, ""
+    itype = meta.get("ImageType")
+    tokens = [str(t).upper() for t in itype] if isinstance(itype, list) else (
+        [t for t in re.split(r"[\\/ ]+", str(itype).upper()) if t] if itype else [])
+    texts = [("ImageType", " ".join(tokens))] + [(k, str(meta[k])) for k in ("SeriesDescription", "ProtocolName")
+                                                  if meta.get(k)]
+    said = "; ".join(f"{k} {v!r}" for k, v in texts if v)
+    joined = " ".join(v for _, v in texts).upper()
+    if _EADC_WORDS.search(joined) or "EXP" in tokens:
+        return "eadc", said
+    if _ADC_WORDS.search(joined):
+        return "adc", said
+    if _DWI_WORDS.search(joined) or set(tokens) & _MAGNITUDE_TOKENS:
+        return "dwi", said
+    return None, said
+
+
+def check_adc_pair(dwi: sitk.Image, adc: sitk.Image, brain: sitk.Image, units: AdcUnits, *,
+                   adc_path: str | os.PathLike | None = None, b0: sitk.Image | None = None,
+                   b_value: float | None = None) -> dict:
+    """Is ``adc`` an ADC map of ``dwi``? Returns ``{"problems": [...], "checks": [...], ...}``
+    (no problem: plausible). Checks, in order:
+
+    1. the ADC's JSON sidecar, when present: ``ImageType``/``SeriesDescription``/``ProtocolName``
+       naming an ADC confirm it; naming an eADC, a trace/b-value image or a plain magnitude
+       image (ImageType M/M_SE) make it a problem;
+    2. CSF is bright on an ADC map and dark on the DWI: the map's median in the DWI's darkest
+       CSF_PERCENTILE % of the brain must exceed its median in the DWI's interquartile range
+       (a DWI, an eADC or exchanged files fail); without CSF contrast (within CSF_CONTRAST_MIN
+       of 1: a phantom) checks 2 and 3 are skipped;
+    3. CSF reads close to free water: at least MIN_CSF_ADC_MM2S in the units found (a b0 or
+       another T2-weighted image has arbitrary intensities; its CSF rarely lands there);
+    4. exchanged files: the DWI must not read like an ADC map of the "ADC" by checks 2-3;
+    5. with a b0: the ADC's tissue median within B0_AGREEMENT_FACTOR of ln(b0/DWI)/b's.
+    """
+    checks, problems = [], []
+    name = f"ADC file {adc_path}" if adc_path else "the ADC map"
+    meta = read_sidecar(adc_path) if adc_path else None
+    verdict, said = _sidecar_verdict(meta)
+    if verdict == "adc":
+        checks.append(f"sidecar names an ADC map ({said})")
+    elif verdict == "eadc":
+        problems.append(f"{name}: its sidecar describes an exponential ADC (eADC), not an ADC map ({said})")
+    elif verdict == "dwi":
+        problems.append(f"{name}: its sidecar describes a diffusion-weighted or b0 magnitude image, not an ADC map "
+                        f"({said})")
+    d = sitk.GetArrayViewFromImage(dwi)
+    a = sitk.GetArrayViewFromImage(adc)
+    m = (sitk.GetArrayViewFromImage(brain) > 0) & np.isfinite(d) & np.isfinite(a)
+    out = {"sidecar": verdict, "csf_adc_mm2s": None, "csf_to_tissue": None}
+    if m.sum() >= 100:
+        dv = d[m]
+        lo_c = np.percentile(dv, CSF_PERCENTILE)
+        t_lo, t_hi = np.percentile(dv, TISSUE_PERCENTILES)
+        csf = m & (d <= lo_c)
+        tissue = m & (d >= t_lo) & (d <= t_hi)
+        csf_med, tis_med = float(np.median(a[csf])), float(np.median(a[tissue]))
+        ratio = csf_med / tis_med if tis_med > 0 else float("inf")
+        csf_mm2s = csf_med * units.factor_to_mm2s
+        out.update(csf_adc_mm2s=csf_mm2s, csf_to_tissue=ratio)
+        if 1 / CSF_CONTRAST_MIN <= ratio <= CSF_CONTRAST_MIN:
+            checks.append(f"no CSF contrast (CSF/tissue {ratio:.2f} on the ADC): a phantom or no CSF in view; the "
+                          "CSF checks are skipped")
+        elif ratio < 1.0:
+            problems.append(f"{name} is not brighter in CSF than in tissue (CSF/tissue {ratio:.2f}; CSF = the darkest "
+                            f"{CSF_PERCENTILE:g} % of the DWI in the brain): on an ADC map CSF is bright and on the DWI "
+                            "dark; is it a DWI or an eADC, or are DWI and ADC exchanged?")
+        else:
+            checks.append(f"CSF brighter than tissue on the ADC (x{ratio:.2f}) and dark on the DWI")
+            if csf_mm2s < MIN_CSF_ADC_MM2S:
+                problems.append(f"{name}: CSF reads {csf_mm2s:.3g} mm2/s in the units found ({units.units}); free "
+                                f"water at 37 degC diffuses at {FREE_WATER_ADC_37C_MM2S:g} mm2/s and the CSF of an ADC "
+                                f"map reads above {MIN_CSF_ADC_MM2S:g}: this looks like a b0 or another T2-weighted "
+                                "image, not an ADC map")
+            else:
+                checks.append(f"CSF reads {csf_mm2s:.3g} mm2/s (free water {FREE_WATER_ADC_37C_MM2S:g})")
+        # exchanged files: the "DWI" reads like an ADC map of the "ADC" (bright, at free water, where
+        # the "ADC" is darkest)
+        dwi_units = units_from_median(float(np.median(dv)))
+        if dwi_units is not None:
+            av = a[m]
+            csf2 = m & (a <= np.percentile(av, CSF_PERCENTILE))
+            t2lo, t2hi = np.percentile(av, TISSUE_PERCENTILES)
+            tis2 = m & (a >= t2lo) & (a <= t2hi)
+            d_csf, d_tis = float(np.median(d[csf2])), float(np.median(d[tis2]))
+            if d_tis > 0 and d_csf / d_tis > CSF_CONTRAST_MIN and d_csf * ADC_UNITS[dwi_units] >= MIN_CSF_ADC_MM2S:
+                problems.append(f"the DWI reads like an ADC map of {name} (bright, {d_csf * ADC_UNITS[dwi_units]:.3g} "
+                                f"mm2/s in {dwi_units}, where that map is darkest): DWI and ADC look exchanged")
+        if b0 is not None and b_value:
+            s0 = sitk.GetArrayViewFromImage(b0).astype(np.float64)
+            ok = tissue & (s0 > 0) & (d > 0)
+            if ok.sum() >= 100:
+                implied = float(np.median(np.log(s0[ok] / d[ok]) / float(b_value)))
+                measured = float(np.median(a[ok])) * units.factor_to_mm2s
+                out["b0_implied_adc_mm2s"] = implied
+                if not (implied > 0 and 1 / B0_AGREEMENT_FACTOR <= measured / implied <= B0_AGREEMENT_FACTOR):
+                    problems.append(f"{name}: tissue ADC {measured:.3g} mm2/s disagrees with ln(b0/DWI)/b = "
+                                    f"{implied:.3g} mm2/s from the b0 (more than x{B0_AGREEMENT_FACTOR:g} apart)")
+                else:
+                    checks.append(f"tissue ADC {measured:.3g} agrees with ln(b0/DWI)/b = {implied:.3g} mm2/s")
+    out.update(problems=problems, checks=checks)
+    return out
+
+
 @dataclass
 class DiffusionCase:
-    """DWI and ADC of one case on one grid, the ADC converted to mm2/s, and the brain mask."""
+    """DWI and ADC of one case on one grid, the ADC converted to mm2/s, and the brain mask.
+
+    ``warnings``: doubts about the DWI/ADC pair that were overridden by stated ADC units."""
 
     dwi: sitk.Image
     adc_mm2s: sitk.Image
@@ -326,6 +470,8 @@ class DiffusionCase:
     units: AdcUnits
     dwi_path: str | None = None
     adc_path: str | None = None
+    pair_check: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
 
 def read_diffusion_images(dwi_path: str | os.PathLike, adc_path: str | os.PathLike) -> tuple[sitk.Image, sitk.Image]:
@@ -345,18 +491,35 @@ def read_diffusion_images(dwi_path: str | os.PathLike, adc_path: str | os.PathLi
 
 
 def load_diffusion(dwi_path: str | os.PathLike, adc_path: str | os.PathLike, *, adc_units: str = "auto",
-                   brain: sitk.Image | None = None) -> DiffusionCase:
+                   brain: sitk.Image | None = None, check_pair: bool = True,
+                   b0_path: str | os.PathLike | None = None) -> DiffusionCase:
     """Read DWI and ADC, check they share a grid, build the brain mask from the DWI (unless
-    given), detect or apply the ADC units and convert the ADC to mm2/s."""
+    given), detect or apply the ADC units, check that the ADC is an ADC map of this DWI
+    (:func:`check_adc_pair`; with a b0 also against ln(b0/DWI)/b) and convert it to mm2/s."""
     dwi, adc = read_diffusion_images(dwi_path, adc_path)
-    return diffusion_from_images(dwi, adc, adc_units=adc_units, brain=brain,
-                                 dwi_path=str(dwi_path), adc_path=str(adc_path))
+    b0 = b = None
+    if b0_path is not None and check_pair:
+        b0 = read_image(b0_path, "b0")
+        if not same_grid(b0, dwi):
+            b0 = None
+        else:
+            try:
+                b, _ = read_b_value(dwi_path)
+            except UserError:
+                b0 = None
+    return diffusion_from_images(dwi, adc, adc_units=adc_units, brain=brain, dwi_path=str(dwi_path),
+                                 adc_path=str(adc_path), check_pair=check_pair, b0=b0, b_value=b)
 
 
 def diffusion_from_images(dwi: sitk.Image, adc: sitk.Image, *, adc_units: str = "auto",
                           brain: sitk.Image | None = None, dwi_path: str | None = None,
-                          adc_path: str | None = None) -> DiffusionCase:
-    """As load_diffusion, for images already in memory (the Slicer logic's entry point)."""
+                          adc_path: str | None = None, check_pair: bool = True, b0: sitk.Image | None = None,
+                          b_value: float | None = None) -> DiffusionCase:
+    """As load_diffusion, for images already in memory (the Slicer logic's entry point).
+
+    With ``check_pair`` (default) the pair is checked by :func:`check_adc_pair`: a problem
+    is a UserError when the units were detected, and a warning in ``warnings`` when the user
+    stated them (the stated units force the map's use)."""
     if not same_grid(dwi, adc):
         raise UserError(f"ADC and DWI are on different grids ({grid_difference(adc, dwi)}); "
                         "they must come from the same acquisition")
@@ -365,5 +528,12 @@ def diffusion_from_images(dwi: sitk.Image, adc: sitk.Image, *, adc_units: str = 
     elif not same_grid(brain, dwi):
         raise UserError(f"brain mask is on a different grid than the DWI ({grid_difference(brain, dwi)})")
     units = detect_adc_units(adc, brain, adc_units, path=adc_path)
+    pair = check_adc_pair(dwi, adc, brain, units, adc_path=adc_path, b0=b0, b_value=b_value) if check_pair else {}
+    warnings = []
+    if pair.get("problems"):
+        if units.detected:
+            raise UserError(pair["problems"][0] + "; give the ADC map of this DWI (or, if you are sure it is one, "
+                            "state its units with --adc-units to use it anyway)")
+        warnings = [p + " (used anyway: the ADC units were stated)" for p in pair["problems"]]
     return DiffusionCase(sitk.Cast(dwi, sitk.sitkFloat64), adc_to_mm2s(adc, units), brain, units,
-                         dwi_path, adc_path)
+                         dwi_path, adc_path, pair, warnings)
