@@ -13,6 +13,7 @@ tilt: the volume would be sheared).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +61,11 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 def list_series(folder: str | os.PathLike) -> list[DicomSeries]:
     """The DICOM series directly in ``folder`` (not in subfolders), files in GDCM's order."""
     folder = Path(folder)
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with _quiet_itk():  # GDCM warns on stderr about a folder without series; the caller says it better
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        groups = [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in ids]
     out = []
-    for uid in ids:
-        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    for uid, files in groups:
         if not files:
             continue
         hdr = _header(files[0])
@@ -132,12 +134,24 @@ def series_of_file(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     uid = str(_get(_header(p), "SeriesInstanceUID", ""))
     try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p.parent), uid))
+        with _quiet_itk():
+            return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p.parent), uid))
     except RuntimeError:
         return [str(p)]
 
 
 # ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_itk():
+    """ITK's warnings off for a moment (they go to stderr, beside the one error line)."""
+    was = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was)
 
 
 def _header(path):

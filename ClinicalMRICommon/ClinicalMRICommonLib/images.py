@@ -1,9 +1,31 @@
-"""Image input: one reader for every image path the tools take, with one set of checks."""
+"""Image input: one reader for every image path the tools take, with one set of checks.
+
+:func:`read_image` reads NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd)
+and DICOM series folders (:mod:`ClinicalMRICommonLib.dicom`), and refuses, with a UserError
+naming the file and saying what to do:
+
+- a missing path, an empty file, a file that is not an image, a folder without one DICOM series;
+- an incomplete file: a truncated gzip stream, an uncompressed NIfTI shorter than its header
+  says (ITK fills the missing voxels with zeros without a word);
+- a NIfTI whose header gives a zero, negative or missing (NaN) voxel size ``pixdim`` (ITK
+  silently reads 0 as 1 mm) -- the 348-byte NIfTI-1 / 540-byte NIfTI-2 header is parsed here,
+  no nibabel needed;
+- an image of the wrong dimension (``dims``, default 3: 2-D, 4-D refused with their size) or a
+  vector/RGB image where a scalar one is needed;
+- NaN or infinite voxels (``finite``), checked on the NIfTI file's raw data too, because ITK's
+  NIfTI reader turns NaN into 0;
+- a direction matrix that is not orthogonal (a sheared grid: physical positions would be wrong
+  in every tool that assumes a rotation).
+
+:func:`read_grid` gives the grid from the header only (DICOM folders too), with the same
+header checks.
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
+import struct
 import zlib
 from pathlib import Path
 
@@ -13,83 +35,300 @@ import SimpleITK as sitk
 from .errors import UserError
 from .grids import Grid
 
+#: What the readers accept, for messages.
+IMAGE_FORMATS = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder"
 
-def read_image(path: str | os.PathLike, what: str = "image") -> sitk.Image:
-    """Read an image (NIfTI, NRRD, MHA, ...) or raise a UserError naming the file."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} file not found: {p}")
+#: A direction matrix D is accepted when max |D^T D - I| is below this (NIfTI stores it as a
+#: float32 quaternion; a sheared NRRD/MHA header is off by far more).
+ORTHOGONALITY_TOLERANCE = 1e-3
+
+_FINITE_MARK = "_clinicalmri_checked_finite"
+
+
+def read_image(path: str | os.PathLike, what: str = "image", *, dims: int | tuple | None = 3,
+               finite: bool = True, scalar: bool = True) -> sitk.Image:
+    """Read an image file or DICOM series folder and check it (see the module docstring).
+
+    ``dims``: the accepted dimension(s): ``3`` (default), a tuple such as ``(3, 4)`` for a tool
+    that takes 4-D series, or ``None`` for any. ``finite``: refuse NaN/inf voxels (default).
+    ``scalar``: refuse images with several components per voxel (default).
+    """
+    p = _existing(path, what)
     if p.is_dir():
-        raise UserError(f"{what} path is a folder, expected an image file: {p}")
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        hint = first[-1] if first else "unreadable"
-        raise UserError(f"{what} file {p} could not be read as an image ({hint[:120]}); "
-                        "check that it is a complete NIfTI/NRRD file") from None
-    _check_complete(p, img, what)
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"{what} file {p} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
-                        "expected a scalar image")
+        from .dicom import read_series
+
+        img = read_series(p, what)
+        nifti = None
+    else:
+        _check_not_empty(p, what)
+        _check_not_dicom_slice(p, what)
+        nifti = _nifti_header(p, what)
+        if nifti is not None:
+            _check_pixdim(p, nifti, what)
+        try:
+            img = sitk.ReadImage(str(p))
+        except RuntimeError as exc:
+            raise _read_failure(p, exc, what) from None
+        _check_complete(p, nifti, what)
+    check_image(img, p, what, dims=dims, scalar=scalar)
+    if finite:
+        _check_finite(img, p, what, nifti)
     return img
 
 
-def _check_complete(p: Path, img: sitk.Image, what: str) -> None:
+def check_image(img, path, what: str = "image", *, dims: int | tuple | None = 3, scalar: bool = True) -> None:
+    """The shape checks of :func:`read_image` for an image (or :class:`Grid`) from elsewhere:
+    dimension, scalar voxels, positive spacing, orthogonal direction."""
+    size = tuple(img.GetSize())
+    shown = " x ".join(str(s) for s in size)
+    ok_dims = None if dims is None else ((dims,) if isinstance(dims, int) else tuple(dims))
+    if ok_dims is not None and len(size) not in ok_dims:
+        want = " or ".join(f"{d}-D" for d in ok_dims)
+        kind, todo = "", ""
+        if len(size) == 4 and 3 in ok_dims:
+            kind, todo = "a series of volumes (time points, b-values or echoes), ", ": give one 3-D volume"
+        elif len(size) == 2:
+            kind, todo = "a single slice, ", ": give the whole volume"
+        raise UserError(f"{what} {path} is a {len(size)}-D image ({kind}size {shown}); expected a {want} image{todo}")
+    if scalar and isinstance(img, sitk.Image) and img.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{what} {path} has {img.GetNumberOfComponentsPerPixel()} components per voxel (a vector or "
+                        f"RGB image, size {shown}); expected a scalar (grey-value) image")
+    spacing = np.asarray(img.GetSpacing(), float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise UserError(f"{what} {path} has a zero, negative or missing voxel size {tuple(spacing)}; fix the header")
+    n = len(size)
+    d = np.asarray(img.GetDirection(), float).reshape(n, n)
+    if not np.all(np.isfinite(d)) or np.abs(d.T @ d - np.eye(n)).max() > ORTHOGONALITY_TOLERANCE:
+        raise UserError(f"{what} {path} has a non-orthogonal direction matrix (a sheared grid, "
+                        f"{tuple(round(float(x), 4) for x in d.ravel())}); physical positions would be wrong: "
+                        "resample it to a regular grid or fix its header")
+
+
+def check_finite(img: sitk.Image, path: str | os.PathLike, what: str = "image") -> None:
+    """Refuse images with NaN or infinite voxels.
+
+    ITK's NIfTI reader turns NaN voxels into 0 without a word, so NIfTI files are checked on
+    their raw data as well. An image that :func:`read_image` already checked is not checked
+    again."""
+    if getattr(img, _FINITE_MARK, None) == str(path):
+        return
+    p = Path(path)
+    nifti = None
+    if p.is_file():
+        try:
+            nifti = _nifti_header(p, what)
+        except UserError:
+            nifti = None
+    _check_finite(img, p, what, nifti)
+
+
+def read_grid(path: str | os.PathLike, what: str = "image", *, dims: int | tuple | None = 3,
+              scalar: bool = True) -> Grid:
+    """The grid of an image file or DICOM series folder from its header(s), without reading
+    its voxels; the header checks of :func:`read_image` (pixdim, an uncompressed file's size,
+    dimension, scalar voxels, direction) apply."""
+    p = _existing(path, what)
+    if p.is_dir():
+        from .dicom import series_grid
+
+        grid = series_grid(p, what)
+    else:
+        _check_not_empty(p, what)
+        nifti = _nifti_header(p, what, scan=False)
+        if nifti is not None:
+            _check_pixdim(p, nifti, what)
+            _check_complete(p, nifti, what)  # an uncompressed file's size (no voxels read)
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(p))
+        try:
+            r.ReadImageInformation()
+        except RuntimeError as exc:
+            raise _read_failure(p, exc, what) from None
+        grid = Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
+        if scalar and r.GetNumberOfComponents() != 1:
+            raise UserError(f"{what} {p} has {r.GetNumberOfComponents()} components per voxel (a vector or RGB "
+                            f"image, size {' x '.join(map(str, grid.size))}); expected a scalar (grey-value) image")
+    check_image(grid, p, what, dims=dims, scalar=False)
+    return grid
+
+
+# ---------------------------------------------------------------------------------------
+# checks
+
+
+def _existing(path, what: str) -> Path:
+    if path is None or str(path).strip() in ("", "."):
+        raise UserError(f"no {what} path given")
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} file not found: {p}")
+    return p
+
+
+def _check_not_empty(p: Path, what: str) -> None:
+    if p.stat().st_size == 0:
+        raise UserError(f"{what} file {p} is empty (0 bytes); copy or export it again")
+
+
+def _check_not_dicom_slice(p: Path, what: str) -> None:
+    """A single DICOM file of a multi-file series would be read as one slice: say so."""
+    from .dicom import is_dicom_file, series_of_file
+
+    if is_dicom_file(p):
+        n = len(series_of_file(p))
+        if n > 1:
+            raise UserError(f"{what} {p} is one slice of a DICOM series of {n} files; give the folder "
+                            f"{p.parent} instead to read the whole series")
+
+
+def _read_failure(p: Path, exc: RuntimeError, what: str) -> UserError:
+    text = str(exc)
+    if "Unable to determine ImageIO reader" in text:
+        return UserError(f"{what} file {p} is not an image file that can be read ({IMAGE_FORMATS} expected); "
+                         "check the path and the file")
+    if "Zero-valued spacing" in text:
+        return UserError(f"{what} file {p} has a zero voxel size in its header; fix the header")
+    if "orthonormal" in text:
+        return UserError(f"{what} file {p} has a non-orthogonal (sheared) orientation in its header; resample it to "
+                         "a regular grid or fix its header")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Reason:")]
+    hint = lines[-1].split("ITK ERROR:")[-1].strip() if lines else "unreadable"
+    return UserError(f"{what} file {p} could not be read as an image: it is damaged or truncated ({hint[:120]}); "
+                     "copy or export it again")
+
+
+def _check_complete(p: Path, nifti: dict | None, what: str) -> None:
     """ITK fills a truncated file's missing voxels silently; refuse such files.
 
-    Gzip-compressed files (.nii.gz, .mha/.nrrd with .gz) must decompress to the end; an
-    uncompressed NIfTI must hold at least the voxel bytes its header announces."""
+    Gzip-compressed files must decompress to the end; a NIfTI file must hold the voxel
+    bytes its header announces."""
     name = p.name.lower()
     problem = None
-    if name.endswith(".gz"):
+    if nifti is not None:
+        if nifti["available"] < nifti["needed"]:
+            problem = (f"is truncated: it holds {nifti['available']} of the {nifti['needed']} voxel bytes "
+                       "its header announces")
+    elif name.endswith(".gz"):
         try:
             with gzip.open(p, "rb") as fh:
                 while fh.read(1 << 22):
                     pass
         except (EOFError, OSError, zlib.error):
             problem = "is truncated or damaged (the compressed data ends early)"
-    elif name.endswith(".nii"):
-        n_bytes = int(np.prod(img.GetSize())) * img.GetNumberOfComponentsPerPixel() * \
-            sitk.GetArrayViewFromImage(img).dtype.itemsize
-        if p.stat().st_size < 348 + n_bytes:
-            problem = "is truncated (smaller than its header announces)"
     if problem:
         raise UserError(f"{what} file {p} {problem}; copy or export it again")
 
 
-def check_finite(img: sitk.Image, path: str | os.PathLike, what: str = "image") -> None:
-    """Refuse images with NaN or infinite voxels.
+def _check_pixdim(p: Path, nifti: dict, what: str) -> None:
+    n_spatial = max(1, min(3, nifti["ndim"]))
+    pixdim = nifti["pixdim"][1:1 + n_spatial]
+    bad = [float(x) for x in pixdim if not np.isfinite(x) or x <= 0]
+    if bad:
+        shown = ", ".join(f"{x:g}" for x in pixdim)
+        raise UserError(f"{what} file {p} has a zero, negative or missing voxel size in its NIfTI header "
+                        f"(pixdim {shown}); ITK would silently read it as 1 mm: fix the header or export "
+                        "the image again")
 
-    ITK's NIfTI reader turns NaN voxels into 0 without a word, so NIfTI files are checked
-    on their raw data (nibabel) as well."""
+
+def _check_finite(img: sitk.Image, p: Path, what: str, nifti: dict | None) -> None:
     arr = sitk.GetArrayViewFromImage(img)
-    name = str(path).lower()
-    if name.endswith((".nii", ".nii.gz")) and Path(path).is_file():
-        import nibabel as nib
-
-        try:
-            raw = np.asanyarray(nib.load(str(path)).dataobj)
-        except Exception:  # unreadable for nibabel: ITK read it; keep ITK's view
-            raw = None
-        if raw is not None and np.issubdtype(raw.dtype, np.floating):
-            arr = raw
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        if bad:
-            raise UserError(f"{what} file {path} has {bad} NaN/infinite voxels; fix or mask them before use")
-
-
-def read_grid(path: str | os.PathLike, what: str = "image") -> Grid:
-    """The grid of an image file from its header, without reading its voxels."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} file not found: {p}")
-    r = sitk.ImageFileReader()
-    r.SetFileName(str(p))
+    bad = int(np.count_nonzero(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
+    if not bad and nifti is not None:
+        bad = int(nifti.get("nonfinite", 0))
+    if bad:
+        raise UserError(f"{what} file {p} has {bad} NaN/infinite voxels; fix or mask them before use")
     try:
-        r.ReadImageInformation()
-    except RuntimeError:
-        raise UserError(f"{what} file {p} could not be read as an image; check that it is a complete "
-                        "NIfTI/NRRD file") from None
-    return Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
+        setattr(img, _FINITE_MARK, str(p))
+    except AttributeError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# the NIfTI header, read here (ITK hides what it repairs)
+
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4",
+                 1024: "i8", 1280: "u8", 1536: "f16"}
+
+
+def _open_maybe_gz(p: Path):
+    with open(p, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(p, "rb") if magic == b"\x1f\x8b" else open(p, "rb")
+
+
+def _nifti_header(p: Path, what: str, scan: bool = True) -> dict | None:
+    """The fields of a NIfTI-1/-2 header the checks need, or None for a non-NIfTI file.
+
+    With ``scan`` the voxel data is streamed once: ``available`` is the number of voxel bytes
+    present after ``vox_offset`` (a gzip stream that ends early is a truncated file) and, for
+    floating-point data, ``nonfinite`` counts the NaN/inf voxels of the raw data (ITK's reader
+    turns NaN into 0). Without ``scan`` (header-only reads) only an uncompressed file's size is
+    compared."""
+    name = p.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with _open_maybe_gz(p) as f:
+            head = f.read(540)
+            if len(head) < 348:
+                raise UserError(f"{what} file {p} is truncated (its NIfTI header is incomplete); copy or export it again")
+            info = _parse_nifti(head)
+            if info is None:
+                return None  # not a NIfTI header: let ITK say what it is
+            info["nonfinite"] = 0
+            compressed = isinstance(f, gzip.GzipFile)
+            if not scan:
+                info["available"] = info["needed"] if compressed else max(0, p.stat().st_size - info["vox_offset"])
+                return info
+            floating = info["dtype"] is not None and np.issubdtype(info["dtype"], np.floating)
+            if not compressed and not floating:
+                info["available"] = max(0, p.stat().st_size - info["vox_offset"])
+                return info
+            f.seek(info["vox_offset"]) if compressed else f.seek(min(info["vox_offset"], p.stat().st_size))
+            total, carry = 0, b""
+            item = info["dtype"].itemsize if floating else 1
+            while True:
+                chunk = f.read(1 << 22)
+                if not chunk:
+                    break
+                start, total = total, total + len(chunk)
+                if floating and start < info["needed"]:
+                    buf = carry + chunk[:info["needed"] - start]
+                    usable = len(buf) - len(buf) % item
+                    values = np.frombuffer(buf[:usable], dtype=info["dtype"])
+                    info["nonfinite"] += int(np.count_nonzero(~np.isfinite(values)))
+                    carry = buf[usable:]
+            info["available"] = total
+    except (EOFError, OSError, zlib.error):
+        raise UserError(f"{what} file {p} is truncated or damaged (the compressed data ends early); copy or "
+                        "export it again") from None
+    return info
+
+
+def _parse_nifti(head: bytes) -> dict | None:
+    for endian in "<>":
+        size = struct.unpack(endian + "i", head[:4])[0]
+        if size == 348:
+            dim = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            pixdim = struct.unpack(endian + "8f", head[76:108])
+            vox_offset = struct.unpack(endian + "f", head[108:112])[0]
+            vox_offset = int(vox_offset) if np.isfinite(vox_offset) and vox_offset >= 348 else 352
+            break
+        if size == 540 and len(head) >= 540:
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            dim = struct.unpack(endian + "8q", head[16:80])
+            pixdim = struct.unpack(endian + "8d", head[104:168])
+            vox_offset = max(540, int(struct.unpack(endian + "q", head[168:176])[0]))
+            break
+    else:
+        return None
+    ndim = int(dim[0])
+    if not 1 <= ndim <= 7:
+        return None
+    shape = [max(1, int(d)) for d in dim[1:1 + ndim]]
+    code = _NIFTI_DTYPES.get(int(datatype))
+    dtype = np.dtype(endian + code) if code else None
+    n_vox = int(np.prod(shape, dtype=np.int64))
+    return {"ndim": ndim, "shape": shape, "pixdim": list(pixdim), "dtype": dtype,
+            "vox_offset": vox_offset, "needed": n_vox * max(1, int(bitpix)) // 8}

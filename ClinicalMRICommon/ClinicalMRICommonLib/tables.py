@@ -1,34 +1,91 @@
 """Reading the CSV tables the workflows take (feature tables, training case lists) with
-one-line errors; shared by the command line and the Slicer panel."""
+one-line errors; shared by the command line and the Slicer panel.
+
+:func:`read_csv_table` refuses, naming the file: a missing path or a folder; an empty file;
+a binary file (an Excel workbook, an image, ...); a table saved with ``;`` / tab / ``|`` as
+delimiter (said as such, instead of "all columns missing"); duplicate column names (pandas
+would silently rename the second ``x`` to ``x.1``); a header without data rows. A UTF-8 byte
+order mark (Excel's "CSV UTF-8") is accepted.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
-import pandas as pd
+from ClinicalMRICommonLib.errors import UserError, os_error_message
 
-from ClinicalMRICommonLib.errors import UserError
+_OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
+_BINARY_SIGNATURES = {b"PK\x03\x04": "a ZIP file (an Excel .xlsx workbook?)",
+                      b"\xd0\xcf\x11\xe0": "an Excel .xls / Office file",
+                      b"\x1f\x8b": "a gzip-compressed file (an image?)",
+                      b"%PDF": "a PDF document"}
 
 
-def read_csv_table(path: str | os.PathLike, what: str) -> pd.DataFrame:
-    """Read a CSV file; UserError naming the file for a missing, unreadable or empty one."""
+def _header_line(p: Path, what: str) -> str:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise UserError(os_error_message(exc, p, f"could not read {what}")) from None
+    if not head.strip():
+        raise UserError(f"{what} file {p} is empty; give a CSV file with a header row and data rows")
+    for sig, kind in _BINARY_SIGNATURES.items():
+        if head.startswith(sig):
+            raise UserError(f"{what} file {p} is not a CSV text file: it is {kind}; save the table as CSV "
+                            "(comma-separated)")
+    if b"\x00" in head:
+        raise UserError(f"{what} file {p} is not a CSV text file (it holds binary data); save the table as CSV "
+                        "(comma-separated)")
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the end of the sample
+            raise UserError(f"{what} file {p} is not UTF-8 text (byte {exc.start}); save it as CSV in UTF-8") from None
+        text = head[:exc.start].decode("utf-8-sig")
+    return text.splitlines()[0] if text.splitlines() else ""
+
+
+def read_csv_table(path: str | os.PathLike, what: str) -> "pd.DataFrame":  # noqa: F821
+    """Read a comma-separated CSV file; UserError naming the file for a missing, unreadable,
+    binary, empty, other-delimiter or duplicate-column table (see the module docstring)."""
+    import pandas as pd
+
     p = Path(path)
-    if str(path) in ("", ".") or not p.exists():
+    if str(path).strip() in ("", ".") or not p.exists():
         raise UserError(f"{what} file not found: {p}")
     if p.is_dir():
         raise UserError(f"{what} path is a folder, expected a CSV file: {p}")
+    header = _header_line(p, what)
+    columns = next(csv.reader(io.StringIO(header)), [])
+    if len(columns) <= 1:
+        for delim, name in _OTHER_DELIMITERS.items():
+            if header.count(delim) >= 1:
+                raise UserError(f"{what} file {p} uses {name} as delimiter; save it comma-separated (CSV with ',')")
+    names = [c.strip() for c in columns]
+    seen, dups = set(), []
+    for c in names:
+        if c and c in seen and c not in dups:  # empty names (trailing commas) become "Unnamed: n"
+            dups.append(c)
+        seen.add(c)
+    if dups:
+        raise UserError(f"{what} file {p} has duplicate column names ({', '.join(repr(d) for d in dups[:5])}); "
+                        "give every column its own name")
     try:
-        df = pd.read_csv(p)
+        df = pd.read_csv(p, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what} file {p} could not be read as CSV ({msg[:120]})") from None
+    except OSError as exc:
+        raise UserError(os_error_message(exc, p, f"could not read {what}")) from None
     if df.empty:
         raise UserError(f"{what} file {p} has no data rows")
     return df
 
 
-def read_feature_table(path: str | os.PathLike, id_column: str, what: str = "feature table") -> pd.DataFrame:
+def read_feature_table(path: str | os.PathLike, id_column: str, what: str = "feature table") -> "pd.DataFrame":  # noqa: F821
     """A feature table (one row per case, one column per feature) indexed by ``id_column``."""
     df = read_csv_table(path, what)
     if id_column not in df.columns:
