@@ -23,6 +23,7 @@ header checks.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
@@ -43,6 +44,7 @@ IMAGE_FORMATS = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .m
 ORTHOGONALITY_TOLERANCE = 1e-3
 
 _FINITE_MARK = "_clinicalmri_checked_finite"
+_RAW_NONFINITE = "_clinicalmri_raw_nonfinite"
 
 
 def read_image(path: str | os.PathLike, what: str = "image", *, dims: int | tuple | None = 3,
@@ -73,6 +75,9 @@ def read_image(path: str | os.PathLike, what: str = "image", *, dims: int | tupl
     check_image(img, p, what, dims=dims, scalar=scalar)
     if finite:
         _check_finite(img, p, what, nifti)
+    elif nifti is not None:
+        with contextlib.suppress(AttributeError):
+            setattr(img, _RAW_NONFINITE, (str(p), int(nifti.get("nonfinite", 0))))
     return img
 
 
@@ -231,16 +236,31 @@ def _check_pixdim(p: Path, nifti: dict, what: str) -> None:
 
 
 def _check_finite(img: sitk.Image, p: Path, what: str, nifti: dict | None) -> None:
-    arr = sitk.GetArrayViewFromImage(img)
-    bad = int(np.count_nonzero(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
-    if not bad and nifti is not None:
-        bad = int(nifti.get("nonfinite", 0))
+    bad = _count_nonfinite(img, nifti)
     if bad:
         raise UserError(f"{what} file {p} has {bad} NaN/infinite voxels; fix or mask them before use")
-    try:
+    with contextlib.suppress(AttributeError):
         setattr(img, _FINITE_MARK, str(p))
-    except AttributeError:
-        pass
+
+
+def _count_nonfinite(img: sitk.Image, nifti: dict | None) -> int:
+    arr = sitk.GetArrayViewFromImage(img)
+    bad = int(np.count_nonzero(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
+    return bad or (int(nifti.get("nonfinite", 0)) if nifti is not None else 0)
+
+
+def nonfinite_voxels(img: sitk.Image, path: str | os.PathLike | None = None) -> int:
+    """The number of NaN/inf voxels of an image, counting a NIfTI file's raw data as well
+    (ITK's reader turns NaN into 0): what :func:`read_image` refuses with ``finite=True``;
+    for callers such as the mask reader that say in their own words what NaN means."""
+    known = getattr(img, _RAW_NONFINITE, None)
+    if known is not None and (path is None or known[0] == str(path)):
+        return _count_nonfinite(img, None) or known[1]
+    nifti = None
+    if path is not None and Path(path).is_file():
+        with contextlib.suppress(UserError):
+            nifti = _nifti_header(Path(path), "image")
+    return _count_nonfinite(img, nifti)
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 
 from .errors import InputWarning, UserError
 from .grids import grid_difference, resample_mask_to, same_grid
-from .images import read_image
+from .images import nonfinite_voxels, read_image
 
 #: More distinct values than this: an intensity image, not a label map (8-bit label maps hold
 #: at most 255 labels; the TotalSegmentator CT map has 117).
@@ -52,8 +52,7 @@ def check_mask_values(arr: np.ndarray, path, what: str = "mask", label: int | No
     if floating:
         finite = np.isfinite(arr)
         if not finite.all():
-            raise UserError(f"{what} file {path} has {int((~finite).sum())} NaN/infinite voxels; a mask holds 0 "
-                            "outside and label numbers inside")
+            raise _nan_mask(path, what, int((~finite).sum()))
     values = np.unique(arr)
     if values.size and values[0] < 0:
         raise UserError(f"{what} file {path} has negative values (lowest {values[0]:g}); a mask holds 0 outside and "
@@ -79,6 +78,11 @@ def check_mask_values(arr: np.ndarray, path, what: str = "mask", label: int | No
     return arr != 0
 
 
+def _nan_mask(path, what: str, n: int) -> UserError:
+    return UserError(f"{what} file {path} has {n} NaN/infinite voxels; a mask holds 0 outside and label numbers "
+                     "inside: give the mask (label map) file, not a probability map or an image")
+
+
 def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None, *, what: str = "ROI",
               resample: bool = False, min_voxels: int = 1, label: int | None = None,
               on_warning: Callable[[str], None] | None = None) -> sitk.Image:
@@ -91,7 +95,10 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None, *, w
     masks smaller than ``min_voxels``. Warnings go to ``on_warning(message)`` when given, else
     to :func:`warnings.warn` as :class:`InputWarning`.
     """
-    m = read_image(path, what, finite=False)  # NaN is checked below, with what it means for a mask
+    m = read_image(path, what, finite=False)  # NaN is checked here, with what it means for a mask
+    n_bad = nonfinite_voxels(m, path)
+    if n_bad:
+        raise _nan_mask(path, what, n_bad)
     if reference is not None and not same_grid(m, reference):
         if not resample:
             raise UserError(f"{what} file {path} is on a different grid than the image "
