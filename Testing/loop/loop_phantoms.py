@@ -76,3 +76,21 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a) != 0, np.asarray(b) != 0
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2.0 * (a & b).sum() / s)
+
+
+def run_loop_cli(argv: list[str]) -> int:
+    """``annotation-qc loop ...`` through a parser built as the tool builds it (tool_parser +
+    add_loop_commands) and the tools' runner (one-line errors, exit 2)."""
+    from ClinicalMRICommonLib.cli import tool_parser
+    from ClinicalMRICommonLib.errors import run_cli
+
+    from AnnotationQCLib.loop.cli import add_loop_commands
+
+    parser, sub = tool_parser("annotation-qc", "test parser")
+    add_loop_commands(sub)
+
+    def main(args):
+        ns = parser.parse_args(args)
+        return ns.func(ns)
+
+    return run_cli(main, ["loop", *argv])

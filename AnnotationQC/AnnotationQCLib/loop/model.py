@@ -187,6 +187,16 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
                 progress: Callable[[str], None] | None = None) -> dict:
     """Train the next round's network on the loop's standard set and store it in the loop
     folder; returns the round's summary (validation Dice, time per epoch, ...)."""
+    say = progress or (lambda s: None)
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1 (got {epochs})")
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val-fraction must lie between 0 and 1 (got {val_fraction})")
+    _patch(patch, "cpu")  # the syntax, before the slow imports
+    state = loop.state()
+    standard = loop.standard_set(state)
+    val_patients = split_patients([s["patient_id"] for s in standard], seed, val_fraction)
+
     import torch
     from monai.data import DataLoader, Dataset
     from monai.losses import DiceCELoss
@@ -194,17 +204,9 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
                                   RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
     from monai.utils import set_determinism
 
-    say = progress or (lambda s: None)
-    if epochs < 1:
-        raise UserError(f"--epochs must be at least 1 (got {epochs})")
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val-fraction must lie between 0 and 1 (got {val_fraction})")
     dev, amp = select_device(device)
     patch_zyx = _patch(patch, dev.type)
     features = features or DEFAULT_FEATURES[dev.type]
-    state = loop.state()
-    standard = loop.standard_set(state)
-    val_patients = split_patients([s["patient_id"] for s in standard], seed, val_fraction)
     n_classes = len(loop.labels.get("keys", [None])) + 1
     settings = network_settings(network, len(loop.sequences), n_classes, features)
     round_no = loop.latest_round(state) + 1
