@@ -70,7 +70,7 @@ def read_image(path: str | os.PathLike, what: str = "image", *, dims: int | tupl
         try:
             img = sitk.ReadImage(str(p))
         except RuntimeError as exc:
-            raise _read_failure(p, exc, what) from None
+            raise _read_failure(p, exc, what, nifti) from None
         _check_complete(p, nifti, what)
     check_image(img, p, what, dims=dims, scalar=scalar)
     if finite:
@@ -148,7 +148,7 @@ def read_grid(path: str | os.PathLike, what: str = "image", *, dims: int | tuple
         try:
             r.ReadImageInformation()
         except RuntimeError as exc:
-            raise _read_failure(p, exc, what) from None
+            raise _read_failure(p, exc, what, nifti) from None
         grid = Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
         if scalar and r.GetNumberOfComponents() != 1:
             raise UserError(f"{what} {p} has {r.GetNumberOfComponents()} components per voxel (a vector or RGB "
@@ -186,8 +186,11 @@ def _check_not_dicom_slice(p: Path, what: str) -> None:
                             f"{p.parent} instead to read the whole series")
 
 
-def _read_failure(p: Path, exc: RuntimeError, what: str) -> UserError:
+def _read_failure(p: Path, exc: RuntimeError, what: str, nifti: dict | None = None) -> UserError:
     text = str(exc)
+    if nifti is not None and nifti.get("version") == 2:
+        return UserError(f"{what} file {p} is a NIfTI-2 file, which ITK (and so Slicer and these tools) cannot read; "
+                         "save it as NIfTI-1 (e.g. with nibabel or dcm2niix)")
     if "Unable to determine ImageIO reader" in text:
         return UserError(f"{what} file {p} is not an image file that can be read ({IMAGE_FORMATS} expected); "
                          "check the path and the file")
@@ -334,12 +337,14 @@ def _parse_nifti(head: bytes) -> dict | None:
             pixdim = struct.unpack(endian + "8f", head[76:108])
             vox_offset = struct.unpack(endian + "f", head[108:112])[0]
             vox_offset = int(vox_offset) if np.isfinite(vox_offset) and vox_offset >= 348 else 352
+            version = 1
             break
         if size == 540 and len(head) >= 540:
             datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
             dim = struct.unpack(endian + "8q", head[16:80])
             pixdim = struct.unpack(endian + "8d", head[104:168])
             vox_offset = max(540, int(struct.unpack(endian + "q", head[168:176])[0]))
+            version = 2
             break
     else:
         return None
@@ -350,5 +355,5 @@ def _parse_nifti(head: bytes) -> dict | None:
     code = _NIFTI_DTYPES.get(int(datatype))
     dtype = np.dtype(endian + code) if code else None
     n_vox = int(np.prod(shape, dtype=np.int64))
-    return {"ndim": ndim, "shape": shape, "pixdim": list(pixdim), "dtype": dtype,
+    return {"version": version, "ndim": ndim, "shape": shape, "pixdim": list(pixdim), "dtype": dtype,
             "vox_offset": vox_offset, "needed": n_vox * max(1, int(bitpix)) // 8}

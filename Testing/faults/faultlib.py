@@ -295,6 +295,8 @@ def write_dicom_series(folder: Path, array: np.ndarray, *, spacing=(0.8, 0.9, 3.
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     d = np.asarray(direction, float).reshape(3, 3)
+    # DICOM has no slice direction of its own: it is row x column, so the grid must be right-handed
+    assert np.allclose(np.cross(d[:, 0], d[:, 1]), d[:, 2]), "DICOM needs a right-handed direction"
     iop = "\\".join(f"{v:.6f}" for v in list(d[:, 0]) + list(d[:, 1]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
