@@ -20,8 +20,9 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTabl
 
 # Everything imported here needs only numpy, SimpleITK, VTK and MRML (shipped with Slicer).
 # The science (pyradiomics, scikit-learn, torch) runs in a separate process
-# (HRMMPredictLib.predict_worker) and is imported in Slicer's process only by
+# (HRMMPredictLib.slicer.predict_worker) and is imported in Slicer's process only by
 # HRMMPredictLogic.predict (scripting and the module test), never when Slicer starts.
+from ClinicalMRICommonLib import mrml_bridge
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.mrml_bridge import (
     register_layout,
@@ -29,9 +30,9 @@ from ClinicalMRICommonLib.mrml_bridge import (
     show_in_views,
     slice_views_layout_xml,
 )
-from HRMMPredictLib import mrml_bridge, panel_results, series_guess, slicer_deps
-from HRMMPredictLib.predict_worker import worker_command
-from HRMMPredictLib.process_runner import ProcessRunner, RunState
+from HRMMPredictLib.slicer import packages, panel_logic, panel_results, series_guess
+from HRMMPredictLib.slicer.predict_worker import worker_command
+from HRMMPredictLib.slicer.process_runner import ProcessRunner, RunState
 
 
 #
@@ -91,7 +92,7 @@ Built on 3D Slicer, pyradiomics, SimpleITK, scikit-learn, PyTorch and MONAI.
 class HRMMPredictDevice(enum.Enum):
     """Where the deep model runs."""
 
-    # values are the library's device names (HRMMPredictLib.deep_model.select_device)
+    # values are the library's device names (HRMMPredictLib.deep.model.select_device)
     AUTO = "auto"
     CPU = "cpu"
     GPU = "cuda"
@@ -138,8 +139,8 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Uses ScriptedLoadableModuleWidget base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
 
-    The prediction runs in a child process (HRMMPredictLib.predict_worker) watched by a
-    HRMMPredictLib.process_runner.ProcessRunner; a QTimer drains its output on the main
+    The prediction runs in a child process (HRMMPredictLib.slicer.predict_worker) watched by a
+    HRMMPredictLib.slicer.process_runner.ProcessRunner; a QTimer drains its output on the main
     thread, so the scene and the widgets are only touched here.
     """
 
@@ -613,7 +614,7 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if table is None or table.GetScene() is None:
             return None
         try:
-            return mrml_bridge.result_from_table_node(table)
+            return panel_logic.result_from_table_node(table)
         except UserError:
             return None
 
@@ -683,8 +684,8 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class HRMMPredictLogic(ScriptedLoadableModuleLogic):
     """Moves data between MRML nodes and HRMMPredictLib; no widgets.
 
-    The work is done by HRMMPredictLib.mrml_bridge (tested on slicer-core),
-    HRMMPredictLib.predict_worker (the process the panel runs) and HRMMPredictLib.predict
+    The work is done by HRMMPredictLib.slicer.panel_logic (tested on slicer-core),
+    HRMMPredictLib.slicer.predict_worker (the process the panel runs) and HRMMPredictLib.predict
     (the library the command line also runs).
     """
 
@@ -717,9 +718,9 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
     def volumesByKey(self, parameterNode) -> dict:
         return {"t1": parameterNode.t1Volume, "t2": parameterNode.t2Volume, "fst2": parameterNode.fst2Volume}
 
-    def readCase(self, parameterNode, progress=None) -> "mrml_bridge.CaseImages":
+    def readCase(self, parameterNode, progress=None) -> "panel_logic.CaseImages":
         """The three sequences as SimpleITK images and the ROI exported onto each one's grid."""
-        return mrml_bridge.case_images_from_nodes(
+        return panel_logic.case_images_from_nodes(
             self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
             labels=self.LABELS, progress=progress)
 
@@ -727,7 +728,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
 
     def guessSequences(self, parameterNode, descriptions: dict, overwrite: bool = False) -> dict:
         """Choose T1WI/T2WI/FS-T2WI from ``descriptions`` (node ID -> name/series
-        description) with HRMMPredictLib.series_guess; only empty fields unless ``overwrite``.
+        description) with HRMMPredictLib.slicer.series_guess; only empty fields unless ``overwrite``.
         Returns role -> SeriesGuess or None."""
         guesses = series_guess.guess_sequences(descriptions)
         fields = {"t1": "t1Volume", "t2": "t2Volume", "fst2": "fst2Volume"}
@@ -764,7 +765,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         reference = parameterNode.t2Volume or parameterNode.t1Volume or parameterNode.fst2Volume
         if not reference:
             raise UserError(_("Select the series first: the ROI is drawn on one of them."))
-        return mrml_bridge.create_roi_segment(reference, scene=slicer.mrmlScene)
+        return panel_logic.create_roi_segment(reference, scene=slicer.mrmlScene)
 
     # -- model bundle and packages
 
@@ -783,12 +784,12 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         installed; the rest from PyPI with slicer.packaging.pip_ensure (Slicer 5.12+) or
         slicer.util.pip_install."""
         importlib.invalidate_caches()
-        needed = slicer_deps.requirements_for(modelKinds)
-        missing = slicer_deps.missing_requirements(needed)
+        needed = packages.requirements_for(modelKinds)
+        missing = packages.missing_requirements(needed)
         if not missing:
             return
-        torchMissing = [m for m in missing if m.requirement == slicer_deps.TORCH]
-        others = [m for m in missing if m.requirement != slicer_deps.TORCH]
+        torchMissing = [m for m in missing if m.requirement == packages.TORCH]
+        others = [m for m in missing if m.requirement != packages.TORCH]
         if torchMissing:
             try:
                 import PyTorchUtils
@@ -797,7 +798,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
             if PyTorchUtils is not None:
                 torchLogic = PyTorchUtils.PyTorchUtilsLogic()
                 if torchLogic.installTorch(askConfirmation=True,
-                                           torchVersionRequirement=slicer_deps.TORCH.spec[len("torch"):]) is None:
+                                           torchVersionRequirement=packages.TORCH.spec[len("torch"):]) is None:
                     raise UserError(_("PyTorch was not installed; the bundle's deep model needs it."))
             else:  # plain PyPI wheel: CUDA on Linux, CPU-only on Windows and macOS
                 others = torchMissing + others
@@ -819,7 +820,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
                 with slicer.util.WaitCursor():
                     slicer.util.pip_install(specs)
         importlib.invalidate_caches()
-        still = slicer_deps.missing_requirements(needed)
+        still = packages.missing_requirements(needed)
         if still:
             raise UserError(_("Still missing after installation: {items}. Restart Slicer and try again.").format(
                 items=", ".join(str(m) for m in still)))
@@ -845,14 +846,14 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         reason = self.missingInputs(parameterNode)
         if reason:
             raise UserError(reason)
-        return mrml_bridge.write_prediction_request(
+        return panel_logic.write_prediction_request(
             self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
             parameterNode.modelDirectory, folder, device=parameterNode.device.value, progress=progress)
 
     def importResult(self, parameterNode, resultPath) -> dict:
         """Fill the result tables from the worker's result file; returns the result."""
         self.ensureResultTables(parameterNode)
-        return mrml_bridge.import_prediction_result(resultPath, parameterNode.summaryTable,
+        return panel_logic.import_prediction_result(resultPath, parameterNode.summaryTable,
                                                     parameterNode.featureTable)
 
     def predictInBackground(self, parameterNode, folder, runner=None, timeout=600.0, progress=None) -> dict:
@@ -887,7 +888,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
             raise UserError(reason)
         self.ensureResultTables(parameterNode)
         logging.info("HRMMPredict: predicting with model bundle %s", parameterNode.modelDirectory)
-        return mrml_bridge.predict_from_nodes(
+        return panel_logic.predict_from_nodes(
             self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
             parameterNode.modelDirectory, device=parameterNode.device.value,
             summary_table=parameterNode.summaryTable, feature_table=parameterNode.featureTable, progress=progress)
@@ -1018,7 +1019,7 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
         """Train a tiny radiomics bundle on a generated cohort, then predict one case through
         the panel's worker process and with ``hrmm predict``: the same numbers. Needs the
         Python packages (never installed by a test: Slicer's testing mode skips pip_ensure)."""
-        missing = slicer_deps.missing_requirements()
+        missing = packages.missing_requirements()
         if missing:  # testing mode never installs packages; say so in the test log
             logging.warning("HRMMPredictTest: prediction test skipped, packages not installed: %s",
                             ", ".join(str(m) for m in missing))
@@ -1029,7 +1030,8 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
         import json
         import subprocess
 
-        from HRMMPredictLib.model import TrainConfig
+        from HRMMPredictLib.radiomics.features import SMALL_PARAMS
+        from HRMMPredictLib.radiomics.model import RadiomicsTrainConfig
         from HRMMPredictLib.synthetic import generate_cohort
         from HRMMPredictLib.training import train_bundle
 
@@ -1038,9 +1040,9 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
             manifest = generate_cohort(folder / "cohort", n_patients=16, seed=7, effect_size=1.5,
                                        shape=(8, 80, 96), spacing=(1.0, 1.0, 4.8))
             params = folder / "small.yaml"
-            params.write_text((pathlib.Path(mrml_bridge.__file__).parent / "Resources" / "hrmm_radiomics_small.yaml").read_text())
-            config = TrainConfig(seed=0, validation_fraction=0.25, mrmr_k=10, lasso_cv=3, cv_folds=3,
-                                 icc_threshold=0.6)
+            params.write_text(SMALL_PARAMS.read_text())
+            config = RadiomicsTrainConfig(seed=0, validation_fraction=0.25, mrmr_k=10, lasso_cv=3, cv_folds=3,
+                                          icc_threshold=0.6)
             trainKwargs = {}
             try:
                 from HRMMPredictLib.fusion import DeepOptions
@@ -1063,11 +1065,11 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
             panel = logic.predictInBackground(parameterNode, folder / "job")
 
             # `hrmm predict --json` in Slicer's Python, with the module folders on sys.path
-            from HRMMPredictLib.process_runner import worker_python
+            from HRMMPredictLib.slicer.process_runner import worker_python
 
             modulePaths = [str(pathlib.Path(__file__).resolve().parent),
                            str(pathlib.Path(importlib.import_module("ClinicalMRICommonLib").__file__).resolve().parents[1])]
-            cliCode = ("import sys; sys.path[:0] = sys.argv[1:3]; from HRMMPredictLib.cli import main; "
+            cliCode = ("import sys; sys.path[:0] = sys.argv[1:3]; from HRMMPredictLib.cli.main import main; "
                        "sys.exit(main(sys.argv[3:]))")
             cli = subprocess.run([worker_python(), "-c", cliCode, *modulePaths, "predict", "--t1", files["t1"],
                                   "--t2", files["t2"], "--fst2", files["fst2"], "--roi", files["roi"],

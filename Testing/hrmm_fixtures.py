@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-SMALL_PARAMS = (Path(__file__).resolve().parents[1] / "HRMMPredict" / "HRMMPredictLib" / "Resources"
-                / "hrmm_radiomics_small.yaml").read_text()
-
 SHAPE = (8, 80, 96)
 SPACING = (1.0, 1.0, 4.8)
 
 
 @pytest.fixture(scope="session")
 def small_params(tmp_path_factory) -> Path:
+    from HRMMPredictLib.radiomics.features import SMALL_PARAMS
+
     p = tmp_path_factory.mktemp("params") / "small.yaml"
-    p.write_text(SMALL_PARAMS)
+    p.write_text(SMALL_PARAMS.read_text())
     return p
 
 
@@ -33,9 +32,9 @@ def small_cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_config():
-    from HRMMPredictLib.model import TrainConfig
+    from HRMMPredictLib.radiomics.model import RadiomicsTrainConfig
 
-    return TrainConfig(seed=0, validation_fraction=0.25, mrmr_k=10, lasso_cv=3, cv_folds=3, icc_threshold=0.6)
+    return RadiomicsTrainConfig(seed=0, validation_fraction=0.25, mrmr_k=10, lasso_cv=3, cv_folds=3, icc_threshold=0.6)
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +54,8 @@ DEEP_TEST_SIZE = 64
 
 
 def tiny_deep_options(**overrides):
-    from HRMMPredictLib.deep_cohort import DeepInputConfig
-    from HRMMPredictLib.deep_model import TrainConfig as DeepTrainConfig
+    from HRMMPredictLib.deep.cohort import DeepInputConfig
+    from HRMMPredictLib.deep.model import DeepTrainConfig
     from HRMMPredictLib.fusion import DeepOptions
 
     train = DeepTrainConfig(epochs=1, batch_size=4, val_fraction=0.25, eval_batch_size=8)

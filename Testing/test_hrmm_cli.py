@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.manifest import load_manifest
+from HRMMPredictLib.cohort import load_cohort_manifest
 
 HRMM = [sys.executable, "-m", "HRMMPredictLib.cli"]
 
@@ -61,7 +61,8 @@ def test_extract_writes_one_row_of_features_only(case, tmp_path):
     assert len(df) == 1
     assert list(df.columns) == ["original_shape_VoxelVolume", "original_firstorder_Mean",
                                 "original_firstorder_Entropy", "original_glcm_Contrast"]
-    r = run("extract", "--image", case["t2"], "--mask", case["roi"], "--params", params, "--out", out, "--diagnostics")
+    r = run("extract", "--image", case["t2"], "--mask", case["roi"], "--params", params, "--out", out, "--diagnostics",
+            "--overwrite")
     assert any(c.startswith("diagnostics_") for c in pd.read_csv(out).columns)
 
 
@@ -83,7 +84,8 @@ def test_extract_bad_inputs(case, tmp_path):
                           "roi_other_grid.nii.gz", "different grid", "--resample-roi")
     params = tmp_path / "p.yaml"
     params.write_text(SMALL)
-    r = run("extract", "--image", case["t2"], "--mask", other, "--params", params, "--out", out, "--resample-roi")
+    r = run("extract", "--image", case["t2"], "--mask", other, "--params", params, "--out", tmp_path / "ok.csv",
+            "--resample-roi")
     assert r.returncode == 0, r.stderr
     # empty ROI, tiny ROI
     empty = sitk.Image(roi.GetSize(), sitk.sitkUInt8)
@@ -157,7 +159,7 @@ def test_manifest_reports_every_problem_with_row_numbers(small_cohort, tmp_path)
     bad = tmp_path / "bad.csv"
     df.to_csv(bad, index=False)
     with pytest.raises(UserError) as ei:
-        load_manifest(bad)
+        load_cohort_manifest(bad)
     msg = str(ei.value)
     assert "6 problem(s)" in msg, msg
     for needle in ("row 2: t2 file not found", "row 3: label 'high'", "row 4: roi", "is empty",

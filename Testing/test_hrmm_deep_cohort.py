@@ -1,4 +1,4 @@
-"""2.5D stacks of a cohort (HRMMPredictLib.deep_cohort): the same function for training and
+"""2.5D stacks of a cohort (HRMMPredictLib.deep.cohort): the same function for training and
 prediction, the cache (arrays keyed by file contents and settings, no pickles) and the
 previews for people."""
 
@@ -11,16 +11,16 @@ import pytest
 import SimpleITK as sitk
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.deep_cohort import (CACHE_SUBDIR, DeepInputConfig, cohort_stacks, lesion_stack,
+from HRMMPredictLib.deep.cohort import (CACHE_SUBDIR, DeepInputConfig, cohort_stacks, lesion_stack,
                                         read_lesion_images, stack_key)
-from HRMMPredictLib.deep_input import stack_25d
-from HRMMPredictLib.manifest import load_manifest
+from HRMMPredictLib.deep.input import stack_25d
+from HRMMPredictLib.cohort import load_cohort_manifest
 
 CFG = DeepInputConfig(size=64)
 
 
 def test_cohort_stacks_cache_and_one_function(small_cohort, tmp_path):
-    cohort = load_manifest(small_cohort).iloc[:3]
+    cohort = load_cohort_manifest(small_cohort).iloc[:3]
     stacks, info = cohort_stacks(cohort, tmp_path, CFG)
     assert stacks.shape == (3, 3, 64, 64) and stacks.dtype == np.uint8
     assert not info["cached"].any() and list(info["lesion_id"]) == list(cohort["lesion_id"])
@@ -47,7 +47,7 @@ def test_cohort_stacks_cache_and_one_function(small_cohort, tmp_path):
 
 
 def test_cache_key_follows_contents_and_settings(small_cohort, tmp_path):
-    cohort = load_manifest(small_cohort).iloc[:1]
+    cohort = load_cohort_manifest(small_cohort).iloc[:1]
     _, info = cohort_stacks(cohort, tmp_path, CFG)
     other = DeepInputConfig(size=64, margin=2)
     assert stack_key(cohort.iloc[0], other) != info.loc[0, "key"]
@@ -67,7 +67,7 @@ def test_settings_round_trip_and_errors(small_cohort, tmp_path):
     assert DeepInputConfig.from_dict(DeepInputConfig().to_dict()) == DeepInputConfig()
     with pytest.raises(UserError, match="unknown 2.5D input setting"):
         DeepInputConfig.from_dict({"size": 64, "zoom": 2})
-    cohort = load_manifest(small_cohort).iloc[:1]
+    cohort = load_cohort_manifest(small_cohort).iloc[:1]
     with pytest.raises(UserError, match="not in the cohort manifest"):
         cohort_stacks(cohort, tmp_path, CFG, lesion_ids=["nope"])
     images, mask = read_lesion_images(cohort.iloc[0])

@@ -1,4 +1,4 @@
-"""Tests of the 2.5D crops (HRMMPredictLib.deep_input) on synthetic boxes and on real spine MRI."""
+"""Tests of the 2.5D crops (HRMMPredictLib.deep.input) on synthetic boxes and on real spine MRI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.deep_input import choose_slice_axis, crop_25d, save_preview_png, stack_25d
+from HRMMPredictLib.deep.input import choose_slice_axis, crop_25d, save_preview_png, stack_25d
 
 # A sagittal 2D acquisition as a scanner stores it: index i runs anterior->posterior,
 # j superior->inferior, k (the thick 4.8 mm slices) right->left. Columns of the direction

@@ -1,4 +1,4 @@
-"""Tests of the HRMM deep model (HRMMPredictLib.deep_model): MONAI DenseNet169 on tiny inputs.
+"""Tests of the HRMM deep model (HRMMPredictLib.deep.model): MONAI DenseNet169 on tiny inputs.
 
 Tiny on purpose (a few 32 x 32 / 64 x 64 images, 1-2 epochs, one torch thread): they check
 shapes, the feature/classifier wiring, CPU determinism, the internal validation split,
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.deep_model import (
-    N_FEATURES, TrainConfig, _augment, build_densenet169, extract_features, internal_validation_split,
+from HRMMPredictLib.deep.model import (
+    N_FEATURES, DeepTrainConfig, _augment, build_densenet169, deep_features, internal_validation_split,
     load_model, predict_proba, read_model_metadata, save_model, select_device, to_monai_key, train_deep_model,
 )
 
@@ -49,7 +49,7 @@ def _seeded_model(seed=0):
 def trained():
     x, y = _stacks()
     model, hist = train_deep_model(x, y, patient_ids=[f"p{i // 2}" for i in range(8)],
-                                   config=TrainConfig(**TINY), device="cpu")
+                                   config=DeepTrainConfig(**TINY), device="cpu")
     return model, hist, x, y
 
 
@@ -59,7 +59,7 @@ def test_outputs_shapes_and_feature_wiring():
     p = predict_proba(model, x, "cpu")
     assert p.shape == (3, 2) and np.all((p >= 0) & (p <= 1))
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
-    f = extract_features(model, x, "cpu")
+    f = deep_features(model, x, "cpu")
     assert f.shape == (3, N_FEATURES) == (3, 1664)
     assert np.all(f >= 0)                     # ReLU then average pool
     # The features are exactly what the classifier sees: its Linear applied to them gives
@@ -74,7 +74,7 @@ def test_outputs_shapes_and_feature_wiring():
 def test_training_is_deterministic_on_cpu(trained):
     model, hist, x, y = trained
     again, hist2 = train_deep_model(x, y, patient_ids=[f"p{i // 2}" for i in range(8)],
-                                    config=TrainConfig(**TINY), device="cpu")
+                                    config=DeepTrainConfig(**TINY), device="cpu")
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -103,7 +103,7 @@ def test_training_history_and_epoch_selection(trained):
 def test_no_validation_keeps_last_epoch():
     seen = []
     x, y = _stacks(6)
-    _, hist = train_deep_model(x, y, config=TrainConfig(**{**TINY, "epochs": 1, "val_fraction": 0.0}),
+    _, hist = train_deep_model(x, y, config=DeepTrainConfig(**{**TINY, "epochs": 1, "val_fraction": 0.0}),
                                device="cpu", progress=lambda e, n, row: seen.append((e, n, row["train_loss"])))
     assert hist["best_epoch"] == 1 and hist["selection"].startswith("last epoch")
     assert hist["n_val"] == 0 and seen and seen[0][:2] == (1, 1)
@@ -131,17 +131,17 @@ def test_internal_split_is_stratified_and_grouped():
 
 def test_augmentation_geometry_and_determinism():
     x = torch.rand(3, 3, 32, 32, dtype=torch.float32)
-    flip_only = TrainConfig(rotation_degrees=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+    flip_only = DeepTrainConfig(rotation_degrees=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
                             flip_probability=1.0, intensity_jitter=0.0)
     out = _augment(x, flip_only, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)        # width = cranio-caudal
-    out = _augment(x, TrainConfig(**{**flip_only.to_dict(), "flip_dim": "height", "crop_scale": (1.0, 1.0),
+    out = _augment(x, DeepTrainConfig(**{**flip_only.to_dict(), "flip_dim": "height", "crop_scale": (1.0, 1.0),
                                      "crop_ratio": (1.0, 1.0)}), torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, torch.flip(x, dims=[2]), atol=1e-5, rtol=0)
-    identity = TrainConfig(**{**flip_only.to_dict(), "flip_probability": 0.0, "crop_scale": (1.0, 1.0),
+    identity = DeepTrainConfig(**{**flip_only.to_dict(), "flip_probability": 0.0, "crop_scale": (1.0, 1.0),
                               "crop_ratio": (1.0, 1.0)})
     torch.testing.assert_close(_augment(x, identity, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=0)
-    cfg = TrainConfig()
+    cfg = DeepTrainConfig()
     a = _augment(x, cfg, torch.Generator().manual_seed(5))
     b = _augment(x, cfg, torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and a.shape == x.shape and a.min() >= 0 and a.max() <= 1
@@ -157,7 +157,7 @@ def test_save_load_round_trip(trained, tmp_path):
     assert meta["input"]["channels"] == ["T1WI", "T2WI", "FS-T2WI"] and meta["versions"]["torch"] == torch.__version__
     loaded = load_model(path, "cpu")
     np.testing.assert_array_equal(predict_proba(loaded, x, "cpu"), predict_proba(model, x, "cpu"))
-    np.testing.assert_array_equal(extract_features(loaded, x, "cpu"), extract_features(model, x, "cpu"))
+    np.testing.assert_array_equal(deep_features(loaded, x, "cpu"), deep_features(model, x, "cpu"))
     assert not list(tmp_path.glob(".*"))                            # atomic write left no temp file
     # damaged or foreign files
     broken = tmp_path / "broken.safetensors"
@@ -258,20 +258,20 @@ def test_select_device():
 def test_bad_training_inputs():
     x, y = _stacks(4)
     with pytest.raises(UserError, match="uint8 array"):
-        train_deep_model(x.astype(np.float32), y, config=TrainConfig(**TINY), device="cpu")
+        train_deep_model(x.astype(np.float32), y, config=DeepTrainConfig(**TINY), device="cpu")
     with pytest.raises(UserError, match="at least 32"):
-        train_deep_model(x[:, :, :16, :16], y, config=TrainConfig(**TINY), device="cpu")
+        train_deep_model(x[:, :, :16, :16], y, config=DeepTrainConfig(**TINY), device="cpu")
     with pytest.raises(UserError, match="one class only"):
-        train_deep_model(x, np.zeros(4, int), config=TrainConfig(**TINY), device="cpu")
+        train_deep_model(x, np.zeros(4, int), config=DeepTrainConfig(**TINY), device="cpu")
     with pytest.raises(UserError, match="labels must be 4 values"):
-        train_deep_model(x, [0, 1, 2, 1], config=TrainConfig(**TINY), device="cpu")
+        train_deep_model(x, [0, 1, 2, 1], config=DeepTrainConfig(**TINY), device="cpu")
     with pytest.raises(UserError, match="patient_ids has 3"):
-        train_deep_model(x, y, patient_ids=["a", "b", "c"], config=TrainConfig(**TINY), device="cpu")
+        train_deep_model(x, y, patient_ids=["a", "b", "c"], config=DeepTrainConfig(**TINY), device="cpu")
     with pytest.raises(UserError, match="learning_rate"):
-        TrainConfig(learning_rate=0).validate()
+        DeepTrainConfig(learning_rate=0).validate()
     with pytest.raises(UserError, match="unknown training setting"):
-        TrainConfig.from_dict({"epoch": 3})
-    cfg = TrainConfig.from_dict(TrainConfig(**TINY).to_dict())
-    assert cfg == TrainConfig(**TINY)
-    assert (TrainConfig().optimizer, TrainConfig().learning_rate, TrainConfig().batch_size,
-            TrainConfig().epochs, TrainConfig().loss) == ("adamax", 1e-4, 16, 300, "cross_entropy")
+        DeepTrainConfig.from_dict({"epoch": 3})
+    cfg = DeepTrainConfig.from_dict(DeepTrainConfig(**TINY).to_dict())
+    assert cfg == DeepTrainConfig(**TINY)
+    assert (DeepTrainConfig().optimizer, DeepTrainConfig().learning_rate, DeepTrainConfig().batch_size,
+            DeepTrainConfig().epochs, DeepTrainConfig().loss) == ("adamax", 1e-4, 16, 300, "cross_entropy")

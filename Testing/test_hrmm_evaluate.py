@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from HRMMPredictLib import stats
-from HRMMPredictLib.evaluate import evaluate_bundle
+from HRMMPredictLib.evaluation import stats
+from HRMMPredictLib.evaluation.evaluate import evaluate_bundle
 
 HRMM = [sys.executable, "-m", "HRMMPredictLib.cli"]
 
@@ -57,14 +57,14 @@ def test_evaluate_bundle_report_and_metrics(trained_bundle, small_cohort, extern
 
 def test_external_probabilities_are_predict_case(trained_bundle, external_cohort):
     from HRMMPredictLib.bundle import load_bundle
-    from HRMMPredictLib.evaluate import predict_cohort
-    from HRMMPredictLib.manifest import load_manifest
+    from HRMMPredictLib.evaluation.evaluate import predict_cohort
+    from HRMMPredictLib.cohort import load_cohort_manifest
     from HRMMPredictLib.predict import predict_case
 
     path, _ = trained_bundle
     b = load_bundle(path)
     df = predict_cohort(b, external_cohort, ["radiomics"])
-    row = load_manifest(external_cohort).iloc[0]
+    row = load_cohort_manifest(external_cohort).iloc[0]
     direct = predict_case({s: row[s] for s in ("t1", "t2", "fst2")}, row["roi"], path)
     assert df.loc[0, "radiomics"] == direct["models"]["radiomics"]["probability"]
     assert np.all((df["radiomics"] >= 0) & (df["radiomics"] <= 1))

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.bundle import MANIFEST, load_bundle
-from HRMMPredictLib.manifest import load_manifest
+from HRMMPredictLib.bundle import BUNDLE_MANIFEST, load_bundle
+from HRMMPredictLib.cohort import load_cohort_manifest
 from HRMMPredictLib.predict import predict_case
 
 ALL_MODELS = ["radiomics", "radiomics_logistic", "deep", "fusion", "fusion_logistic"]
@@ -40,7 +40,7 @@ def _preds(path: Path) -> pd.DataFrame:
 
 
 def _manifest(path: Path) -> dict:
-    return json.loads((path / MANIFEST).read_text())
+    return json.loads((path / BUNDLE_MANIFEST).read_text())
 
 
 def test_radiomics_only_bundle_has_no_deep_part(trained_bundle):
@@ -103,8 +103,8 @@ def test_fused_bundle_records_three_models(fused_bundle):
 
 
 def test_deep_features_and_pca_come_from_training_lesions(fused_bundle, small_cohort):
-    from HRMMPredictLib.deep_cohort import DeepInputConfig, cohort_stacks
-    from HRMMPredictLib.deep_model import predict_proba
+    from HRMMPredictLib.deep.cohort import DeepInputConfig, cohort_stacks
+    from HRMMPredictLib.deep.model import predict_proba
     from HRMMPredictLib.fusion import deep_outputs
 
     path, _ = fused_bundle
@@ -112,7 +112,7 @@ def test_deep_features_and_pca_come_from_training_lesions(fused_bundle, small_co
     preds = _preds(path)
     b = load_bundle(path)
     net = b.load_deep_model(man["deep"]["file"], "cpu")
-    cohort = load_manifest(small_cohort)
+    cohort = load_cohort_manifest(small_cohort)
     stacks, info = cohort_stacks(cohort, Path(small_cohort).parent / ".hrmm_cache",
                                  DeepInputConfig.from_dict(man["deep"]["input"]))
     assert info["cached"].all()          # the training run cached every lesion's stack
@@ -133,7 +133,7 @@ def test_prediction_gives_the_training_runs_numbers(fused_bundle, small_cohort, 
     path, _ = fused_bundle
     preds = _preds(path).set_index("lesion_id")
     lesion = preds.index[preds["split"] == "validation"][0]
-    row = load_manifest(small_cohort).set_index("lesion_id").loc[lesion]
+    row = load_cohort_manifest(small_cohort).set_index("lesion_id").loc[lesion]
     res = predict_case({s: row[s] for s in ("t1", "t2", "fst2")}, row["roi"], path, device="cpu",
                        preview_path=tmp_path / "input.png")
     assert res["model"] == "fusion" and list(res["models"]) == ALL_MODELS
@@ -159,10 +159,10 @@ def test_prediction_gives_the_training_runs_numbers(fused_bundle, small_cohort, 
 
 
 def test_cli_predict_and_train_errors(fused_bundle, small_cohort, tmp_path, capsys):
-    from HRMMPredictLib.cli import main
+    from HRMMPredictLib.cli.main import main
 
     path, _ = fused_bundle
-    row = load_manifest(small_cohort).iloc[-1]
+    row = load_cohort_manifest(small_cohort).iloc[-1]
     png = tmp_path / "p.png"
     args = ["predict", "--t1", row["t1"], "--t2", row["t2"], "--fst2", row["fst2"], "--roi", row["roi"],
             "--model", str(path), "--device", "cpu", "--json", "--preview", str(png)]
@@ -249,15 +249,15 @@ def test_fusion_fit_internal_end_to_end(small_cohort, small_params, small_config
     network's internal-validation lesions only, and its out-of-fold column covers exactly them."""
     from hrmm_fixtures import tiny_deep_options
 
-    from HRMMPredictLib import radiomics_features as rf
-    from HRMMPredictLib.deep_cohort import DeepInputConfig, cohort_stacks
-    from HRMMPredictLib.deep_model import TrainConfig as DeepTrainConfig
-    from HRMMPredictLib.deep_model import internal_validation_split
+    from HRMMPredictLib.radiomics import features as rf
+    from HRMMPredictLib.deep.cohort import DeepInputConfig, cohort_stacks
+    from HRMMPredictLib.deep.model import DeepTrainConfig
+    from HRMMPredictLib.deep.model import internal_validation_split
     from HRMMPredictLib.fusion import deep_outputs, pca_frame
-    from HRMMPredictLib.model import patient_split
+    from HRMMPredictLib.radiomics.model import patient_split
     from HRMMPredictLib.training import train_bundle
 
-    cohort = load_manifest(small_cohort)
+    cohort = load_cohort_manifest(small_cohort)
     tr = cohort[(patient_split(cohort, small_config.validation_fraction, small_config.seed) == "train").to_numpy()]
     y, g = tr["label"].to_numpy(), tr["patient_id"].astype(str).to_numpy()
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib import radiomics_features as rf
-from HRMMPredictLib.bundle import MANIFEST, load_bundle
-from HRMMPredictLib.manifest import load_manifest
-from HRMMPredictLib.model import ReaderAgreementFilter, patient_split
+from HRMMPredictLib.radiomics import features as rf
+from HRMMPredictLib.bundle import BUNDLE_MANIFEST, load_bundle
+from HRMMPredictLib.cohort import load_cohort_manifest
+from HRMMPredictLib.radiomics.model import ReaderAgreementFilter, patient_split
 from HRMMPredictLib.predict import predict_case
 
 HRMM = [sys.executable, "-m", "HRMMPredictLib.cli"]
@@ -26,11 +26,11 @@ HRMM = [sys.executable, "-m", "HRMMPredictLib.cli"]
 def _case(cohort_csv: Path, split: str, bundle_dir: Path) -> pd.Series:
     preds = pd.read_csv(bundle_dir / "training" / "predictions.csv")
     lesion = preds.loc[preds["split"] == split, "lesion_id"].iloc[0]
-    return load_manifest(cohort_csv).set_index("lesion_id").loc[lesion]
+    return load_cohort_manifest(cohort_csv).set_index("lesion_id").loc[lesion]
 
 
 def test_patient_split_keeps_patients_whole_and_stratifies(small_cohort):
-    df = load_manifest(small_cohort)
+    df = load_cohort_manifest(small_cohort)
     split = patient_split(df, 0.25, seed=3)
     by_patient = df.groupby("patient_id")["lesion_id"].apply(lambda s: set(split[s.index]))
     assert all(len(v) == 1 for v in by_patient), "a patient appears on both sides"
@@ -60,7 +60,7 @@ def test_reader_agreement_filter_uses_only_fitted_rows():
 
 def test_bundle_contents(trained_bundle, small_cohort):
     path, summary = trained_bundle
-    man = json.loads((path / MANIFEST).read_text())
+    man = json.loads((path / BUNDLE_MANIFEST).read_text())
     assert man["format"] == "hrmm-model-bundle"
     for pkg in ("scikit-learn", "pyradiomics", "numpy", "SimpleITK", "python"):
         assert pkg in man["software"]
@@ -76,7 +76,7 @@ def test_bundle_contents(trained_bundle, small_cohort):
     preds = pd.read_csv(path / "training" / "predictions.csv")
     assert preds.loc[preds["split"] == "validation", "radiomics_cv"].isna().all()
     assert preds.loc[preds["split"] == "train", "radiomics_cv"].notna().all()
-    cohort = load_manifest(small_cohort)
+    cohort = load_cohort_manifest(small_cohort)
     train_ids = preds.loc[preds["split"] == "train", "lesion_id"]
     X = rf.extract_cohort(cohort, Path(small_cohort).parent / ".hrmm_cache", rf.load_params(path / "radiomics_params.yaml"),
                           lesion_ids=train_ids, n_jobs=1)["roi"]
@@ -87,7 +87,7 @@ def test_bundle_contents(trained_bundle, small_cohort):
 
 def test_cohort_extraction_is_cached(trained_bundle, small_cohort, small_params):
     """A rerun computes nothing: every (image, ROI, settings) result is in the cache."""
-    cohort = load_manifest(small_cohort)
+    cohort = load_cohort_manifest(small_cohort)
     calls = []
     rf.extract_cohort(cohort, Path(small_cohort).parent / ".hrmm_cache", rf.load_params(small_params),
                       n_jobs=1, progress=lambda i, n, m: calls.append(m))
@@ -145,13 +145,13 @@ def test_bundle_from_incompatible_version_is_refused(trained_bundle, tmp_path):
     path, _ = trained_bundle
     copy = tmp_path / "bundle"
     shutil.copytree(path, copy)
-    man = json.loads((copy / MANIFEST).read_text())
+    man = json.loads((copy / BUNDLE_MANIFEST).read_text())
     man["software"]["scikit-learn"] = "0.24.2"
-    (copy / MANIFEST).write_text(json.dumps(man))
+    (copy / BUNDLE_MANIFEST).write_text(json.dumps(man))
     with pytest.raises(UserError, match=r"scikit-learn 0\.24\.2"):
         load_bundle(copy)
     man["format_version"] = 99
-    (copy / MANIFEST).write_text(json.dumps(man))
+    (copy / BUNDLE_MANIFEST).write_text(json.dumps(man))
     with pytest.raises(UserError, match="format version 99"):
         load_bundle(copy)
 
@@ -161,16 +161,16 @@ def test_bundle_with_disallowed_types_is_not_loaded(trained_bundle, tmp_path):
     import skops.io as sio
     from sklearn.svm import SVC
 
-    from HRMMPredictLib.bundle import sha256_file
+    from ClinicalMRICommonLib.files import sha256_file
 
     path, _ = trained_bundle
     copy = tmp_path / "bundle"
     shutil.copytree(path, copy)
     p = copy / "models" / "radiomics.skops"
     sio.dump(SVC().fit([[0.0], [1.0]], [0, 1]), p)
-    man = json.loads((copy / MANIFEST).read_text())
+    man = json.loads((copy / BUNDLE_MANIFEST).read_text())
     man["files"]["models/radiomics.skops"] = sha256_file(p)
-    (copy / MANIFEST).write_text(json.dumps(man))
+    (copy / BUNDLE_MANIFEST).write_text(json.dumps(man))
     b = load_bundle(copy)
     with pytest.raises(UserError, match="not allowed"):
         b.load_estimator("models/radiomics.skops")
@@ -180,7 +180,7 @@ def test_train_refuses_to_overwrite_existing_folder(trained_bundle, small_cohort
     from HRMMPredictLib.training import train_bundle
 
     path, _ = trained_bundle
-    before = (path / MANIFEST).read_bytes()
+    before = (path / BUNDLE_MANIFEST).read_bytes()
     with pytest.raises(UserError, match="already exists"):
         train_bundle(small_cohort, path, small_params, small_config)
-    assert (path / MANIFEST).read_bytes() == before
+    assert (path / BUNDLE_MANIFEST).read_bytes() == before

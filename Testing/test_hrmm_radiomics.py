@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib import radiomics_features as rf
+from HRMMPredictLib.radiomics import features as rf
+from HRMMPredictLib.sequences import SEQUENCES
 
 MESH_FEATURES = {"MeshVolume", "SurfaceArea", "SurfaceVolumeRatio", "Sphericity"}
 BASELINE_CLASSES = ["firstorder", "glcm", "gldm", "glrlm", "glszm", "ngtdm", "shape"]
@@ -48,7 +49,7 @@ def test_brain1_reproduces_pyradiomics_baseline(shared_data):
     }
     img = rf.read_image(shared_data / "pyradiomics" / "brain1_image.nrrd")
     mask = rf.read_image(shared_data / "pyradiomics" / "brain1_label.nrrd")
-    got = rf.extract_features(img, mask, params, already_preprocessed=True)
+    got = rf.extract_radiomics(img, mask, params, already_preprocessed=True)
     compared = 0
     for name, ref in expected.items():
         if name not in got:  # deprecated features present in old baselines are not computed by default
@@ -65,7 +66,7 @@ def test_brain1_reproduces_pyradiomics_baseline(shared_data):
 def test_default_parameter_file_gives_1197_features_per_sequence():
     params = rf.load_params(None)
     img, mask = _phantom()
-    feats = rf.extract_features(img, mask, params, rf.PreprocessConfig(n4=False))
+    feats = rf.extract_radiomics(img, mask, params, rf.PreprocessConfig(n4=False))
     assert len(feats) == 1197
     classes = {}
     for name in feats:
@@ -84,8 +85,8 @@ def test_grey_levels_of_original_image_in_30_to_130(tmp_path):
 
     case = synthetic.generate_case(3, 1, 1.0, (10, 120, 120), (0.8, 0.8, 4.8))
     params = rf.load_params(None)
-    for seq in rf.SEQUENCES:
-        feats = rf.extract_features(case[seq], case["roi"], params, feature_names=["original_firstorder_Range"])
+    for seq in SEQUENCES:
+        feats = rf.extract_radiomics(case[seq], case["roi"], params, feature_names=["original_firstorder_Range"])
         n_bins = feats["original_firstorder_Range"] / params["setting"]["binWidth"]
         assert 30 <= n_bins <= 130, (seq, n_bins)
 
@@ -94,11 +95,11 @@ def test_selective_extraction_equals_full_extraction():
     img, mask = _phantom(seed=2)
     params = rf.load_params(None)
     cfg = rf.PreprocessConfig()
-    full = rf.extract_features(img, mask, params, cfg)
+    full = rf.extract_radiomics(img, mask, params, cfg)
     chosen = ["original_shape_Sphericity", "original_glcm_Contrast", "wavelet-LLH_glszm_ZoneEntropy",
               "wavelet-HHH_firstorder_Mean", "log-sigma-3-0-mm-3D_ngtdm_Busyness",
               "log-sigma-1-0-mm-3D_gldm_DependenceEntropy", "original_firstorder_Skewness"]
-    part = rf.extract_features(img, mask, params, cfg, feature_names=chosen)
+    part = rf.extract_radiomics(img, mask, params, cfg, feature_names=chosen)
     assert list(part) == chosen
     for k in chosen:
         assert part[k] == full[k], k

@@ -1,5 +1,5 @@
-"""HRMMPredictLib.report: evaluate_models on synthetic predictions (numpy RNG) gives exactly
-the numbers of HRMMPredictLib.stats, and write_evaluation_report writes an offline HTML page
+"""HRMMPredictLib.evaluation.report: evaluate_models on synthetic predictions (numpy RNG) gives exactly
+the numbers of HRMMPredictLib.evaluation.stats, and write_evaluation_report writes an offline HTML page
 plus strict-JSON metrics atomically."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib import report, stats
+from HRMMPredictLib.evaluation import report
+from HRMMPredictLib.evaluation import stats
 
 MODELS = ["radiomics", "deep", "fusion"]
 

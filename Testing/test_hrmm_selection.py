@@ -10,8 +10,8 @@ from scipy import stats
 from sklearn.base import clone
 from sklearn.preprocessing import StandardScaler
 
-from HRMMPredictLib.model import TrainConfig, build_pipeline, classifiers
-from HRMMPredictLib.selection import CorrelationFilter, LassoSelector, MannWhitneySelector, MRMRSelector
+from HRMMPredictLib.radiomics.model import RadiomicsTrainConfig, build_pipeline, classifiers
+from HRMMPredictLib.radiomics.selection import CorrelationFilter, LassoSelector, MannWhitneySelector, MRMRSelector
 
 
 def _data(n=80, informative=4, noise=40, seed=0):
@@ -49,7 +49,7 @@ def test_correlation_filter_keeps_the_feature_more_associated_with_label():
     X["weak_twin"] = X["inf1"] + rng.normal(scale=0.3, size=len(X))          # |r| > 0.9, weaker association
     f = CorrelationFilter(0.9).fit(X, y)
     kept = set(f.get_feature_names_out())
-    from HRMMPredictLib.selection import mann_whitney_p
+    from HRMMPredictLib.radiomics.selection import mann_whitney_p
 
     p = dict(zip(X.columns, mann_whitney_p(X.to_numpy(), y)))
     stronger = min(("inf1", "weak_twin"), key=lambda c: p[c])
@@ -90,12 +90,12 @@ def test_pipeline_refits_selection_in_each_fold_without_leakage():
     of fold; selecting on all data first (the leak) would look predictive."""
     from sklearn.model_selection import StratifiedKFold
 
-    from HRMMPredictLib.stats import roc_auc_delong
+    from HRMMPredictLib.evaluation.stats import roc_auc_delong
 
     rng = np.random.default_rng(4)
     X = pd.DataFrame(rng.normal(size=(60, 300)), columns=[f"f{i}" for i in range(300)])
     y = np.r_[np.zeros(30, int), np.ones(30, int)]
-    cfg = TrainConfig(mrmr_k=20)
+    cfg = RadiomicsTrainConfig(mrmr_k=20)
     pipe = build_pipeline(cfg, classifiers(cfg)["logistic"])
     oof = np.zeros(len(y))
     for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(X, y):

@@ -1,4 +1,4 @@
-"""HRMMPredictLib.stats against published reference values (pROC aSAH, R dcurves famhistory,
+"""HRMMPredictLib.evaluation.stats against published reference values (pROC aSAH, R dcurves famhistory,
 R ResourceSelection hoslem.test on mtcars) and against hand-computed values."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib import stats as S
+from HRMMPredictLib.evaluation import stats as S
 
 # ---------------------------------------------------------------------------------------
 # pROC aSAH (README of ../shared/data: positive class = Poor, 41 of 113)

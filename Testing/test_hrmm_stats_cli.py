@@ -1,9 +1,8 @@
-"""`hrmm compare-auc` and `hrmm dca` (HRMMPredictLib.stats_cli) on the pROC aSAH and dcurves
+"""`hrmm compare-auc` and `hrmm dca` (HRMMPredictLib.cli.stats_commands) on the pROC aSAH and dcurves
 famhistory data: the JSON contract, the reference values, and one-line errors for bad input."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -13,13 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from HRMMPredictLib import stats_cli
+from ClinicalMRICommonLib.cli import tool_parser
+from HRMMPredictLib.cli import stats_commands
+from HRMMPredictLib.cli.main import main as hrmm_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "HRMMPredictLib.stats_cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "HRMMPredictLib.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -51,14 +52,14 @@ def test_compare_auc_json_matches_pROC(asah_csv):
 
 
 def test_compare_auc_in_process_ndka_vs_s100b_and_table(asah_csv, capsys):
-    assert stats_cli.main(["compare-auc", "--input", str(asah_csv), "--label", "outcome", "--positive", "Poor",
+    assert hrmm_main(["compare-auc", "--input", str(asah_csv), "--label", "outcome", "--positive", "Poor",
                            "--scores", "ndka,s100b", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["delong"]["z"] == pytest.approx(-1.39077002573558, abs=1e-9)
     assert out["delong"]["p"] == pytest.approx(0.164295175223054, abs=1e-9)
     assert out["auc"]["ndka"]["ci95"] == pytest.approx([0.501244999271703, 0.722670989888189], abs=1e-9)
     # readable table without --json
-    assert stats_cli.main(["compare-auc", "--input", str(asah_csv), "--label", "outcome", "--positive", "Poor",
+    assert hrmm_main(["compare-auc", "--input", str(asah_csv), "--label", "outcome", "--positive", "Poor",
                            "--scores", "wfns,ndka"]) == 0
     text = capsys.readouterr().out
     assert "113 cases, 41 positive" in text
@@ -66,10 +67,9 @@ def test_compare_auc_in_process_ndka_vs_s100b_and_table(asah_csv, capsys):
 
 
 def test_register_on_a_host_parser_behaves_identically(asah_csv, capsys):
-    # How HRMMPredictLib.cli wires it: its own parser, stats_cli.register(sub), args.func(args).
-    parser = argparse.ArgumentParser(prog="hrmm")
-    sub = parser.add_subparsers(dest="command", required=True)
-    stats_cli.register(sub)
+    # How HRMMPredictLib.cli.main wires it: the tool parser, stats_commands.register(sub), args.func(args).
+    parser, sub = tool_parser(prog="hrmm", description="statistics")
+    stats_commands.register(sub)
     args = parser.parse_args(["compare-auc", "--input", str(asah_csv), "--label", "outcome", "--positive",
                               "Poor", "--scores", "wfns,ndka", "--json"])
     assert args.func(args) == 0
@@ -96,13 +96,13 @@ def test_dca_json_matches_r_dcurves_at_every_threshold(famhistory):
 
 def test_dca_table_and_range_syntax(famhistory, capsys):
     data, _ = famhistory
-    assert stats_cli.main(["dca", "--input", str(data), "--label", "cancer", "--positive", "TRUE",
+    assert hrmm_main(["dca", "--input", str(data), "--label", "cancer", "--positive", "TRUE",
                            "--score", "famhistory", "--thresholds", "0:0.3:0.1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["threshold"] == pytest.approx([0.0, 0.1, 0.2, 0.3])
     assert out["net_benefit"] == pytest.approx([0.032, 0.018518519, 0.001666667, -0.02], abs=1e-9)
     assert out["treat_all"] == pytest.approx([0.14, 0.044444444, -0.075, -0.228571429], abs=1e-9)
-    assert stats_cli.main(["dca", "--input", str(data), "--label", "cancer", "--positive", "TRUE",
+    assert hrmm_main(["dca", "--input", str(data), "--label", "cancer", "--positive", "TRUE",
                            "--score", "famhistory", "--thresholds", "0.05"]) == 0
     text = capsys.readouterr().out
     assert "750 cases" in text and "0.02561" in text and "0.09474" in text
@@ -163,7 +163,7 @@ def test_compare_auc_bad_input(case, args, needles, bad_files, asah_csv, tmp_pat
     positive = "Poor"
     if args[0] == "--positive-override":
         positive, args = args[1], ["--scores", "wfns,ndka"]
-    rc = stats_cli.main(["compare-auc", "--input", str(path), "--label", "outcome", "--positive", positive,
+    rc = hrmm_main(["compare-auc", "--input", str(path), "--label", "outcome", "--positive", positive,
                          *args, "--json"])
     cap = capsys.readouterr()
     assert cap.out == ""
@@ -184,7 +184,7 @@ def test_bad_input_as_a_process(bad_files):
 ])
 def test_dca_bad_input(score, thresholds, needles, famhistory, capsys):
     data, _ = famhistory
-    rc = stats_cli.main(["dca", "--input", str(data), "--label", "cancer", "--positive", "TRUE", "--score", score,
+    rc = hrmm_main(["dca", "--input", str(data), "--label", "cancer", "--positive", "TRUE", "--score", score,
                          "--thresholds", thresholds])
     cap = capsys.readouterr()
     assert cap.out == ""

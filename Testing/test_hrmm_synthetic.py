@@ -14,6 +14,8 @@ from scipy.stats import mannwhitneyu
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.grids import same_grid
 from HRMMPredictLib import synthetic as syn
+from HRMMPredictLib.roi import ROI_KINDS
+from HRMMPredictLib.sequences import SEQUENCES
 
 SMALL = (7, 80, 80)          # 64 x 64 mm in-plane, 7 slices: big enough for one spine region
 SPACING = (0.8, 0.8, 4.8)
@@ -79,7 +81,7 @@ def test_manifest_columns_paths_labels_and_grouping(cohorts):
         assert r["label"] in ("0", "1")
         assert r["lesion_id"].startswith(r["patient_id"] + "_L")
         labels_by_patient.setdefault(r["patient_id"], set()).add(r["label"])
-        for key in syn.SEQUENCES + syn.ROI_KEYS:
+        for key in SEQUENCES + ROI_KINDS:
             rel = Path(r[key])
             assert not rel.is_absolute() and rel.parts[0] == "images"
             assert rel.name == f"{r['lesion_id']}_{key}.nii.gz"
@@ -98,7 +100,7 @@ def test_cohort_is_deterministic(cohorts):
     a, b, _, _ = cohorts
     assert a.read_text() == b.read_text()
     for row in _read_manifest(a):
-        for key in syn.SEQUENCES + syn.ROI_KEYS:
+        for key in SEQUENCES + ROI_KINDS:
             x = sitk.ReadImage(str(a.parent / row[key]))
             y = sitk.ReadImage(str(b.parent / row[key]))
             assert np.array_equal(_arr(x), _arr(y)), (row["lesion_id"], key)
@@ -139,11 +141,11 @@ def test_case_images_share_one_grid_with_given_spacing():
     assert any(abs(o) > 1 for o in ref.GetOrigin())
     for key, img in case.items():
         assert same_grid(img, ref), key
-    for key in syn.SEQUENCES:
+    for key in SEQUENCES:
         a = _arr(case[key])
         assert a.dtype == np.float32 and np.isfinite(a).all()
         assert 0 <= a.min() and 200 < np.percentile(a, 99) < 3000, key
-    for key in syn.ROI_KEYS:
+    for key in ROI_KINDS:
         a = _arr(case[key])
         assert a.dtype == np.uint8 and set(np.unique(a)) == {0, 1}, key
 
@@ -152,7 +154,7 @@ def test_roi_sizes_and_reader_agreement():
     d2, d3 = [], []
     for s in range(10):
         case = syn.generate_case(200 + s, s % 2, 1.0)  # default 12 x 160 x 160 grid
-        r1, r2, r3 = (_arr(case[k]) for k in syn.ROI_KEYS)
+        r1, r2, r3 = (_arr(case[k]) for k in ROI_KINDS)
         assert 2000 <= r1.sum() <= 6500, r1.sum()
         assert r2.sum() > 0 and r3.sum() > 0
         assert len(np.nonzero(r1.any(axis=(1, 2)))[0]) >= 3, "the ROI spans several slices"

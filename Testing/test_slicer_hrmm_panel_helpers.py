@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib import slicer_deps
-from HRMMPredictLib.panel_results import (
+from HRMMPredictLib.slicer import packages as slicer_deps
+from HRMMPredictLib.slicer.panel_results import (
     bundle_has_deep_model,
     bundle_model_kinds,
     bundle_summary_lines,
@@ -27,7 +27,7 @@ from HRMMPredictLib.panel_results import (
     read_result,
     result_lines,
 )
-from HRMMPredictLib.series_guess import guess_sequences, role_scores
+from HRMMPredictLib.slicer.series_guess import guess_sequences, role_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
-"""The HRMMPredict panel's background process (HRMMPredictLib.process_runner) and its worker
-(HRMMPredictLib.predict_worker), with real subprocesses: what the panel's Qt timer drains.
+"""The HRMMPredict panel's background process (HRMMPredictLib.slicer.process_runner) and its worker
+(HRMMPredictLib.slicer.predict_worker), with real subprocesses: what the panel's Qt timer drains.
 
 Each child script synchronises with the test through files or its own messages, so nothing
 depends on timing except generous timeouts."""
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from HRMMPredictLib.predict_worker import REQUEST_NAME, read_request, worker_command
-from HRMMPredictLib.process_runner import (
+from HRMMPredictLib.slicer.predict_worker import REQUEST_NAME, read_request, worker_command
+from HRMMPredictLib.slicer.process_runner import (
     MESSAGE_PREFIX,
     ProcessRunner,
     RunState,
@@ -75,7 +75,7 @@ def test_progress_lines_arrive_while_the_process_runs(tmp_path):
     go = tmp_path / "go"
     args = python_script(tmp_path, f"""
         import pathlib, time
-        from HRMMPredictLib.process_runner import emit_message
+        from HRMMPredictLib.slicer.process_runner import emit_message
         emit_message("progress", message="reading the case")
         print("a plain log line", flush=True)
         while not pathlib.Path({str(go)!r}).exists():  # wait until the test has seen the first lines
@@ -107,7 +107,7 @@ def test_progress_lines_arrive_while_the_process_runs(tmp_path):
 def test_cancel_kills_the_whole_process_tree(tmp_path):
     args = python_script(tmp_path, """
         import subprocess, sys, time
-        from HRMMPredictLib.process_runner import emit_message
+        from HRMMPredictLib.slicer.process_runner import emit_message
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         emit_message("started", child=child.pid)
         time.sleep(120)
@@ -169,7 +169,7 @@ def test_child_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("HRMM_FROM_PARENT", "inherited")
     args = python_script(tmp_path, """
         import os
-        from HRMMPredictLib.process_runner import emit_message
+        from HRMMPredictLib.slicer.process_runner import emit_message
         emit_message("env", parent=os.environ.get("HRMM_FROM_PARENT"), extra=os.environ.get("HRMM_EXTRA"),
                      unbuffered=os.environ.get("PYTHONUNBUFFERED"))
     """)
@@ -209,7 +209,7 @@ def test_import_failure_is_a_failed_state(tmp_path):
 def test_worker_command_runs_the_file_by_path():
     args = worker_command("/tmp/job/request.json", python="/opt/Slicer/bin/PythonSlicer")
     assert args[0] == "/opt/Slicer/bin/PythonSlicer"
-    assert Path(args[1]) == SRC / "HRMMPredict" / "HRMMPredictLib" / "predict_worker.py"
+    assert Path(args[1]) == SRC / "HRMMPredict" / "HRMMPredictLib" / "slicer" / "predict_worker.py"
     assert args[2:4] == ["--module-path", str(SRC / "ClinicalMRICommon")]
     assert args[4:] == ["--request", "/tmp/job/request.json"]
     assert worker_python()  # PythonSlicer in Slicer, this interpreter here

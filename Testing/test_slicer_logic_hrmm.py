@@ -1,7 +1,7 @@
 """HRMMPredict's MRML logic against real MRML scenes from slicer-core (no fake slicer module):
 one case (three sequences + the ROI) read from nodes, and the prediction the panel runs.
 
-The generic node <-> image bridge is tested in test_slicer_mrml_bridge.py.
+The generic node <-> image bridge is tested in test_slicer_panel_logic.py.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from slicer_harness import box_mask, make_image, mrml_scene, segmentation_from_m
 
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.grids import same_grid
-from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
-from HRMMPredictLib import mrml_bridge, panel_results  # noqa: E402
-from HRMMPredictLib.mrml_bridge import case_images_from_nodes, table_node_to_rows  # noqa: E402
-from HRMMPredictLib.predict_worker import worker_command  # noqa: E402
-from HRMMPredictLib.process_runner import ProcessRunner, RunState  # noqa: E402
+from ClinicalMRICommonLib.mrml_bridge import segment_to_sitk_mask, sitk_to_volume_node, table_node_to_rows
+from HRMMPredictLib.sequences import SEQUENCES
+from HRMMPredictLib.slicer import panel_logic, panel_results  # noqa: E402
+from HRMMPredictLib.slicer.panel_logic import case_images_from_nodes  # noqa: E402
+from HRMMPredictLib.slicer.predict_worker import worker_command  # noqa: E402
+from HRMMPredictLib.slicer.process_runner import ProcessRunner, RunState  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ def test_prediction_summary_rows_one_per_model_fused_first():
     result = {"model": "fusion", "models": {
         "radiomics": {"probability": 0.7, "threshold": 0.5, "class": "HRMM"},
         "fusion": {"probability": 0.4, "threshold": 0.45, "class": "SRMM"}}}
-    rows = mrml_bridge.prediction_summary_rows(result)
+    rows = panel_logic.prediction_summary_rows(result)
     assert rows == [
         {"model": "fusion", "probability": 0.4, "threshold": 0.45, "class": "SRMM", "primary": True},
         {"model": "radiomics", "probability": 0.7, "threshold": 0.5, "class": "HRMM", "primary": False}]
@@ -108,8 +109,6 @@ def test_prediction_summary_rows_one_per_model_fused_first():
 # ---------------------------------------------------------------------------------------
 # The prediction, three ways: in Slicer's process, in the panel's worker process, and
 # `hrmm predict` on the files. The case comes from the trained test cohort.
-
-SEQUENCES = ("t1", "t2", "fst2")
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +178,11 @@ def test_panel_numbers_are_the_cli_numbers(mrml_scene, bundle_fixture, cohort_ca
 
     # the panel's path: read the nodes, hand the case to the worker process, import its result
     messages = []
-    request = mrml_bridge.write_prediction_request(nodes, segmentation, segment_id, bundle, tmp_path / "job",
+    request = panel_logic.write_prediction_request(nodes, segmentation, segment_id, bundle, tmp_path / "job",
                                                    device="cpu", progress=messages.append)
     runner, progress = run_worker(request)
     assert runner.state is RunState.IMPORTING, runner.error
-    panel = mrml_bridge.import_prediction_result(runner.result["path"], summary, features)
+    panel = panel_logic.import_prediction_result(runner.result["path"], summary, features)
     runner.finish_import()
 
     assert panel["roi_resampled"] == {"t1": False, "t2": False, "fst2": False}
@@ -197,10 +196,10 @@ def test_panel_numbers_are_the_cli_numbers(mrml_scene, bundle_fixture, cohort_ca
     assert {r["model"]: r["probability"] for r in rows} == \
         {name: m["probability"] for name, m in expected["models"].items()}
     assert [r["value"] for r in table_node_to_rows(features)] == [f["value"] for f in expected["features"]]
-    assert mrml_bridge.result_from_table_node(summary) == json.loads(json.dumps(panel))
+    assert panel_logic.result_from_table_node(summary) == json.loads(json.dumps(panel))
 
     # in Slicer's own process (predict_from_nodes): the same numbers again
-    in_process = mrml_bridge.predict_from_nodes(nodes, segmentation, segment_id, bundle, device="cpu")
+    in_process = panel_logic.predict_from_nodes(nodes, segmentation, segment_id, bundle, device="cpu")
     assert comparable(json.loads(json.dumps(in_process))) == comparable(expected)
     if bundle_fixture == "fused_bundle":  # the fused model is listed first, the 2.5D crops come along
         assert rows[0]["model"] == "fusion" and {"deep", "fusion"} <= {r["model"] for r in rows}
@@ -221,12 +220,12 @@ def test_worker_with_t1_on_another_grid_matches_in_process_prediction(mrml_scene
                           t1.GetPixelID())
     sitk_to_volume_node(finer, node=nodes["t1"])  # T1 now on a 2x finer in-plane grid
 
-    request = mrml_bridge.write_prediction_request(nodes, segmentation, segment_id, bundle, tmp_path / "job",
+    request = panel_logic.write_prediction_request(nodes, segmentation, segment_id, bundle, tmp_path / "job",
                                                    device="cpu")
     runner, _ = run_worker(request)
     assert runner.state is RunState.IMPORTING, runner.error
-    panel = mrml_bridge.import_prediction_result(runner.result["path"])
-    in_process = mrml_bridge.predict_from_nodes(nodes, segmentation, segment_id, bundle, device="cpu")
+    panel = panel_logic.import_prediction_result(runner.result["path"])
+    in_process = panel_logic.predict_from_nodes(nodes, segmentation, segment_id, bundle, device="cpu")
     assert comparable(panel) == comparable(json.loads(json.dumps(in_process)))
     assert panel["roi_resampled"] == {"t1": True, "t2": False, "fst2": False}
     assert panel["warnings"][0] == "the ROI was resampled onto the T1WI grid (it was drawn on another voxel grid)"
@@ -241,7 +240,7 @@ def test_empty_segment_or_removed_volume_stops_before_any_process(mrml_scene, tr
     nodes, segmentation, _ = load_with_slicer(mrml_scene, cohort_case)
     empty = segmentation.GetSegmentation().AddEmptySegment("", "not drawn yet")
     with pytest.raises(UserError, match="segment 'not drawn yet' of segmentation 'ROI' is empty; draw"):
-        mrml_bridge.write_prediction_request(nodes, segmentation, empty, bundle, tmp_path / "a")
+        panel_logic.write_prediction_request(nodes, segmentation, empty, bundle, tmp_path / "a")
     assert not (tmp_path / "a" / "request.json").exists()
 
     segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
@@ -251,7 +250,7 @@ def test_empty_segment_or_removed_volume_stops_before_any_process(mrml_scene, tr
             mrml_scene.scene.RemoveNode(nodes["fst2"])
 
     with pytest.raises(UserError, match="FS-T2WI volume 'FS-T2WI series' is no longer in the scene"):
-        mrml_bridge.write_prediction_request(nodes, segmentation, segment_id, bundle, tmp_path / "b",
+        panel_logic.write_prediction_request(nodes, segmentation, segment_id, bundle, tmp_path / "b",
                                              progress=remove_fst2)
     assert not (tmp_path / "b" / "request.json").exists()
 
@@ -259,7 +258,7 @@ def test_empty_segment_or_removed_volume_stops_before_any_process(mrml_scene, tr
 def test_create_roi_segment_on_the_t2_grid(mrml_scene):
     t2 = make_image()
     t2_node = sitk_to_volume_node(t2, "T2 sag", scene=mrml_scene.scene)
-    segmentation, segment_id = mrml_bridge.create_roi_segment(t2_node)
+    segmentation, segment_id = panel_logic.create_roi_segment(t2_node)
     assert segmentation.GetScene() is mrml_scene.scene and segmentation.GetDisplayNode() is not None
     segment = segmentation.GetSegmentation().GetSegment(segment_id)
     assert segment.GetName() == "ROI" and segmentation.GetSegmentation().GetNumberOfSegments() == 1
@@ -268,12 +267,12 @@ def test_create_roi_segment_on_the_t2_grid(mrml_scene):
     assert [f for f in geometry.split(";") if f][-6:] == ["0", "39", "0", "35", "0", "9"]  # T2's extent
     # empty until drawn: Predict refuses it with the message that says to draw
     with pytest.raises(UserError, match="segment 'ROI' of segmentation 'HRMM ROI' is empty; draw"):
-        mrml_bridge.segment_to_sitk_mask(segmentation, segment_id, t2_node)
+        segment_to_sitk_mask(segmentation, segment_id, t2_node)
     # what Segment Editor's Paint does, in short: set voxels of the segment on the reference grid
     drawn = box_mask(t2)
     labelmap = sitk_to_volume_node(drawn, "painted", scene=mrml_scene.scene, labelmap=True)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation, "")
     painted_id = segmentation.GetSegmentation().GetNthSegmentID(1)
-    mask, resampled = mrml_bridge.segment_to_sitk_mask(segmentation, painted_id, t2_node)
+    mask, resampled = segment_to_sitk_mask(segmentation, painted_id, t2_node)
     assert resampled is False
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(drawn))

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from HRMMPredictLib.deep_model import (TrainConfig, load_model, predict_proba, save_model, select_device,
+from HRMMPredictLib.deep.model import (DeepTrainConfig, load_model, predict_proba, save_model, select_device,
                                        train_deep_model)
 
 SIZE = 224
@@ -47,7 +47,7 @@ def _stacks(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def bench_training(device: str, n_images: int, epochs: int) -> dict:
     x, y = _stacks(n_images)
-    cfg = TrainConfig(epochs=epochs, val_fraction=0.0)
+    cfg = DeepTrainConfig(epochs=epochs, val_fraction=0.0)
     t0 = time.perf_counter()
     model, hist = train_deep_model(x, y, config=cfg, device=device)
     wall = time.perf_counter() - t0
@@ -81,7 +81,7 @@ def paper_schedule(device: str, n_lesions: int = 210) -> dict:
     x, y = _stacks(n_lesions)
     t0 = time.perf_counter()
     _, hist = train_deep_model(x, y, patient_ids=[f"p{i // 2}" for i in range(n_lesions)],
-                               config=TrainConfig(), device=device,
+                               config=DeepTrainConfig(), device=device,
                                progress=lambda e, n, r: print(f"  epoch {e}/{n} {r['seconds']:.2f}s",
                                                               file=sys.stderr) if e % 50 == 0 else None)
     return {"lesions": n_lesions, "epochs": len(hist["epochs"]), "wall_s": time.perf_counter() - t0,

@@ -45,14 +45,14 @@ from bench_deep import bench_inference, bench_training  # noqa: E402  (one owner
 
 from HRMMPredictLib.bundle import load_bundle  # noqa: E402
 from HRMMPredictLib.predict import predict_case  # noqa: E402
-from HRMMPredictLib.radiomics_features import PreprocessConfig, extract_features, load_params  # noqa: E402
+from HRMMPredictLib.radiomics.features import PreprocessConfig, extract_radiomics, load_params  # noqa: E402
 
 
 def bench_bundle(work: Path, n_patients: int) -> Path:
     """A bundle trained with the shipped 1197-feature settings on a small synthetic cohort."""
-    from HRMMPredictLib.deep_model import TrainConfig as DeepTrainConfig
+    from HRMMPredictLib.deep.model import DeepTrainConfig
     from HRMMPredictLib.fusion import DeepOptions
-    from HRMMPredictLib.model import TrainConfig
+    from HRMMPredictLib.radiomics.model import RadiomicsTrainConfig
     from HRMMPredictLib.synthetic import generate_cohort
     from HRMMPredictLib.training import train_bundle
 
@@ -68,7 +68,7 @@ def bench_bundle(work: Path, n_patients: int) -> Path:
         one_reader, index=False)
     print(f"training a benchmark bundle in {model} (full 1197-feature settings; cached for reruns)", file=sys.stderr)
     deep = DeepOptions(train=DeepTrainConfig(epochs=1), device="cpu")
-    train_bundle(one_reader, model, cfg=TrainConfig(seed=0, cv_folds=3, lasso_cv=3), deep=deep,
+    train_bundle(one_reader, model, cfg=RadiomicsTrainConfig(seed=0, cv_folds=3, lasso_cv=3), deep=deep,
                  progress=lambda s: print(f"  {s}", file=sys.stderr))
     return model
 
@@ -105,9 +105,9 @@ def bench_prediction(bundle_dir: Path, device: str, repeats: int) -> dict:
         t0 = time.perf_counter()
         n_full = 0
         for s in ("t1", "t2", "fst2"):
-            n_full += len(extract_features(images[s], roi, params, prep))
+            n_full += len(extract_radiomics(images[s], roi, params, prep))
         full.append(time.perf_counter() - t0)
-    from HRMMPredictLib.radiomics_features import preprocess
+    from HRMMPredictLib.radiomics.features import preprocess
 
     prep_s = []
     for _ in range(2):

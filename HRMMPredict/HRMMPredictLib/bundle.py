@@ -3,7 +3,8 @@
 Layout::
 
     MODEL_DIR/
-      manifest.json            versions, settings, features (training mean/SD/range),
+      manifest.json            the bundle manifest (not the cohort manifest CSV the bundle
+                               was trained from): versions, settings, features (training mean/SD/range),
                                thresholds, cohort hash, SHA-256 of every other file
       radiomics_params.yaml    the pyradiomics settings the features were computed with
       models/*.skops           fitted scikit-learn estimators (skops: no pickle; only an
@@ -33,12 +34,11 @@ from typing import Any
 import pandas as pd
 
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import write_json_atomic
-from ClinicalMRICommonLib.files import sha256_file
+from ClinicalMRICommonLib.files import check_output_path, sha256_file, write_json_atomic
 
 FORMAT = "hrmm-model-bundle"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+BUNDLE_MANIFEST = "manifest.json"  # the bundle manifest's file name
 
 # Types a bundle's .skops files may contain. Anything else is refused before loading.
 TRUSTED_TYPES = [
@@ -105,15 +105,21 @@ STRICT_PACKAGES = ("scikit-learn", "pyradiomics")
 
 class BundleWriter:
     """Collects files in a temporary folder beside the target and moves it into place at
-    the end, so an interrupted training never leaves a half-written bundle, and an existing
-    bundle is only replaced when ``overwrite`` is given (it is then kept as a backup until
-    the new one is in place)."""
+    the end, so an interrupted training never leaves a half-written bundle.
 
-    def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False):
+    The extension's overwrite policy (:func:`ClinicalMRICommonLib.files.check_output_path`)
+    decides on ``out_dir``: an existing non-empty folder is replaced only with ``overwrite``
+    (kept as a backup until the new one is in place). Replacing a folder removes everything
+    in it, so it is refused, even with ``overwrite``, when one of the command's ``inputs``
+    (files or folders) is that folder or lies inside it."""
+
+    def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False, inputs=()):
         self.final = Path(out_dir).resolve()
-        if self.final.exists() and any(self.final.iterdir()) and not overwrite:
-            raise UserError(f"model folder {self.final} already exists and is not empty; choose another "
-                            "--out or pass --overwrite")
+        check_output_path(self.final, overwrite=overwrite, what="model folder", folder=True, inputs=inputs)
+        for i in inputs:
+            if i is not None and str(i) and self.final in Path(i).resolve().parents:
+                raise UserError(f"model folder {self.final} holds {i}, an input of this training; writing the "
+                                "bundle there would delete it: choose another output folder")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
         self.manifest: dict[str, Any] = {
@@ -147,10 +153,10 @@ class BundleWriter:
     def commit(self) -> Path:
         files = {}
         for p in sorted(self.tmp.rglob("*")):
-            if p.is_file() and p.name != MANIFEST:
+            if p.is_file() and p.name != BUNDLE_MANIFEST:
                 files[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
         self.manifest["files"] = files
-        write_json_atomic(self.tmp / MANIFEST, self.manifest)
+        write_json_atomic(self.tmp / BUNDLE_MANIFEST, self.manifest)
         backup = None
         if self.final.exists():
             backup = self.final.with_name(f".{self.final.name}.previous")
@@ -207,18 +213,13 @@ class Bundle:
     def load_deep_model(self, rel: str, device="cpu"):
         """The bundle's DenseNet169 (safetensors, checked by ``load_bundle``) on ``device``;
         loaded once per device."""
-        from HRMMPredictLib.deep_model import load_model, select_device
+        from HRMMPredictLib.deep.model import load_model, select_device
 
         dev = select_device(device)[0]
         key = (rel, str(dev))
         if key not in self._cache:
             self._cache[key] = load_model(self.path / rel, dev)
         return self._cache[key]
-
-    @property
-    def has_deep(self) -> bool:
-        models = self.manifest.get("models", {}).values()
-        return "deep" in self.manifest and any(m.get("kind") == "deep" for m in models)
 
     def summary(self) -> dict:
         m = self.manifest
@@ -240,9 +241,9 @@ def load_bundle(path: str | os.PathLike, check_versions: bool = True) -> Bundle:
     p = Path(path)
     if not p.is_dir():
         raise UserError(f"model folder not found: {p}")
-    mf = p / MANIFEST
+    mf = p / BUNDLE_MANIFEST
     if not mf.is_file():
-        raise UserError(f"{p} is not a model bundle (no {MANIFEST}); give the folder written by 'hrmm train'")
+        raise UserError(f"{p} is not a model bundle (no {BUNDLE_MANIFEST}); give the folder written by 'hrmm train'")
     try:
         manifest = json.loads(mf.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -1,9 +1,12 @@
-"""Cohort manifest: one CSV row per lesion, validated up front.
+"""The cohort manifest: a CSV file with one row per lesion, validated up front.
 
-Columns: ``patient_id, lesion_id, label`` (1 = HRMM, 0 = SRMM) and image paths ``t1, t2,
-fst2, roi``, optionally ``roi_reader2, roi_repeat``. Paths are relative to the manifest's
-folder (absolute paths are accepted too). Every problem is reported at once, with the CSV
-row number (the header is row 1), so a user fixes the file in one go.
+(Not to be confused with a model bundle's ``manifest.json``, :mod:`HRMMPredictLib.bundle`.)
+
+Columns: ``patient_id, lesion_id, label`` (1 = HRMM, 0 = SRMM), one image path per
+sequence (``t1, t2, fst2``, :data:`HRMMPredictLib.sequences.SEQUENCES`) and the ROI ``roi``,
+optionally the second reads ``roi_reader2, roi_repeat``. Paths are relative to the
+manifest's folder (absolute paths are accepted too). Every problem is reported at once, with
+the CSV row number (the header is row 1), so a user fixes the file in one go.
 """
 
 from __future__ import annotations
@@ -14,44 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.grids import grid_difference
+from ClinicalMRICommonLib.images import read_grid
+from ClinicalMRICommonLib.masks import read_mask
+from HRMMPredictLib.roi import ROI_KINDS
+from HRMMPredictLib.sequences import SEQUENCES
 
-REQUIRED = ("patient_id", "lesion_id", "label", "t1", "t2", "fst2", "roi")
-OPTIONAL_ROIS = ("roi_reader2", "roi_repeat")
-IMAGE_COLUMNS = ("t1", "t2", "fst2")
-ROI_COLUMNS = ("roi",) + OPTIONAL_ROIS
+IMAGE_COLUMNS = SEQUENCES
+ROI_COLUMNS = ROI_KINDS
+REQUIRED = ("patient_id", "lesion_id", "label") + IMAGE_COLUMNS + ROI_COLUMNS[:1]
+OPTIONAL_ROIS = ROI_COLUMNS[1:]
 MAX_LISTED = 30
 
 
-def _header(path: Path) -> sitk.ImageFileReader | None:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return reader
-
-
-class _Grid:
-    """Geometry from a file header (no voxel data read)."""
-
-    def __init__(self, reader: sitk.ImageFileReader):
-        self.size = reader.GetSize()
-        self.spacing = reader.GetSpacing()
-        self.origin = reader.GetOrigin()
-        self.direction = reader.GetDirection()
-
-    def image(self) -> sitk.Image:
-        img = sitk.Image([int(s) for s in self.size], sitk.sitkUInt8)
-        img.SetSpacing(self.spacing)
-        img.SetOrigin(self.origin)
-        img.SetDirection(self.direction)
-        return img
-
-
-def load_manifest(path: str | os.PathLike, check_images: bool = True, require_labels: bool = True) -> pd.DataFrame:
-    """Read and validate a cohort manifest; return it with absolute paths.
+def load_cohort_manifest(path: str | os.PathLike, check_images: bool = True,
+                         require_labels: bool = True) -> pd.DataFrame:
+    """Read and validate a cohort manifest (CSV); return it with absolute paths.
 
     Raises one UserError listing every problem found (missing columns, files, unreadable
     images, grids that differ, empty ROIs, unknown labels, duplicate lesion ids).
@@ -111,13 +94,13 @@ def load_manifest(path: str | os.PathLike, check_images: bool = True, require_la
         more = f"\n  ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
         raise UserError(f"cohort manifest {p} has {n} problem(s):\n  " + "\n  ".join(shown) + more)
     df["label"] = labels
-    df.attrs["manifest_path"] = str(p.resolve())
+    df.attrs["cohort_path"] = str(p.resolve())
     return df
 
 
 def _check_row_images(row: int, r: pd.Series, rois: list[str]) -> list[str]:
     problems = []
-    grids: dict[str, _Grid] = {}
+    grids = {}
     for col in IMAGE_COLUMNS + tuple(rois):
         val = r.get(col, "")
         if not val:
@@ -127,38 +110,27 @@ def _check_row_images(row: int, r: pd.Series, rois: list[str]) -> list[str]:
             problems.append(f"row {row}: {col} file not found: {f}")
             continue
         try:
-            reader = _header(f)
-        except RuntimeError:
-            problems.append(f"row {row}: {col} file {f} is not a readable image")
-            continue
-        if reader.GetNumberOfComponents() != 1:
-            problems.append(f"row {row}: {col} file {f} is not a scalar image")
-            continue
-        grids[col] = _Grid(reader)
+            grids[col] = read_grid(f, col)  # the header only
+        except UserError as exc:
+            problems.append(f"row {row}: {exc}")
     ref_col = next((c for c in IMAGE_COLUMNS if c in grids), None)
     if ref_col:
-        ref = grids[ref_col].image()
         for col, g in grids.items():
-            if col == ref_col:
-                continue
-            diff = grid_difference(g.image(), ref)
+            diff = grid_difference(g, grids[ref_col]) if col != ref_col else ""
             if diff:
                 problems.append(f"row {row}: {col} is on a different grid than {ref_col} ({diff})")
     for col in rois:
         if col in grids:
             try:
-                arr = sitk.GetArrayFromImage(sitk.ReadImage(str(r[col])))  # a view of a temporary image reads freed memory
-            except RuntimeError:
-                problems.append(f"row {row}: {col} file {r[col]} could not be read")
-                continue
-            if not np.any(arr):
-                problems.append(f"row {row}: {col} {r[col]} is empty (no voxel labelled)")
+                read_mask(r[col], what=col)  # refuses an empty mask (the one mask reader)
+            except UserError as exc:
+                problems.append(f"row {row}: {exc}")
     return problems
 
 
 def cohort_hash(df: pd.DataFrame) -> str:
     """SHA-256 over the cohort's rows (ids, labels) and the content of every file it names."""
-    from HRMMPredictLib.radiomics_features import file_sha256
+    from HRMMPredictLib.radiomics.features import file_sha256  # memoised: files are hashed once per run
 
     h = hashlib.sha256()
     cols = [c for c in ("patient_id", "lesion_id", "label") + IMAGE_COLUMNS + ROI_COLUMNS if c in df.columns]

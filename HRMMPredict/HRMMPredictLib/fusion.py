@@ -1,7 +1,7 @@
 """Deep features for the fusion model: DenseNet169 outputs, PCA, and the radiomics + deep
 fusion (see ``docs/fusion.md`` for the reasoning behind every choice here).
 
-Pipeline (method.md section 1, "fusion model"):
+Pipeline (the paper's "fusion model"; docs/hrmm_method.md and docs/fusion.md):
 
 1. the trained network's pooled 1664-d output for every lesion (:func:`deep_outputs`);
 2. PCA fitted on TRAINING lesions only, to ``min(256, n_train - 1)`` components (a PCA of
@@ -11,7 +11,7 @@ Pipeline (method.md section 1, "fusion model"):
    pipeline (z-score, Mann-Whitney, correlation pruning, mRMR, LASSO; no ICC step, the
    components have no second read) -> ExtraTrees (paper hyperparameters) and logistic
    regression, thresholds by Youden on out-of-fold probabilities:
-   :func:`HRMMPredictLib.model.train_radiomics_models` itself, with ``name="fusion"``.
+   :func:`HRMMPredictLib.radiomics.model.train_radiomics_models` itself, with ``name="fusion"``.
 
 Which lesions the supervised fusion steps are fitted on (``fusion_fit``):
 
@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.deep_cohort import DeepInputConfig
+from HRMMPredictLib.deep.cohort import DeepInputConfig
 
 PCA_MAX_COMPONENTS = 256
 MIN_INTERNAL_PATIENTS = 3     # per class, for fusion fit "internal"
@@ -64,14 +64,14 @@ FUSION_FIT_MODES = {
 class DeepOptions:
     """Everything about the deep model and the fusion in one place (``hrmm train`` options).
 
-    ``train``: :class:`HRMMPredictLib.deep_model.TrainConfig` (paper defaults: 300 epochs,
+    ``train``: :class:`HRMMPredictLib.deep.model.DeepTrainConfig` (paper defaults: 300 epochs,
     batch 16, Adamax 1e-4); ``input``: the 2.5D crop settings; ``device``: auto/cpu/cuda;
     ``threads``: torch CPU threads during training (None: torch's default);
     ``enabled=False``: radiomics only (``--no-deep``).
     """
 
     enabled: bool = True
-    train: object = None                      # deep_model.TrainConfig (imported lazily: torch is heavy)
+    train: object = None                      # deep.model.DeepTrainConfig (imported lazily: torch is heavy)
     input: DeepInputConfig = field(default_factory=DeepInputConfig)
     device: str = "auto"
     fusion_fit: str = "paper"
@@ -81,9 +81,9 @@ class DeepOptions:
 
     def __post_init__(self):
         if self.train is None and self.enabled:
-            from HRMMPredictLib.deep_model import TrainConfig
+            from HRMMPredictLib.deep.model import DeepTrainConfig
 
-            self.train = TrainConfig()
+            self.train = DeepTrainConfig()
 
     def validate(self) -> "DeepOptions":
         if not self.enabled:
@@ -103,7 +103,7 @@ class DeepOptions:
 
             if not Path(self.train.pretrained_weights).is_file():
                 raise UserError(f"pretrained weights file not found: {self.train.pretrained_weights}")
-        from HRMMPredictLib.deep_model import select_device
+        from HRMMPredictLib.deep.model import select_device
 
         select_device(self.device)  # refuses 'cuda' without a GPU before any work is done
         return self
@@ -144,9 +144,9 @@ def deep_outputs(model, stacks, device="cpu", batch_size: int = 32) -> tuple[np.
     """
     import torch
 
-    from HRMMPredictLib.deep_model import extract_features
+    from HRMMPredictLib.deep.model import deep_features
 
-    feats = extract_features(model, stacks, device, batch_size)
+    feats = deep_features(model, stacks, device, batch_size)
     head = model.class_layers.out
     with torch.inference_mode():
         logits = head(torch.from_numpy(feats.astype(np.float32)).to(head.weight.device))
@@ -206,7 +206,7 @@ def fusion_table(radiomics: pd.DataFrame, components: pd.DataFrame) -> pd.DataFr
 
 
 def fusion_config(cfg, y: np.ndarray, groups: np.ndarray, fusion_fit: str):
-    """The radiomics TrainConfig for the fusion: the same, except that the 'internal' mode
+    """The RadiomicsTrainConfig for the fusion: the same, except that the 'internal' mode
     fits on a small set, so its cross-validation uses at most as many folds as it has
     patients of the rarer class. It needs at least 3 patients of each class, so that every
     fold's fitting part keeps 2 of each for the LASSO's inner cross-validation; otherwise a
@@ -228,30 +228,9 @@ def train_fusion_models(X_fusion: pd.DataFrame, y: np.ndarray, groups: np.ndarra
                         progress: Callable[[str], None] | None = None):
     """Fit the fusion models on the rows given (chosen by ``fusion_fit``, see the module
     docstring) with the radiomics training function itself. Returns (models, selection)."""
-    from HRMMPredictLib.model import train_radiomics_models
+    from HRMMPredictLib.radiomics.model import train_radiomics_models
 
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
     fcfg = fusion_config(cfg, y, groups, fusion_fit)
     return train_radiomics_models(X_fusion, y, groups, fcfg, progress=progress, name="fusion")
-
-
-def youden_or_none(y, p) -> float | None:
-    """Youden threshold when both classes have >= 2 lesions and the scores vary, else None."""
-    from HRMMPredictLib.stats import youden_threshold
-
-    y = np.asarray(y).astype(int)
-    p = np.asarray(p, dtype=float)
-    if min(int((y == 0).sum()), int((y == 1).sum())) < 2 or np.ptp(p) <= 0:
-        return None
-    return float(youden_threshold(y, p)["threshold"])
-
-
-def auc_or_none(y, p) -> dict | None:
-    from HRMMPredictLib.stats import roc_auc_delong
-
-    y = np.asarray(y).astype(int)
-    p = np.asarray(p, dtype=float)
-    if min(int((y == 0).sum()), int((y == 1).sum())) < 2 or np.ptp(p) <= 0:
-        return None
-    return roc_auc_delong(y, p)

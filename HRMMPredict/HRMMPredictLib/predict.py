@@ -3,9 +3,12 @@
 Only the radiomics features the models use are extracted (pyradiomics can enable single
 features and image types), which gives the same values as a full extraction, much faster.
 With a deep model in the bundle, the lesion's 2.5D stack is built by the same function as
-in training (:func:`HRMMPredictLib.deep_cohort.lesion_stack`), run through the network
+in training (:func:`HRMMPredictLib.deep.cohort.lesion_stack`), run through the network
 once (probability + pooled features), projected with the training PCA, and fed with the
 radiomics features to the fusion models.
+
+Each input file is read once: every image once, the ROI once per distinct voxel grid of
+the sequences (once when they share a grid, as in a cohort).
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.grids import Grid, same_grid
 from ClinicalMRICommonLib.images import check_finite, read_image
-from ClinicalMRICommonLib.masks import read_mask
-from ClinicalMRICommonLib.grids import same_grid, resample_mask_to
 from HRMMPredictLib.bundle import Bundle, load_bundle
 from HRMMPredictLib.fusion import DEEP_FEATURE_PREFIX, is_deep_feature
-from HRMMPredictLib.radiomics_features import (MIN_ROI_VOXELS, SEQUENCE_NAMES, PreprocessConfig, extract_features,
-                                               load_params, split_sequence_feature)
+from HRMMPredictLib.radiomics.features import (PreprocessConfig, extract_radiomics, load_params,
+                                               split_sequence_feature)
+from HRMMPredictLib.roi import mask_on_grid
+from HRMMPredictLib.sequences import CHANNEL_LABELS, SEQUENCES, sequence_label
 
 ImageLike = "str | os.PathLike | sitk.Image"
 
@@ -38,30 +42,6 @@ def _as_image(x, what: str) -> tuple[sitk.Image, str]:
     img = read_image(x, what)
     check_finite(img, x, what)
     return img, str(x)
-
-
-def _as_mask(roi, image: sitk.Image, roi_name: str, resample: bool, seq_label: str) -> tuple[sitk.Image, bool]:
-    """The ROI on ``image``'s grid; (mask, resampled?)."""
-    if isinstance(roi, sitk.Image):
-        if not same_grid(roi, image):
-            if not resample:
-                raise UserError(f"the ROI is on a different grid than the {seq_label} image; "
-                                "pass --resample-roi to resample it onto the image (nearest neighbour)")
-            roi = resample_mask_to(roi, image)
-            resampled = True
-        else:
-            resampled = False
-        arr = sitk.GetArrayViewFromImage(roi) != 0
-        n = int(arr.sum())
-        if n == 0:
-            raise UserError(f"the ROI is empty on the {seq_label} grid; draw it on the largest involved vertebral body")
-        if n < MIN_ROI_VOXELS:
-            raise UserError(f"the ROI has only {n} voxels on the {seq_label} grid (at least {MIN_ROI_VOXELS} needed)")
-        m = sitk.GetImageFromArray(arr.astype(np.uint8))
-        m.CopyInformation(roi)
-        return m, resampled
-    was_same = same_grid(read_image(roi, "ROI"), image)
-    return read_mask(roi, image, what="ROI", resample=resample, min_voxels=MIN_ROI_VOXELS), not was_same
 
 
 def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | Bundle, resample_roi: bool = False,
@@ -87,7 +67,7 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
     t_start = time.perf_counter()
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
     man = bundle.manifest
-    sequences = man.get("sequences", ["t1", "t2", "fst2"])
+    sequences = man.get("sequences", list(SEQUENCES))
     params = load_params(bundle.params_path)
     prep = PreprocessConfig.from_dict(man["radiomics"].get("preprocess"))
     table_models = {k: v for k, v in man["models"].items() if v.get("kind") in ("radiomics", "fusion")}
@@ -101,20 +81,25 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
             if feat not in needed[seq]:
                 needed[seq].append(feat)
 
-    loaded = {}
-    for seq in sequences:
-        label = SEQUENCE_NAMES.get(seq, seq)
-        loaded[seq] = _as_image(images.get(seq), f"{label} image")
+    loaded = {seq: _as_image(images.get(seq), f"{sequence_label(seq)} image") for seq in sequences}
     warnings = []
     masks: dict[str, sitk.Image] = {}
+    by_grid: dict[Grid, tuple[sitk.Image, bool]] = {}   # one ROI given: read once per grid
 
     def mask_for(seq: str) -> sitk.Image:
         if seq not in masks:
-            label = SEQUENCE_NAMES.get(seq, seq)
-            seq_roi = roi.get(seq) if isinstance(roi, Mapping) else roi  # one ROI, or one per sequence grid
-            if seq_roi is None:
-                raise UserError(f"no ROI given for the {label} image")
-            masks[seq], resampled = _as_mask(seq_roi, loaded[seq][0], "ROI", resample_roi, label)
+            label = sequence_label(seq)
+            image = loaded[seq][0]
+            if isinstance(roi, Mapping):  # one ROI per sequence, each on its sequence's grid
+                if roi.get(seq) is None:
+                    raise UserError(f"no ROI given for the {label} image")
+                mask, resampled = mask_on_grid(roi[seq], image, image_what=f"{label} image", resample=resample_roi)
+            else:
+                grid = Grid.of(image)
+                if grid not in by_grid:
+                    by_grid[grid] = mask_on_grid(roi, image, image_what=f"{label} image", resample=resample_roi)
+                mask, resampled = by_grid[grid]
+            masks[seq] = mask
             if resampled:
                 warnings.append(f"the ROI was resampled onto the {label} grid (nearest neighbour)")
         return masks[seq]
@@ -124,11 +109,10 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
     for seq in sequences:
         if not needed[seq]:
             continue
-        label = SEQUENCE_NAMES.get(seq, seq)
-        img, src = loaded[seq]
+        img, _src = loaded[seq]
         mask = mask_for(seq)
-        say(f"extracting {len(needed[seq])} feature(s) from {label}")
-        feats = extract_features(img, mask, params, prep, feature_names=needed[seq])
+        say(f"extracting {len(needed[seq])} feature(s) from {sequence_label(seq)}")
+        feats = extract_radiomics(img, mask, params, prep, feature_names=needed[seq])
         for k, v in feats.items():
             values[f"{seq}_{k}"] = v
     timings["radiomics_s"] = time.perf_counter() - t0
@@ -171,7 +155,7 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
             feat = f"PCA component {int(name[len(DEEP_FEATURE_PREFIX):])} of the DenseNet169 features"
         else:
             seq, feat = split_sequence_feature(name, sequences)
-            seq_label = SEQUENCE_NAMES.get(seq, seq)
+            seq_label = sequence_label(seq)
         in_range = f["min"] <= v <= f["max"]
         feature_rows.append({"name": name, "sequence": seq_label, "feature": feat, "value": v,
                              "train_min": f["min"], "train_max": f["max"], "train_mean": f["mean"],
@@ -195,25 +179,25 @@ def _deep_part(bundle: Bundle, images: dict, mask_for, roi, device: str, say, pr
                preview_path) -> tuple[dict, float, dict[str, float]]:
     """The 2.5D stack (the training's own function), the network, the PCA: returns the
     deep-input record, P(HRMM) of the network and the PCA components by name."""
-    from HRMMPredictLib.deep_cohort import DeepInputConfig, lesion_stack, preview_base64
-    from HRMMPredictLib.deep_input import save_preview_png
-    from HRMMPredictLib.deep_model import select_device
+    from HRMMPredictLib.deep.cohort import DeepInputConfig, lesion_stack, preview_base64
+    from HRMMPredictLib.deep.input import save_preview_png
+    from HRMMPredictLib.deep.model import select_device
     from HRMMPredictLib.fusion import deep_outputs, pca_frame
 
     dman = bundle.manifest["deep"]
     cfg = DeepInputConfig.from_dict(dman.get("input"))
-    seqs = ("t1", "t2", "fst2")
-    masks = {s: mask_for(s) for s in seqs}
-    one_grid = not isinstance(roi, Mapping) and all(same_grid(images[s], images["t1"]) for s in seqs)
+    masks = {s: mask_for(s) for s in SEQUENCES}
+    first = SEQUENCES[0]
+    one_grid = not isinstance(roi, Mapping) and all(same_grid(images[s], images[first]) for s in SEQUENCES)
     say("building the 2.5D input (largest-ROI slice of T1WI, T2WI, FS-T2WI)")
-    stack, info = lesion_stack(images, masks["t1"] if one_grid else masks, cfg)
+    stack, info = lesion_stack(images, masks[first] if one_grid else masks, cfg)
     dev, dev_desc = select_device(device)
     say(f"running DenseNet169 on {dev_desc}")
     net = bundle.load_deep_model(dman["file"], dev)
     p, feats = deep_outputs(net, stack[None], dev, batch_size=1)
     pca = bundle.load_estimator(dman["pca"]["file"])
     comps = pca_frame(pca, feats, ["case"]).iloc[0]
-    record = {"device": dev_desc, "size": int(cfg.size), "channels": ["T1WI", "T2WI", "FS-T2WI"],
+    record = {"device": dev_desc, "size": int(cfg.size), "channels": list(CHANNEL_LABELS),
               "crops": info["crops"], "preview_png_base64": None, "preview_png": None}
     if preview:
         record["preview_png_base64"] = preview_base64(stack, info["roi"])

@@ -46,14 +46,14 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import atomic_path, write_image_atomic, write_json_atomic
+from ClinicalMRICommonLib.files import atomic_path, check_output_path, write_image_atomic, write_json_atomic
+from HRMMPredictLib.roi import ROI_KINDS
+from HRMMPredictLib.sequences import SEQUENCES
 
-__all__ = ["generate_cohort", "generate_case", "MANIFEST_COLUMNS", "SEQUENCES", "ROI_KEYS",
-           "SAGITTAL_DIRECTION", "TISSUE_LABELS"]
+__all__ = ["generate_cohort", "generate_case", "MANIFEST_COLUMNS", "SAGITTAL_DIRECTION", "TISSUE_LABELS"]
 
-MANIFEST_COLUMNS = ("patient_id", "lesion_id", "label", "t1", "t2", "fst2", "roi", "roi_reader2", "roi_repeat")
-SEQUENCES = ("t1", "t2", "fst2")
-ROI_KEYS = ("roi", "roi_reader2", "roi_repeat")
+#: Columns of the cohort manifest the generator writes.
+MANIFEST_COLUMNS = ("patient_id", "lesion_id", "label") + SEQUENCES + ROI_KINDS
 MANIFEST_NAME = "cohort.csv"
 PROVENANCE_NAME = "synthetic.json"
 GENERATOR_VERSION = 1
@@ -595,7 +595,7 @@ def generate_case(rng_seed, label: int, effect_size: float = 1.0, shape=(12, 160
 
     origin = _origin(shape, spacing)
     out = {k: _to_image(v, spacing, origin) for k, v in images.items()}
-    for k, v in zip(ROI_KEYS, (roi1, roi2, roi3)):
+    for k, v in zip(ROI_KINDS, (roi1, roi2, roi3)):
         out[k] = _to_image(v.astype(np.uint8), spacing, origin)
     if with_truth:
         mid = np.ascontiguousarray(lab[:, geo.NSUB // 2])
@@ -679,9 +679,12 @@ def _to_image(arr: np.ndarray, spacing, origin) -> sitk.Image:
 def generate_cohort(out_dir, n_patients: int = 30, seed: int = 0, effect_size: float = 1.0,
                     shape=(12, 160, 160), spacing=(0.8, 0.8, 4.8), multi_lesion_fraction: float = 0.3,
                     positive_fraction: float = 0.45,
-                    progress: Callable[[int, int, str], None] | None = None) -> Path:
-    """Write a synthetic cohort (NIfTI images under ``out_dir/images`` and the manifest
-    ``out_dir/cohort.csv``) and return the manifest's path.
+                    progress: Callable[[int, int, str], None] | None = None, overwrite: bool = False) -> Path:
+    """Write a synthetic cohort (NIfTI images under ``out_dir/images`` and the cohort
+    manifest ``out_dir/cohort.csv``) and return the manifest's path.
+
+    ``out_dir`` must be new or empty unless ``overwrite`` (the extension's overwrite policy);
+    a ``cohort.csv`` the generator did not write is never replaced.
 
     Patients P001.. get label 1 (HRMM) or 0 (SRMM); ``multi_lesion_fraction`` of them
     (in expectation) have 2-3 lesions, each its own image set (one examined spine region
@@ -709,6 +712,7 @@ def generate_cohort(out_dir, n_patients: int = 30, seed: int = 0, effect_size: f
     if manifest.exists() and not (out / PROVENANCE_NAME).exists():
         raise UserError(f"{manifest} already exists and was not written by the synthetic generator; "
                         "choose another output folder so that it is not overwritten")
+    check_output_path(out, overwrite=overwrite, what="output folder", folder=True)
     if manifest.exists():
         # Our own earlier cohort: drop its manifest first so that an interrupted run never
         # leaves a manifest pointing at a mixture of old and new images.
@@ -728,7 +732,7 @@ def generate_cohort(out_dir, n_patients: int = 30, seed: int = 0, effect_size: f
         case = generate_case(_case_seed(seed, i, j), label, effect_size, shape, spacing,
                              patient_seed=_patient_seed(seed, i))
         row = {"patient_id": pid, "lesion_id": lid, "label": label}
-        for key in SEQUENCES + ROI_KEYS:
+        for key in SEQUENCES + ROI_KINDS:
             rel = f"images/{lid}_{key}.nii.gz"
             write_image_atomic(case[key], out / rel)
             row[key] = rel

@@ -1,4 +1,4 @@
-"""``hrmm train``: from a cohort manifest to a model bundle with three models.
+"""``hrmm train``: from a cohort manifest (CSV) to a model bundle with three models.
 
 1. radiomics: reader-agreement filter, selection, ExtraTrees (+ logistic regression);
 2. deep: DenseNet169 on the 2.5D stacks of the training lesions (epoch chosen on an
@@ -31,15 +31,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ClinicalMRICommonLib.files import json_safe
+from ClinicalMRICommonLib.files import json_safe, sha256_file
 from HRMMPredictLib import bundle as bundle_mod
-from HRMMPredictLib.fusion import (FUSION_FIT_MODES, DeepOptions, auc_or_none, deep_outputs, fit_pca,
-                                   fusion_table, pca_frame, torch_threads, train_fusion_models,
-                                   youden_or_none)
-from HRMMPredictLib.manifest import OPTIONAL_ROIS, cohort_hash, load_manifest, summarize
-from HRMMPredictLib.model import TrainConfig, patient_split, train_radiomics_models
-from HRMMPredictLib.radiomics_features import (SEQUENCES, PreprocessConfig, extract_cohort, load_params,
-                                               params_text)
+from HRMMPredictLib.cohort import OPTIONAL_ROIS, cohort_hash, load_cohort_manifest, summarize
+from HRMMPredictLib.evaluation.stats import auc_or_none, youden_or_none
+from HRMMPredictLib.fusion import (FUSION_FIT_MODES, DeepOptions, deep_outputs, fit_pca, fusion_table, pca_frame,
+                                   torch_threads, train_fusion_models)
+from HRMMPredictLib.radiomics.features import PreprocessConfig, extract_cohort, load_params, params_text
+from HRMMPredictLib.radiomics.model import RadiomicsTrainConfig, patient_split, range_stats, train_radiomics_models
+from HRMMPredictLib.sequences import SEQUENCES
 
 PRIMARY_RADIOMICS = "radiomics"  # ExtraTrees, the paper's method
 PRIMARY_FUSION = "fusion"
@@ -53,8 +53,9 @@ def model_name(prefix: str, classifier_kind: str) -> str:
     return prefix if classifier_kind == "extratrees" else f"{prefix}_{classifier_kind}"
 
 
-def default_cache_dir(manifest_path: str | os.PathLike) -> Path:
-    return Path(manifest_path).resolve().parent / ".hrmm_cache"
+def default_cache_dir(cohort_path: str | os.PathLike) -> Path:
+    """The feature and 2.5D-stack cache beside the cohort manifest: ``.hrmm_cache``."""
+    return Path(cohort_path).resolve().parent / ".hrmm_cache"
 
 
 def extract_cohort_features(cohort: pd.DataFrame, split: pd.Series, params: dict, prep: PreprocessConfig,
@@ -69,10 +70,6 @@ def extract_cohort_features(cohort: pd.DataFrame, split: pd.Series, params: dict
         tables.update(extract_cohort(cohort, cache_dir, params, prep, roi_kinds=kinds, n_jobs=n_jobs,
                                      progress=progress, lesion_ids=train_ids))
     return tables
-
-
-def _range_stats(X: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"mean": X.mean(), "sd": X.std(ddof=1), "min": X.min(), "max": X.max()})
 
 
 def _classifier_entries(writer, prefix: str, kind_label: str, models: dict, X_all: pd.DataFrame,
@@ -91,7 +88,7 @@ def _classifier_entries(writer, prefix: str, kind_label: str, models: dict, X_al
         entries[name] = {
             "kind": kind_label, "classifier": kind, "file": rel, "prediction_column": name,
             # display ranges: every training lesion (z-score parameters: the rows fitted)
-            "features": bundle_mod.features_table(_range_stats(X_all.loc[is_train, m.features])),
+            "features": bundle_mod.features_table(range_stats(X_all.loc[is_train, m.features])),
             "zscore": {"mean": m.mean.tolist(), "scale": m.scale.tolist()},
             "threshold": m.threshold, "threshold_rule": f"Youden J on out-of-fold probabilities of {cv_rule}",
             "cv_auc": m.cv_auc, "cv_column": f"{name}{cv_suffix}",
@@ -104,32 +101,37 @@ def _classifier_entries(writer, prefix: str, kind_label: str, models: dict, X_al
     return entries
 
 
-def train_bundle(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, params_path=None,
-                 cfg: TrainConfig | None = None, prep: PreprocessConfig | None = None,
+def train_bundle(cohort_path: str | os.PathLike, out_dir: str | os.PathLike, params_path=None,
+                 cfg: RadiomicsTrainConfig | None = None, prep: PreprocessConfig | None = None,
                  cache_dir: str | os.PathLike | None = None, n_jobs: int | None = None,
                  progress: Callable[[str], None] | None = None,
                  extraction_progress: Callable[[int, int, str], None] | None = None,
                  overwrite: bool = False, deep: DeepOptions | None = None,
                  epoch_progress: Callable[[int, int, dict], None] | None = None) -> dict:
-    """Train the radiomics, deep and fusion models of a cohort and write a model bundle.
+    """Train the radiomics, deep and fusion models of a cohort (its manifest CSV at
+    ``cohort_path``) and write a model bundle into ``out_dir``.
 
+    ``out_dir`` follows the extension's overwrite policy: an existing non-empty folder is
+    refused unless ``overwrite``, and never when an input (the cohort manifest, the
+    settings, the cache or the pretrained weights) lies inside it.
     ``deep``: the deep model and fusion settings (default: the paper's, 300 epochs);
     ``DeepOptions(enabled=False)`` trains the radiomics models only. ``epoch_progress``
     gets ``(epoch, epochs, metrics)`` after every epoch. Returns a summary.
     """
-    cfg = cfg or TrainConfig()
+    cfg = cfg or RadiomicsTrainConfig()
     prep = prep or PreprocessConfig()
     deep = (deep or DeepOptions()).validate()   # bad device / weights file: refused before hours of work
     say = progress or (lambda s: None)
-    writer = bundle_mod.BundleWriter(out_dir, overwrite=overwrite)  # refuse early, before hours of work
+    cache = Path(cache_dir) if cache_dir else default_cache_dir(cohort_path)
+    inputs = [cohort_path, params_path, cache, deep.train.pretrained_weights if deep.enabled else None]
+    writer = bundle_mod.BundleWriter(out_dir, overwrite=overwrite, inputs=inputs)  # refuse before hours of work
     try:
         say("validating the cohort manifest")
-        cohort = load_manifest(manifest_path)
+        cohort = load_cohort_manifest(cohort_path)
         params = load_params(params_path)
         split = patient_split(cohort, cfg.validation_fraction, cfg.seed)
         if deep.enabled:
             _check_internal_split(deep, cfg, cohort, split)
-        cache = Path(cache_dir) if cache_dir else default_cache_dir(manifest_path)
         say(f"extracting radiomics features ({len(cohort)} lesions x {len(SEQUENCES)} sequences; cache {cache})")
         tables = extract_cohort_features(cohort, split, params, prep, cache, n_jobs, extraction_progress)
 
@@ -164,7 +166,7 @@ def train_bundle(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, p
                           "selection_counts": selection["counts"], "lasso_C": selection["lasso_C"]},
             "training": {"config": cfg.to_dict(), "split_rule": "stratified by class, grouped by patient",
                          "deep_options": deep.to_dict()},
-            "cohort": {"hash": cohort_hash(cohort), "manifest": Path(manifest_path).name, "summary": summary_rows},
+            "cohort": {"hash": cohort_hash(cohort), "manifest": Path(cohort_path).name, "summary": summary_rows},
             **manifest_extra,
             "models": model_entries,
             "primary_model": primary,
@@ -188,13 +190,13 @@ def train_bundle(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, p
     return out
 
 
-def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: TrainConfig, cohort: pd.DataFrame, ids, y_all, pids,
+def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: RadiomicsTrainConfig, cohort: pd.DataFrame, ids, y_all, pids,
                            is_train, X_all: pd.DataFrame, radiomics_selected: list[str], preds: pd.DataFrame,
                            cache: Path, say, epoch_progress) -> tuple[dict, dict, dict]:
     """Stacks -> DenseNet169 (training lesions) -> features -> PCA (training lesions) ->
     fusion models. Writes the files; returns (model entries, manifest sections, summary)."""
-    from HRMMPredictLib.deep_cohort import cohort_stacks
-    from HRMMPredictLib.deep_model import ARCHITECTURE, N_FEATURES, save_model, select_device, train_deep_model
+    from HRMMPredictLib.deep.cohort import cohort_stacks
+    from HRMMPredictLib.deep.model import ARCHITECTURE, N_FEATURES, save_model, select_device, train_deep_model
 
     say(f"building the 2.5D inputs ({len(ids)} lesions; cache {cache})")
     stacks, stack_info = cohort_stacks(cohort, cache, deep.input)
@@ -233,7 +235,7 @@ def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: TrainConfig, cohort: 
     weights = deep.train.pretrained_weights
     weights_rec = None
     if weights:
-        weights_rec = {"file": Path(weights).name, "sha256": bundle_mod.sha256_file(weights)}
+        weights_rec = {"file": Path(weights).name, "sha256": sha256_file(weights)}
     save_model(net, writer.path(DEEP_FILE), metadata={
         "best_epoch": history.get("best_epoch"), "selection": history.get("selection"), "device": device_desc,
         "pretrained_weights": weights_rec})
@@ -305,11 +307,11 @@ def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: TrainConfig, cohort: 
     return {DEEP_MODEL: deep_entry, **entries}, sections, summary
 
 
-def _check_internal_split(deep: DeepOptions, cfg: TrainConfig, cohort: pd.DataFrame, split: pd.Series) -> None:
+def _check_internal_split(deep: DeepOptions, cfg: RadiomicsTrainConfig, cohort: pd.DataFrame, split: pd.Series) -> None:
     """The network's internal validation split is a pure function of the training labels,
     patients and seed: check before any work that it can be made and, for fusion fit
     'internal', that it is large enough to fit the fusion on."""
-    from HRMMPredictLib.deep_model import internal_validation_split
+    from HRMMPredictLib.deep.model import internal_validation_split
 
     tr = cohort[(split == "train").to_numpy()]
     y = tr["label"].to_numpy().astype(int)
@@ -321,7 +323,7 @@ def _check_internal_split(deep: DeepOptions, cfg: TrainConfig, cohort: pd.DataFr
         fusion_config(cfg, y[val], g[val], "internal")
 
 
-def train_fusion_cv_folds(cfg: TrainConfig, y, groups, fusion_fit: str) -> int:
+def train_fusion_cv_folds(cfg: RadiomicsTrainConfig, y, groups, fusion_fit: str) -> int:
     from HRMMPredictLib.fusion import fusion_config
 
     return fusion_config(cfg, np.asarray(y), np.asarray(groups), fusion_fit).cv_folds
@@ -334,3 +336,25 @@ def _write_selection_records(writer, selection: dict) -> None:
         df = pd.DataFrame(selection["icc"], index=selection["icc_features"])
         df.index.name = "feature"
         writer.write_csv("training/feature_icc.csv", df)
+
+
+def format_training_summary(s: dict) -> str:
+    """Human-readable summary of :func:`train_bundle`'s result."""
+    lines = [f"Model bundle written to {s['model_dir']}"]
+    for r in s["cohort"]:
+        lines.append(f"  {r['split']:<10} {r['patients']:>4} patients {r['lesions']:>4} lesions "
+                     f"({r['positives']} HRMM / {r['negatives']} SRMM)")
+    lines.append("  features per selection step: " + ", ".join(f"{k} {v}" for k, v in s["selection"].items()))
+    lines.append(f"  selected ({len(s['selected_features'])}): " + ", ".join(s["selected_features"][:8])
+                 + (" ..." if len(s["selected_features"]) > 8 else ""))
+    if s.get("deep"):
+        d = s["deep"]
+        lines.append(f"  deep model on {d['device']}: {d['selection']}; PCA to {d['pca_components']} components; "
+                     f"fusion fitted on {d['fusion_fit']} lesions, selected: " + ", ".join(d["fusion_selected"][:6])
+                     + (" ..." if len(d["fusion_selected"]) > 6 else ""))
+    for name, m in s["models"].items():
+        va = "n/a" if m["validation_auc"] is None else f"{m['validation_auc']:.3f}"
+        cv = "n/a" if m["cv_auc"] is None else f"{m['cv_auc']:.3f}"
+        mark = "*" if name == s.get("primary_model") else " "
+        lines.append(f" {mark}{name:<22} CV AUC {cv}  validation AUC {va}  threshold {m['threshold']:.3f}")
+    return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""Command-line front end of HRMMPredictLib.stats: ``hrmm compare-auc`` and ``hrmm dca``.
+"""``hrmm compare-auc`` and ``hrmm dca``: the command-line front end of
+:mod:`HRMMPredictLib.evaluation.stats`.
 
-The ``hrmm`` parser (HRMMPredictLib.cli) calls :func:`register` to add both subcommands;
-``python -m HRMMPredictLib.stats_cli ...`` runs them on their own with the same behaviour.
+The ``hrmm`` parser (:mod:`HRMMPredictLib.cli.main`) calls :func:`register` to add both
+subcommands.
 
 Input: a CSV file with one row per case. The label column is read as TEXT and compared
 with ``--positive`` exactly as written in the file (``Poor``, ``TRUE``, ``1``); it must have
@@ -12,18 +13,16 @@ positive (for ``dca``: a predicted probability in [0, 1]).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ClinicalMRICommonLib.errors import UserError, run_cli
+from ClinicalMRICommonLib.cli import EXIT_OK, add_command, add_json, emit
+from ClinicalMRICommonLib.errors import UserError
+from HRMMPredictLib.evaluation import stats
 
-from . import stats
-
-__all__ = ["register", "build_parser", "main", "read_cases", "parse_thresholds"]
+__all__ = ["register", "read_cases", "parse_thresholds"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,10 +133,9 @@ def cmd_compare_auc(args: argparse.Namespace) -> int:
     rb = stats.roc_auc_delong(y, sc[b], name=f"score column '{b}'")
     d = stats.delong_paired(y, sc[a], sc[b], names=(f"score column '{a}'", f"score column '{b}'"))
     if args.json:
-        out = {"auc": {a: {"auc": ra["auc"], "ci95": ra["ci95"]}, b: {"auc": rb["auc"], "ci95": rb["ci95"]}},
-               "delong": {"z": d["z"], "p": d["p"], "diff_ci95": d["diff_ci95"]}}
-        print(json.dumps(stats.json_safe(out)))
-        return 0
+        emit({"auc": {a: {"auc": ra["auc"], "ci95": ra["ci95"]}, b: {"auc": rb["auc"], "ci95": rb["ci95"]}},
+              "delong": {"z": d["z"], "p": d["p"], "diff_ci95": d["diff_ci95"]}}, True)
+        return EXIT_OK
     n_pos = int(y.sum())
     print(f"{args.input}: {y.size} cases, {n_pos} positive ({args.label} = {args.positive}), "
           f"{y.size - n_pos} negative")
@@ -149,7 +147,7 @@ def cmd_compare_auc(args: argparse.Namespace) -> int:
     print(f"Paired DeLong test, AUC({a}) - AUC({b}) = {_fmt(d['diff'])} "
           f"(95% CI {_fmt(d['diff_ci95'][0])} to {_fmt(d['diff_ci95'][1])}), "
           f"Z = {_fmt(d['z'], 3)}, p = {_fmt_p(d['p'])} (two-sided)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_dca(args: argparse.Namespace) -> int:
@@ -160,15 +158,14 @@ def cmd_dca(args: argparse.Namespace) -> int:
     y, sc = read_cases(args.input, args.label, args.positive, names)
     r = stats.decision_curve(y, sc[names[0]], thresholds, name=f"score column '{names[0]}'")
     if args.json:
-        out = {"threshold": r["threshold"], "net_benefit": r["net_benefit"], "treat_all": r["treat_all"]}
-        print(json.dumps(stats.json_safe(out)))
-        return 0
+        emit({"threshold": r["threshold"], "net_benefit": r["net_benefit"], "treat_all": r["treat_all"]}, True)
+        return EXIT_OK
     print(f"{args.input}: {r['n']} cases, prevalence {r['prevalence']:.4f} ({args.label} = {args.positive}); "
           f"treat if {names[0]} >= threshold")
     print(f"{'threshold':>9}  {'net benefit':>11}  {'treat all':>9}  {'treat none':>10}")
     for t, nb, ta, tn in zip(r["threshold"], r["net_benefit"], r["treat_all"], r["treat_none"]):
         print(f"{t:>9.3f}  {nb:>11.5f}  {ta:>9.5f}  {tn:>10.5f}")
-    return 0
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,47 +177,29 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", required=True, metavar="COL", help="column holding the true class")
     p.add_argument("--positive", required=True, metavar="VALUE",
                    help="the label text of the positive class, exactly as written in the file (e.g. Poor, TRUE, 1)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    add_json(p, "the result (one JSON object instead of tables)")
 
 
 def register(subparsers) -> None:
-    """Add ``compare-auc`` and ``dca`` to an argparse subparsers object; each sets ``func``."""
-    p = subparsers.add_parser(
-        "compare-auc", help="AUCs with DeLong 95%% CIs and the paired DeLong test of two scores",
-        description="ROC AUC of two score columns on the same cases, each with its DeLong 95%% CI, and the "
-                    "paired DeLong test of AUC(A) - AUC(B) (Z, two-sided p, 95%% CI of the difference). "
-                    "Higher scores mean more likely positive.")
+    """Add ``compare-auc`` and ``dca`` to the ``hrmm`` subcommands; each sets ``func``."""
+    p = add_command(
+        subparsers, "compare-auc", "AUCs with DeLong 95%% CIs and the paired DeLong test of two scores",
+        description="ROC AUC of two score columns on the same cases, each with its DeLong 95% CI, and the "
+                    "paired DeLong test of AUC(A) - AUC(B) (Z, two-sided p, 95% CI of the difference). "
+                    "Higher scores mean more likely positive.",
+        epilog="example: hrmm compare-auc --input cases.csv --label outcome --positive Poor --scores wfns,s100b")
     _add_common(p)
     p.add_argument("--scores", required=True, metavar="A,B", help="two numeric score columns, comma-separated")
     p.set_defaults(func=cmd_compare_auc)
 
-    p = subparsers.add_parser(
-        "dca", help="decision curve: net benefit of a risk score, treat-all and treat-none",
+    p = add_command(
+        subparsers, "dca", "decision curve: net benefit of a risk score, treat-all and treat-none",
         description="Net benefit NB = TP/n - FP/n * pt/(1-pt) with 'treat if risk >= pt' (a risk of exactly 0 is "
-                    "never treated, as in R dcurves), for each threshold probability pt in [0, 1).")
+                    "never treated, as in R dcurves), for each threshold probability pt in [0, 1).",
+        epilog="example: hrmm dca --input cases.csv --label cancer --positive 1 --score risk --thresholds 0:0.5:0.05")
     _add_common(p)
     p.add_argument("--score", required=True, metavar="S", help="predicted probability column (values in [0, 1])")
     p.add_argument("--thresholds", metavar="t1,t2,...",
                    help="threshold probabilities in [0, 1); an item start:stop:step is an inclusive range "
                         "(default 0,0.01,...,0.99)")
     p.set_defaults(func=cmd_dca)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hrmm", description="HRMMPredict model statistics")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(sub)
-    return parser
-
-
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(_main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

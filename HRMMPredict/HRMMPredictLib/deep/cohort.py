@@ -1,7 +1,7 @@
 """2.5D inputs of the deep model for a cohort and for one case, cached like the radiomics.
 
 One function, :func:`lesion_stack`, turns a lesion's T1WI, T2WI, FS-T2WI and ROI into the
-network's uint8 (3, size, size) stack with :func:`HRMMPredictLib.deep_input.stack_25d`;
+network's uint8 (3, size, size) stack with :func:`HRMMPredictLib.deep.input.stack_25d`;
 training (:func:`cohort_stacks`) and prediction (:func:`HRMMPredictLib.predict.predict_case`)
 both call it, with the crop settings stored in the model bundle (:class:`DeepInputConfig`).
 
@@ -40,17 +40,18 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import atomic_path, write_json_atomic
 from ClinicalMRICommonLib.images import check_finite, read_image
 from ClinicalMRICommonLib.masks import read_mask
-from HRMMPredictLib.deep_input import (DEFAULT_MARGIN, DEFAULT_SIZE, DEFAULT_UNSHARP, SEQUENCE_ORDER, crop_25d,
-                                       save_preview_png, stack_25d)
+from HRMMPredictLib.deep.input import (DEFAULT_MARGIN, DEFAULT_SIZE, DEFAULT_UNSHARP, crop_25d, save_preview_png,
+                                       stack_25d)
+from HRMMPredictLib.roi import MIN_ROI_VOXELS
+from HRMMPredictLib.sequences import CHANNEL_LABELS, SEQUENCES, sequence_label
 
-SEQUENCES = ("t1", "t2", "fst2")          # channel order: T1WI, T2WI, FS-T2WI (deep_input.SEQUENCE_ORDER)
 CACHE_SUBDIR = "stacks_25d"
 STACK_FORMAT = "hrmm-stack25d-v1"          # bump when lesion_stack's output changes for the same inputs
 
 
 @dataclass(frozen=True)
 class DeepInputConfig:
-    """Settings of the 2.5D crop (defaults: the paper; see :mod:`HRMMPredictLib.deep_input`)."""
+    """Settings of the 2.5D crop (defaults: the paper; see :mod:`HRMMPredictLib.deep.input`)."""
 
     margin: int = DEFAULT_MARGIN
     size: int = DEFAULT_SIZE
@@ -91,7 +92,7 @@ def _versions() -> str:
 
 def stack_key(paths: Mapping[str, str | os.PathLike], cfg: DeepInputConfig) -> str:
     """Cache key of one lesion's stack: file contents (t1, t2, fst2, roi), settings, versions."""
-    from HRMMPredictLib.radiomics_features import file_sha256  # one owner of file hashing (memoised)
+    from HRMMPredictLib.radiomics.features import file_sha256  # one owner of file hashing (memoised)
 
     h = hashlib.sha256()
     for part in [file_sha256(paths[k]) for k in (*SEQUENCES, "roi")] + [
@@ -110,9 +111,9 @@ def lesion_stack(images: Mapping[str, sitk.Image], roi: sitk.Image | Mapping[str
     """The network input of one lesion: uint8 (3, size, size), channels T1WI, T2WI, FS-T2WI.
 
     ``images``: ``{"t1", "t2", "fst2"}`` -> image; ``roi``: one mask on the images' common
-    grid (the cohort case: :func:`HRMMPredictLib.deep_input.stack_25d`), or ``{sequence:
+    grid (the cohort case: :func:`HRMMPredictLib.deep.input.stack_25d`), or ``{sequence:
     mask}`` with each mask on its own sequence's grid (Slicer scenes whose series differ in
-    geometry): then each channel is :func:`~HRMMPredictLib.deep_input.crop_25d` of its own
+    geometry): then each channel is :func:`~HRMMPredictLib.deep.input.crop_25d` of its own
     sequence and mask, which is what ``stack_25d`` does with one shared mask.
 
     Returns ``(stack, info)``; ``info`` holds ``roi`` (bool (size, size), the T1WI crop's ROI,
@@ -121,14 +122,14 @@ def lesion_stack(images: Mapping[str, sitk.Image], roi: sitk.Image | Mapping[str
     cfg = cfg or DeepInputConfig()
     for s in SEQUENCES:
         if images.get(s) is None:
-            raise UserError(f"the {dict(zip(SEQUENCES, SEQUENCE_ORDER))[s]} image is missing; the 2.5D input "
+            raise UserError(f"the {sequence_label(s)} image is missing; the 2.5D input "
                             "needs T1WI, T2WI and FS-T2WI")
     if isinstance(roi, Mapping):
         crops = [crop_25d(images[s], roi[s], what=name, **cfg.crop_kwargs())
-                 for s, name in zip(SEQUENCES, SEQUENCE_ORDER)]
+                 for s, name in zip(SEQUENCES, CHANNEL_LABELS)]
         stack = np.stack([c["array"] for c in crops]).astype(np.uint8)
     else:
-        stack, crops = stack_25d(images["t1"], images["t2"], images["fst2"], roi, return_crops=True,
+        stack, crops = stack_25d(*(images[s] for s in SEQUENCES), roi, return_crops=True,
                                  **cfg.crop_kwargs())
     return stack, {"roi": crops[0]["roi"], "crops": crop_records(crops)}
 
@@ -136,7 +137,7 @@ def lesion_stack(images: Mapping[str, sitk.Image], roi: sitk.Image | Mapping[str
 def crop_records(crops: Iterable[dict]) -> dict:
     """JSON-able summary of :func:`crop_25d` results, keyed by sequence name."""
     out = {}
-    for name, c in zip(SEQUENCE_ORDER, crops):
+    for name, c in zip(CHANNEL_LABELS, crops):
         out[name] = {"slice_axis": int(c["slice_axis"]), "slice_index": int(c["slice_index"]),
                      "plane": c["plane"], "roi_area": int(c["roi_area"]), "bbox": [int(v) for v in c["bbox"]],
                      "orientation": c["orientation"], "slice_axis_rule": c["slice_axis_rule"]}
@@ -157,15 +158,14 @@ def preview_base64(stack: np.ndarray, roi: np.ndarray | None = None) -> str:
 
 
 def read_lesion_images(paths: Mapping[str, str | os.PathLike]) -> tuple[dict[str, sitk.Image], sitk.Image]:
-    """Read a cohort row's three sequences and its ROI (checked, on the T1WI grid)."""
-    from HRMMPredictLib.radiomics_features import MIN_ROI_VOXELS, SEQUENCE_NAMES
-
+    """Read a cohort row's three sequences and its ROI (checked, on the first sequence's grid:
+    the cohort manifest guarantees that the three share it)."""
     images = {}
     for s in SEQUENCES:
-        img = read_image(paths[s], f"{SEQUENCE_NAMES[s]} image")
-        check_finite(img, paths[s], f"{SEQUENCE_NAMES[s]} image")
+        img = read_image(paths[s], f"{sequence_label(s)} image")
+        check_finite(img, paths[s], f"{sequence_label(s)} image")
         images[s] = img
-    mask = read_mask(paths["roi"], images["t1"], what="ROI", min_voxels=MIN_ROI_VOXELS)
+    mask = read_mask(paths["roi"], images[SEQUENCES[0]], what="ROI", min_voxels=MIN_ROI_VOXELS)
     return images, mask
 
 

@@ -1,6 +1,6 @@
 """2.5D inputs for the HRMM deep model: one 8-bit crop per sequence, stacked as 3 channels.
 
-The paper (method.md section 1) builds, per lesion and sequence:
+The paper (docs/hrmm_method.md, "Deep model") builds, per lesion and sequence:
 
 1. the slice with the largest ROI area,
 2. the ROI's bounding box on that slice expanded by 5 pixels,
@@ -74,8 +74,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import atomic_path
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
-
-SEQUENCE_ORDER = ("T1WI", "T2WI", "FS-T2WI")
+from HRMMPredictLib.roi import roi_voxels
+from HRMMPredictLib.sequences import CHANNEL_LABELS
 DEFAULT_MARGIN = 5
 DEFAULT_SIZE = 224
 DEFAULT_UNSHARP = (2.0, 150, 3)  # Pillow UnsharpMask(radius, percent, threshold)
@@ -210,10 +210,7 @@ def crop_25d(image: sitk.Image, mask: sitk.Image, margin: int = DEFAULT_MARGIN, 
                         "resample the ROI onto the image first (nearest neighbour)")
     arr = sitk.GetArrayViewFromImage(image)
     marr = sitk.GetArrayViewFromImage(mask)
-    roi = (marr == label) if label is not None else (marr != 0)
-    if not roi.any():
-        raise UserError(f"ROI mask for the {what} is empty" + (f" (no voxel with label {label})" if label is not None else "")
-                        + "; draw the ROI and save it again")
+    roi = roi_voxels(marr, f"ROI mask for the {what}", label=label)
     if slice_axis is None:
         slice_axis, rule = choose_slice_axis(image)
     else:
@@ -272,7 +269,7 @@ def stack_25d(t1: sitk.Image, t2: sitk.Image, fst2: sitk.Image, mask: sitk.Image
     ``return_crops=True`` the three crop dicts come back too: ``(stack, crops)``.
     """
     crops = []
-    for name, img in zip(SEQUENCE_ORDER, (t1, t2, fst2)):
+    for name, img in zip(CHANNEL_LABELS, (t1, t2, fst2)):
         if img is None:
             raise UserError(f"the {name} image is missing; the 2.5D input needs T1WI, T2WI and FS-T2WI")
         crops.append(crop_25d(img, mask, what=name, **crop_kwargs))
@@ -281,7 +278,7 @@ def stack_25d(t1: sitk.Image, t2: sitk.Image, fst2: sitk.Image, mask: sitk.Image
 
 
 def save_preview_png(stack: np.ndarray, path: str | os.PathLike, roi: np.ndarray | None = None,
-                     names: Sequence[str] = SEQUENCE_ORDER) -> Path:
+                     names: Sequence[str] = CHANNEL_LABELS) -> Path:
     """Write a PNG for people: the three channels side by side (grey, named) and their RGB
     composite (R = T1WI, G = T2WI, B = FS-T2WI). ``roi`` (bool, size x size, e.g. the
     ``roi`` of :func:`crop_25d`) is outlined in red on the grey panels. Written atomically.

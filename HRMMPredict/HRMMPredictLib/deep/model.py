@@ -6,16 +6,16 @@
   ``torch.load(weights_only=True)`` or as .safetensors). Nothing is downloaded.
 - :func:`select_device`: CUDA when available, else CPU; ``"cuda"`` without a GPU is a
   UserError saying why.
-- :class:`TrainConfig` / :func:`train_deep_model`: the paper's settings (Adamax,
+- :class:`DeepTrainConfig` / :func:`train_deep_model`: the paper's settings (Adamax,
   lr 1e-4, batch 16, 300 epochs, cross-entropy) with the epoch chosen on an internal
   validation split carved out of the training set (stratified, by patient), never on the
   held-out set. All images live in memory as one uint8 tensor on the training device;
   augmentation runs batched on that device, so a GPU never waits on a loader.
-- :func:`predict_proba`, :func:`extract_features` (the pooled 1664-d output before the
+- :func:`predict_proba`, :func:`deep_features` (the pooled 1664-d output before the
   classifier), :func:`save_model` / :func:`load_model` (safetensors, no pickles).
 
 Input convention: uint8 arrays (N, 3, H, W), channels T1WI, T2WI, FS-T2WI as made by
-:func:`HRMMPredictLib.deep_input.stack_25d`; the network sees ``(x / 255 - mean) / std``
+:func:`HRMMPredictLib.deep.input.stack_25d`; the network sees ``(x / 255 - mean) / std``
 with ImageNet's channel means/SDs (so ImageNet initialisation sees what it expects). The
 network is fully convolutional up to an adaptive pool, so any H, W >= 32 works (tests use
 64 x 64); the method uses 224 x 224.
@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import atomic_path
+from ClinicalMRICommonLib.files import atomic_path, json_safe
+from HRMMPredictLib.evaluation.stats import rank_auc
+from HRMMPredictLib.sequences import CHANNEL_LABELS
 
 N_FEATURES = 1664               # DenseNet169's channels after norm5
 N_CLASSES = 2                   # 0 = SRMM, 1 = HRMM
@@ -212,7 +214,7 @@ def _device(device) -> torch.device:
 
 
 @dataclass
-class TrainConfig:
+class DeepTrainConfig:
     """Deep-model training settings. Defaults: the paper (Adamax, lr 1e-4, batch 16,
     300 epochs, cross-entropy) plus what the paper leaves open.
 
@@ -256,7 +258,7 @@ class TrainConfig:
     pretrained_weights: str | None = None
     eval_batch_size: int = 64
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> "DeepTrainConfig":
         def bad(name, why):
             raise UserError(f"training setting {name}={getattr(self, name)!r} is not valid: {why}")
 
@@ -287,10 +289,10 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        return json_safe(asdict(self))
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> "TrainConfig":
+    def from_dict(cls, d: Mapping | None) -> "DeepTrainConfig":
         d = dict(d or {})
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
@@ -346,7 +348,7 @@ def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
     return (x - mean) / std
 
 
-def _augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+def _augment(x: torch.Tensor, cfg: DeepTrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Random rotation + resized crop + cranio-caudal flip (one affine resampling) and
     intensity jitter, for a float batch in [0, 1]. Random numbers come from a CPU
     generator, so they are the same on every device."""
@@ -380,7 +382,7 @@ def _augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.T
     return x
 
 
-def _optimizer(cfg: TrainConfig, params):
+def _optimizer(cfg: DeepTrainConfig, params):
     name = cfg.optimizer.lower()
     if name == "adamax":
         return torch.optim.Adamax(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -389,14 +391,6 @@ def _optimizer(cfg: TrainConfig, params):
     if name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    if len(np.unique(y)) < 2:
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p))
 
 
 class _Runner:
@@ -412,7 +406,7 @@ class _Runner:
         if amp and self.cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    def prepare(self, xb_uint8: torch.Tensor, cfg: TrainConfig | None = None,
+    def prepare(self, xb_uint8: torch.Tensor, cfg: DeepTrainConfig | None = None,
                 gen: torch.Generator | None = None) -> torch.Tensor:
         x = xb_uint8.to(torch.float32) / 255.0
         if cfg is not None and gen is not None:
@@ -437,7 +431,7 @@ def _logits(model: nn.Module, x_dev: torch.Tensor, runner: _Runner, batch_size: 
     return torch.cat(out)
 
 
-def train_deep_model(stacks, labels, patient_ids=None, config: TrainConfig | None = None,
+def train_deep_model(stacks, labels, patient_ids=None, config: DeepTrainConfig | None = None,
                      device: str | torch.device = "auto",
                      progress: Callable[[int, int, dict], None] | None = None) -> tuple[nn.Module, dict]:
     """Train DenseNet169 on 2.5D stacks (uint8 (N, 3, H, W)) with labels 0/1.
@@ -448,7 +442,7 @@ def train_deep_model(stacks, labels, patient_ids=None, config: TrainConfig | Non
     the weights of the selected epoch; ``history`` records per-epoch losses/AUCs, the
     selected epoch and why, the split, the device and the throughput.
     """
-    cfg = (config or TrainConfig()).validate()
+    cfg = (config or DeepTrainConfig()).validate()
     x = _check_stacks(stacks)
     y = np.asarray(labels)
     if y.shape != (x.shape[0],) or not np.isin(y, (0, 1)).all():
@@ -527,7 +521,7 @@ def train_deep_model(stacks, labels, patient_ids=None, config: TrainConfig | Non
                 logits = _logits(model, val_x, runner, cfg.eval_batch_size)
                 yv = y_dev[torch.from_numpy(val_idx).to(dev)]
                 row["val_loss"] = float(F.cross_entropy(logits, yv).item())
-                row["val_auc"] = _auc(y[val_idx], torch.softmax(logits, 1)[:, 1].cpu().numpy())
+                row["val_auc"] = rank_auc(y[val_idx], torch.softmax(logits, 1)[:, 1].cpu().numpy())
                 key = ((row["val_auc"] if metric == "auc" else 0.0), -row["val_loss"])
                 if best_key is None or key > best_key:
                     best_key = key
@@ -590,7 +584,7 @@ def predict_proba(model: nn.Module, stacks, device: str | torch.device = "auto",
     return _run_inference(model, stacks, device, batch_size, head=True)
 
 
-def extract_features(model: nn.Module, stacks, device: str | torch.device = "auto", batch_size: int = 32) -> np.ndarray:
+def deep_features(model: nn.Module, stacks, device: str | torch.device = "auto", batch_size: int = 32) -> np.ndarray:
     """Deep features (N, 1664): the pooled output before the classifier (see
     :func:`pooled_features`); PCA to 256 is the caller's, fitted on training data only."""
     return _run_inference(model, stacks, device, batch_size, head=False)
@@ -615,25 +609,15 @@ def save_model(model: nn.Module, path: str | Path, metadata: Mapping | None = No
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     header = {
         "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "architecture": ARCHITECTURE,
-        "input": json.dumps({"channels": ["T1WI", "T2WI", "FS-T2WI"], "dtype": "uint8", "scale": 255.0,
+        "input": json.dumps({"channels": list(CHANNEL_LABELS), "dtype": "uint8", "scale": 255.0,
                              "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
         "versions": json.dumps(_versions()),
-        "metadata": json.dumps(metadata or {}, default=_jsonable),
+        "metadata": json.dumps(json_safe(dict(metadata or {}))),
     }
     final = Path(path)
     with atomic_path(final) as tmp:
         save_file(state, str(tmp), metadata=header)
     return final
-
-
-def _jsonable(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def read_model_metadata(path: str | Path) -> dict:
@@ -684,7 +668,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
 
 __all__ = [
-    "N_FEATURES", "TrainConfig", "build_densenet169", "load_pretrained_weights", "to_monai_key", "select_device",
-    "internal_validation_split", "train_deep_model", "predict_proba", "extract_features", "pooled_features",
+    "N_FEATURES", "DeepTrainConfig", "build_densenet169", "load_pretrained_weights", "to_monai_key", "select_device",
+    "internal_validation_split", "train_deep_model", "predict_proba", "deep_features", "pooled_features",
     "save_model", "load_model", "read_model_metadata",
 ]

@@ -8,7 +8,7 @@ Sets:
 - ``training (cross-validated)``: the same lesions' out-of-fold probabilities (each from a
   pipeline that never saw the lesion; the honest training-set estimate);
 - ``validation``: the held-out patients of the bundle's own split;
-- one set per further manifest: probabilities from :func:`HRMMPredictLib.predict.predict_case`
+- one set per further cohort manifest (CSV): probabilities from :func:`HRMMPredictLib.predict.predict_case`
   on each lesion's images (the same path as ``hrmm predict``).
 
 Thresholds are the ones stored in the bundle (fixed on training data); nothing is refitted.
@@ -23,14 +23,18 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import check_output_path
 from HRMMPredictLib.bundle import Bundle, load_bundle, software_versions
+from HRMMPredictLib.sequences import SEQUENCES
+
+REPORT_FILES = ("index.html", "metrics.json")
 
 ID_COLUMNS = ("lesion_id", "patient_id", "label", "split")
 
 
 def bundle_models(bundle: Bundle, preds: pd.DataFrame) -> list[str]:
     """Models of the bundle that have stored predictions, primary model first."""
-    names = [m for m in bundle.manifest.get("models", {}) if m in preds.columns]
+    names = [m for m in bundle.manifest.get("models", {}) if m in preds.columns]  # the bundle manifest
     primary = bundle.manifest.get("primary_model")
     if primary in names:
         names.remove(primary)
@@ -53,18 +57,19 @@ def stored_sets(bundle: Bundle, models: Sequence[str]) -> dict[str, pd.DataFrame
     return sets
 
 
-def predict_cohort(bundle: Bundle, manifest_path: str | os.PathLike, models: Sequence[str],
+def predict_cohort(bundle: Bundle, cohort_path: str | os.PathLike, models: Sequence[str],
                    progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
-    """Probabilities of every model for every lesion of a (new) cohort, via predict_case."""
-    from HRMMPredictLib.manifest import load_manifest
+    """Probabilities of every model for every lesion of a (new) cohort, given by its
+    cohort manifest, via predict_case."""
+    from HRMMPredictLib.cohort import load_cohort_manifest
     from HRMMPredictLib.predict import predict_case
 
-    cohort = load_manifest(manifest_path)
+    cohort = load_cohort_manifest(cohort_path)
     rows = []
     n = len(cohort)
     for i, r in enumerate(cohort.itertuples(index=False), start=1):
         rd = r._asdict()
-        res = predict_case({s: rd[s] for s in ("t1", "t2", "fst2")}, rd["roi"], bundle, preview=False)
+        res = predict_case({s: rd[s] for s in SEQUENCES}, rd["roi"], bundle, preview=False)
         row = {"lesion_id": str(rd["lesion_id"]), "patient_id": str(rd["patient_id"]), "label": int(rd["label"])}
         for m in models:
             row[m] = res["models"][m]["probability"]
@@ -74,16 +79,30 @@ def predict_cohort(bundle: Bundle, manifest_path: str | os.PathLike, models: Seq
     return pd.DataFrame(rows)
 
 
+def check_report_folder(out_dir: str | os.PathLike, model_dir, cohorts: Sequence = (), overwrite: bool = False) -> Path:
+    """The overwrite policy for a report folder: not a file, not the model bundle, and its
+    ``index.html`` / ``metrics.json`` replaced only with ``overwrite``."""
+    out = check_output_path(out_dir, overwrite=True, what="report folder", folder=True,
+                            inputs=[model_dir, *cohorts])
+    for name in REPORT_FILES:
+        check_output_path(out / name, overwrite=overwrite, what="report file", inputs=cohorts)
+    return out
+
+
 def evaluate_bundle(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    manifests: Sequence[str | os.PathLike] = (), progress: Callable[[str], None] | None = None,
-                    bar: Callable[[int, int, str], None] | None = None) -> dict:
-    """Evaluate every model of a bundle and write the report. ``manifests``: cohorts to
-    evaluate besides the bundle's own split; a manifest identical to the training cohort
-    (same cohort hash) adds nothing and is skipped with a note."""
-    from HRMMPredictLib.manifest import cohort_hash, load_manifest
-    from HRMMPredictLib.report import evaluate_models, write_evaluation_report
+                    cohorts: Sequence[str | os.PathLike] = (), progress: Callable[[str], None] | None = None,
+                    bar: Callable[[int, int, str], None] | None = None, overwrite: bool = False) -> dict:
+    """Evaluate every model of a bundle and write the report into ``out_dir``
+    (``index.html``, ``metrics.json``; existing ones are replaced only with ``overwrite``).
+
+    ``cohorts``: cohort manifests (CSV) to evaluate besides the bundle's own split; one
+    identical to the training cohort (same cohort hash) adds nothing and is skipped with a
+    note."""
+    from HRMMPredictLib.cohort import cohort_hash, load_cohort_manifest
+    from HRMMPredictLib.evaluation.report import evaluate_models, write_evaluation_report
 
     say = progress or (lambda s: None)
+    check_report_folder(out_dir, model_dir, cohorts, overwrite)  # refused before any work
     bundle = load_bundle(model_dir)
     man = bundle.manifest
     preds = pd.read_csv(bundle.path / "training" / "predictions.csv", nrows=1)
@@ -93,9 +112,9 @@ def evaluate_bundle(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     sets = stored_sets(bundle, models)
     notes = []
     cohort_rows = list(man.get("cohort", {}).get("summary", []))
-    for mpath in manifests:
+    for mpath in cohorts:
         name = Path(mpath).stem
-        cohort = load_manifest(mpath)
+        cohort = load_cohort_manifest(mpath)
         if cohort_hash(cohort) == man.get("cohort", {}).get("hash"):
             notes.append(f"{mpath} is the training cohort; its training and validation sets are reported from "
                          "the bundle's own split")

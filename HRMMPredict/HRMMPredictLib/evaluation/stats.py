@@ -44,7 +44,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import json_safe as _common_json_safe
 
 # scipy is imported lazily (only the Hosmer-Lemeshow p-value needs it): the command line
 # starts faster without scipy.stats.
@@ -55,11 +54,8 @@ __all__ = [
     "Z95", "check_labels", "check_scores", "roc_auc_delong", "delong_paired", "delong_unpaired",
     "roc_curve_points", "youden_threshold", "wilson_ci", "classification_metrics",
     "calibration_curve", "brier_score", "calibration_slope_intercept", "hosmer_lemeshow",
-    "decision_curve", "json_safe",
+    "decision_curve", "rank_auc", "auc_or_none", "youden_or_none",
 ]
-
-
-json_safe = _common_json_safe  # one owner: ClinicalMRICommonLib.files
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,6 +188,36 @@ def roc_auc_delong(y, score, *, name: str = "score") -> dict:
             "n_positive": int(yy.sum()), "n_negative": int(yy.size - yy.sum())}
 
 
+def rank_auc(y, score) -> float | None:
+    """The AUC alone (Mann-Whitney: the share of positive-negative pairs ranked right, ties
+    one half) whenever both classes are present, else None. Without a variance one case of
+    each class suffices (e.g. choosing an epoch on a small internal validation split)."""
+    yy = np.asarray(y).astype(int).reshape(-1)
+    s = np.asarray(score, dtype=float).reshape(-1)
+    m, n = int((yy == 1).sum()), int((yy == 0).sum())
+    if m == 0 or n == 0:
+        return None
+    ranks = _midranks(s)[0]
+    return float((ranks[yy == 1].sum() - m * (m + 1) / 2.0) / (m * n))
+
+
+def _estimable(y, p) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y, p) when AUC and threshold are estimable: >= 2 cases of each class and varying
+    scores; else None."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    if min(int((y == 0).sum()), int((y == 1).sum())) < 2 or np.ptp(p) <= 0:
+        return None
+    return y, p
+
+
+def auc_or_none(y, p) -> dict | None:
+    """:func:`roc_auc_delong` where it is defined (>= 2 cases of each class, scores that
+    vary), else None: for sets that may be too small (a validation split, a fold)."""
+    ok = _estimable(y, p)
+    return None if ok is None else roc_auc_delong(*ok)
+
+
 def _z_test(diff: float, var: float) -> tuple[float, float]:
     if var <= 0.0:
         # Both AUCs estimated without variance (e.g. both perfect): only equality is possible.
@@ -272,6 +298,13 @@ def youden_threshold(y, score, *, name: str = "score") -> dict:
     thr = float(cand[best]) if best == 0 else float((cand[best] + cand[best - 1]) / 2.0)
     return {"threshold": thr, "youden_j": float(j[best]), "sensitivity": float(sens[best]),
             "specificity": float(spec[best])}
+
+
+def youden_or_none(y, p) -> float | None:
+    """The :func:`youden_threshold` where it is defined (>= 2 cases of each class, scores
+    that vary), else None (the caller says which fallback it uses)."""
+    ok = _estimable(y, p)
+    return None if ok is None else float(youden_threshold(*ok)["threshold"])
 
 
 def wilson_ci(k: int, n: int) -> list[float] | None:

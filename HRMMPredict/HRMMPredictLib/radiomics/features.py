@@ -24,14 +24,17 @@ import SimpleITK as sitk
 import yaml
 
 from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import json_safe, sha256_file
 from ClinicalMRICommonLib.images import check_finite, read_image
 from ClinicalMRICommonLib.masks import read_mask
-from ClinicalMRICommonLib.files import sha256_file
+from HRMMPredictLib.roi import MIN_ROI_VOXELS, roi_voxels
+from HRMMPredictLib.sequences import SEQUENCES, sequence_label
 
-DEFAULT_PARAMS = Path(__file__).resolve().parent / "Resources" / "hrmm_radiomics.yaml"
-SEQUENCES = ("t1", "t2", "fst2")
-SEQUENCE_NAMES = {"t1": "T1WI", "t2": "T2WI", "fst2": "FS-T2WI"}
-MIN_ROI_VOXELS = 20  # below this, texture matrices are meaningless
+RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+#: The study's settings (1197 features per sequence).
+DEFAULT_PARAMS = RESOURCES / "hrmm_radiomics.yaml"
+#: A small settings file (a few features) for the module's self-test and the test suite.
+SMALL_PARAMS = RESOURCES / "hrmm_radiomics_small.yaml"
 
 logging.getLogger("radiomics").setLevel(logging.ERROR)
 
@@ -61,15 +64,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
 
 def params_text(params: Mapping) -> str:
     """Canonical text of a parameter set (for hashing and for the model bundle)."""
-    return yaml.safe_dump(_plain(params), sort_keys=True)
-
-
-def _plain(o):
-    if isinstance(o, Mapping):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
-    return o
+    return yaml.safe_dump(json_safe(dict(params)), sort_keys=True)
 
 
 def _make_extractor(params: Mapping):
@@ -121,10 +116,7 @@ class PreprocessConfig:
 
 def roi_bounding_box(mask: sitk.Image) -> tuple[list[int], list[int]]:
     """(index, size) of the mask's bounding box in SimpleITK (x, y, z) order."""
-    arr = sitk.GetArrayViewFromImage(mask)
-    nz = np.nonzero(arr)
-    if len(nz[0]) == 0:
-        raise UserError("ROI is empty")
+    nz = np.nonzero(roi_voxels(mask))
     lo = [int(a.min()) for a in nz][::-1]
     hi = [int(a.max()) for a in nz][::-1]
     return lo, [h - l + 1 for l, h in zip(lo, hi)]
@@ -210,7 +202,7 @@ def _feature_values(result: Mapping) -> "OrderedDict[str, float]":
     return out
 
 
-def extract_features(image: sitk.Image, mask: sitk.Image, params: Mapping | None = None,
+def extract_radiomics(image: sitk.Image, mask: sitk.Image, params: Mapping | None = None,
                      preprocess_cfg: PreprocessConfig | None = None,
                      feature_names: Iterable[str] | None = None,
                      diagnostics: bool = False, already_preprocessed: bool = False) -> "OrderedDict[str, float]":
@@ -302,7 +294,7 @@ def extract_case_sequence(image_path: str | os.PathLike, roi_path: str | os.Path
     img = read_image(image_path, what)
     check_finite(img, image_path, what)
     mask = read_mask(roi_path, img, what="ROI", resample=resample_roi, min_voxels=MIN_ROI_VOXELS)
-    return extract_features(img, mask, params, preprocess_cfg, feature_names)
+    return extract_radiomics(img, mask, params, preprocess_cfg, feature_names)
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,7 +341,7 @@ def _run_task(args) -> tuple[int, dict | None, str | None]:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
         feats = extract_case_sequence(task.image, task.roi, params, PreprocessConfig.from_dict(cfg_dict),
-                                      what=f"{SEQUENCE_NAMES.get(task.sequence, task.sequence)} image")
+                                      what=f"{sequence_label(task.sequence)} image")
     except UserError as exc:
         return idx, None, f"{task.lesion_id} {task.sequence} {task.roi_kind}: {exc}"
     if cache_file:
@@ -365,8 +357,8 @@ def extract_cohort(cohort, cache_dir: str | os.PathLike | None, params: Mapping 
                    progress: Callable[[int, int, str], None] | None = None, lesion_ids: Iterable[str] | None = None):
     """Extract features for every lesion, sequence and ROI kind of a cohort.
 
-    ``cohort`` is a :class:`HRMMPredictLib.manifest.Cohort`-like DataFrame with absolute paths
-    in columns named after ``sequences`` and ``roi_kinds``. Results are cached per
+    ``cohort`` is a cohort manifest as :func:`HRMMPredictLib.cohort.load_cohort_manifest`
+    returns it: absolute paths in columns named after ``sequences`` and ``roi_kinds``. Results are cached per
     (image, ROI, settings) in ``cache_dir``; a rerun only computes what changed.
 
     Returns ``{roi_kind: DataFrame}`` indexed by lesion_id with columns ``<seq>_<feature>``.

@@ -22,13 +22,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.selection import CorrelationFilter, LassoSelector, MannWhitneySelector, MRMRSelector
+from HRMMPredictLib.radiomics.selection import CorrelationFilter, LassoSelector, MannWhitneySelector, MRMRSelector
 
 PAPER_EXTRATREES = {"n_estimators": 4, "max_depth": 2, "min_samples_split": 2, "random_state": 0}
 
 
 @dataclass
-class TrainConfig:
+class RadiomicsTrainConfig:
+    """Radiomics training settings (``hrmm train``'s options; the paper's defaults)."""
+
     seed: int = 0
     validation_fraction: float = 0.2
     icc_threshold: float = 0.75
@@ -124,7 +126,7 @@ class ReaderAgreementFilter(TransformerMixin, BaseEstimator):
         return self.feature_names_in_[self.support_]
 
 
-def selection_steps(cfg: TrainConfig, reader2=None, repeat=None) -> list[tuple[str, object]]:
+def selection_steps(cfg: RadiomicsTrainConfig, reader2=None, repeat=None) -> list[tuple[str, object]]:
     steps: list[tuple[str, object]] = []
     if reader2 is not None or repeat is not None:
         steps.append(("icc", ReaderAgreementFilter(reader2, repeat, cfg.icc_threshold, cfg.icc_form)))
@@ -138,14 +140,14 @@ def selection_steps(cfg: TrainConfig, reader2=None, repeat=None) -> list[tuple[s
     return steps
 
 
-def classifiers(cfg: TrainConfig) -> dict[str, object]:
+def classifiers(cfg: RadiomicsTrainConfig) -> dict[str, object]:
     return {
         "extratrees": ExtraTreesClassifier(**cfg.extratrees),
         "logistic": LogisticRegression(C=1.0, max_iter=5000),
     }
 
 
-def build_pipeline(cfg: TrainConfig, classifier, reader2=None, repeat=None) -> Pipeline:
+def build_pipeline(cfg: RadiomicsTrainConfig, classifier, reader2=None, repeat=None) -> Pipeline:
     return Pipeline(selection_steps(cfg, reader2, repeat) + [("clf", classifier)])
 
 
@@ -178,6 +180,12 @@ class FittedRadiomicsModel:
         return self.classifier.predict_proba(Z)[:, 1]
 
 
+def range_stats(X: pd.DataFrame) -> pd.DataFrame:
+    """Per feature (column) of raw values: mean, SD, min and max (what a prediction's
+    values are shown against)."""
+    return pd.DataFrame({"mean": X.mean(), "sd": X.std(ddof=1), "min": X.min(), "max": X.max()})
+
+
 def _check_training_data(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds: int) -> None:
     for c in (0, 1):
         n = len(np.unique(groups[y == c]))
@@ -205,7 +213,7 @@ def cross_validated_proba(pipe: Pipeline, X: pd.DataFrame, y: np.ndarray, groups
     return oof
 
 
-def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, cfg: TrainConfig,
+def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, cfg: RadiomicsTrainConfig,
                            reader2: pd.DataFrame | None = None, repeat: pd.DataFrame | None = None,
                            progress: Callable[[str], None] | None = None,
                            name: str = "radiomics") -> tuple[dict[str, FittedRadiomicsModel], dict]:
@@ -216,7 +224,7 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
     The fusion model (:mod:`HRMMPredictLib.fusion`) is trained by this same function on
     the selected radiomics features plus the deep PCA components, without reader tables
     (so without the ICC step) and with ``name="fusion"``."""
-    from HRMMPredictLib.stats import roc_auc_delong, youden_threshold
+    from HRMMPredictLib.evaluation.stats import youden_or_none
 
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
@@ -237,16 +245,15 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
     idx = [zs_names.index(f) for f in selected]
     mean, scale = scaler.mean_[idx], scaler.scale_[idx]
     Ztrain = (X[selected].to_numpy(dtype=float) - mean) / scale
-    raw = X[selected]
-    stats_df = pd.DataFrame({"mean": raw.mean(), "sd": raw.std(ddof=1), "min": raw.min(), "max": raw.max()})
+    stats_df = range_stats(X[selected])
 
     models = {}
     for kind, clf in clfs.items():
         say(f"cross-validating the {kind} model ({cfg.cv_folds} folds, selection refitted per fold)")
         pipe = build_pipeline(cfg, clone(clf), reader2, repeat)
         oof = cross_validated_proba(pipe, X, y, groups, cfg.cv_folds, cfg.seed, say)
-        cv_auc = float(roc_auc_delong(y, oof)["auc"]) if np.ptp(oof) > 0 else 0.5
-        threshold = float(youden_threshold(y, oof)["threshold"]) if np.ptp(oof) > 0 else 0.5
+        cv_auc, threshold = _cv_auc(y, oof), youden_or_none(y, oof)
+        threshold = 0.5 if threshold is None else threshold
         fitted = clone(clf).fit(Ztrain, y)
         models[kind] = FittedRadiomicsModel(
             name=f"{name}_{kind}", classifier_kind=kind, features=selected, mean=mean, scale=scale,
@@ -254,6 +261,14 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
             cv_oof=pd.Series(oof, index=X.index, name=f"{name}_{kind}"),
             importances=_importances(fitted, selected))
     return models, summary
+
+
+def _cv_auc(y, oof) -> float:
+    """AUC of out-of-fold probabilities; 0.5 when they cannot rank (all equal)."""
+    from HRMMPredictLib.evaluation.stats import auc_or_none
+
+    res = auc_or_none(y, oof)
+    return 0.5 if res is None else float(res["auc"])
 
 
 def _importances(clf, names: Sequence[str]) -> list[dict]:
@@ -288,8 +303,6 @@ def _tune_extratrees(cfg, X, y, groups, reader2, repeat, say):
     the selection refitted in every fold (nested within the training set only)."""
     from itertools import product
 
-    from HRMMPredictLib.stats import roc_auc_delong
-
     keys = sorted(cfg.tune_grid)
     best, best_auc = None, -1.0
     for values in product(*(cfg.tune_grid[k] for k in keys)):
@@ -298,7 +311,7 @@ def _tune_extratrees(cfg, X, y, groups, reader2, repeat, say):
         say(f"tuning ExtraTrees {params}")
         pipe = build_pipeline(cfg, ExtraTreesClassifier(**params), reader2, repeat)
         oof = cross_validated_proba(pipe, X, y, groups, cfg.cv_folds, cfg.seed)
-        auc = float(roc_auc_delong(y, oof)["auc"]) if np.ptp(oof) > 0 else 0.5
+        auc = _cv_auc(y, oof)
         if auc > best_auc + 1e-12:
             best, best_auc = params, auc
     return ExtraTreesClassifier(**best)

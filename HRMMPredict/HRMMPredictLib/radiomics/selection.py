@@ -217,20 +217,3 @@ class LassoSelector(_Selector):
 def _l1_logistic(C: float, random_state: int) -> LogisticRegression:
     # scikit-learn >= 1.8 spells the L1 penalty as l1_ratio=1 ("penalty" is deprecated)
     return LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", max_iter=2000, random_state=random_state)
-
-
-class ColumnSubset(_Selector):
-    """Keep a fixed list of named columns (e.g. the ICC-filtered features)."""
-
-    def __init__(self, columns=None):
-        self.columns = columns
-
-    def fit(self, X, y=None):
-        names = self._names_in(X)
-        self.feature_names_in_ = names
-        self.n_features_in_ = len(names)
-        wanted = set(self.columns or [])
-        self.support_ = np.array([n in wanted for n in names], dtype=bool)
-        if not self.support_.any():
-            raise ValueError("none of the requested columns is present")
-        return self

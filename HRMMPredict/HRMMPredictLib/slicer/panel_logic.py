@@ -1,9 +1,9 @@
-"""HRMMPredict's MRML bridge: one case (three sequences + the ROI segment) read from MRML
-nodes, and the prediction the panel runs (``predict_from_nodes``, the same numbers as
-``hrmm predict``).
+"""The HRMMPredict panel's MRML logic: one case (three sequences + the ROI segment) read
+from MRML nodes, and the prediction the panel runs (``predict_from_nodes``, the same numbers
+as ``hrmm predict``).
 
-The generic node <-> image and table helpers live in :mod:`ClinicalMRICommonLib.mrml_bridge`
-(the bottom of the extension's dependency graph) and are re-exported here. Like that
+The generic node <-> image and table helpers are :mod:`ClinicalMRICommonLib.mrml_bridge`'s
+(the bottom of the extension's dependency graph; import them from there). Like that
 module, this one needs MRML only (no Qt), so it runs in Slicer and under ``slicer-core``.
 """
 
@@ -19,17 +19,16 @@ import SimpleITK as sitk
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import json_safe
 from ClinicalMRICommonLib.grids import same_grid
-from ClinicalMRICommonLib.mrml_bridge import (  # noqa: F401  (re-exported for the module file)
+from ClinicalMRICommonLib.mrml_bridge import (
     require_in_scene,
     results_to_table_node,
     segment_to_sitk_mask,
-    sitk_to_volume_node,
-    table_node_to_rows,
     volume_node_to_sitk,
 )
-from HRMMPredictLib.panel_results import feature_rows, read_result
-from HRMMPredictLib.panel_results import model_rows as prediction_summary_rows  # one row per model, fused first
-from HRMMPredictLib.predict_worker import add_case_info, write_request
+from HRMMPredictLib.slicer.panel_results import feature_rows, read_result
+from HRMMPredictLib.slicer.panel_results import model_rows as prediction_summary_rows  # one row per model, fused first
+from HRMMPredictLib.slicer.predict_worker import add_case_info, write_request
+from HRMMPredictLib.sequences import SEQUENCE_LABELS
 
 __all__ = [
     "RESULT_ATTRIBUTE",
@@ -167,15 +166,14 @@ def predict_from_nodes(volumes: Mapping[str, object], segmentation_node, segment
     """Predict one case from MRML nodes in this process with the library's ``predict_case``
     (same numbers as ``hrmm predict``), adding the bridge's resampling warnings, and fill the
     result tables. (The panel runs the same prediction in a worker process:
-    :func:`write_prediction_request` + :mod:`HRMMPredictLib.predict_worker` +
+    :func:`write_prediction_request` + :mod:`HRMMPredictLib.slicer.predict_worker` +
     :func:`import_prediction_result`.)
 
     ``volumes``: ``{"t1": node, "t2": node, "fst2": node}``.
     """
     from HRMMPredictLib.predict import predict_case  # heavy (pyradiomics, torch): import on use
-    from HRMMPredictLib.radiomics_features import SEQUENCE_NAMES
 
-    case = case_images_from_nodes(volumes, segmentation_node, segment_id, labels=SEQUENCE_NAMES, progress=progress)
+    case = case_images_from_nodes(volumes, segmentation_node, segment_id, labels=SEQUENCE_LABELS, progress=progress)
     result = predict_case(case.images, case.roi, model_dir, device=device, progress=progress)
     add_case_info(result, case.warnings, case.resampled)
     write_result_tables(result, summary_table, feature_table)
@@ -186,12 +184,10 @@ def write_prediction_request(volumes: Mapping[str, object], segmentation_node, s
                              folder, *, device: str = "auto",
                              progress: Callable[[str], None] | None = None) -> Path:
     """Read the case from the nodes (main thread: MRML is not thread-safe) and write it with
-    the prediction request into ``folder`` for :mod:`HRMMPredictLib.predict_worker`;
+    the prediction request into ``folder`` for :mod:`HRMMPredictLib.slicer.predict_worker`;
     returns the request file. The worker then gives exactly the numbers of
     :func:`predict_from_nodes`."""
-    from HRMMPredictLib.radiomics_features import SEQUENCE_NAMES
-
-    case = case_images_from_nodes(volumes, segmentation_node, segment_id, labels=SEQUENCE_NAMES, progress=progress)
+    case = case_images_from_nodes(volumes, segmentation_node, segment_id, labels=SEQUENCE_LABELS, progress=progress)
     if progress:
         progress("writing the case for the prediction process")
     return write_request(folder, case.images, case.roi, model_dir, device=device, warnings=case.warnings,

@@ -33,6 +33,7 @@ __all__ = [
     "model_rows",
     "ordered_models",
     "preview_images",
+    "read_json_file",
     "read_result",
     "result_lines",
 ]
@@ -133,15 +134,22 @@ def preview_images(result: dict, base: str | os.PathLike | None = None) -> list[
     return found
 
 
+def read_json_file(path: str | os.PathLike, what: str):
+    """The JSON value stored in a file; a UserError naming ``what`` and the file when it is
+    missing, unreadable or not JSON."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {p} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} {p} could not be read ({exc.__class__.__name__})") from None
+
+
 def read_result(path: str | os.PathLike) -> dict:
     """A result JSON file (the worker's ``result.json`` or an exported one)."""
     p = Path(path)
-    try:
-        result = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"prediction result {p} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"prediction result {p} could not be read ({exc.__class__.__name__})") from None
+    result = read_json_file(p, "prediction result")
     if not isinstance(result, dict) or not isinstance(result.get("models"), dict):
         raise UserError(f"{p} is not an HRMM prediction result (no 'models')")
     return result

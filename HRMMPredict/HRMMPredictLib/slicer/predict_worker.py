@@ -4,11 +4,13 @@ Cancel can kill it), and the files it exchanges with the panel.
 The panel (main thread) reads the case from MRML nodes, writes it with
 :func:`write_request` into a job folder, and starts::
 
-    PythonSlicer .../HRMMPredictLib/predict_worker.py --module-path <AnnotationQC folder> --request <job>/request.json
+    PythonSlicer .../HRMMPredictLib/slicer/predict_worker.py --module-path <common> --request <job>/request.json
+
+(``<common>``: the ClinicalMRICommon module folder, which holds ``ClinicalMRICommonLib``.)
 
 The worker reads the images back, calls :func:`HRMMPredictLib.predict.predict_case` (the
 function ``hrmm predict`` calls), writes ``result.json`` atomically and reports through
-``@@job`` lines (:mod:`HRMMPredictLib.process_runner`): ``progress`` messages while it works,
+``@@job`` lines (:mod:`HRMMPredictLib.slicer.process_runner`): ``progress`` messages while it works,
 then one ``result`` message, or one ``error`` message (a one-line user error, exit status 2;
 an unexpected failure, exit status 1, traceback on stderr). ``--probe-device`` reports what
 PyTorch finds (the panel's Device line) without loading a model.
@@ -16,25 +18,25 @@ PyTorch finds (the panel's Device line) without loading a model.
 Images travel as uncompressed MetaImage (``.mha``): it stores spacing, origin and direction as
 full-precision text, so the worker predicts from exactly the voxels and geometry the panel
 read (NIfTI would round the geometry to float32), and the numbers are those of
-:func:`HRMMPredictLib.mrml_bridge.predict_from_nodes` in Slicer's own process.
+:func:`HRMMPredictLib.slicer.panel_logic.predict_from_nodes` in Slicer's own process.
 
-Run as a script by path, the file puts its module folder (and each ``--module-path``) on
-``sys.path`` itself, so it needs no environment set up by the caller.
+Run as a script by path, the file puts its module folder (the one holding
+``HRMMPredictLib``, and each ``--module-path``) on ``sys.path`` itself, so it needs no
+environment set up by the caller.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
 if __name__ == "__main__":  # run by path: import the package, not sibling files, and find ClinicalMRICommonLib
-    _here = os.path.dirname(os.path.abspath(__file__))
+    _here = os.path.dirname(os.path.abspath(__file__))                 # .../HRMMPredictLib/slicer
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))       # the HRMMPredict module folder
     for _i, _arg in enumerate(sys.argv[:-1]):
         if _arg == "--module-path":
             sys.path.insert(0, sys.argv[_i + 1])
@@ -101,14 +103,10 @@ def write_request(folder: str | os.PathLike, images: dict, roi, model_dir: str |
 def read_request(path: str | os.PathLike) -> dict:
     """The request with its file names made absolute; UserError when it is not one."""
     from ClinicalMRICommonLib.errors import UserError
+    from HRMMPredictLib.slicer.panel_results import read_json_file
 
     path = Path(path)
-    try:
-        request = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"prediction request {path} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"prediction request {path} could not be read ({exc.__class__.__name__})") from None
+    request = read_json_file(path, "prediction request")
     if not isinstance(request, dict) or request.get("format") != REQUEST_FORMAT:
         raise UserError(f"{path} is not an HRMMPredict prediction request")
     if request.get("version") != REQUEST_VERSION:
@@ -123,7 +121,7 @@ def read_request(path: str | os.PathLike) -> dict:
 
 
 def _progress(message: str) -> None:
-    from HRMMPredictLib.process_runner import emit_message
+    from HRMMPredictLib.slicer.process_runner import emit_message
 
     emit_message("progress", message=str(message))
 
@@ -133,13 +131,13 @@ def run_request(request_path: str | os.PathLike) -> dict:
     from ClinicalMRICommonLib.images import read_image
     from ClinicalMRICommonLib.files import write_json_atomic
     from HRMMPredictLib.predict import predict_case
-    from HRMMPredictLib.radiomics_features import SEQUENCE_NAMES
+    from HRMMPredictLib.sequences import sequence_label
 
     request = read_request(request_path)
     _progress("reading the case")
-    images = {k: read_image(p, f"{SEQUENCE_NAMES.get(k, k)} image") for k, p in request["images"].items()}
+    images = {k: read_image(p, f"{sequence_label(k)} image") for k, p in request["images"].items()}
     roi = request["roi"]
-    roi = ({k: read_image(p, f"ROI on {SEQUENCE_NAMES.get(k, k)}") for k, p in roi.items()}
+    roi = ({k: read_image(p, f"ROI on {sequence_label(k)}") for k, p in roi.items()}
            if isinstance(roi, dict) else read_image(roi, "ROI"))
     result = predict_case(images, roi, request["model_dir"], device=request.get("device", "auto"),
                           progress=_progress)
@@ -150,7 +148,7 @@ def run_request(request_path: str | os.PathLike) -> dict:
 
 def probe_device() -> dict:
     """What the deep model could run on: PyTorch's version and build, the CUDA device
-    ``auto`` would pick (its description from ``deep_model.select_device``), and why a GPU
+    ``auto`` would pick (its description from ``deep.model.select_device``), and why a GPU
     cannot be used when it cannot."""
     from ClinicalMRICommonLib.errors import UserError
 
@@ -163,7 +161,7 @@ def probe_device() -> dict:
         return info
     info["torch"] = torch.__version__
     info["cuda_build"] = torch.version.cuda
-    from HRMMPredictLib.deep_model import select_device
+    from HRMMPredictLib.deep.model import select_device
 
     info["auto"] = select_device("auto")[1]
     try:
@@ -176,7 +174,7 @@ def probe_device() -> dict:
 def worker_command(request_path: str | os.PathLike | None = None, *, probe: bool = False,
                    python: str | None = None) -> list[str]:
     """The command line that runs this worker by path (what the panel starts)."""
-    from HRMMPredictLib.process_runner import worker_python
+    from HRMMPredictLib.slicer.process_runner import worker_python
 
     common = Path(__import__("ClinicalMRICommonLib").__file__).resolve().parent.parent
     args = [python or worker_python(), str(Path(__file__).resolve()), "--module-path", str(common)]
@@ -186,11 +184,11 @@ def worker_command(request_path: str | os.PathLike | None = None, *, probe: bool
 
 
 def _main(argv: list[str] | None) -> int:
-    from HRMMPredictLib.process_runner import emit_message
+    from HRMMPredictLib.slicer.process_runner import emit_message
 
     parser = argparse.ArgumentParser(prog="predict_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--module-path", action="append", default=[],
-                        help="folder to put on sys.path (e.g. the AnnotationQC module folder)")
+                        help="folder to put on sys.path (e.g. the ClinicalMRICommon module folder)")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--request", help="request.json written by write_request")
     group.add_argument("--probe-device", action="store_true", help="report what PyTorch finds, then exit")
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors are one ``error`` message + ``error: ...`` on stderr, exit 2;
     anything else a traceback on stderr + an ``error`` message, exit 1."""
     from ClinicalMRICommonLib.errors import UserError
-    from HRMMPredictLib.process_runner import emit_message
+    from HRMMPredictLib.slicer.process_runner import emit_message
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:

@@ -86,7 +86,7 @@ def emit_message(kind: str, stream=None, **fields) -> None:
     """Print one structured message for the parent (``@@job {"kind": ..., ...}``) and flush.
 
     Values must be JSON-serialisable. Used by worker processes (e.g.
-    ``HRMMPredictLib.predict_worker``) for progress, results and errors.
+    ``HRMMPredictLib.slicer.predict_worker``) for progress, results and errors.
     """
     out = stream if stream is not None else sys.stdout
     out.write(MESSAGE_PREFIX + json.dumps({"kind": kind, **fields}, ensure_ascii=True) + "\n")
@@ -262,16 +262,20 @@ class ProcessRunner:
     def elapsed(self) -> float:
         return time.monotonic() - self._run.started if self._run else 0.0
 
-    def poll(self) -> list[OutputLine]:
-        """Drain the lines written since the last call and advance the state when the
-        process has ended. Call from the GUI thread (a timer)."""
+    def _drain(self) -> list[OutputLine]:
+        """The lines the reader threads have queued so far."""
         lines: list[OutputLine] = []
         while True:
             try:
                 stream_name, text = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return lines
             lines.append(self._line(stream_name, text))
+
+    def poll(self) -> list[OutputLine]:
+        """Drain the lines written since the last call and advance the state when the
+        process has ended. Call from the GUI thread (a timer)."""
+        lines = self._drain()
         run = self._run
         if run is None or self.state not in (RunState.RUNNING, RunState.CANCELLING):
             return lines
@@ -284,12 +288,7 @@ class ProcessRunner:
         if any(t.is_alive() for t in run.threads) and time.monotonic() - run.ended < self.PIPE_GRACE_S:
             return lines
         # ended, and both pipes are drained: take the last lines, then decide
-        while True:
-            try:
-                stream_name, text = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            lines.append(self._line(stream_name, text))
+        lines += self._drain()
         self.returncode = run.proc.returncode
         self._run = None
         if self.state == RunState.CANCELLING:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping
 
-ROLES = ("t1", "t2", "fst2")
+from HRMMPredictLib.sequences import SEQUENCES  # the roles: one series per sequence key
 MIN_SCORE = 5  # below: no guess (e.g. an axial series, a Dixon fat image)
 
 _FS = re.compile(r"(?<![a-z])fs(?![a-z])|fat[\s_\-]*(sat|sup)|spair|(?<![a-z])spir(?![a-z])|stir|tirm|chess"
@@ -108,8 +108,8 @@ def guess_sequences(series: Mapping[Hashable, str] | Iterable[tuple[Hashable, st
         for role, (score, reason) in role_scores(name or "").items():
             if score >= MIN_SCORE:
                 candidates.append((-score, index, role, key, name, score, reason))
-    candidates.sort(key=lambda c: (c[0], c[1], ROLES.index(c[2])))
-    chosen: dict[str, SeriesGuess | None] = {role: None for role in ROLES}
+    candidates.sort(key=lambda c: (c[0], c[1], SEQUENCES.index(c[2])))
+    chosen: dict[str, SeriesGuess | None] = {role: None for role in SEQUENCES}
     used: set = set()
     for _neg, _index, role, key, name, score, reason in candidates:
         if chosen[role] is None and key not in used:
