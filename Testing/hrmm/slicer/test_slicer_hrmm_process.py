@@ -25,7 +25,7 @@ from HRMMPredictLib.slicer.process_runner import (
     worker_python,
 )
 
-SRC = Path(__file__).resolve().parents[1]
+SRC = Path(__file__).resolve().parents[3]  # the project (Testing/hrmm/slicer/this file)
 LIB_PATHS = [str(SRC / "HRMMPredict"), str(SRC / "AnnotationQC")]
 TIMEOUT = 30.0
 

@@ -16,7 +16,7 @@ from ClinicalMRICommonLib.cli import tool_parser
 from HRMMPredictLib.cli import stats_commands
 from HRMMPredictLib.cli.main import main as hrmm_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the project (Testing/hrmm/cli/this file)
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
