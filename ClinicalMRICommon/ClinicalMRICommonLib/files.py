@@ -134,10 +134,15 @@ def _check_name(final: Path, what: str) -> None:
 def _check_parents(final: Path, what: str, action: str) -> None:
     """UserError when the nearest existing folder above ``final`` is a file."""
     for parent in final.parents:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise UserError(f"{action}{what} {final}: {parent} is a file, not a folder; choose another path")
+        try:
+            if not (parent.exists() or parent.is_symlink()):
+                continue
+            is_dir = parent.is_dir()
+        except OSError:  # e.g. a folder on the way that may not be entered: the write reports it
             return
+        if not is_dir:
+            raise UserError(f"{action}{what} {final}: {parent} is a file, not a folder; choose another path")
+        return
 
 
 @contextlib.contextmanager
