@@ -49,6 +49,7 @@ _LATTICE_TOL = 1e-3
 
 __all__ = [
     "lps_to_ras",
+    "PanelLayout",
     "new_segmentation",
     "node_label",
     "nodes_by_class",
@@ -64,6 +65,7 @@ __all__ = [
     "show_in_views",
     "sitk_to_volume_node",
     "slice_views_layout_xml",
+    "table_node_or_new",
     "table_node_to_rows",
     "volume_node_to_sitk",
 ]
@@ -91,8 +93,17 @@ def require_in_scene(node, what: str):
 
 
 def nodes_by_class(scene, class_name: str) -> list:
-    """The scene's nodes of a class (subclasses included), as a list."""
+    """The scene's nodes of a class (subclasses included), as a list.
+
+    ``vtkMRMLScene::GetNodesByClass`` returns a new collection that the caller must delete
+    (vtkMRMLScene.h: "You are responsible for deleting the returned collection"); in Python
+    that is one ``UnRegister`` besides the wrapper's own reference, as
+    ``slicer.util.getNodesByClass`` does. Without it the collection, and through it every
+    node it holds, is never freed. (``slicer.util.getNodesByClass`` itself cannot be used:
+    up to 5.12 it ignores its ``scene`` argument and lists ``slicer.mrmlScene``.)
+    """
     collection = scene.GetNodesByClass(class_name)
+    collection.UnRegister(None)
     return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
 
@@ -484,6 +495,14 @@ def results_to_table_node(rows: list[dict], table_node):
     return table_node
 
 
+def table_node_or_new(scene, node, name: str):
+    """``node`` when it is still in the scene, else a new table node called ``name`` (a
+    panel's result table: created on first use, reused afterwards)."""
+    if node is not None and node.GetScene() is not None:
+        return node
+    return scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+
+
 def table_node_to_rows(table_node) -> list[dict]:
     """Read a table node back into rows (dicts): double columns as float (NaN as None),
     bit columns as bool, integer columns as int, anything else as text."""
@@ -531,6 +550,61 @@ def register_layout(layout_node, layout_id: int, description: str) -> int:
     else:
         layout_node.AddLayoutDescription(layout_id, description)
     return layout_id
+
+
+class PanelLayout:
+    """A panel's own layout of slice views with a fixed orientation, shown on the MRML level
+    exactly as ``qMRMLLayoutManager::setLayout`` does it (the layout node's view arrangement),
+    and undone when the user switches to another layout.
+
+    Why the orientation is set by hand: a layout description's ``<property name="orientation"
+    action="default">`` is applied by ``vtkMRMLLayoutLogic::CreateMissingViews`` only to views
+    the layout logic creates; Red, Yellow and Green exist from start-up (conventional layout:
+    axial, sagittal, coronal), so they keep their orientation. :meth:`show` therefore sets the
+    orientation of the existing slice nodes, and :meth:`layout_changed` (call it from the layout
+    manager's ``layoutChanged(int)`` signal) puts each view it changed back to its default
+    orientation (``vtkMRMLSliceNode::SetOrientationToDefault``) once another layout is shown,
+    unless the user has re-oriented that view since.
+    """
+
+    def __init__(self, layout_id: int, views=("Red", "Yellow", "Green"), orientation: str = "Axial") -> None:
+        self.layout_id = int(layout_id)
+        self.views = tuple(views)
+        self.orientation = orientation
+        self.description = slice_views_layout_xml(self.views, orientation)
+        self._changed: dict[str, str] = {}  # view -> orientation this layout set (to be restored)
+
+    def show(self, layout_node, scene, assignment: dict | None = None, link: bool = True) -> list[str]:
+        """Register and switch to the layout, orient its views and put the volumes of
+        ``assignment`` (see :func:`show_in_views`) into them. Returns the views shown."""
+        register_layout(layout_node, self.layout_id, self.description)
+        layout_node.RemoveAllMaximizedViewNodes()
+        layout_node.SetViewArrangement(self.layout_id)  # the layout logic creates missing views
+        slices = {n.GetLayoutName(): n for n in nodes_by_class(scene, "vtkMRMLSliceNode")}
+        for view in self.views:
+            node = slices.get(view)
+            if node is None:
+                continue
+            if node.GetOrientation() != self.orientation:
+                if not node.SetOrientation(self.orientation):
+                    raise RuntimeError(f"slice view {view} has no '{self.orientation}' orientation preset")
+                self._changed.setdefault(view, self.orientation)
+        return show_in_views(scene, dict(assignment or {}), link=link)
+
+    def layout_changed(self, scene, view_arrangement: int) -> list[str]:
+        """After a layout switch: when the new layout is not this one, views this layout
+        re-oriented (and still so oriented) go back to their default orientation. Returns the
+        views restored."""
+        if int(view_arrangement) == self.layout_id or not self._changed:
+            return []
+        slices = {n.GetLayoutName(): n for n in nodes_by_class(scene, "vtkMRMLSliceNode")}
+        restored = []
+        for view, orientation in self._changed.items():
+            node = slices.get(view)
+            if node is not None and node.GetOrientation() == orientation and node.SetOrientationToDefault():
+                restored.append(view)
+        self._changed.clear()
+        return restored
 
 
 def show_in_views(scene, assignment: dict, link: bool = True) -> list[str]:
