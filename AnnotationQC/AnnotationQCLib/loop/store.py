@@ -446,11 +446,24 @@ class LoopFolder:
         return check_name(str(by).strip(), "reader id")
 
     def _proposal_array(self, case_id: str, proposal: dict) -> np.ndarray:
-        p = self.folder / proposal["proposal"]
-        if not p.exists() or sha256_file(p) != proposal["proposal_sha256"]:
-            raise UserError(f"model proposal of case {case_id!r} ({p}) is missing or was altered after pre-labelling; "
+        return sitk.GetArrayFromImage(self._checked_file(case_id, proposal, "proposal"))
+
+    def _checked_file(self, case_id: str, proposal: dict, key: str) -> sitk.Image:
+        p = self.folder / proposal[key]
+        if not p.exists() or sha256_file(p) != proposal[f"{key}_sha256"]:
+            raise UserError(f"model {key} of case {case_id!r} ({p}) is missing or was altered after pre-labelling; "
                             "run 'loop prelabel' again")
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        return sitk.ReadImage(str(p))
+
+    def proposal(self, case_id: str, state: dict | None = None) -> tuple[dict, sitk.Image, sitk.Image]:
+        """The case's latest proposal: (record with round and score, label map, variance map),
+        both files checked against their checksums."""
+        st = state or self.state()
+        self.case(case_id)
+        entry = st["cases"][case_id]["proposal"]
+        if entry is None:
+            raise UserError(f"case {case_id!r} has no model proposal; run 'loop prelabel' first")
+        return entry, self._checked_file(case_id, entry, "proposal"), self._checked_file(case_id, entry, "uncertainty")
 
     def accept(self, case_id: str, mask: "str | os.PathLike | sitk.Image | None", by: str, verdict: str,
                note: str = "") -> dict:

@@ -1,0 +1,151 @@
+"""The "Pre-annotation review" logic (AnnotationQCLib.loop.review_logic) on real MRML scenes
+from slicer-core: the next case from the queue, the proposal as editable segments named as a
+model proposal, the uncertainty as a heat-map volume, and accept (unchanged / corrected),
+redraw and reject, each checked against the loop's files and records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from slicer_harness import mrml_scene, slicer  # noqa: F401
+from loop_phantoms import dice, phantom, to_image, write_cases
+
+from AnnotationQCLib.loop import review_logic as rl
+from AnnotationQCLib.loop.store import LoopFolder
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.mrml_bridge import segment_to_sitk_mask, set_segment_mask, volume_node_to_sitk
+
+torch = pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _arr(img) -> np.ndarray:
+    return sitk.GetArrayFromImage(img if isinstance(img, sitk.Image) else sitk.ReadImage(str(img)))
+
+
+def _train_and_prelabel(loop, epochs):
+    from AnnotationQCLib.loop import model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.train_round(loop, epochs=epochs, device="cpu", seed=0)
+        model.prelabel(loop, samples=3, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prelabelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review")
+    specs = [{"case_id": f"S{i}", "standard": True} for i in range(3)] + [{"case_id": f"P{i}"} for i in range(5)]
+    csv_path, truths = write_cases(root / "data", specs, seed=7)
+    loop, _ = LoopFolder.create(root / "loop", csv_path)
+    _train_and_prelabel(loop, 12)
+    return loop, truths
+
+
+def test_open_the_next_case_with_its_proposal_and_uncertainty(prelabelled, mrml_scene):
+    loop, _ = prelabelled
+    first = rl.next_case(loop.folder)
+    review = rl.open_review(loop.folder, scene=mrml_scene.scene)
+    assert review.case_id == first["case_id"] and review.why == first["why"] and review.round == 1
+    entry, proposal, uncertainty = loop.proposal(review.case_id)
+    vol = review.volume_nodes[0]
+    assert vol.GetName() == f"{review.case_id}_image"
+    np.testing.assert_array_equal(_arr(volume_node_to_sitk(vol)), _arr(loop.read_images(review.case_id)[0]))
+    seg = review.segmentation_node
+    assert seg.GetName() == f"{review.case_id} model proposal (round 1)"
+    segment = seg.GetSegmentation().GetSegment(review.segments[1])
+    assert segment.GetName() == "lesion (model proposal, round 1)"
+    exported, resampled = segment_to_sitk_mask(seg, review.segments[1], vol)
+    assert not resampled
+    np.testing.assert_array_equal(_arr(exported), _arr(proposal))
+    unc = review.uncertainty_node
+    np.testing.assert_allclose(_arr(volume_node_to_sitk(unc)), _arr(uncertainty))
+    display = unc.GetDisplayNode()
+    assert display.GetColorNodeID() in rl.HEAT_COLOURS
+    assert display.GetWindowLevelMin() == 0.0 and display.GetWindowLevelMax() == pytest.approx(_arr(uncertainty).max())
+    rl.close_review(review)
+    assert mrml_scene.scene.GetNodeByID(seg.GetID()) is None
+
+
+def test_accept_unchanged_corrected_redrawn_and_reject(prelabelled, mrml_scene):
+    loop, truths = prelabelled
+    scene = mrml_scene.scene
+    pool = sorted(c for c, v in loop.state()["cases"].items() if v["status"] == "pool")
+    a, b, c, d = pool[:4]
+    # unchanged
+    review = rl.open_review(loop.folder, a, scene=scene)
+    rec = rl.accept_review(review, "expert1")
+    assert rec["verdict"] == "accepted" and rec["dice"] == 1.0 and rec["changed_fraction"] == 0.0 and rec["by"] == "expert1"
+    np.testing.assert_array_equal(_arr(loop.standard_path(a)), _arr(loop.proposal(a)[1]))
+    rl.close_review(review)
+    with pytest.raises(UserError, match="is not waiting for review"):
+        rl.open_review(loop.folder, a, scene=scene)
+    # corrected: the expert draws the truth into the proposal's segment
+    review = rl.open_review(loop.folder, b, scene=scene)
+    set_segment_mask(review.segmentation_node, review.segments[1], sitk.ReadImage(str(truths[b])))
+    rec = rl.accept_review(review, "expert1", note="fixed the rim")
+    prop = _arr(loop.proposal(b)[1])
+    assert rec["verdict"] == "corrected" and rec["dice"] == pytest.approx(dice(prop, _arr(truths[b])))
+    np.testing.assert_array_equal(_arr(loop.standard_path(b)), _arr(truths[b]))
+    rl.close_review(review)
+    # redrawn from scratch
+    review = rl.open_review(loop.folder, c, scene=scene)
+    rl.start_redraw(review)
+    segment = review.segmentation_node.GetSegmentation().GetSegment(review.segments[1])
+    assert segment.GetName() == "lesion (drawn by expert)"
+    assert not _arr(rl.review_mask(review)).any()
+    set_segment_mask(review.segmentation_node, review.segments[1], sitk.ReadImage(str(truths[c])))
+    rec = rl.accept_review(review, "expert2")
+    assert rec["verdict"] == "redrawn" and rec["by"] == "expert2"
+    rl.close_review(review)
+    # rejected
+    review = rl.open_review(loop.folder, d, scene=scene)
+    rec = rl.reject_review(review, "expert2", reason="two lesions merged")
+    assert rec["reason"] == "two lesions merged" and loop.state()["cases"][d]["status"] == "redraw"
+    rl.close_review(review)
+    st = loop.status()["rounds"][0]
+    assert (st["accepted_unchanged"], st["corrected"], st["redrawn"], st["rejected"]) == (1, 1, 1, 1)
+
+
+def test_cns_label_proposals_become_terminology_segments(tmp_path, mrml_scene):
+    from AnnotationQCLib.terminology import label_set
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for cid in ("S1", "S2", "P1"):
+        img, whole = phantom(rng)
+        labels = whole.astype(np.uint8)
+        labels[whole.astype(bool) & (np.indices(whole.shape)[2] % 2 == 0)] = 2
+        sitk.WriteImage(to_image(img + 30.0 * (labels == 2)), str(tmp_path / f"{cid}.nii.gz"))
+        sitk.WriteImage(to_image(labels), str(tmp_path / f"{cid}_m.nii.gz"))
+        rows.append(f"{cid},{cid}.nii.gz,{'' if cid == 'P1' else cid + '_m.nii.gz'}")
+    (tmp_path / "cases.csv").write_text("case_id,image,mask\n" + "\n".join(rows) + "\n")
+    loop, _ = LoopFolder.create(tmp_path / "loop", tmp_path / "cases.csv", sequence="FLAIR", labels="intra-axial")
+    _train_and_prelabel(loop, 2)
+    review = rl.open_review(loop.folder, "P1", scene=mrml_scene.scene)
+    segmentation = review.segmentation_node.GetSegmentation()
+    names = [segmentation.GetSegment(review.segments[v]).GetName() for v in sorted(review.segments)]
+    assert names == [f"{lab.name} (model proposal, round 1)" for lab in label_set("intra-axial")]
+    for v, lab in zip(sorted(review.segments), label_set("intra-axial")):
+        assert segmentation.GetSegment(review.segments[v]).GetTerminology() == lab.terminology_entry
+    np.testing.assert_array_equal(_arr(rl.review_mask(review)), _arr(loop.proposal("P1")[1]))
+    assert rl.accept_review(review, "expert1")["verdict"] == "accepted"
+
+
+def test_review_logic_imports_no_torch_monai_or_pandas():
+    code = ("import sys; import AnnotationQCLib.loop.review_logic; "
+            "print([m for m in ('torch', 'monai', 'pandas') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().replace("'", '"')) == []
