@@ -221,30 +221,31 @@ def _is_stale(path: Path, owner: LockOwner | None) -> bool:
     return bool(owner.flock and _flock_free(path))
 
 
-def _take_over(path: Path, owner: LockOwner | None) -> bool:
-    """Remove a stale lock if it is still the same file; True when the caller may retry."""
+def _take_over(path: Path, owner: LockOwner | None) -> str:
+    """Remove a stale lock if it is still the same file: "removed"; "retry" when it is gone or
+    was replaced meanwhile (someone else took it over); "held" when it is in use after all."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return True
+        return "retry"
     try:
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return False  # a live holder, or another waiter taking it over right now
+                return "held"  # a live holder, or another waiter taking it over right now
         mine = os.fstat(fd)
         try:
             now = os.stat(path)
         except FileNotFoundError:
-            return True
+            return "retry"
         if (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
-            return True  # replaced meanwhile: retry with the new one
+            return "retry"
         raw = os.pread(fd, 1 << 16, 0) if hasattr(os, "pread") else Path(path).read_bytes()
         if owner is not None and raw != owner.raw:
-            return False
+            return "retry"  # a new holder's record: look again
         os.unlink(path)
-        return True
+        return "removed"
     finally:
         os.close(fd)
 
@@ -349,10 +350,12 @@ def acquire(path: str | os.PathLike, *, what: str | None = None, timeout_s: floa
             return lk
         current = read_lock(p)
         if _is_stale(p, current):
-            if _take_over(p, current):
+            outcome = _take_over(p, current)
+            if outcome == "removed":
                 took_over = current or LockOwner(pid=None, host="", time="")
                 if on_takeover is not None:
                     on_takeover(took_over)
+            if outcome != "held" and time.monotonic() <= deadline:
                 continue
         if time.monotonic() > deadline:
             if current is None:
