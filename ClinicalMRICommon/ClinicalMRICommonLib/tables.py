@@ -21,7 +21,9 @@ _OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
 _BINARY_SIGNATURES = {b"PK\x03\x04": "a ZIP file (an Excel .xlsx workbook?)",
                       b"\xd0\xcf\x11\xe0": "an Excel .xls / Office file",
                       b"\x1f\x8b": "a gzip-compressed file (an image?)",
-                      b"%PDF": "a PDF document"}
+                      b"%PDF": "a PDF document",
+                      b"\xff\xfe": "UTF-16 text (Excel's 'Unicode text'); save it as 'CSV UTF-8'",
+                      b"\xfe\xff": "UTF-16 text; save it as 'CSV UTF-8'"}
 
 
 def _header_line(p: Path, what: str) -> str:
