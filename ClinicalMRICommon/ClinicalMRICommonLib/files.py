@@ -35,7 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputWarning, UserError, os_error_message
-from .locks import fsync_dir, pid_alive, publish_exclusive
+from .locks import fsync_dir, pid_alive, publish_exclusive, write_all
 
 #: Hidden temporary files of the atomic writer start with this (see :func:`is_temp_name`).
 TEMP_PREFIX = ".tmp-"
@@ -222,21 +222,14 @@ def verify_image_file(path: str | os.PathLike, img: sitk.Image, final=None, what
     voxels; NaN/inf compare as 0 in NIfTI, whose reader zeroes them). ``final`` names the
     file in the message."""
     from .grids import same_grid
+    from .images import gzip_complete
 
     p = Path(path)
     shown = final if final is not None else p
     name = str(shown).lower()
     bad = f"could not write {what} {shown}: the file written does not read back complete (disk full?); nothing was saved"
-    if name.endswith(".gz"):
-        import gzip
-        import zlib
-
-        try:
-            with gzip.open(p, "rb") as fh:
-                while fh.read(1 << 22):
-                    pass
-        except (EOFError, OSError, zlib.error):
-            raise UserError(bad) from None
+    if name.endswith(".gz") and not gzip_complete(p):
+        raise UserError(bad)
     try:
         back = sitk.ReadImage(str(p))
     except RuntimeError:
@@ -343,7 +336,7 @@ def append_jsonl(path: str | os.PathLike, record: dict, what: str = "log") -> in
         if size and os.pread(fd, 1, size - 1) != b"\n":
             keep, tail = _complete_prefix(fd, size)
             if _parses(tail):
-                _write_all(fd, b"\n")
+                write_all(fd, b"\n")
             else:
                 os.ftruncate(fd, keep)
                 torn = size - keep
@@ -351,7 +344,7 @@ def append_jsonl(path: str | os.PathLike, record: dict, what: str = "log") -> in
                               "it was removed", InputWarning, stacklevel=2)
             size = os.fstat(fd).st_size
         try:
-            _write_all(fd, line)
+            write_all(fd, line)
             os.fsync(fd)
         except OSError:
             with contextlib.suppress(OSError):
@@ -363,15 +356,6 @@ def append_jsonl(path: str | os.PathLike, record: dict, what: str = "log") -> in
     finally:
         os.close(fd)
     return torn
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:
-            raise OSError(errno.EIO, "short write")
-        view = view[n:]
 
 
 def _complete_prefix(fd: int, size: int) -> tuple[int, bytes]:

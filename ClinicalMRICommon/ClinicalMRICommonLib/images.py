@@ -216,15 +216,21 @@ def _check_complete(p: Path, nifti: dict | None, what: str) -> None:
         if nifti["available"] < nifti["needed"]:
             problem = (f"is truncated: it holds {nifti['available']} of the {nifti['needed']} voxel bytes "
                        "its header announces")
-    elif name.endswith(".gz"):
-        try:
-            with gzip.open(p, "rb") as fh:
-                while fh.read(1 << 22):
-                    pass
-        except (EOFError, OSError, zlib.error):
-            problem = "is truncated or damaged (the compressed data ends early)"
+    elif name.endswith(".gz") and not gzip_complete(p):
+        problem = "is truncated or damaged (the compressed data ends early)"
     if problem:
         raise UserError(f"{what} file {p} {problem}; copy or export it again")
+
+
+def gzip_complete(path: str | os.PathLike) -> bool:
+    """True when a gzip file decompresses to its end (a cut-short stream is not complete)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error):
+        return False
+    return True
 
 
 def _check_pixdim(p: Path, nifti: dict, what: str) -> None:

@@ -250,7 +250,8 @@ def _take_over(path: Path, owner: LockOwner | None) -> str:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write is retried; an error raises)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -266,7 +267,7 @@ def _try_create(path: Path, owner_bytes: bytes) -> int | None:
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _write_all(fd, owner_bytes)
+        write_all(fd, owner_bytes)
         os.fsync(fd)
         try:
             os.link(tmp, path)
@@ -287,7 +288,7 @@ def _try_create(path: Path, owner_bytes: bytes) -> int | None:
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _write_all(fd, owner_bytes)
+            write_all(fd, owner_bytes)
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -115,9 +115,7 @@ def good_mask(folder: Path, name: str = "mask.nii.gz") -> Path:
 
 
 def good_csv(folder: Path, name: str = "table.csv") -> Path:
-    p = Path(folder) / name
-    p.write_text("case_id,feature_a,feature_b\nc1,1.0,2.0\nc2,1.5,2.5\nc3,0.5,3.5\n", encoding="utf-8")
-    return p
+    return _text(folder, name, "case_id,feature_a,feature_b\nc1,1.0,2.0\nc2,1.5,2.5\nc3,0.5,3.5\n")
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,33 +252,31 @@ def empty_mask(folder: Path) -> Path:
     return p
 
 
-def semicolon_csv(folder: Path) -> Path:
-    p = Path(folder) / "semicolon.csv"
-    p.write_text("case_id;feature_a;feature_b\nc1;1,0;2,0\nc2;1,5;2,5\n", encoding="utf-8")
+def _text(folder: Path, name: str, text: str) -> Path:
+    p = Path(folder) / name
+    p.write_text(text, encoding="utf-8")
     return p
+
+
+def semicolon_csv(folder: Path) -> Path:
+    return _text(folder, "semicolon.csv", "case_id;feature_a;feature_b\nc1;1,0;2,0\nc2;1,5;2,5\n")
 
 
 def tab_csv(folder: Path) -> Path:
-    p = Path(folder) / "tabs.csv"
-    p.write_text("case_id\tfeature_a\tfeature_b\nc1\t1.0\t2.0\nc2\t1.5\t2.5\n", encoding="utf-8")
-    return p
+    return _text(folder, "tabs.csv", "case_id\tfeature_a\tfeature_b\nc1\t1.0\t2.0\nc2\t1.5\t2.5\n")
 
 
 def duplicate_column_csv(folder: Path) -> Path:
-    p = Path(folder) / "duplicate_columns.csv"
-    p.write_text("case_id,feature_a,feature_a\nc1,1.0,2.0\nc2,1.5,2.5\n", encoding="utf-8")
-    return p
+    return _text(folder, "duplicate_columns.csv", "case_id,feature_a,feature_a\nc1,1.0,2.0\nc2,1.5,2.5\n")
+
+
+def header_only_csv(folder: Path) -> Path:
+    return _text(folder, "header_only.csv", "case_id,feature_a\n")
 
 
 def binary_csv(folder: Path) -> Path:
     p = Path(folder) / "binary.csv"
     p.write_bytes(b"\x00\x01\x02" + _rng(3).integers(0, 256, 2048, dtype=np.uint8).tobytes())
-    return p
-
-
-def header_only_csv(folder: Path) -> Path:
-    p = Path(folder) / "header_only.csv"
-    p.write_text("case_id,feature_a\n", encoding="utf-8")
     return p
 
 
