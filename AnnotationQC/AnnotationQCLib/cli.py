@@ -14,9 +14,17 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
-from ClinicalMRICommonLib.cli import EXIT_NEGATIVE, EXIT_OK, add_command, add_json, add_overwrite, emit, tool_parser
+from ClinicalMRICommonLib.cli import (
+    EXIT_NEGATIVE,
+    EXIT_OK,
+    Parser,
+    add_command,
+    add_json,
+    add_overwrite,
+    emit,
+    tool_parser,
+)
 from ClinicalMRICommonLib.errors import UserError, run_cli
 from ClinicalMRICommonLib.files import check_output_path, write_image_atomic
 from ClinicalMRICommonLib.images import read_image
@@ -37,10 +45,24 @@ EPILOG = """workflows:
   consensus of several readers (STAPLE with each reader's sensitivity/specificity, or majority):
     annotation-qc consensus --masks r1.nii.gz r2.nii.gz r3.nii.gz --out consensus.nii.gz \\
         --disagreement disagreement.nii.gz
-  training session (>= 5 reference cases; pass: mean Dice >= 0.80 and median feature ICC(A,1) >= 0.75):
-    annotation-qc training-create --folder SESSION --name "CNS 2024" --cases cases.csv
+  training session (>= 5 reference cases; pass: every case submitted, mean Dice >= 0.80, and the
+  optional per-case minimum Dice / feature error / feature ICC the instructor sets):
+    annotation-qc training-create --folder SESSION --name "CNS 2024" --cases cases.csv --min-case-dice 0.7
     annotation-qc training-submit --session SESSION --trainee t1 --case case1 --mask t1_case1.nii.gz
-    annotation-qc training-report --session SESSION --trainee t1
+    annotation-qc training-withdraw --session SESSION --trainee t1 --case case1 --reason "wrong lesion"
+    annotation-qc training-list --session SESSION
+    annotation-qc training-report --session SESSION --trainee t1        (exit 1: NOT PASSED)
+    annotation-qc training-summary --session SESSION                    (all trainees: HTML + CSV)
+  reader study with blinding and repeat reads (cases.csv: case_id, patient_id, sequence, image[, label]):
+    annotation-qc study init --folder STUDY --name "spine ROI" --cases cases.csv --washout-days 30
+    annotation-qc study reader add --study STUDY --reader r1 --role annotator
+    annotation-qc study assign --study STUDY --reader r1 --all
+    annotation-qc study submit --study STUDY --reader r1 --case c1 --sequence T2 --content ROI --mask m.nii.gz
+    annotation-qc study status --study STUDY --reader r1        (the reader's blinded work list)
+    annotation-qc study status --study STUDY --coordinator      (everyone's progress, no labels)
+  image quality: SNR/CNR from ROIs, and a series grade (CNS 1-3 or stroke Likert 1-5) in a study:
+    annotation-qc quality --image t2.nii.gz --signal s.nii.gz --background b.nii.gz --tissue t.nii.gz
+    annotation-qc quality grade --study STUDY --case c1 --sequence T2 --rater r1 --grade 1 --reason motion
 Run 'annotation-qc COMMAND --help' for a command's options."""
 
 
@@ -245,16 +267,19 @@ def _cmd_consensus(args) -> int:
 # training sessions
 
 
+def _criteria_from(args) -> dict:
+    criteria = {}
+    for key in ("dice", "min_case_dice", "feature_error", "icc"):
+        if getattr(args, key, None) is not None:
+            criteria[key] = getattr(args, key)
+    return criteria
+
+
 def _cmd_training_create(args) -> int:
     from .training import TrainingSession, cases_from_csv
 
     cases = cases_from_csv(args.cases)
-    criteria = {}
-    if args.dice is not None:
-        criteria["dice"] = args.dice
-    if args.icc is not None:
-        criteria["icc"] = args.icc
-    session = TrainingSession.create(args.folder, args.name, cases, criteria)
+    session = TrainingSession.create(args.folder, args.name, cases, _criteria_from(args))
     for w in session.meta["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     emit({"folder": str(args.folder), "name": args.name, "cases": session.case_ids,
@@ -273,21 +298,42 @@ def _cmd_training_submit(args) -> int:
     return EXIT_OK
 
 
-def _report_folder(session, trainee: str, out: str | None) -> Path:
-    from .sessions import check_name
+def _cmd_training_withdraw(args) -> int:
+    from .training import TrainingSession
 
-    return Path(out) if out else session.folder / "reports" / check_name(trainee, "trainee id")
+    session = TrainingSession.open(args.session)
+    rec = session.withdraw(args.trainee, args.case, args.reason, by=args.by)
+    emit(rec, args.json, f"withdrew the submission of trainee {args.trainee!r} for case {args.case!r} "
+         f"(kept as {rec['moved_to']}); the case can be submitted again")
+    return EXIT_OK
+
+
+def _cmd_training_list(args) -> int:
+    from .training import TrainingSession
+
+    listing = TrainingSession.open(args.session).listing()
+    if args.json:
+        emit(listing, True)
+        return EXIT_OK
+    cases = [c["case_id"] for c in listing["cases"]]
+    print(f"training session {listing['session']!r}: {len(cases)} cases, {len(listing['trainees'])} trainees")
+    for c in listing["cases"]:
+        print(f"  case {c['case_id']:<12} {c['patient_id']} {c['sequence']} {c['content']}")
+    width = max([len(t) for t in listing["trainees"]] + [7])
+    for t, subs in listing["trainees"].items():
+        done = [cid for cid in cases if subs[cid]]
+        todo = [cid for cid in cases if not subs[cid]]
+        print(f"  {t:<{width}}  submitted {len(done)}/{len(cases)}" + (f"; missing {', '.join(todo)}" if todo else ""))
+    for w in listing["withdrawn"]:
+        print(f"  withdrawn: {w['trainee']} {w['case_id']} on {w['time']} ({w['reason']})")
+    return EXIT_OK
 
 
 def _cmd_training_report(args) -> int:
     from .training import TrainingSession
 
     session = TrainingSession.open(args.session)
-    out = _report_folder(session, args.trainee, args.out)
-    check_output_path(out, what="--out", folder=True, overwrite=True)
-    for name in ("report.json", "report.html"):
-        check_output_path(out / name, overwrite=args.overwrite, what="training report")
-    report = session.write_report(args.trainee, out)
+    report = session.write_report(args.trainee, args.out, overwrite=args.overwrite)
     ov = report["overall"]
     if args.json:
         emit(report, True)
@@ -296,17 +342,149 @@ def _cmd_training_report(args) -> int:
         print(f"trainee {args.trainee}: {'PASSED' if ov['passed'] else 'NOT PASSED'}")
         for r in ov["reasons"]:
             print(f"  - {r}")
-        print(f"cases submitted {ov['cases_submitted']}/{ov['cases_total']}, mean Dice {_fmt(ov['mean_dice'], 3)}, "
-              f"median feature {icc['form']} {_fmt(icc['median'], 3)} ({icc['interpretation']})")
+        print(f"cases submitted {ov['cases_submitted']}/{ov['cases_total']}, mean Dice {_fmt(ov['mean_dice'], 3)} "
+              f"(min {_fmt(ov['min_dice'], 3)}), lesions missed {ov['lesions_missed']}, extra {ov['lesions_extra']}, "
+              f"median feature error {_fmt(ov['median_feature_error'], 3)}, median feature {icc['form']} "
+              f"{_fmt(icc['median'], 3)} ({icc['interpretation']})")
         for c in report["cases"]:
+            les = c["lesions"]
             print(f"  {c['case_id']:<12} Dice {_fmt(c['dice'], 3)}  HD95 {_fmt(c['hd95_mm'], 2)} mm  "
-                  f"over {_fmt(c['over_ml'], 3)} mL  under {_fmt(c['under_ml'], 3)} mL  {c['tendency']}")
+                  f"over {_fmt(c['over_ml'], 3)} mL  under {_fmt(c['under_ml'], 3)} mL  {c['tendency']}  "
+                  f"lesions {les['matched']}/{les['n_reference']} found, {les['extra']} extra")
+        if ov["hints"]:
+            print("what to practise:")
+            for h in ov["hints"]:
+                print(f"  * {h}")
+        for n in ov.get("notes", []):
+            print(f"note: {n}", file=sys.stderr)
         print(f"report: {report['files']['html']}")
     return EXIT_OK if ov["passed"] else EXIT_NEGATIVE
 
 
+def _cmd_training_summary(args) -> int:
+    from .training import TrainingSession
+
+    summ = TrainingSession.open(args.session).write_summary(args.out, overwrite=args.overwrite)
+    if args.json:
+        emit(summ, True)
+        return EXIT_OK
+    print(f"training session {summ['session']!r}: {len(summ['trainees'])} trainees x {len(summ['cases'])} cases")
+    for t, v in summ["trainees"].items():
+        print(f"  {t:<12} {'PASSED' if v['passed'] else 'NOT PASSED':<10}  mean Dice {_fmt(v['mean_dice'], 3)}  "
+              f"min {_fmt(v['min_dice'], 3)}  submitted {v['cases_submitted']}/{len(summ['cases'])}")
+    print("hardest cases (lowest mean Dice first):")
+    for h in summ["hardest_cases"][:5]:
+        print(f"  {h['case_id']:<12} mean Dice {_fmt(h['mean_dice'], 3)}  min {_fmt(h['min_dice'], 3)}  "
+              f"{h['below_dice_threshold']}/{h['trainees']} below the Dice threshold, {h['lesions_missed']} lesions missed")
+    print(f"summary: {summ['files']['html']} and {summ['files']['csv']}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# reader studies
+
+
+def _cmd_study_init(args) -> int:
+    from .sessions import study_from_csv
+
+    study = study_from_csv(args.folder, args.name, args.cases, washout_days=args.washout_days)
+    cases = study.meta["cases"]
+    emit({"folder": str(study.folder), "name": args.name, "cases": sorted(cases),
+          "sequences": sorted({s for c in cases.values() for s in c["images"]}), "washout_days": args.washout_days},
+         args.json, f"reader study {args.name!r} with {len(cases)} cases written to {args.folder}"
+         + (f" (repeat reads after {args.washout_days:g} days)" if args.washout_days else ""))
+    return EXIT_OK
+
+
+def _cmd_study_reader_add(args) -> int:
+    from .sessions import ReaderStudy
+
+    study = ReaderStudy.open(args.study)
+    study.add_reader(args.reader, args.role, by=args.by)
+    emit({"reader": args.reader, "role": args.role}, args.json, f"reader {args.reader!r} registered as {args.role}")
+    return EXIT_OK
+
+
+def _cmd_study_assign(args) -> int:
+    from .sessions import ReaderStudy
+
+    study = ReaderStudy.open(args.study)
+    if bool(args.cases) == bool(args.all):
+        raise UserError("give the cases to assign (--cases c1 c2 ...) or --all")
+    cases = sorted(study.meta["cases"]) if args.all else args.cases
+    work = study.assign(args.reader, cases, args.session, by=args.by or "", order=args.order, seed=args.seed)
+    emit({"reader": args.reader, "session": args.session, "work_list": work}, args.json,
+         f"{args.reader!r}, session {args.session!r}: {len(work)} cases in this order: {', '.join(work)}")
+    return EXIT_OK
+
+
+def _cmd_study_submit(args) -> int:
+    from .sessions import ReaderStudy
+
+    study = ReaderStudy.open(args.study)
+    mask = read_image(args.mask, "reader mask")
+    path = study.save_mask(args.reader, args.case, args.sequence, args.content, mask, session=args.session,
+                           final=not args.draft, notes=args.notes or "")
+    what = "draft saved" if args.draft else "submitted"
+    emit({"reader": args.reader, "case": args.case, "sequence": args.sequence, "content": args.content,
+          "session": args.session, "final": not args.draft, "mask": str(path)}, args.json, f"{what}: {path}")
+    return EXIT_OK
+
+
+def _cmd_study_status(args) -> int:
+    from .sessions import ReaderStudy
+
+    study = ReaderStudy.open(args.study)
+    if bool(args.reader) == bool(args.coordinator):
+        raise UserError("give --reader ID (that reader's blinded work list) or --coordinator (every reader's "
+                        "progress; no labels, no masks)")
+    if args.reader:
+        rows = study.case_list(args.reader, args.session)
+        if args.json:
+            emit({"reader": args.reader, "session": args.session, "cases": rows}, True)
+        else:
+            print(f"{args.reader} ({study.role(args.reader)}), session {args.session}: {len(rows)} cases")
+            for r in rows:
+                print(f"  {r['case_id']:<12} {r['patient_id']:<10} " +
+                      ", ".join(f"{s}: {v}" for s, v in r["status"].items()))
+        return EXIT_OK
+    rows = study.progress()
+    if args.json:
+        emit({"study": study.meta["name"], "cases": len(study.meta["cases"]), "readers": rows}, True)
+    else:
+        print(f"study {study.meta['name']!r}: {len(study.meta['cases'])} cases, "
+              f"{len(study.meta['readers'])} readers")
+        for r in rows:
+            assigned = "all" if r["assigned"] is None else r["assigned"]
+            print(f"  {r['reader_id']:<10} {r['role'] or '?':<10} {r['session']:<8} assigned {assigned}, "
+                  f"submitted {r['submitted']}, in progress {r['in_progress']}")
+    return EXIT_OK
+
+
+def _need_action(parser_name: str, actions: str):
+    def run(args) -> int:
+        raise UserError(f"{PROG} {parser_name}: choose an action: {actions} (see {PROG} {parser_name} --help)")
+    return run
+
+
 # ---------------------------------------------------------------------------------------
 # image quality
+
+
+def _cmd_quality_grade(args) -> int:
+    from .quality import grade
+
+    if (args.grade is None) == (args.likert is None):
+        raise UserError("give --grade 1-3 (CNS-tumour scale) or --likert 1-5 (stroke scale)")
+    scale, score = ("cns", args.grade) if args.grade is not None else ("stroke", args.likert)
+    rec = grade(args.study, args.case, args.sequence, args.rater, scale=scale, score=score,
+                roi_labelmap=args.roi_labelmap, snr=args.snr, cnr=args.cnr, reason=args.reason or "",
+                min_snr=args.min_snr, min_cnr=args.min_cnr, rayleigh_correction=args.rayleigh)
+    state = ("FLAGGED (" + "; ".join(rec["flag_reasons"]) + f"): not offered for annotation; reason: {rec['reason']}"
+             if rec["flagged"] else "usable")
+    emit(rec, args.json, f"{args.case} {args.sequence}: {scale} score {score}, SNR {_fmt(rec['snr'], 1)}, "
+         f"CNR {_fmt(rec['cnr'], 1)} - {state}")
+    return EXIT_OK
 
 
 def _cmd_quality(args) -> int:
@@ -428,54 +606,206 @@ def build_parser():
     add_json(s, "the result (method, readers with sensitivity/specificity, voxels, volume_ml, files)")
     s.set_defaults(func=_cmd_consensus)
 
-    s = add_command(sub, "quality", "SNR and CNR of a series from signal, background and tissue ROIs",
-                    description="SNR = mean(signal) / SD(background); CNR = |mean(signal) - mean(tissue)| "
-                    "/ SD(background) (SD with ddof 1). ROIs are masks on the image grid; the background "
-                    "ROI should be noisy air outside the body.")
-    s.add_argument("--image", metavar="IMAGE", help="the series to measure (required)")
-    s.add_argument("--signal", metavar="MASK", help="ROI in the tissue of interest (required)")
-    s.add_argument("--background", metavar="MASK", help="ROI in air (noise) (required)")
+    s = add_command(sub, "quality", "SNR and CNR of a series from ROIs; 'quality grade' records a series' grade",
+                    description="Without an action: SNR = mean(signal) / SD(background); CNR = |mean(signal) - "
+                    "mean(tissue)| / SD(background) (SD with ddof 1). ROIs are masks on the image grid; the "
+                    "background ROI should be noisy air outside the body. 'quality grade' records a series' "
+                    "quality in a reader study (see annotation-qc quality grade --help).")
+    s.add_argument("--image", metavar="IMAGE", help="the series to measure (required without an action)")
+    s.add_argument("--signal", metavar="MASK", help="ROI in the tissue of interest (required without an action)")
+    s.add_argument("--background", metavar="MASK", help="ROI in air (noise) (required without an action)")
     s.add_argument("--tissue", metavar="MASK", help="second tissue ROI for the CNR")
     s.add_argument("--rayleigh", action="store_true",
                    help="divide the background SD by 0.655 (Rayleigh noise of magnitude images)")
     add_json(s, "the measurement (snr, cnr, means, noise SD, voxel counts)")
     s.set_defaults(func=_cmd_quality)
+    qsub = s.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+    g = add_command(qsub, "grade", "record a series' image quality in a reader study (CNS 1-3 or stroke 1-5)",
+                    description="Grade one series of a reader study: --grade 1-3 (CNS-tumour consensus: 1 blurred "
+                    "or obvious artefacts, not diagnostic; 2 minor artefacts; 3 clear) or --likert 1-5 (stroke "
+                    "consensus, 5 best), with SNR/CNR given or measured from an ROI label map (1 signal, 2 "
+                    "background, 3 tissue). A series with grade < 2, Likert < 3 or SNR/CNR below the given "
+                    "minimum is flagged (a reason is required) and no longer offered for annotation. The "
+                    "rater must be a registered reader; records are appended under the study's lock to a "
+                    "hash-chained log and never changed (a later record of the same rater counts).")
+    g.add_argument("--study", required=True, metavar="DIR", help="reader study folder")
+    g.add_argument("--case", required=True, metavar="CASE_ID", help="case id of the series")
+    g.add_argument("--sequence", required=True, metavar="SEQ", help="sequence of the series (e.g. T2, DWI)")
+    g.add_argument("--rater", required=True, metavar="ID", help="registered reader who grades")
+    g.add_argument("--grade", type=int, choices=(1, 2, 3), help="CNS-tumour quality grade 1-3")
+    g.add_argument("--likert", type=int, choices=(1, 2, 3, 4, 5), help="stroke quality Likert score 1-5")
+    g.add_argument("--roi-labelmap", metavar="MASK",
+                   help="label map on the series' grid (1 signal, 2 background, 3 tissue) to measure SNR/CNR")
+    g.add_argument("--snr", type=float, metavar="X", help="SNR measured elsewhere (instead of --roi-labelmap)")
+    g.add_argument("--cnr", type=float, metavar="X", help="CNR measured elsewhere (instead of --roi-labelmap)")
+    g.add_argument("--min-snr", type=float, metavar="X", help="flag the series when its SNR is below this")
+    g.add_argument("--min-cnr", type=float, metavar="X", help="flag the series when its CNR is below this")
+    g.add_argument("--rayleigh", action="store_true",
+                   help="with --roi-labelmap: divide the background SD by 0.655 (magnitude images)")
+    g.add_argument("--reason", metavar="TEXT", help="why (required when the series is flagged, e.g. 'motion')")
+    add_json(g, "the logged record")
+    g.set_defaults(func=_cmd_quality_grade)
 
+    # ---- training sessions
     s = add_command(sub, "training-create", "define a training session from reference cases (instructor)",
                     description="Define a training session: at least 5 reference cases (CSV columns case_id, "
                     "patient_id, sequence, image, reference, optional content and site; paths relative to "
-                    "the CSV). Pass criteria default to mean Dice >= 0.80 and median radiomics-feature "
-                    "ICC(A,1) >= 0.75. A session is never overwritten: choose a new folder.")
-    s.add_argument("--folder", required=True, metavar="DIR", help="new session folder (created)")
+                    "the CSV). Each reference is checked against its image's grid and scored once for "
+                    "radiomics features (a case that cannot be scored is refused, by name), then copied into "
+                    "the session in its own format. Pass: every case submitted and mean Dice >= --dice; "
+                    "optionally every case's Dice >= --min-case-dice, every case's median relative feature "
+                    "error <= --feature-error, median feature ICC >= --icc (see docs/annotation_qc.md for "
+                    "why the ICC is not a default). A session is never overwritten: choose a new folder.")
+    s.add_argument("--folder", "--out", dest="folder", required=True, metavar="DIR",
+                   help="new session folder (created; alias --out)")
     s.add_argument("--name", required=True, help="session name shown in reports")
     s.add_argument("--cases", required=True, metavar="CSV", help="reference cases table")
     s.add_argument("--dice", type=float, default=None, metavar="X", help="pass threshold for the mean Dice (0.80)")
+    s.add_argument("--min-case-dice", type=float, default=None, metavar="X",
+                   help="also require this Dice on every case (off by default; e.g. 0.70)")
+    s.add_argument("--feature-error", type=float, default=None, metavar="X",
+                   help="also require every case's median relative radiomics-feature error <= X (off by default; "
+                   "e.g. 0.10)")
     s.add_argument("--icc", type=float, default=None, metavar="X",
-                   help="pass threshold for the median feature ICC (0.75)")
+                   help="also require the median feature ICC(A,1) over the cases >= X (off by default; it does not "
+                   "separate trainees on heterogeneous cases)")
     add_json(s, "the session created (folder, cases, criteria, warnings)")
     s.set_defaults(func=_cmd_training_create)
 
+    trainee_help = ("trainee id: letters, digits and '-' (it becomes the folder trainees/<id>/ of the session and "
+                    "the name in reports)")
     s = add_command(sub, "training-submit", "submit a trainee's mask for one case",
                     description="Save a trainee's mask for one case of a training session (on the case "
-                    "image's grid). A submission is never overwritten.")
+                    "image's grid; stored with the image's exact grid). A submission is never overwritten: of "
+                    "two submissions at the same moment exactly one is kept; withdraw a wrong one first.")
     s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
-    s.add_argument("--trainee", required=True, metavar="ID",
-                   help="trainee id: letters, digits and '-' (it becomes the folder trainees/<id>/)")
-    s.add_argument("--case", required=True, metavar="CASE_ID", help="case id as listed by the session")
-    s.add_argument("--mask", required=True, metavar="MASK", help="mask on the case image's grid")
+    s.add_argument("--trainee", required=True, metavar="ID", help=trainee_help)
+    s.add_argument("--case", required=True, metavar="CASE_ID", help="case id as listed by training-list")
+    s.add_argument("--mask", required=True, metavar="MASK", help="mask on the case image's grid (NIfTI/NRRD)")
     add_json(s, "the stored submission (trainee, case, mask path)")
     s.set_defaults(func=_cmd_training_submit)
 
-    s = add_command(sub, "training-report", "score a trainee against a training session's reference cases",
-                    description="Per-case and overall scores, over-/under-segmentation overlays and "
-                    "pass/fail; writes report.json, report.html and overlay PNGs. Exit status 1 when the "
-                    "trainee has NOT PASSED. An earlier report is kept unless --overwrite.")
+    s = add_command(sub, "training-withdraw", "withdraw a wrong submission (logged; the case can be submitted again)",
+                    description="Withdraw a trainee's submission of one case: the withdrawal is logged with its "
+                    "reason, who and when; the file is kept under trainees/<id>/withdrawn/.")
     s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
-    s.add_argument("--trainee", required=True, metavar="ID", help="trainee id to score")
+    s.add_argument("--trainee", required=True, metavar="ID", help=trainee_help)
+    s.add_argument("--case", required=True, metavar="CASE_ID", help="case id of the wrong submission")
+    s.add_argument("--reason", required=True, metavar="TEXT", help="why it is withdrawn (logged)")
+    s.add_argument("--by", metavar="ID", help="who withdraws it (default: the trainee)")
+    add_json(s, "the log record")
+    s.set_defaults(func=_cmd_training_withdraw)
+
+    s = add_command(sub, "training-list", "trainees, cases and what each trainee has submitted",
+                    description="The session's cases (never the references), its trainees with their "
+                    "submissions per case, and the withdrawals.")
+    s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
+    add_json(s, "the listing (cases, trainees -> case -> submission or null, withdrawn)")
+    s.set_defaults(func=_cmd_training_list)
+
+    s = add_command(sub, "training-report", "score a trainee against a training session's reference cases",
+                    description="Per-case scores (Dice, HD95, over-/under-segmentation), lesion-wise feedback "
+                    "(matched/missed/extra lesions with size, RAS position and slices; first/last-slice "
+                    "coverage), practice hints, overlays zoomed to the lesion and pass/fail; writes report.json, "
+                    "report.html and two overlay PNGs per case. Exit status 1 when the trainee has NOT "
+                    "PASSED. An unknown trainee is refused with the list of trainees. An earlier report is "
+                    "kept unless --overwrite.")
+    s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
+    s.add_argument("--trainee", required=True, metavar="ID", help="trainee id to score (see training-list)")
     s.add_argument("--out", metavar="DIR", help="report folder (default <session>/reports/<trainee>)")
     add_overwrite(s)
     add_json(s, "the whole report")
     s.set_defaults(func=_cmd_training_report)
+
+    s = add_command(sub, "training-summary", "all trainees of a session: trainee x case table, pass/fail, hardest cases",
+                    description="A trainee x case table (Dice, HD95, lesions missed), each trainee's verdict and "
+                    "the hardest cases (lowest mean Dice), as summary.html, summary.csv and summary.json. An "
+                    "earlier summary is kept unless --overwrite.")
+    s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
+    s.add_argument("--out", metavar="DIR", help="summary folder (default <session>/summary)")
+    add_overwrite(s)
+    add_json(s, "the summary")
+    s.set_defaults(func=_cmd_training_summary)
+
+    # ---- reader studies
+    s = add_command(sub, "study", "reader studies: init, reader add, assign, submit, status",
+                    description="Reader studies with blinding (a reader sees only their own work; labels never), "
+                    "work lists in a per-reader order, repeat reads after a washout, a lock per study and a "
+                    "hash-chained reading log. Masks are saved one-to-one with the source image as "
+                    "readers/<reader>/<session>/<patient>_<sequence>_<content>.nii.gz.")
+    s.set_defaults(func=_need_action("study", "init, reader add, assign, submit, status"))
+    ssub = s.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+    a = add_command(ssub, "init", "create a study from a case table",
+                    description="Create a reader study: cases.csv with one row per case and sequence (case_id, "
+                    "patient_id, sequence, image; optional label, kept apart and never shown to readers).")
+    a.add_argument("--folder", "--out", dest="folder", required=True, metavar="DIR",
+                   help="new study folder (alias --out)")
+    a.add_argument("--name", required=True, help="study name")
+    a.add_argument("--cases", required=True, metavar="CSV", help="case table (paths relative to the CSV)")
+    a.add_argument("--washout-days", type=float, default=30.0, metavar="DAYS",
+                   help="days between a reader's first read of a case and the repeat read (30: the method's "
+                   "'after one month'; 0 switches the rule off)")
+    add_json(a, "the study created")
+    a.set_defaults(func=_cmd_study_init)
+
+    a = add_command(ssub, "reader", "manage the study's readers ('reader add')")
+    a.set_defaults(func=_need_action("study reader", "add"))
+    rsub = a.add_subparsers(dest="reader_action", metavar="ACTION", parser_class=Parser)
+    r = add_command(rsub, "add", "register a reader with a role",
+                    description="Register a reader: annotators draw; reviewers and arbitrators also see the "
+                    "annotators' submitted masks (their task is to compare them).")
+    r.add_argument("--study", required=True, metavar="DIR", help="reader study folder")
+    r.add_argument("--reader", required=True, metavar="ID", help="reader id (letters, digits, '-'; it becomes "
+                   "the folder readers/<id>/)")
+    r.add_argument("--role", default="annotator", choices=("annotator", "reviewer", "arbitrator"),
+                   help="the reader's role (annotator)")
+    r.add_argument("--by", metavar="ID", help="who registers the reader (logged)")
+    add_json(r, "the registration")
+    r.set_defaults(func=_cmd_study_reader_add)
+
+    a = add_command(ssub, "assign", "give a reader a work list for a session",
+                    description="Assign cases to a reader for a session. The order is shuffled per reader and "
+                    "session (so a repeat read does not follow the first read's order) unless --order given. "
+                    "A reader with a work list sees and may read only those cases.")
+    a.add_argument("--study", required=True, metavar="DIR", help="reader study folder")
+    a.add_argument("--reader", required=True, metavar="ID", help="registered reader")
+    a.add_argument("--cases", nargs="+", metavar="CASE_ID", help="cases to assign")
+    a.add_argument("--all", action="store_true", help="assign every case of the study")
+    a.add_argument("--session", default="first", metavar="NAME", help="session ('first'; 'repeat' for repeat reads)")
+    a.add_argument("--order", choices=("shuffled", "given"), default="shuffled",
+                   help="shuffled (default) or the given order")
+    a.add_argument("--seed", type=int, metavar="N", help="seed of the shuffle (default: from study, reader, session)")
+    a.add_argument("--by", metavar="ID", help="who assigns (logged; default 'coordinator')")
+    add_json(a, "the reader's work list")
+    a.set_defaults(func=_cmd_study_assign)
+
+    a = add_command(ssub, "submit", "save a reader's mask (final, or a draft)",
+                    description="Save a reader's mask for one case, sequence and content, on the source image's "
+                    "grid. A final mask is never overwritten (read the case again in another session); a "
+                    "draft may be replaced by the same reader. Repeat reads (any session other than 'first') "
+                    "wait for the study's washout after the first read.")
+    a.add_argument("--study", required=True, metavar="DIR", help="reader study folder")
+    a.add_argument("--reader", required=True, metavar="ID", help="registered reader")
+    a.add_argument("--case", required=True, metavar="CASE_ID", help="case id")
+    a.add_argument("--sequence", required=True, metavar="SEQ", help="sequence the mask was drawn on")
+    a.add_argument("--content", required=True, metavar="NAME", help="what the mask holds (e.g. ROI, whole-tumour)")
+    a.add_argument("--mask", required=True, metavar="MASK", help="the mask file (NIfTI/NRRD) on the source grid")
+    a.add_argument("--session", default="first", metavar="NAME", help="session ('first'; 'repeat' for repeat reads)")
+    a.add_argument("--draft", action="store_true", help="save as a draft (replaceable) instead of final")
+    a.add_argument("--notes", metavar="TEXT", help="the reader's notes (logged)")
+    add_json(a, "the saved mask")
+    a.set_defaults(func=_cmd_study_submit)
+
+    a = add_command(ssub, "status", "a reader's blinded work list, or every reader's progress (--coordinator)",
+                    description="With --reader: that reader's work list (case, patient, own status per "
+                    "sequence; never labels or other readers' work). With --coordinator: per reader and session "
+                    "the cases assigned, submitted and in progress (no labels, no masks).")
+    a.add_argument("--study", required=True, metavar="DIR", help="reader study folder")
+    a.add_argument("--reader", metavar="ID", help="show this reader's blinded work list")
+    a.add_argument("--session", default="first", metavar="NAME", help="session of the work list ('first')")
+    a.add_argument("--coordinator", action="store_true", help="show every reader's progress (unblinded counts)")
+    add_json(a, "the work list or progress")
+    a.set_defaults(func=_cmd_study_status)
     return p
 
 

@@ -1,8 +1,12 @@
 """Image-quality grading inside a reader study: records go to ``<study>/quality.jsonl``,
 where :class:`AnnotationQCLib.sessions.ReaderStudy` reads them to hide flagged series.
 
-The grading rules, scales and SNR/CNR measures are ClinicalMRICommonLib.quality's (shared
-with StrokeLesion's series grading).
+The grading rules, scales (CNS grade 1-3, stroke Likert 1-5) and SNR/CNR measures are
+ClinicalMRICommonLib.quality's (:func:`~ClinicalMRICommonLib.quality.grade_series`, shared
+with ``stroke-lesion quality``). Here they get the study's rules: the rater must be a
+registered reader of the study, the series must exist, the record is appended under the
+study's lock to a hash-chained log (tampering is reported when the log is read), and
+graders see no labels and no reads.
 """
 
 from __future__ import annotations
@@ -10,17 +14,50 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ClinicalMRICommonLib.quality import append_quality_record, make_record
+from ClinicalMRICommonLib.quality import grade_series, make_record
 
-from .sessions import ReaderStudy
+from .audit import folder_lock
+from .sessions import ReaderStudy, quality_log
+
+
+def _append(study: ReaderStudy, rec: dict) -> dict:
+    with folder_lock(study.folder):
+        return quality_log(study).append(rec)
 
 
 def record_quality(study_folder: str | os.PathLike, case_id: str, sequence: str, rater: str, **kwargs) -> dict:
     """Validate and append a record to ``<study>/quality.jsonl`` (where the reader study
-    picks it up). Returns the record."""
+    picks it up). Returns the record. (Library use; the command ``annotation-qc quality
+    grade`` uses :func:`grade`, which also requires a registered rater.)"""
     folder = Path(study_folder)
-    if (folder / "study.json").exists():
-        ReaderStudy.open(folder).source_image(case_id, sequence)  # UserError for unknown case/series
     rec = make_record(case_id, sequence, rater, **kwargs)
-    append_quality_record(Path(study_folder) / "quality.jsonl", rec)
+    if (folder / "study.json").exists():
+        study = ReaderStudy.open(folder)
+        study.source_image(case_id, sequence)  # UserError for unknown case/series
+        return _append(study, rec)
+    from ClinicalMRICommonLib.quality import append_quality_record
+
+    append_quality_record(folder / "quality.jsonl", rec)
     return rec
+
+
+def grade(study_folder: str | os.PathLike, case_id: str, sequence: str, rater: str, *, scale: str, score: int,
+          roi_labelmap: str | os.PathLike | None = None, snr: float | None = None, cnr: float | None = None,
+          reason: str = "", min_snr: float | None = None, min_cnr: float | None = None,
+          rayleigh_correction: bool = False) -> dict:
+    """Grade one series of a reader study (see the module docstring). With ``roi_labelmap``
+    (labels 1 signal, 2 background, 3 tissue, on the series' grid) SNR and CNR are measured on
+    the case's source image. Returns the logged record."""
+    from ClinicalMRICommonLib.images import read_image
+
+    study = ReaderStudy.open(study_folder)
+    study.role(rater)
+    src = study.source_image(case_id, sequence)
+    image = labels = None
+    if roi_labelmap is not None:
+        image = read_image(src, f"{sequence} image of case {case_id!r}")
+        labels = read_image(roi_labelmap, "ROI label map")
+    rec = grade_series(case_id, sequence, rater, scale=scale, score=score, image=image, roi_labelmap=labels,
+                       snr=snr, cnr=cnr, reason=reason, min_snr=min_snr, min_cnr=min_cnr,
+                       rayleigh_correction=rayleigh_correction)
+    return _append(study, rec)

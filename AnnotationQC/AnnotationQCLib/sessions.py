@@ -28,6 +28,22 @@ only the case ids, patient ids, sequences and their own masks and status. Annota
 another reader's masks; reviewers and arbitrators see the annotators' submitted masks of a
 case (their task is to compare them). Labels are only returned by :meth:`ReaderStudy.labels`,
 which is for the analysis after reading, not for a reader's view.
+
+Assignments and repeat reads: :meth:`ReaderStudy.assign` gives a reader a work list for one
+session in an order of its own (shuffled per reader and session unless the coordinator gives
+the order), so a repeat read does not follow the order of the first read. A reader with an
+assignment sees and may read only the assigned cases of that session. A study created with a
+``washout_days`` interval (the HRMM method: the senior reader redraws "after one month")
+refuses a repeat read (any session other than ``first``) of a case until that many days after
+the reader submitted the first read, and a repeat-session view (``visible_masks(...,
+session="repeat")``) never shows the reader's first read.
+
+Locking and audit (the stroke workflow's rules, :mod:`AnnotationQCLib.audit`): every change
+happens under an exclusive lock of the study folder (check, write, log), so two final saves
+of the same mask cannot both succeed; ``reads.jsonl`` is hash-chained in studies created with
+this version (``"audit": "sha256-chain"`` in study.json), and each record carries the
+operating-system user next to the reader id; editing, removing or reordering a record is
+reported when the log is read.
 """
 
 from __future__ import annotations
@@ -35,20 +51,25 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import SimpleITK as sitk
-
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import append_jsonl, read_jsonl, sha256_file, write_image_atomic, write_json_atomic
+from ClinicalMRICommonLib.files import sha256_file, write_image_atomic, write_json_atomic
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_grid, read_image
 from ClinicalMRICommonLib.masks import binary_mask
 
+from .audit import ChainedLog, folder_lock
+
+if TYPE_CHECKING:  # pandas only inside functions (the Slicer start-up rule)
+    import pandas as pd
+
 FORMAT = "annotationqc-study/1"
+AUDIT_CHAIN = "sha256-chain"
 ROLES = ("annotator", "reviewer", "arbitrator")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 MASK_SUFFIX = ".nii.gz"
@@ -66,14 +87,19 @@ def _parse_time(s: str) -> datetime:
     return datetime.fromisoformat(s)
 
 
-def check_name(value: str, what: str) -> str:
+MAX_NAME = 64
+
+
+def check_name(value: str, what: str, becomes: str | None = None) -> str:
     """Ids, sequences, contents and sessions: letters, digits and '-' (no '_', the separator
-    of mask names; no '/', '.' or spaces)."""
+    of mask names; no '/', '.' or spaces), at most 64 characters. The error says what the
+    value becomes (``becomes``; by default part of the mask file name) and a valid spelling."""
     v = str(value)
-    if not NAME_RE.match(v):
-        raise UserError(f"{what} {value!r} may only contain letters, digits and '-' (it becomes part of the "
-                        "file name <patient id>_<sequence>_<content>.nii.gz); rename it, e.g. "
-                        f"{re.sub(r'[^A-Za-z0-9-]+', '-', v).strip('-') or 'X'!r}")
+    if not NAME_RE.match(v) or len(v) > MAX_NAME:
+        fixed = (re.sub(r"[^A-Za-z0-9-]+", "-", v).strip("-") or "X")[:MAX_NAME]
+        role = becomes or "part of the file name <patient id>_<sequence>_<content>.nii.gz"
+        raise UserError(f"{what} {value!r} may only contain letters, digits and '-' (at most {MAX_NAME} characters): "
+                        f"it becomes {role}; rename it, e.g. {fixed!r}")
     return v
 
 
@@ -98,18 +124,20 @@ def parse_mask_name(name: str) -> tuple[str, str, str]:
 # Files of a study or training session (also used by training.py and quality.py)
 
 
-def read_json_document(path: Path, fmt: str, missing: str) -> dict:
-    """A folder's JSON description (study.json, session.json) of format ``fmt``; UserError
-    ``missing`` when the file is absent, and one naming the file when it is not valid JSON or
-    has another format."""
+def read_json_document(path: Path, fmt: str | tuple[str, ...], missing: str) -> dict:
+    """A folder's JSON description (study.json, session.json) of format ``fmt`` (or one of
+    several); UserError ``missing`` when the file is absent, and one naming the file when it is
+    not valid JSON or has another format."""
     if not path.exists():
         raise UserError(missing)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if doc.get("format") != fmt:
-        raise UserError(f"{path} has format {doc.get('format')!r}; expected {fmt!r}")
+    formats = (fmt,) if isinstance(fmt, str) else tuple(fmt)
+    if not isinstance(doc, dict) or doc.get("format") not in formats:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise UserError(f"{path} has format {got!r}; expected {' or '.join(repr(f) for f in formats)}")
     return doc
 
 
@@ -119,39 +147,56 @@ class ReaderStudy:
     def __init__(self, folder: str | os.PathLike, clock: Callable[[], datetime] = _now):
         self.folder = Path(folder)
         self.clock = clock
-        self.meta = read_json_document(self.folder / "study.json", FORMAT,
-                                       f"{self.folder} is not a reader study (no study.json); create one first")
+        self.meta = self._read_meta()
+        self._log = ChainedLog(self.folder / "reads.jsonl", "reading log",
+                               required=self.meta.get("audit") == AUDIT_CHAIN)
+
+    def _read_meta(self) -> dict:
+        return read_json_document(self.folder / "study.json", FORMAT,
+                                  f"{self.folder} is not a reader study (no study.json); create one first")
 
     # ---- creation and set-up ---------------------------------------------------------
 
     @classmethod
-    def create(cls, folder: str | os.PathLike, name: str, clock: Callable[[], datetime] = _now) -> "ReaderStudy":
+    def create(cls, folder: str | os.PathLike, name: str, clock: Callable[[], datetime] = _now,
+               washout_days: float = 0) -> ReaderStudy:
+        """A new study folder. ``washout_days`` > 0: a repeat read of a case may start only
+        that many days after the reader submitted the first read."""
         folder = Path(folder)
         if (folder / "study.json").exists():
             raise UserError(f"{folder} already holds a reader study; open it instead of creating it again")
+        if not (isinstance(washout_days, (int, float)) and 0 <= washout_days <= 3650):
+            raise UserError(f"washout must be 0-3650 days, got {washout_days!r}")
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "study.json", {"format": FORMAT, "name": str(name), "created": _iso(clock()),
-                                                  "readers": {}, "cases": {}})
         write_json_atomic(folder / "labels.json", {})
         (folder / "reads.jsonl").touch()
+        write_json_atomic(folder / "study.json", {"format": FORMAT, "name": str(name), "created": _iso(clock()),
+                                                  "audit": AUDIT_CHAIN, "washout_days": washout_days,
+                                                  "readers": {}, "cases": {}})
         return cls(folder, clock)
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, clock: Callable[[], datetime] = _now) -> "ReaderStudy":
+    def open(cls, folder: str | os.PathLike, clock: Callable[[], datetime] = _now) -> ReaderStudy:
         return cls(folder, clock)
 
     def _save_meta(self) -> None:
         write_json_atomic(self.folder / "study.json", self.meta)
 
-    def add_reader(self, reader_id: str, role: str = "annotator") -> None:
-        check_name(reader_id, "reader id")
+    def add_reader(self, reader_id: str, role: str = "annotator", *, by: str | None = None) -> None:
+        check_name(reader_id, "reader id", becomes="the folder readers/<id>/ of the study")
         if role not in ROLES:
             raise UserError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
-        readers = self.meta["readers"]
-        if reader_id in readers and readers[reader_id]["role"] != role:
-            raise UserError(f"reader {reader_id!r} is already registered as {readers[reader_id]['role']}")
-        readers.setdefault(reader_id, {"role": role, "added": _iso(self.clock())})
-        self._save_meta()
+        with folder_lock(self.folder):
+            self.meta = self._read_meta()
+            readers = self.meta["readers"]
+            if reader_id in readers and readers[reader_id]["role"] != role:
+                raise UserError(f"reader {reader_id!r} is already registered as {readers[reader_id]['role']}")
+            if reader_id in readers:
+                return
+            readers[reader_id] = {"role": role, "added": _iso(self.clock())}
+            self._save_meta()
+            self._append({"event": "reader", "reader_id": reader_id, "role": role, "by": by or reader_id,
+                          "time": _iso(self.clock())})
 
     def add_case(self, case_id: str, patient_id: str, images: dict[str, str | os.PathLike],
                  label=None) -> None:
@@ -159,8 +204,6 @@ class ReaderStudy:
         the study folder or absolute) and optionally its label (kept in labels.json)."""
         check_name(case_id, "case id")
         check_name(patient_id, "patient id")
-        if case_id in self.meta["cases"]:
-            raise UserError(f"case {case_id!r} is already in the study")
         if not images:
             raise UserError(f"case {case_id!r} needs at least one source image")
         stored = {}
@@ -174,12 +217,16 @@ class ReaderStudy:
                 stored[seq] = str(full.resolve().relative_to(self.folder.resolve()))
             except ValueError:
                 stored[seq] = str(full.resolve())
-        self.meta["cases"][case_id] = {"patient_id": patient_id, "images": stored}
-        self._save_meta()
-        if label is not None:
-            labels = self._labels()
-            labels[case_id] = label
-            write_json_atomic(self.folder / "labels.json", labels)
+        with folder_lock(self.folder):
+            self.meta = self._read_meta()
+            if case_id in self.meta["cases"]:
+                raise UserError(f"case {case_id!r} is already in the study")
+            self.meta["cases"][case_id] = {"patient_id": patient_id, "images": stored}
+            self._save_meta()
+            if label is not None:
+                labels = self._labels()
+                labels[case_id] = label
+                write_json_atomic(self.folder / "labels.json", labels)
 
     # ---- look-ups ----------------------------------------------------------------------
 
@@ -195,8 +242,9 @@ class ReaderStudy:
         try:
             return self.meta["readers"][reader_id]["role"]
         except KeyError:
-            raise UserError(f"reader {reader_id!r} is not registered in study {self.meta['name']!r}; "
-                            "ask the study owner to add you") from None
+            known = ", ".join(sorted(self.meta["readers"])) or "none yet"
+            raise UserError(f"reader {reader_id!r} is not registered in study {self.meta['name']!r} (readers: "
+                            f"{known}); ask the study owner to add you") from None
 
     def _case(self, case_id: str) -> dict:
         try:
@@ -219,10 +267,74 @@ class ReaderStudy:
             mask_name(case["patient_id"], sequence, content)
 
     def events(self) -> list[dict]:
-        return read_jsonl(self.folder / "reads.jsonl", "reading log")
+        return self._log.records()
 
-    def _append(self, event: dict) -> None:
-        append_jsonl(self.folder / "reads.jsonl", event)
+    def _append(self, event: dict) -> dict:
+        """Append to the reading log (the caller holds the folder lock)."""
+        return self._log.append(event)
+
+    # ---- assignments, washout ----------------------------------------------------------
+
+    def assign(self, reader_id: str, case_ids: list[str], session: str = "first", *, by: str = "",
+               order: str = "shuffled", seed: int | None = None) -> list[str]:
+        """Give a reader a work list for a session. ``order``: "shuffled" (default; a random
+        order of its own per reader and session, from ``seed`` or one derived from the study,
+        reader and session names) or "given". Cases already assigned stay (and keep their
+        place). Returns the reader's whole work list for the session."""
+        import hashlib
+        import random
+
+        self.role(reader_id)
+        check_name(session, "session")
+        if not case_ids:
+            raise UserError("give at least one case to assign")
+        for c in case_ids:
+            self._case(c)
+        if len(set(case_ids)) != len(case_ids):
+            raise UserError("a case is given twice in the assignment")
+        if order not in ("shuffled", "given"):
+            raise UserError(f"order must be 'shuffled' or 'given', got {order!r}")
+        with folder_lock(self.folder):
+            current = self.assigned_cases(reader_id, session) or []
+            new = [c for c in case_ids if c not in current]
+            if order == "shuffled":
+                if seed is None:
+                    key = f"{self.meta['name']}|{reader_id}|{session}|{len(current)}".encode()
+                    seed = int(hashlib.sha256(key).hexdigest()[:8], 16)
+                random.Random(seed).shuffle(new)
+            self._append({"event": "assign", "reader_id": reader_id, "session": session, "cases": new,
+                          "order": order, "by": by or "coordinator", "time": _iso(self.clock())})
+        return current + new
+
+    def assigned_cases(self, reader_id: str, session: str = "first") -> list[str] | None:
+        """The reader's work list for a session in its order, or None when the reader has no
+        assignment for it (then every case is offered, as in studies without assignments)."""
+        out: list[str] | None = None
+        for e in self.events():
+            if e.get("event") == "assign" and e["reader_id"] == reader_id and e["session"] == session:
+                out = (out or []) + [c for c in e["cases"] if c not in (out or [])]
+        return out
+
+    def _check_may_read(self, reader_id: str, case_id: str, sequence: str, session: str) -> None:
+        assigned = self.assigned_cases(reader_id, session)
+        if assigned is not None and case_id not in assigned:
+            raise UserError(f"case {case_id!r} is not on {reader_id!r}'s work list for session {session!r}; "
+                            "ask the study coordinator to assign it")
+        washout = float(self.meta.get("washout_days") or 0)
+        if session == "first" or washout <= 0:
+            return
+        firsts = [e for e in self.events() if e.get("event") == "save" and e["reader_id"] == reader_id
+                  and e["session"] == "first" and e["case_id"] == case_id and e["sequence"] == sequence
+                  and e.get("final")]
+        if not firsts:
+            raise UserError(f"repeat read of case {case_id!r} {sequence} by {reader_id!r}: the first read is not "
+                            "submitted yet; submit it first (the repeat read is compared with it)")
+        first = _parse_time(firsts[0]["time"])
+        ready = first + timedelta(days=washout)
+        if self.clock() < ready:
+            raise UserError(f"repeat read of case {case_id!r} {sequence} by {reader_id!r} is blinded by a washout of "
+                            f"{washout:g} days: the first read was submitted on {_iso(first)}; the repeat read can "
+                            f"start on {_iso(ready)}")
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -234,10 +346,11 @@ class ReaderStudy:
         if case_id in self.excluded_cases(sequence):
             raise UserError(f"case {case_id!r} {sequence} is flagged for insufficient image quality and is not "
                             "offered for annotation")
+        self._check_may_read(reader_id, case_id, sequence, session)
         ev = {"event": "start", "reader_id": reader_id, "role": role, "session": session, "case_id": case_id,
               "sequence": sequence, "time": _iso(self.clock())}
-        self._append(ev)
-        return ev
+        with folder_lock(self.folder):
+            return self._append(ev)
 
     def save_mask(self, reader_id: str, case_id: str, sequence: str, content: str, mask: sitk.Image,
                   session: str = "first", final: bool = False, notes: str = "",
@@ -245,8 +358,10 @@ class ReaderStudy:
         """Save a reader's mask for one case/sequence/content in a session.
 
         The mask must be on the grid of the case's source image for ``sequence``. Refused:
-        unregistered readers, a submitted (final) mask of the same reader/session, a file
-        that exists without a record. Returns the mask path.
+        unregistered readers, cases not on the reader's work list (when assigned), repeat reads
+        inside the washout, a submitted (final) mask of the same reader/session, a file that
+        exists without a record. The check, the write and the log record happen under the
+        study's lock, so of two concurrent final saves exactly one succeeds. Returns the path.
         """
         role = self.role(reader_id)
         check_name(content, "content")
@@ -258,29 +373,32 @@ class ReaderStudy:
         if not same_grid(mask, grid):
             raise UserError(f"mask for case {case_id!r} {sequence} is not on the grid of its source image {src} "
                             f"({grid_difference(mask, grid)}); masks are saved one-to-one with the source image")
-        saves = [e for e in self.events() if e["event"] == "save" and e["mask"] == self._rel(path)]
-        if any(e.get("final") for e in saves):
-            raise UserError(f"{self._rel(path)} was submitted as final on {saves[-1]['time']}; it is never "
-                            "overwritten - start a new session (e.g. 'repeat') to read the case again")
-        if path.exists() and not saves:
-            raise UserError(f"{path} exists but is not recorded in this study; it is left untouched - move it "
-                            "away first")
-        if path.exists() and saves and sha256_file(path) != saves[-1]["sha256"]:
-            raise UserError(f"{path} was changed outside the study since it was saved; it is left untouched")
-        now = self.clock()
-        if seconds_spent is None:
-            key = (reader_id, session, case_id, sequence)
-            starts = [e for e in self.events() if e["event"] == "start"
-                      and (e["reader_id"], e["session"], e["case_id"], e["sequence"]) == key]
-            seconds_spent = (now - _parse_time(starts[-1]["time"])).total_seconds() if starts else None
         binary = binary_mask(mask)
-        write_image_atomic(binary, path)
-        voxels = int(sitk.GetArrayViewFromImage(binary).sum())
-        self._append({"event": "save", "reader_id": reader_id, "role": role, "session": session,
-                      "case_id": case_id, "patient_id": self._case(case_id)["patient_id"], "sequence": sequence,
-                      "content": content, "mask": self._rel(path), "sha256": sha256_file(path), "voxels": voxels,
-                      "final": bool(final), "notes": str(notes), "time": _iso(now),
-                      "seconds_spent": None if seconds_spent is None else float(seconds_spent)})
+        with folder_lock(self.folder):
+            self._check_may_read(reader_id, case_id, sequence, session)
+            events = self.events()
+            saves = [e for e in events if e["event"] == "save" and e["mask"] == self._rel(path)]
+            if any(e.get("final") for e in saves):
+                raise UserError(f"{self._rel(path)} was submitted as final on {saves[-1]['time']}; it is never "
+                                "overwritten - start a new session (e.g. 'repeat') to read the case again")
+            if path.exists() and not saves:
+                raise UserError(f"{path} exists but is not recorded in this study; it is left untouched - move it "
+                                "away first")
+            if path.exists() and saves and sha256_file(path) != saves[-1]["sha256"]:
+                raise UserError(f"{path} was changed outside the study since it was saved; it is left untouched")
+            now = self.clock()
+            if seconds_spent is None:
+                key = (reader_id, session, case_id, sequence)
+                starts = [e for e in events if e["event"] == "start"
+                          and (e["reader_id"], e["session"], e["case_id"], e["sequence"]) == key]
+                seconds_spent = (now - _parse_time(starts[-1]["time"])).total_seconds() if starts else None
+            write_image_atomic(binary, path)
+            voxels = int(sitk.GetArrayViewFromImage(binary).sum())
+            self._append({"event": "save", "reader_id": reader_id, "role": role, "session": session,
+                          "case_id": case_id, "patient_id": self._case(case_id)["patient_id"], "sequence": sequence,
+                          "content": content, "mask": self._rel(path), "sha256": sha256_file(path),
+                          "voxels": voxels, "final": bool(final), "notes": str(notes), "time": _iso(now),
+                          "seconds_spent": None if seconds_spent is None else float(seconds_spent)})
         return path
 
     def _rel(self, path: Path) -> str:
@@ -289,13 +407,17 @@ class ReaderStudy:
     def reads(self) -> pd.DataFrame:
         """The latest save per reader/session/case/sequence/content, with first start time,
         last save time, total time spent and whether it was submitted."""
+        import pandas as pd
+
         rows: dict[tuple, dict] = {}
         first_start: dict[tuple, str] = {}
         for e in self.events():
+            if e["event"] not in ("start", "save"):
+                continue
             key4 = (e["reader_id"], e["session"], e["case_id"], e["sequence"])
             if e["event"] == "start":
                 first_start.setdefault(key4, e["time"])
-            elif e["event"] == "save":
+            else:
                 key = key4 + (e["content"],)
                 prev = rows.get(key)
                 spent = (prev["seconds_spent"] if prev and prev["seconds_spent"] is not None else 0.0)
@@ -317,9 +439,9 @@ class ReaderStudy:
         qpath = self.folder / "quality.jsonl"
         if not qpath.exists():
             return set()
-        from ClinicalMRICommonLib.quality import flagged_series, read_quality_log
+        from ClinicalMRICommonLib.quality import flagged_series
 
-        return set(flagged_series(read_quality_log(qpath)))
+        return set(flagged_series(quality_log(self).records()))
 
     def excluded_cases(self, sequence: str | None = None) -> set[str]:
         """Cases whose series (``sequence``, or any when None) is flagged by an image-quality
@@ -329,15 +451,19 @@ class ReaderStudy:
     def case_list(self, reader_id: str, session: str = "first") -> list[dict]:
         """A reader's blinded work list: case id, patient id, sequences with the reader's own
         status per sequence ("not started", "in progress", "submitted"), never labels or
-        other readers' work. Cases flagged for image quality are left out."""
+        other readers' work. With an assignment only the assigned cases, in the assigned
+        order; cases flagged for image quality are left out."""
         self.role(reader_id)
         own = self.reads()
         own = own[(own["reader_id"] == reader_id) & (own["session"] == session)]
         started = {(e["case_id"], e["sequence"]) for e in self.events()
                    if e["event"] == "start" and e["reader_id"] == reader_id and e["session"] == session}
         flagged = self._flagged_pairs()
+        assigned = self.assigned_cases(reader_id, session)
+        order = assigned if assigned is not None else sorted(self.meta["cases"])
         out = []
-        for case_id, case in sorted(self.meta["cases"].items()):
+        for case_id in order:
+            case = self.meta["cases"][case_id]
             status = {}
             for seq in case["images"]:
                 if (case_id, seq) in flagged:
@@ -353,14 +479,17 @@ class ReaderStudy:
                 out.append({"case_id": case_id, "patient_id": case["patient_id"], "status": status})
         return out
 
-    def visible_masks(self, reader_id: str, case_id: str) -> list[dict]:
-        """Masks of a case this reader may see: their own (all sessions); for reviewers and
-        arbitrators also the annotators' submitted masks."""
+    def visible_masks(self, reader_id: str, case_id: str, session: str | None = None) -> list[dict]:
+        """Masks of a case this reader may see: their own (of ``session`` only when given, so
+        a repeat read never shows the first read); for reviewers and arbitrators also the
+        annotators' submitted masks."""
         role = self.role(reader_id)
         self._case(case_id)
         reads = self.reads()
         reads = reads[reads["case_id"] == case_id]
         own = reads["reader_id"] == reader_id
+        if session is not None:
+            own = own & (reads["session"] == session)
         if role in ("reviewer", "arbitrator"):
             others = (reads["role"] == "annotator") & reads["final"]
             reads = reads[own | others]
@@ -368,6 +497,26 @@ class ReaderStudy:
             reads = reads[own]
         return [{"reader_id": r.reader_id, "session": r.session, "sequence": r.sequence, "content": r.content,
                  "path": str(self.folder / r.mask), "final": bool(r.final)} for r in reads.itertuples()]
+
+    def progress(self) -> list[dict]:
+        """The coordinator's (unblinded) view: per reader and session, the cases assigned,
+        submitted and in progress and the time spent (no labels, no mask contents)."""
+        reads = self.reads()
+        sessions = {(e["reader_id"], e["session"]) for e in self.events() if e["event"] in ("assign", "start", "save")}
+        out = []
+        for reader_id, session in sorted(sessions):
+            mine = reads[(reads["reader_id"] == reader_id) & (reads["session"] == session)]
+            assigned = self.assigned_cases(reader_id, session)
+            submitted = sorted({c for c, f in zip(mine["case_id"], mine["final"]) if f})
+            progress = sorted(set(mine["case_id"]) - set(submitted))
+            spent = mine["seconds_spent"].dropna()
+            out.append({"reader_id": reader_id, "role": self.meta["readers"].get(reader_id, {}).get("role"),
+                        "session": session, "assigned": len(assigned) if assigned is not None else None,
+                        "submitted": len(submitted), "in_progress": len(progress),
+                        "not_started": (len([c for c in assigned if c not in submitted and c not in progress])
+                                        if assigned is not None else None),
+                        "minutes_spent": float(spent.sum()) / 60.0 if len(spent) else None})
+        return out
 
     # ---- agreement ------------------------------------------------------------------------
 
@@ -390,6 +539,7 @@ class ReaderStudy:
     def agreement(self, reader_a: str, reader_b: str, session_a: str = "first", session_b: str = "first",
                   tolerance_mm: float = 1.0) -> pd.DataFrame:
         """compare_masks for every pair of :meth:`mask_pairs` (reader_a is the reference)."""
+        import pandas as pd
         from ClinicalMRICommonLib.agreement.segmentation_metrics import METRIC_KEYS, compare_masks
 
         pairs = self.mask_pairs(reader_a, reader_b, session_a, session_b)
@@ -406,6 +556,61 @@ class ReaderStudy:
         return study_feature_icc(self, reader_a, reader_b, session_a, session_b, **kwargs)
 
 
+def quality_log(study: ReaderStudy) -> ChainedLog:
+    """The study's image-quality log (``quality.jsonl``): hash-chained in studies created with
+    this version, records from earlier versions read as they are."""
+    return ChainedLog(study.folder / "quality.jsonl", "quality log", required=study.meta.get("audit") == AUDIT_CHAIN)
+
+
+def study_from_csv(folder: str | os.PathLike, name: str, cases_csv: str | os.PathLike, *,
+                   washout_days: float = 0, clock: Callable[[], datetime] = _now) -> ReaderStudy:
+    """Create a study from a case table: one row per case and sequence, columns ``case_id``,
+    ``patient_id``, ``sequence``, ``image`` (relative to the CSV's folder or absolute) and an
+    optional ``label`` (kept in labels.json, never shown to readers). Every problem of the
+    table is reported at once and no study is created."""
+    import math
+
+    from ClinicalMRICommonLib.tables import read_csv_table
+
+    table = read_csv_table(cases_csv, "study cases")
+    need = ("case_id", "patient_id", "sequence", "image")
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise UserError(f"study cases file {cases_csv} lacks column(s) {', '.join(missing)}; needed: "
+                        f"{', '.join(need)} (optional: label)")
+    base = Path(cases_csv).resolve().parent
+    cases: dict[str, dict] = {}
+    problems = []
+    for i, row in enumerate(table.to_dict("records"), start=2):
+        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        try:
+            empty = [c for c in need if row.get(c) is None or not str(row[c]).strip()]
+            if empty:
+                raise UserError(f"empty {', '.join(empty)}")
+            cid, pid, seq = (check_name(str(row[k]), k.replace("_", " ")) for k in ("case_id", "patient_id", "sequence"))
+            img = Path(str(row["image"]))
+            img = img if img.is_absolute() else base / img
+            read_grid(img, f"image of case {cid!r} {seq}")
+            c = cases.setdefault(cid, {"patient_id": pid, "images": {}, "label": None})
+            if c["patient_id"] != pid:
+                raise UserError(f"case {cid!r} has two patient ids ({c['patient_id']!r}, {pid!r})")
+            if seq in c["images"]:
+                raise UserError(f"case {cid!r} lists sequence {seq!r} twice")
+            c["images"][seq] = img
+            if row.get("label") is not None:
+                c["label"] = row["label"]
+        except UserError as exc:
+            problems.append(f"line {i}: {exc}")
+    if problems:
+        raise UserError(f"study not created from {cases_csv}: " + "; ".join(problems))
+    if not cases:
+        raise UserError(f"study cases file {cases_csv} has no rows")
+    study = ReaderStudy.create(folder, name, clock=clock, washout_days=washout_days)
+    for cid, c in cases.items():
+        study.add_case(cid, c["patient_id"], c["images"], label=c["label"])
+    return study
+
+
 def blank_mask_like(source: str | os.PathLike) -> sitk.Image:
     """An empty UInt8 mask on the grid of a source image (for a reader's new segmentation)."""
     img = sitk.ReadImage(str(source))
@@ -415,7 +620,7 @@ def blank_mask_like(source: str | os.PathLike) -> sitk.Image:
 
 
 
-def _study_feature_tables(study: "ReaderStudy", reader_a: str, reader_b: str, session_a: str, session_b: str,
+def _study_feature_tables(study: ReaderStudy, reader_a: str, reader_b: str, session_a: str, session_b: str,
                           sequence: str | None, content: str | None, feature_extractor) -> dict:
     study.role(reader_a)
     study.role(reader_b)
@@ -437,6 +642,8 @@ def _study_feature_tables(study: "ReaderStudy", reader_a: str, reader_b: str, se
     seq, cont = kinds[0]
     if feature_extractor is None:
         from .training import pyradiomics_shape_firstorder as feature_extractor
+    import pandas as pd
+
     rows_a, rows_b, skipped = {}, {}, []
     for r in pairs.itertuples():
         empty = [p for p in (r.mask_a, r.mask_b) if not sitk.GetArrayFromImage(sitk.ReadImage(p)).any()]
@@ -453,7 +660,7 @@ def _study_feature_tables(study: "ReaderStudy", reader_a: str, reader_b: str, se
             "skipped_empty": skipped}
 
 
-def study_feature_icc(study: "ReaderStudy", reader_a: str, reader_b: str, session_a: str = "first",
+def study_feature_icc(study: ReaderStudy, reader_a: str, reader_b: str, session_a: str = "first",
                       session_b: str = "first", *, sequence: str | None = None, content: str | None = None,
                       form: str = "ICC(A,1)", feature_extractor: Callable | None = None) -> dict:
     """Per-feature ICC between two reads of a study: inter-reader (two readers, one session)

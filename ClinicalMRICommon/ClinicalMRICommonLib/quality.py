@@ -41,6 +41,15 @@ MIN_GRADE = 2
 MIN_LIKERT = 3
 RAYLEIGH_FACTOR = 0.655
 
+#: The two grading scales: which record field holds the score, its range, the lowest score
+#: still annotated, and where the scale comes from.
+SCALES = {
+    "cns": {"field": "grade", "range": (1, 3), "minimum": MIN_GRADE,
+            "source": "CNS-tumour MRI annotation consensus: 1 not diagnostic, 2 minor artefacts, 3 clear"},
+    "stroke": {"field": "likert", "range": (1, 5), "minimum": MIN_LIKERT,
+               "source": "acute-stroke annotation consensus: Likert 1-5 (5 best), Likert < 3 excluded"},
+}
+
 
 def _roi_values(image_arr: np.ndarray, mask: sitk.Image, image: sitk.Image, what: str) -> np.ndarray:
     if not isinstance(mask, sitk.Image):
@@ -112,10 +121,14 @@ def make_record(case_id: str, sequence: str, rater: str, grade: int | None = Non
             raise UserError(f"quality record needs a {what}")
     if grade is None and likert is None:
         raise UserError("give a grade (1-3) or a Likert score (1-5)")
-    if grade is not None and grade not in GRADES:
+    if grade is not None and (isinstance(grade, bool) or grade not in GRADES):
         raise UserError(f"grade must be 1, 2 or 3 (got {grade!r})")
-    if likert is not None and likert not in (1, 2, 3, 4, 5):
+    if likert is not None and (isinstance(likert, bool) or likert not in (1, 2, 3, 4, 5)):
         raise UserError(f"Likert score must be 1-5 (got {likert!r})")
+    for v, what in ((snr, "SNR"), (cnr, "CNR"), (min_snr, "minimum SNR"), (min_cnr, "minimum CNR")):
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                                  and v >= 0):
+            raise UserError(f"{what} must be a finite number >= 0 (got {v!r})")
     reasons = []
     if grade is not None and grade < MIN_GRADE:
         reasons.append(f"grade {grade} < {MIN_GRADE}")
@@ -157,3 +170,35 @@ def flagged_series(records: list[dict]) -> list[tuple[str, str]]:
     """(case id, sequence) of series flagged by any rater's latest record."""
     flagged = {(c, s) for (c, s, _), r in latest_records(records).items() if r.get("flagged")}
     return sorted(flagged)
+
+
+def grade_series(case_id: str, sequence: str, rater: str, *, scale: str, score: int,
+                 image: sitk.Image | None = None, roi_labelmap: sitk.Image | None = None,
+                 snr: float | None = None, cnr: float | None = None, reason: str = "",
+                 min_snr: float | None = None, min_cnr: float | None = None,
+                 rayleigh_correction: bool = False, time: datetime | None = None) -> dict:
+    """The grading core shared by AnnotationQC (``annotation-qc quality grade``) and
+    StrokeLesion (``stroke-lesion quality``): one series' record on ``scale`` ("cns": grade
+    1-3; "stroke": Likert 1-5, see :data:`SCALES`), with SNR/CNR either given or measured from
+    ``roi_labelmap`` on ``image`` (labels 1 signal, 2 background, 3 tissue;
+    :func:`snr_cnr_from_labelmap`), flagged by :func:`make_record`'s rule. The record gains
+    ``scale`` and ``measured`` (the full measurement, or None)."""
+    if scale not in SCALES:
+        raise UserError(f"quality scale {scale!r} unknown; use {' or '.join(SCALES)}")
+    lo, hi = SCALES[scale]["range"]
+    if isinstance(score, bool) or not isinstance(score, (int, np.integer)) or not lo <= int(score) <= hi:
+        raise UserError(f"{scale} quality score must be an integer {lo}-{hi} ({SCALES[scale]['source']}); "
+                        f"got {score!r}")
+    measured = None
+    if roi_labelmap is not None:
+        if snr is not None or cnr is not None:
+            raise UserError("give SNR/CNR values or an ROI label map to measure them, not both")
+        if image is None:
+            raise UserError("measuring SNR/CNR from an ROI label map needs the graded image")
+        measured = snr_cnr_from_labelmap(image, roi_labelmap, rayleigh_correction=rayleigh_correction)
+        snr, cnr = measured["snr"], measured["cnr"]
+    field = SCALES[scale]["field"]
+    rec = make_record(case_id, sequence, rater, **{field: int(score)}, reason=reason, snr=snr, cnr=cnr,
+                      min_snr=min_snr, min_cnr=min_cnr, time=time)
+    rec.update(scale=scale, measured=measured)
+    return rec
