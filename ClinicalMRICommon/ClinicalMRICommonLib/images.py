@@ -91,7 +91,7 @@ def check_image(img, path, what: str = "image", *, dims: int | tuple | None = 3,
         want = " or ".join(f"{d}-D" for d in ok_dims)
         kind, todo = "", ""
         if len(size) == 4 and 3 in ok_dims:
-            kind, todo = "a series of volumes (time points, b-values or echoes), ", ": give one 3-D volume"
+            kind, todo = "a series of volumes, e.g. time points or b-values; ", ": give one 3-D volume"
         elif len(size) == 2:
             kind, todo = "a single slice, ", ": give the whole volume"
         raise UserError(f"{what} {path} is a {len(size)}-D image ({kind}size {shown}); expected a {want} image{todo}")

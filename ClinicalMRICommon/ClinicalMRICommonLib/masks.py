@@ -67,7 +67,7 @@ def check_mask_values(arr: np.ndarray, path, what: str = "mask", label: int | No
                         f"{100.0 * np.count_nonzero(arr) / max(arr.size, 1):.0f}% of its voxels: it looks like an "
                         "intensity image, not a mask; give the mask (label map) file")
     if label is not None:
-        if label not in set(nonzero.tolist()):
+        if label not in set(nonzero.tolist()) and nonzero.size:
             shown = ", ".join(f"{v:g}" for v in nonzero[:12]) or "none"
             raise UserError(f"{what} file {path} has no voxel with label {label}; labels present: {shown}")
         return arr == label
@@ -85,15 +85,16 @@ def _nan_mask(path, what: str, n: int) -> UserError:
 
 def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None, *, what: str = "ROI",
               resample: bool = False, min_voxels: int = 1, label: int | None = None,
-              on_warning: Callable[[str], None] | None = None) -> sitk.Image:
+              on_warning: Callable[[str], None] | None = None, allow_empty: bool = False) -> sitk.Image:
     """Read a binary/label mask, check its values (module docstring) and check it against a
     reference image.
 
     Returns a UInt8 mask (1 inside) on the mask's grid, or on ``reference``'s grid with
     ``resample`` (nearest neighbour). With ``label`` only that label counts; otherwise any
     non-zero voxel. Raises UserError for other grids (unless ``resample``), empty masks and
-    masks smaller than ``min_voxels``. Warnings go to ``on_warning(message)`` when given, else
-    to :func:`warnings.warn` as :class:`InputWarning`.
+    masks smaller than ``min_voxels`` (``allow_empty`` accepts an empty mask, for comparisons
+    that define a score for it). Warnings go to ``on_warning(message)`` when given, else to
+    :func:`warnings.warn` as :class:`InputWarning`.
     """
     m = read_image(path, what, finite=False)  # NaN is checked here, with what it means for a mask
     n_bad = nonfinite_voxels(m, path)
@@ -111,6 +112,8 @@ def read_mask(path: str | os.PathLike, reference: sitk.Image | None = None, *, w
     if reference is not None and resample and not same_grid(m, reference):
         out = resample_mask_to(out, reference)
     n = int(np.count_nonzero(sitk.GetArrayViewFromImage(out)))
+    if n == 0 and allow_empty:
+        return out
     if n == 0:
         where = " after resampling onto the image (it lies outside the image)" if resample and \
             reference is not None and int(binary.sum()) else ""

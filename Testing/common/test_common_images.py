@@ -37,7 +37,7 @@ def test_formats_read_the_same_voxels_and_grid(tmp_path, name):
 
 def test_dims_parameter(tmp_path):
     four = fl.image_4d(tmp_path)
-    with pytest.raises(UserError, match=r"4-D image .*size 14 x 12 x 10 x 3.*expected a 3-D image"):
+    with pytest.raises(UserError, match=r"4-D image \(a series of volumes.*; size 14 x 12 x 10 x 3\); expected a 3-D"):
         read_image(four)
     assert read_image(four, dims=(3, 4)).GetDimension() == 4
     assert read_image(four, dims=None).GetSize() == (14, 12, 10, 3)

@@ -82,6 +82,12 @@ def test_bad_masks_refused_with_their_reason(tmp_path, kind, message):
         read_mask(fl.make(kind, tmp_path))
 
 
+def test_empty_mask_allowed_where_asked(tmp_path):
+    p = fl.empty_mask(tmp_path)
+    assert int(sitk.GetArrayViewFromImage(read_mask(p, allow_empty=True)).sum()) == 0
+    assert int(sitk.GetArrayViewFromImage(read_mask(p, allow_empty=True, label=2)).sum()) == 0
+
+
 def test_min_voxels_and_grid(tmp_path):
     ref = read_image(fl.good_image(tmp_path))
     p = fl.good_mask(tmp_path)

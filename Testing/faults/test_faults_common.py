@@ -125,3 +125,12 @@ def test_check_output_path_refuses(tmp_path, case):
               "file for a folder": out}[case]
     res = fl.run_in_process(check_output_path, target, what="output", watch=[out, image], **kwargs)
     fl.assert_refused(res, existing=[out, image], mentions=[str(target)])
+
+
+def test_run_tool_runs_the_installed_commands(tmp_path):
+    res = fl.run_tool(["annotation-qc", "--version"])
+    assert res.rc == 0 and res.stdout.startswith("annotation-qc ")
+    good = fl.good_mask(tmp_path)
+    bad = fl.make("truncated .nii.gz", tmp_path)
+    res = fl.run_tool(["annotation-qc", "compare", "--reference", good, "--test", bad])
+    fl.assert_refused(res, inputs=[good, bad], mentions=[str(bad), "truncated"])
