@@ -35,7 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputWarning, UserError, os_error_message
-from .locks import fsync_dir, pid_alive, publish_exclusive, write_all
+from .locks import fsync_dir, pid_alive, pread, publish_exclusive, write_all
 
 #: Hidden temporary files of the atomic writer start with this (see :func:`is_temp_name`).
 TEMP_PREFIX = ".tmp-"
@@ -333,7 +333,7 @@ def append_jsonl(path: str | os.PathLike, record: dict, what: str = "log") -> in
         raise UserError(os_error_message(exc, p, f"could not write {what}")) from None
     try:
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if size and pread(fd, 1, size - 1) != b"\n":
             keep, tail = _complete_prefix(fd, size)
             if _parses(tail):
                 write_all(fd, b"\n")
@@ -363,13 +363,13 @@ def _complete_prefix(fd: int, size: int) -> tuple[int, bytes]:
     pos, block = size, 1 << 16
     while pos > 0:
         start = max(0, pos - block)
-        chunk = os.pread(fd, pos - start, start)
+        chunk = pread(fd, pos - start, start)
         i = chunk.rfind(b"\n")
         if i >= 0:
             keep = start + i + 1
-            return keep, os.pread(fd, size - keep, keep)
+            return keep, pread(fd, size - keep, keep)
         pos = start
-    return 0, os.pread(fd, size, 0)
+    return 0, pread(fd, size, 0)
 
 
 def _parses(raw: bytes) -> bool:

@@ -241,13 +241,21 @@ def _take_over(path: Path, owner: LockOwner | None) -> str:
             return "retry"
         if (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
             return "retry"
-        raw = os.pread(fd, 1 << 16, 0) if hasattr(os, "pread") else Path(path).read_bytes()
+        raw = pread(fd, 1 << 16, 0)
         if owner is not None and raw != owner.raw:
             return "retry"  # a new holder's record: look again
         os.unlink(path)
         return "removed"
     finally:
         os.close(fd)
+
+
+def pread(fd: int, n: int, offset: int) -> bytes:
+    """``os.pread`` where it exists (POSIX), else seek and read (Windows)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
 
 
 def write_all(fd: int, data: bytes) -> None:
