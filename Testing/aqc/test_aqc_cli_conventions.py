@@ -58,13 +58,17 @@ def test_workflow_example_and_exit_codes_end_the_help():
 def test_json_and_overwrite_where_expected():
     cmds = {" ".join(p): c for p, c in _commands(build_parser())}
     opts = {name: {o for a in c._actions for o in a.option_strings} for name, c in cmds.items()}
-    for name in ("icc", "compare", "feature-icc", "consensus", "quality", "training-create", "training-submit",
-                 "training-report"):
+    printing = [n for n, c in cmds.items() if not any(isinstance(a, argparse._SubParsersAction) for a in c._actions)
+                or n == "quality"]
+    assert {"training-withdraw", "training-list", "training-summary", "study init", "study reader add",
+            "study assign", "study submit", "study status", "quality grade"} <= set(printing)
+    for name in printing:   # every command that runs (not a mere group of actions) prints data
         assert "--json" in opts[name], name
-    for name in ("feature-icc", "consensus", "training-report"):
+    for name in ("feature-icc", "consensus", "training-report", "training-summary"):
         assert "--overwrite" in opts[name], name
     assert {"--reference", "--truth", "--test", "--pred"} <= opts["compare"]
-    assert "--out" in opts["consensus"] and "--out" in opts["feature-icc"] and "--out" in opts["training-report"]
+    for name in ("consensus", "feature-icc", "training-report", "training-summary", "training-create", "study init"):
+        assert "--out" in opts[name], name
 
 
 def test_old_mask_pair_names_still_work(tmp_path, capsys):
@@ -86,3 +90,18 @@ def test_usage_errors_are_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: annotation-qc compare:") and "--test" in err[0]
     assert main(["no-such-command"]) == 2
     assert capsys.readouterr().err.startswith("error: annotation-qc: argument COMMAND: invalid choice")
+
+
+def test_library_modules_import_no_heavy_packages():
+    """The Slicer start-up rule: AnnotationQC.py imports panel_logic, which may import these
+    modules; importing them must not load pandas, matplotlib, pyradiomics and the like."""
+    code = ("import sys\n"
+            "import AnnotationQCLib.audit, AnnotationQCLib.quality, AnnotationQCLib.sessions\n"
+            "import AnnotationQCLib.terminology, AnnotationQCLib.training, AnnotationQCLib.cli\n"
+            "import ClinicalMRICommonLib.quality, ClinicalMRICommonLib.agreement.segmentation_metrics\n"
+            "import ClinicalMRICommonLib.agreement.consensus\n"
+            "heavy = ('pandas', 'matplotlib', 'radiomics', 'sklearn', 'torch', 'monai', 'yaml', 'nibabel')\n"
+            "print(','.join(m for m in heavy if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""

@@ -60,7 +60,7 @@ def test_majority_and_vote_count_match_numpy(readers):
 
 
 def test_staple_matches_simpleitk_staple_filter(readers):
-    arrays, images = readers
+    _arrays, images = readers
     consensus, prob, per_reader = staple(images)
     f = sitk.STAPLEImageFilter()            # the filter, called directly
     f.SetForegroundValue(1)
@@ -78,7 +78,7 @@ def test_staple_matches_simpleitk_staple_filter(readers):
 
 
 def test_consensus_command_gives_the_same_masks(readers, tmp_path, capsys):
-    arrays, images = readers
+    _arrays, images = readers
     paths = []
     for i, m in enumerate(images, start=1):
         paths.append(str(tmp_path / f"reader{i}.nrrd"))

@@ -128,7 +128,7 @@ def test_lesion_feedback_on_the_isles_lesions(real_session, shared_data):
     import nibabel as nib
 
     s = real_session
-    r, img = _ref(s, "stroke")
+    r, _img = _ref(s, "stroke")
     lab, n = ndi.label(r, np.ones((3, 3, 3)))
     assert n == 18
     sizes = ndi.sum(r, lab, range(1, n + 1))
