@@ -203,9 +203,14 @@ def test_feature_icc_does_not_separate_trainees_but_dice_criteria_do(real_cases,
     for name in ("good", "two-bad", "dilate"):
         for cid, m in _variant(s, name).items():
             s.submit(name, cid, m)
-        ov = s.evaluate(name)["overall"]
+        rep = s.evaluate(name)
+        ov = rep["overall"]
         numbers[name] = (ov["mean_dice"], ov["min_dice"], ov["feature_icc"]["median"], ov["median_feature_error"],
                          ov["passed"])
+        print(f"\n{name}: per case (Dice / median relative feature error / share of features within 10 %)")
+        for r in rep["cases"]:
+            f = r["features"]
+            print(f"  {r['case_id']:<8} {r['dice']:.3f} / {f['median_error']:.3f} / {f['within_10pct']:.2f}")
     print("\ntrainee   mean Dice  min Dice  median ICC(A,1)  median feature error  passed")
     for name, (mean, low, icc, err, ok) in numbers.items():
         print(f"{name:<9} {mean:9.3f} {low:9.3f} {icc:16.3f} {err:21.3f}  {ok}")
