@@ -17,9 +17,14 @@ Checks, each case (subject/session) and the dataset as a whole:
 * file naming - every file matches the names this layout allows (and, with
   ``run_official_validator``, bids-validator-deno reports no error);
 * quality - every image has a Likert grade >= 3 (ClinicalMRICommonLib.quality.MIN_LIKERT) and SNR
-  and CNR in scans.tsv.
+  and CNR in scans.tsv, each measured, entered or "not measurable" with a reason (a computed
+  map such as the ADC, a skull-stripped image); the report says which is which.
 
-Writes ``acceptance_report.json`` and ``acceptance_report.html`` (never over existing ones).
+Every failed check carries a ``fix``: what to do (usually the stroke-lesion command that
+supplies what is missing). Writes ``acceptance_report.json`` and ``acceptance_report.html``
+(existing ones only replaced with ``overwrite``): failures first with their fixes, the
+dataset's distributions of lesion volume, lesion count and A-vs-B Dice, a thumbnail per case
+(report_figures), and the row-by-row checks folded below.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import numpy as np
 
 from ClinicalMRICommonLib.errors import UserError
 
-from .bids import check_derivative_description
+from .bids import check_derivative_description, require_bids_dataset
 
 _SUBSES = re.compile(r"^sub-([A-Za-z0-9]+)$")
 RAW_PATTERNS = [
@@ -58,13 +63,26 @@ class _Case:
         self.checks: list[dict] = []
         self.info: dict = {}
 
-    def add(self, category: str, ok: bool, message: str, severity: str = "error"):
-        self.checks.append({"category": category, "ok": bool(ok), "severity": "ok" if ok else severity,
-                            "message": message})
+    def add(self, category: str, ok: bool, message: str, severity: str = "error", fix: str = ""):
+        self.checks.append(_check(category, ok, message, severity, fix))
 
     @property
     def passed(self) -> bool:
         return all(c["ok"] or c["severity"] != "error" for c in self.checks)
+
+
+def _check(category: str, ok: bool, message: str, severity: str = "error", fix: str = "") -> dict:
+    out = {"category": category, "ok": bool(ok), "severity": "ok" if ok else severity, "message": message}
+    if not ok:
+        out["fix"] = fix
+    return out
+
+
+FIX_EXPORT = "export the study again: stroke-lesion export-bids STUDY NEW_FOLDER --name NAME --author NAME"
+FIX_QUALITY = ("grade the series: stroke-lesion quality STUDY CASE --series SERIES --reader ID --likert N --snr X "
+               "--cnr Y (or --roi LABELMAP to measure, or --not-measurable REASON), then export again")
+FIX_SIDECAR = ("the source image had no complete JSON sidecar: convert the DICOM with dcm2niix (it writes the "
+               "acquisition parameters), create the case again and export again")
 
 
 def _load_nifti(path: Path):
@@ -99,39 +117,36 @@ def check_dataset(dataset: str | os.PathLike, *, run_official_validator: bool = 
     from ClinicalMRICommonLib.quality import MIN_LIKERT
 
     from .deid import clean_sidecar
-    root = Path(dataset)
-    if not root.is_dir():
-        raise UserError(f"dataset folder not found: {root}")
-    if not (root / "dataset_description.json").exists():
-        raise UserError(f"{root} is not a BIDS dataset (no dataset_description.json); give the exported folder")
+    root = require_bids_dataset(dataset)
     dataset_checks: list[dict] = []
 
-    def dcheck(category, ok, message, severity="error"):
-        dataset_checks.append({"category": category, "ok": bool(ok), "severity": "ok" if ok else severity,
-                               "message": message})
+    def dcheck(category, ok, message, severity="error", fix=""):
+        dataset_checks.append(_check(category, ok, message, severity, fix))
 
     # dataset-level metadata
     desc, err = _read_json(root / "dataset_description.json")
     if desc is None:
-        dcheck("metadata", False, err)
+        dcheck("metadata", False, err, fix=FIX_EXPORT)
     else:
         for key in ("Name", "BIDSVersion", "Authors"):
             dcheck("metadata", bool(desc.get(key)), f"dataset_description.json {key}"
-                   + (" present" if desc.get(key) else " missing"))
+                   + (" present" if desc.get(key) else " missing"), fix=FIX_EXPORT)
         dcheck("metadata", bool(desc.get("License")), "dataset_description.json License"
-               + (" present" if desc.get("License") else " missing (state the data licence)"), "warning")
+               + (" present" if desc.get("License") else " missing (state the data licence)"), "warning",
+               fix="export again with --license (e.g. CC-BY-4.0)")
     deriv = root / "derivatives" / "lesions"
     probs = check_derivative_description(deriv / "dataset_description.json")
     dcheck("metadata", not probs, "derivatives/lesions/dataset_description.json: "
-           + ("DatasetType derivative, GeneratedBy present" if not probs else "; ".join(probs)))
+           + ("DatasetType derivative, GeneratedBy present" if not probs else "; ".join(probs)), fix=FIX_EXPORT)
     for f in ("README", "participants.tsv", "participants.json"):
-        dcheck("metadata", (root / f).exists(), f"{f} " + ("present" if (root / f).exists() else "missing"))
+        dcheck("metadata", (root / f).exists(), f"{f} " + ("present" if (root / f).exists() else "missing"),
+               fix=FIX_EXPORT)
     dcheck("metadata", (deriv / "README").exists(), "derivatives/lesions/README "
-           + ("present" if (deriv / "README").exists() else "missing"), "warning")
+           + ("present" if (deriv / "README").exists() else "missing"), "warning", fix=FIX_EXPORT)
 
     subjects = sorted(m.group(1) for p in root.iterdir() if p.is_dir() and (m := _SUBSES.match(p.name)))
     if not subjects:
-        dcheck("completeness", False, "no sub-* folder: the dataset holds no subject")
+        dcheck("completeness", False, "no sub-* folder: the dataset holds no subject", fix=FIX_EXPORT)
     listed = []
     if (root / "participants.tsv").exists():
         rows = _read_tsv(root / "participants.tsv")
@@ -140,14 +155,15 @@ def check_dataset(dataset: str | os.PathLike, *, run_official_validator: bool = 
         extra = sorted(set(listed) - set(f"sub-{s}" for s in subjects))
         dcheck("metadata", not missing and not extra,
                "participants.tsv lists every subject" if not missing and not extra else
-               f"participants.tsv: missing {missing or '-'}, without data {extra or '-'}")
+               f"participants.tsv: missing {missing or '-'}, without data {extra or '-'}",
+               fix=FIX_EXPORT + " (participants.tsv is written from the exported sessions)")
 
     cases: list[_Case] = []
     for s in subjects:
         sessions = sorted(p.name[4:] for p in (root / f"sub-{s}").iterdir() if p.is_dir() and p.name.startswith("ses-"))
         if not sessions:
             c = _Case(s, "")
-            c.add("completeness", False, f"sub-{s} has no ses-* folder")
+            c.add("completeness", False, f"sub-{s} has no ses-* folder", fix=FIX_EXPORT)
             cases.append(c)
         for t in sessions:
             cases.append(_check_session(root, deriv, s, t, MIN_LIKERT, clean_sidecar))
@@ -160,7 +176,8 @@ def check_dataset(dataset: str | os.PathLike, *, run_official_validator: bool = 
         codes = sorted({i["code"] for i in validator["errors"]} | {
             i["code"] for d in validator["derivatives"].values() for i in d["errors"]})
         dcheck("naming", n == 0, "bids-validator-deno: " + ("no errors" if n == 0 else f"{n} error(s): "
-                                                              + ", ".join(codes)))
+                                                              + ", ".join(codes)),
+               fix="stroke-lesion validate-bids DATASET lists the files; export with --mask-naming bids")
 
     n_ok = sum(c.passed for c in cases)
     accepted = all(c["ok"] or c["severity"] != "error" for c in dataset_checks) and n_ok == len(cases) and bool(cases)
@@ -197,51 +214,62 @@ def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, cle
     pats = [re.compile("^" + p.format(s=s, t=t) + "$") for p in RAW_PATTERNS]
     bad = [str(p.relative_to(sdir)) for p in sdir.rglob("*") if p.is_file()
            and not any(r.match(str(p.relative_to(sdir)).replace(os.sep, "/")) for r in pats)]
-    c.add("naming", not bad, "raw file names follow the layout" if not bad else f"unexpected raw file(s): {bad}")
+    c.add("naming", not bad, "raw file names follow the layout" if not bad else f"unexpected raw file(s): {bad}",
+          fix="remove or rename the files (export-bids writes only valid names)")
     if ddir.exists():
         dpats = [re.compile("^" + p.format(s=s, t=t) + "$") for p in DERIV_PATTERNS]
         dbad = [str(p.relative_to(ddir)) for p in ddir.rglob("*") if p.is_file()
                 and not any(r.match(str(p.relative_to(ddir)).replace(os.sep, "/")) for r in dpats)]
         c.add("naming", not dbad, "derivative file names follow the BIDS mask template" if not dbad else
-              f"derivative file(s) not named by the BIDS mask template: {dbad}")
+              f"derivative file(s) not named by the BIDS mask template: {dbad}",
+              fix="export with --mask-naming bids (the default)")
 
     # images: format + metadata
     images = sorted(p for p in sdir.rglob("*.nii.gz"))
     dwi = [p for p in images if re.search(r"_(dwi|trace)\.nii\.gz$", p.name) and "_acq-b0_" not in p.name]
-    c.add("completeness", bool(dwi), "DWI present" if dwi else "no DWI image (dwi/*_dwi.nii.gz or *_trace.nii.gz)")
+    c.add("completeness", bool(dwi), "DWI present" if dwi else "no DWI image (dwi/*_dwi.nii.gz or *_trace.nii.gz)",
+          fix=FIX_EXPORT)
     c.add("completeness", any(p.name.endswith("_ADC.nii.gz") for p in images),
-          "ADC present" if any(p.name.endswith("_ADC.nii.gz") for p in images) else "no ADC map", "warning")
+          "ADC present" if any(p.name.endswith("_ADC.nii.gz") for p in images) else "no ADC map", "warning",
+          fix="the case has no ADC: create it with --adc")
+    if dwi:
+        c.info.setdefault("files", {})["dwi"] = str(dwi[0])
     ref = None
     for p in images:
         img, data = _load_nifti(p)
         rel = p.relative_to(sdir)
         if img is None:
-            c.add("format", False, f"{rel}: not a readable NIfTI ({data})")
+            c.add("format", False, f"{rel}: not a readable NIfTI ({data})", fix=FIX_EXPORT)
             continue
         c.add("format", True, f"{rel}: readable NIfTI {img.shape}")
         if dwi and p == dwi[0]:
             ref = img
         meta, err = _read_json(p.with_name(p.name.replace(".nii.gz", ".json")))
         if meta is None:
-            c.add("metadata", False, f"{rel}: {err}")
+            c.add("metadata", False, f"{rel}: {err}", fix=FIX_SIDECAR)
             continue
         miss = [k for k in REQUIRED_ACQ if k not in meta]
-        c.add("metadata", not miss, f"{rel}: acquisition parameters " + ("present" if not miss else f"missing {miss}"))
+        c.add("metadata", not miss, f"{rel}: acquisition parameters " + ("present" if not miss else f"missing {miss}"),
+              fix=FIX_SIDECAR)
         if p in dwi:
             bval = p.with_name(p.name.replace(".nii.gz", ".bval"))
             has_b = bval.exists() or "DiffusionBValue" in meta
-            c.add("metadata", has_b, f"{rel}: b-value " + ("recorded" if has_b else "missing (.bval or DiffusionBValue)"))
+            c.add("metadata", has_b, f"{rel}: b-value " + ("recorded" if has_b else "missing (.bval or DiffusionBValue)"),
+                  fix="the DWI needs its b-value (DiffusionBValue in the sidecar or a .bval): " + FIX_SIDECAR)
         if p.name.endswith("_ADC.nii.gz"):
-            c.add("metadata", bool(meta.get("Units")), f"{rel}: ADC Units " + (meta.get("Units") or "missing"))
+            c.add("metadata", bool(meta.get("Units")), f"{rel}: ADC Units " + (meta.get("Units") or "missing"),
+                  fix="the ADC units were not found: create the case with --adc-units, then export again")
         _, rep = clean_sidecar(meta, keep_patient_characteristics=True)
         _, strict = clean_sidecar(meta)
         ident = list(rep["removed"])
         c.add("metadata", not ident, f"{rel}: sidecar de-identified" if not ident else
-              f"{rel}: identifying sidecar key(s) {ident}")
+              f"{rel}: identifying sidecar key(s) {ident}",
+              fix="export again (export-bids removes them) or clean the file: stroke-lesion deid sidecar IN OUT")
         pc = [k for k in strict["removed"] if k not in ident]
         if pc:
             c.add("metadata", False, f"{rel}: patient characteristics kept in the sidecar {pc} (allowed only "
-                  "under the Retain Patient Characteristics Option)", "warning")
+                  "under the Retain Patient Characteristics Option)", "warning",
+                  fix="export without --keep-patient-characteristics unless that option applies to the dataset")
 
     # masks
     for desc in ("consensus", "annotatorA", "annotatorB"):
@@ -251,23 +279,29 @@ def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, cle
             doc = ddir / f"{stem}_dwi_lesionmask.nii.gz"
             if desc == "consensus" and doc.exists():
                 c.add("naming", False, f"consensus mask uses the consensus document's name {doc.name} (not valid "
-                      "BIDS); export with BIDS mask naming")
+                      "BIDS); export with BIDS mask naming", fix="export with --mask-naming bids (the default)")
                 mp = doc
             else:
                 c.add("completeness", False, f"no {desc} mask" + (" (case not accepted: no final decision)"
-                                                                  if desc == "consensus" else ""), sev)
+                                                                  if desc == "consensus" else ""), sev,
+                      fix=("finish the case (stroke-lesion status STUDY lists what is missing, with the commands), "
+                           "then export again") if desc == "consensus" else
+                      f"{desc} has not saved a mask: stroke-lesion annotate STUDY CASE --reader ID --mask FILE, "
+                      "then export again")
                 continue
         img, data = _load_nifti(mp)
         if img is None:
-            c.add("format", False, f"{desc} mask unreadable ({data})")
+            c.add("format", False, f"{desc} mask unreadable ({data})", fix=FIX_EXPORT)
             continue
+        c.info.setdefault("files", {})[desc] = str(mp)
         vals = np.unique(data)
         binary = set(vals.tolist()) <= {0, 1}
-        c.add("format", binary, f"{desc} mask binary 0/1" if binary else f"{desc} mask has values {vals[:6]}")
+        c.add("format", binary, f"{desc} mask binary 0/1" if binary else f"{desc} mask has values {vals[:6]}",
+              fix=FIX_EXPORT)
         if ref is not None:
             ok = img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-3)
             c.add("format", ok, f"{desc} mask on the DWI grid" if ok else
-                  f"{desc} mask not on the DWI grid (shape {img.shape} vs {ref.shape} or affine differs)")
+                  f"{desc} mask not on the DWI grid (shape {img.shape} vs {ref.shape} or affine differs)", fix=FIX_EXPORT)
         n = int((data != 0).sum())
         vv = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
         if desc == "consensus":
@@ -277,13 +311,14 @@ def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, cle
             c.info["consensus_lesions"] = int(ndi.label(data != 0, structure=np.ones((3, 3, 3)))[1])
             if n == 0:
                 c.add("completeness", False, "consensus mask is empty (no acute lesion): confirm this is intended",
-                      "warning")
+                      "warning", fix="look at the case: an empty consensus is right only when it shows no acute lesion")
         meta, err = _read_json(mp.with_name(mp.name.replace(".nii.gz", ".json")))
         if meta is None:
-            c.add("metadata", False, f"{desc} mask: {err}")
+            c.add("metadata", False, f"{desc} mask: {err}", fix=FIX_EXPORT)
         else:
             miss = [k for k in ("Type", "Sources", "SpatialReference") if not meta.get(k)]
-            c.add("metadata", not miss, f"{desc} mask sidecar " + ("complete" if not miss else f"missing {miss}"))
+            c.add("metadata", not miss, f"{desc} mask sidecar " + ("complete" if not miss else f"missing {miss}"),
+                  fix=FIX_EXPORT)
             if desc == "consensus":
                 agree = meta.get("ReaderAgreement") or {}
                 c.info["reader_dice"] = agree.get("dice")
@@ -291,28 +326,42 @@ def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, cle
 
     # quality grades
     scans = sdir / f"{stem}_scans.tsv"
+    c.info["quality_numbers"] = {}
     if not scans.exists():
-        c.add("quality", False, f"{scans.name} missing: no quality grades recorded")
+        c.add("quality", False, f"{scans.name} missing: no quality grades recorded", fix=FIX_QUALITY)
     else:
         rows = {r["filename"]: r for r in _read_tsv(scans)}
         for p in images:
             rel = str(p.relative_to(sdir)).replace(os.sep, "/")
             r = rows.get(rel)
             if r is None:
-                c.add("quality", False, f"{rel}: not graded")
+                c.add("quality", False, f"{rel}: not graded", fix=FIX_QUALITY)
                 continue
             lk = r.get("quality_likert", "n/a")
             try:
                 lk_i = int(lk)
             except (TypeError, ValueError):
-                c.add("quality", False, f"{rel}: Likert grade missing")
+                c.add("quality", False, f"{rel}: Likert grade missing", fix=FIX_QUALITY)
             else:
                 c.add("quality", lk_i >= min_likert, f"{rel}: Likert {lk_i}" + ("" if lk_i >= min_likert else
-                      f" < {min_likert}: the series should have been excluded"))
+                      f" < {min_likert}: the series should have been excluded"),
+                      fix="re-grade the series if the grade is wrong; otherwise leave the case out of the export "
+                          "(export-bids --case for each case to keep)")
+            nums = c.info["quality_numbers"].setdefault(rel, {})
             for k in ("snr", "cnr"):
                 v = r.get(k, "n/a")
-                ok = v not in (None, "", "n/a")
-                c.add("quality", ok, f"{rel}: {k.upper()} " + (v if ok else "missing"))
+                src = (r.get(f"{k}_source") or "").strip()
+                has_value = v not in (None, "", "n/a")
+                note = (r.get("quality_note") or "").strip()
+                if has_value:
+                    nums[k] = src if src in ("measured", "entered") else "recorded (source not stated)"
+                    c.add("quality", True, f"{rel}: {k.upper()} {v} ({nums[k]})")
+                elif src == "not measurable" and note:
+                    nums[k] = "not measurable"
+                    c.add("quality", True, f"{rel}: {k.upper()} not measurable ({note})")
+                else:
+                    nums[k] = "missing"
+                    c.add("quality", False, f"{rel}: {k.upper()} missing", fix=FIX_QUALITY)
     return c
 
 
@@ -336,49 +385,121 @@ def write_report(report: dict, out_dir: str | os.PathLike, *, overwrite: bool = 
     return jp, hp
 
 
-def render_html(report: dict) -> str:
+def _img_tag(png: bytes, alt: str) -> str:
+    import base64
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def _case_label(sess: dict) -> str:
+    return f"sub-{sess['subject']} ses-{sess['session']}"
+
+
+def render_html(report: dict, *, pictures: bool = True) -> str:
+    """The dataset quality report: verdict and summary; every failed check first, each with
+    its fix; the dataset's distributions (lesion volume, lesion count, A-vs-B Dice; cases to
+    look at again named); which quality numbers were measured, entered or not measurable;
+    per case a thumbnail of the consensus (and A/B outlines) on the DWI, with its row-by-row
+    checks folded below (<details>). ``pictures=False`` leaves the images out."""
     e = html.escape
     s = report["summary"]
     verdict = "ACCEPTED" if report["accepted"] else "NOT ACCEPTED"
     colour = "#1a7f37" if report["accepted"] else "#b42318"
+    sev_col = {"ok": "#1a7f37", "warning": "#b54708", "error": "#b42318"}
 
     def rows(checks):
         out = []
         for c in checks:
-            col = {"ok": "#1a7f37", "warning": "#b54708", "error": "#b42318"}[c["severity"]]
-            out.append(f"<tr><td>{e(c['category'])}</td><td style='color:{col}'>{e(c['severity'])}</td>"
-                       f"<td>{e(c['message'])}</td></tr>")
+            out.append(f"<tr><td>{e(c['category'])}</td><td style='color:{sev_col[c['severity']]}'>"
+                       f"{e(c['severity'])}</td><td>{e(c['message'])}</td><td>{e(c.get('fix', ''))}</td></tr>")
         return "\n".join(out)
 
+    head = "<tr><th>check</th><th>result</th><th>detail</th><th>fix</th></tr>"
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Dataset quality report</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f2f2f2}</style></head><body>",
+        ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f2f2f2}"
+         ".case{display:inline-block;vertical-align:top;margin:0 1em 1em 0;max-width:330px}"
+         "details{margin:0.3em 0 1em 0}</style></head><body>"),
         "<h1>Dataset quality report</h1>",
         f"<p>Dataset: <code>{e(report['dataset'])}</code><br>Checked: {e(report['checked'])}</p>",
         f"<h2 style='color:{colour}'>{verdict}</h2>",
-        "<table><tr><th>sessions</th><th>passed</th><th>consensus masks</th><th>lesions (26-connected)</th>"
-        "<th>total lesion volume (mL)</th><th>mean Dice A vs B</th><th>consensus decided by</th></tr>",
-        f"<tr><td>{s['sessions']}</td><td>{s['sessions_passed']}</td><td>{s['consensus_masks']}</td>"
-        f"<td>{s['total_lesions']}</td><td>{s['total_consensus_volume_ml']:.3f}</td>"
-        f"<td>{'-' if s['mean_reader_dice'] is None else format(s['mean_reader_dice'], '.3f')}</td>"
-        f"<td>{e(', '.join(f'{k}: {v}' for k, v in s['decided_by'].items()) or '-')}</td></tr></table>",
-        "<h2>Dataset</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>",
-        rows(report["dataset_checks"]), "</table>",
+        ("<table><tr><th>sessions</th><th>passed</th><th>consensus masks</th><th>lesions (26-connected)</th>"
+         "<th>total lesion volume (mL)</th><th>mean Dice A vs B</th><th>consensus decided by</th></tr>"),
+        (f"<tr><td>{s['sessions']}</td><td>{s['sessions_passed']}</td><td>{s['consensus_masks']}</td>"
+         f"<td>{s['total_lesions']}</td><td>{s['total_consensus_volume_ml']:.3f}</td>"
+         f"<td>{'-' if s['mean_reader_dice'] is None else format(s['mean_reader_dice'], '.3f')}</td>"
+         f"<td>{e(', '.join(f'{k}: {v}' for k, v in s['decided_by'].items()) or '-')}</td></tr></table>"),
     ]
+    # 1. failures first, each with its fix (errors, then warnings)
+    fails = [("dataset", c) for c in report["dataset_checks"] if not c["ok"]]
+    fails += [(_case_label(x), c) for x in report["sessions"] for c in x["checks"] if not c["ok"]]
+    fails.sort(key=lambda t: 0 if t[1]["severity"] == "error" else 1)
+    n_err = sum(1 for _, c in fails if c["severity"] == "error")
+    parts.append(f"<h2>What fails ({n_err} error(s), {len(fails) - n_err} warning(s))</h2>")
+    if fails:
+        parts.append("<table><tr><th>where</th><th>result</th><th>problem</th><th>fix</th></tr>")
+        for where, c in fails:
+            parts.append(f"<tr><td>{e(where)}</td><td style='color:{sev_col[c['severity']]}'>{e(c['severity'])}</td>"
+                         f"<td>{e(c['message'])}</td><td>{e(c.get('fix', ''))}</td></tr>")
+        parts.append("</table>")
+    else:
+        parts.append("<p>Nothing: every check passed.</p>")
     if "validator" in report:
         v = report["validator"]
         parts.append(f"<p>bids-validator-deno: {v['n_errors']} error(s); warnings: {e(', '.join(v['warnings']))}</p>")
-    for sess in report["sessions"]:
+
+    # 2. the dataset at a glance
+    sessions = report["sessions"]
+    vols = {_case_label(x): x["info"].get("consensus_volume_ml") for x in sessions if x["info"].get("consensus")}
+    counts = {_case_label(x): x["info"].get("consensus_lesions") for x in sessions if x["info"].get("consensus")}
+    dices = {_case_label(x): x["info"].get("reader_dice") for x in sessions if x["info"].get("reader_dice") is not None}
+    parts.append("<h2>Distributions across the dataset</h2>")
+    if pictures:
+        from .report_figures import LOW_DICE, TUKEY_K, distributions_png
+        png, marks = distributions_png(vols, counts, dices)
+        parts.append(_img_tag(png, "lesion volume, lesion count and Dice A vs B per case"))
+        look = sorted({k for v in marks.values() for k in v})
+        parts.append(f"<p>One dot per case. Red and named: outside Tukey's fences (quartiles -/+ {TUKEY_K:g} IQR; "
+                     f"Dice also below {LOW_DICE:g}). Cases to look at again: {e(', '.join(look) or 'none')}.</p>")
+    # 3. where the quality numbers come from
+    tally: dict[str, int] = {}
+    for x in sessions:
+        for nums in (x["info"].get("quality_numbers") or {}).values():
+            for k, src in nums.items():
+                tally[f"{k.upper()} {src}"] = tally.get(f"{k.upper()} {src}", 0) + 1
+    if tally:
+        parts.append("<h2>Quality numbers</h2><p>" + e(", ".join(f"{k}: {v}" for k, v in sorted(tally.items())))
+                     + " (per series; measured from ROIs, entered by a reader, or not measurable with a "
+                       "reason).</p>")
+
+    # 4. per case: thumbnail, then the row-by-row checks folded
+    parts.append("<h2>Cases</h2>")
+    for sess in sessions:
+        label = _case_label(sess)
         state = "passed" if sess["passed"] else "FAILED"
-        parts.append(f"<h2>sub-{e(sess['subject'])} ses-{e(sess['session'])}: {state}</h2>")
         info = sess["info"]
+        parts.append(f"<div class='case'><h3 style='color:{'#1a7f37' if sess['passed'] else '#b42318'}'>"
+                     f"{e(label)}: {state}</h3>")
+        files = info.get("files") or {}
+        if pictures and files.get("dwi"):
+            from .report_figures import case_thumbnail_png
+            try:
+                png = case_thumbnail_png(files["dwi"], files.get("consensus"), files.get("annotatorA"),
+                                         files.get("annotatorB"), title=label)
+                parts.append(_img_tag(png, f"{label}: consensus and A/B outlines on the DWI"))
+            except Exception as exc:  # noqa: BLE001 - an unreadable image is already a failed check
+                parts.append(f"<p>(no picture: {e(str(exc)[:100])})</p>")
         if info.get("consensus"):
             dice = "" if info.get("reader_dice") is None else f"; Dice A vs B {info['reader_dice']:.3f}"
             parts.append(f"<p>consensus: {info['consensus_volume_ml']:.3f} mL, {info['consensus_lesions']} "
                          f"lesion(s){dice}; decided by {e(str(info.get('decided_by') or '-'))}</p>")
-        parts.append("<table><tr><th>check</th><th>result</th><th>detail</th></tr>")
+        nbad = sum(1 for c in sess["checks"] if not c["ok"])
+        parts.append(f"<details><summary>{len(sess['checks'])} checks ({nbad} not ok)</summary><table>{head}")
         parts.append(rows(sess["checks"]))
-        parts.append("</table>")
+        parts.append("</table></details></div>")
+    parts.append(f"<h2>Dataset checks</h2><details><summary>{len(report['dataset_checks'])} checks</summary>"
+                 f"<table>{head}")
+    parts.append(rows(report["dataset_checks"]))
+    parts.append("</table></details>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -349,15 +349,19 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
             q = [x for x in st.quality if x["series"] == kind]
             if q:
                 last = q[-1]
+                nm = last.get("not_measurable") or {}
                 scans.append({"filename": rel, "quality_likert": last["likert"], "snr": last["snr"],
-                              "cnr": last["cnr"], "quality_reader": last["who"]})
+                              "cnr": last["cnr"], "snr_source": _number_source(last, "snr"),
+                              "cnr_source": _number_source(last, "cnr"),
+                              "quality_note": "; ".join(f"{k.upper()} not measurable: {v}" for k, v in nm.items())
+                              or None, "quality_reader": last["who"]})
             else:
                 scans.append({"filename": rel, "quality_likert": None, "snr": None, "cnr": None,
                               "quality_reader": None})
         crep["sidecars"] = sidecar_reports
         if scans:
             p = rawdir / f"{stem}_scans.tsv"
-            _write_text(p, _tsv(scans, ["filename", "quality_likert", "snr", "cnr", "quality_reader"]))
+            _write_text(p, _tsv(scans, list(SCANS_COLUMNS)))
             written.append(p)
 
         # participants (age/sex only with the retain option; read from the original sidecars)
@@ -456,6 +460,15 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
                                ["non-diagnostic", "poor", "acceptable", "good", "excellent"], start=1)}},
         "snr": {"Description": "Signal-to-noise ratio from signal and background ROIs"},
         "cnr": {"Description": "Contrast-to-noise ratio of lesion versus normal tissue"},
+        "snr_source": {"Description": "Where the SNR comes from",
+                       "Levels": {"measured": "measured from signal and background ROIs",
+                                  "entered": "entered by the reader", "not measurable": "cannot be measured on this "
+                                  "series (reason in quality_note)"}},
+        "cnr_source": {"Description": "Where the CNR comes from (levels as snr_source)",
+                       "Levels": {"measured": "measured from ROIs", "entered": "entered by the reader",
+                                  "not measurable": "cannot be measured (reason in quality_note)"}},
+        "quality_note": {"Description": "Why SNR or CNR cannot be measured (e.g. a computed map such as the ADC, or "
+                                        "a skull-stripped image without background noise)"},
         "quality_reader": {"Description": "Pseudonymous id of the reader who graded the series"}})
     _write_text(out / "README", _readme(options, study))
     _write_json(deriv / "dataset_description.json", _derivative_description(options))
@@ -475,8 +488,10 @@ def _diffusion_of(study: Study, cid: str):
     """The case's DWI/ADC with the ADC units detected as the candidate does (brain median);
     None when the units fit none (the export then says so)."""
     from .diffusion import load_diffusion
+    rec = study.case_info(cid)["images"].get("adc", {}).get("units") or {}
+    units = rec["units"] if rec and not rec.get("detected", True) else "auto"   # units stated at 'case init'
     try:
-        return load_diffusion(study.image_path(cid, "dwi"), study.image_path(cid, "adc"))
+        return load_diffusion(study.image_path(cid, "dwi"), study.image_path(cid, "adc"), adc_units=units)
     except UserError:
         return None
 
@@ -500,6 +515,19 @@ def _write_eadc(case, b: float, dst: Path, adc_rel: str, dwi_rel: str, bsrc: str
         "SpatialReference": f"bids:raw:{dwi_rel}",
         "SkullStripped": False,
         "Units": "arbitrary"})
+
+
+SCANS_COLUMNS = ("filename", "quality_likert", "snr", "cnr", "snr_source", "cnr_source", "quality_note",
+                 "quality_reader")
+
+
+def _number_source(q: dict, k: str) -> str | None:
+    """measured | entered | not measurable (older records: from the value and the ROI record)."""
+    if q.get(f"{k}_source"):
+        return q[f"{k}_source"]
+    if q.get(k) is None:
+        return None
+    return "measured" if q.get("measured") else "entered"
 
 
 def _tsv(rows: list[dict], cols: list[str]) -> str:
@@ -627,6 +655,20 @@ def _derivative_readme(o: ExportOptions) -> str:
 # Validator
 
 
+def require_bids_dataset(dataset: str | os.PathLike) -> Path:
+    """The dataset folder, or a UserError: missing, a stroke-lesion study folder (say so and
+    how to export it) or any other folder without dataset_description.json."""
+    root = Path(dataset)
+    if not root.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    if not (root / "dataset_description.json").exists():
+        if (root / "study.json").exists():
+            raise UserError(f"{root} is a stroke-lesion study folder, not a BIDS dataset; export it first "
+                            f"(stroke-lesion export-bids {root} DATASET --name NAME --author NAME --validate)")
+        raise UserError(f"{root} is not a BIDS dataset (no dataset_description.json); give the exported folder")
+    return root
+
+
 def validator_executable() -> str | None:
     """Path of ``bids-validator-deno`` (beside the running Python, or on PATH)."""
     cand = Path(sys.executable).with_name("bids-validator-deno")
@@ -638,6 +680,7 @@ def validator_executable() -> str | None:
 def run_validator(dataset: str | os.PathLike, *, recursive: bool = True, timeout_s: int = 300) -> dict:
     """Run the official BIDS validator; returns {"errors": [...], "warnings": [...], per
     derivative too} or raises UserError when it is not installed or fails to run."""
+    require_bids_dataset(dataset)
     exe = validator_executable()
     if exe is None:
         raise UserError("bids-validator-deno is not installed (pip install bids-validator-deno)")
@@ -664,4 +707,5 @@ def run_validator(dataset: str | os.PathLike, *, recursive: bool = True, timeout
         e, w = split(d.get("issues", {}).get("issues", []))
         out["derivatives"][name] = {"errors": e, "warnings": w}
     out["n_errors"] = len(errors) + sum(len(d["errors"]) for d in out["derivatives"].values())
+    out["n_warnings"] = len(warnings) + sum(len(d["warnings"]) for d in out["derivatives"].values())
     return out

@@ -122,14 +122,24 @@ def _point(text: str) -> tuple[float, float, float]:
     return v
 
 
-def _lesion_choice(text: str) -> tuple[int, str]:
+def _lesion_choice(text: str) -> list[tuple[int, str]]:
+    """N=CHOICE, or several lesions with one choice: 3,5,9=B or 4-7=none."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected N=CHOICE (e.g. 3=union), got {text!r}")
-    n, c = text.split("=", 1)
+        raise argparse.ArgumentTypeError(f"expected N=CHOICE (e.g. 3=union, 3,5=B or 4-7=none), got {text!r}")
+    ids, c = text.split("=", 1)
+    out = []
     try:
-        return int(n), c.strip()
+        for part in ids.replace(" ", "").split(","):
+            if "-" in part.strip("-"):
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                out += [(n, c.strip()) for n in range(lo, hi + 1)]
+            else:
+                out.append((int(part), c.strip()))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"lesion number must be an integer, got {n!r}") from None
+        raise argparse.ArgumentTypeError(f"lesion numbers must be integers (N, N,M or N-M), got {ids!r}") from None
+    return out
 
 
 def _study(args):
@@ -176,12 +186,13 @@ def cmd_case_init(args) -> int:
     s = _study(args)
     others = {k: getattr(args, k) for k in ("flair", "t1w", "t2w", "b0") if getattr(args, k)}
     by = _who(args)
-    s.init_case(args.case, dwi=args.dwi, adc=args.adc, others=others, subject=args.subject,
-                session=args.session, by=by, why=args.why or "")
-    for slot, val in _slot_assignments(args):
-        s.assign(args.case, slot, val, by=by, why=args.why or "")
+    st = s.init_case(args.case, dwi=args.dwi, adc=args.adc, others=others, subject=args.subject,
+                     session=args.session, by=by, why=args.why or "", assignments=dict(_slot_assignments(args)),
+                     adc_units=args.adc_units)
     v = s.case_view(args.case)
-    emit(v, args.json, f"case {args.case}: {v['status']} ({v['next']})")
+    warnings = st.info["images"]["adc"].get("pair_check", {}).get("warnings", [])
+    emit({**v, "warnings": warnings}, args.json, f"case {args.case}: {v['status']} ({v['next']})"
+         + "".join(f"\nwarning: {w}" for w in warnings))
     return 0
 
 
@@ -222,12 +233,28 @@ def cmd_case_assign(args) -> int:
     return 0
 
 
+def cmd_case_import(args) -> int:
+    from .intake import import_cases
+    rep = import_cases(_study(args), args.source, by=_who(args), why=args.why or "",
+                       assignments=dict(_slot_assignments(args)), adc_units=args.adc_units,
+                       progress=lambda line: print(line, file=sys.stderr, flush=True))
+    lines = [f"imported {len(rep['imported'])}, skipped {len(rep['skipped'])} (already in the study), refused "
+             f"{len(rep['refused'])} case(s) from {rep['source']}"]
+    lines += [f"  refused {r['case'] or '-'} ({r['source']}): {r['reason']}" for r in rep["refused"]]
+    if rep["refused"]:
+        lines.append("  fix the refused cases and run the same command again (imported cases are skipped)")
+    emit(rep, args.json, "\n".join(lines))
+    return EXIT_NEGATIVE if rep["refused"] else EXIT_OK
+
+
 def cmd_annotate(args) -> int:
     rec = _study(args).annotate(args.case, args.reader, args.mask, no_lesion=args.no_lesion,
                                 time_spent_s=args.minutes * 60 if args.minutes is not None else None,
-                                why=args.why or "")
+                                why=args.why or "", allow_large=args.allow_large_lesion)
     w = rec["what"]
-    emit(w, args.json, f"saved {w['slot']} version {w['version']} ({w['volume_ml']:.3f} mL): {w['file']}")
+    frac = f", {100 * w['brain_fraction']:.2f}% of the brain" if w.get("brain_fraction") is not None else ""
+    emit(w, args.json, f"saved {w['slot']} version {w['version']} ({w['volume_ml']:.3f} mL{frac}): {w['file']}"
+         + "".join(f"\nwarning: {x}" for x in w.get("warnings", [])))
     return 0
 
 
@@ -244,6 +271,18 @@ def cmd_note(args) -> int:
     return 0
 
 
+def _lesion_line(les: dict) -> str:
+    """One lesion of a comparison: volume, who drew it, RAS centroid (as Slicer shows it, and
+    as 'note --point-ras' takes it) and the DWI slices it spans (index k, 0-based)."""
+    ras = les.get("centroid_ras") or ([-les["centroid_lps"][0], -les["centroid_lps"][1], les["centroid_lps"][2]]
+                                      if les.get("centroid_lps") else None)
+    where = f", RAS ({ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f}) mm" if ras else ""
+    if les.get("slices"):
+        k0, k1 = les["slices"]
+        where += f", slice{'s' if k1 > k0 else ''} k={k0}" + (f"-{k1}" if k1 > k0 else "")
+    return f"  lesion {les['id']}: {les['volume_ml']:.3f} mL, {les['drawn_by']}{where}"
+
+
 def cmd_compare(args) -> int:
     rec = _study(args).compare(args.case, by=_who(args))
     w = rec["what"]
@@ -252,18 +291,41 @@ def cmd_compare(args) -> int:
             f"lesions A {det['n_reference']} / B {det['n_test']} (matched {det['matched']}, A only {det['missed']}, "
             f"B only {det['extra']})\n"
             + ("-> review: " + "; ".join(w["reasons"]) if w["needs_review"] else "-> within thresholds")
-            + "\n" + "\n".join(f"  lesion {les['id']}: {les['volume_ml']:.3f} mL, {les['drawn_by']}"
-                                for les in w["lesions"]))
+            + "\n" + "\n".join(_lesion_line(les) for les in w["lesions"]))
     emit(w, args.json, text)
     return 0
 
 
+def _choices_from_csv(path: str) -> list[tuple[int, str, str]]:
+    """(lesion, choice, where) rows of a lesion-choice CSV: columns 'lesion' and 'choice'
+    (other columns, e.g. a note, are ignored)."""
+    from ClinicalMRICommonLib.tables import read_csv_table
+    df = read_csv_table(path, "lesion choices")
+    cols = {str(c).strip().lower(): c for c in df.columns}
+    if "lesion" not in cols or "choice" not in cols:
+        raise UserError(f"lesion choices file {path} needs the columns 'lesion' and 'choice' (found: "
+                        f"{', '.join(map(str, df.columns))})")
+    rows = []
+    for i, (n, c) in enumerate(zip(df[cols["lesion"]], df[cols["choice"]]), start=2):
+        try:
+            nn = int(str(n).strip())
+        except ValueError:
+            raise UserError(f"lesion choices file {path} line {i}: lesion {n!r} is not a number") from None
+        if str(c).strip() in ("", "nan"):
+            raise UserError(f"lesion choices file {path} line {i}: no choice for lesion {nn}")
+        rows.append((nn, str(c).strip(), f"{path} line {i}"))
+    return rows
+
+
 def _choices(args) -> dict:
-    out = {}
-    for n, c in args.lesion or []:
+    """{lesion: choice} from --choices (a CSV) and --lesion; a lesion given twice is refused."""
+    out, where = {}, {}
+    rows = list(_choices_from_csv(args.choices)) if getattr(args, "choices", None) else []
+    rows += [(n, c, "--lesion") for group in args.lesion or [] for n, c in group]
+    for n, c, src in rows:
         if n in out:
-            raise UserError(f"lesion {n} given twice")
-        out[n] = c
+            raise UserError(f"lesion {n} given twice ({where[n]} and {src})")
+        out[n], where[n] = c, src
     return out
 
 
@@ -284,14 +346,22 @@ def cmd_arbitrate(args) -> int:
 
 
 def cmd_quality(args) -> int:
+    snr_nm = args.snr_not_measurable or args.not_measurable
+    cnr_nm = args.cnr_not_measurable or args.not_measurable
     rec = _study(args).record_quality(args.case, args.series, reader_id=args.reader, likert=args.likert,
                                       snr=args.snr, cnr=args.cnr, reason=args.reason or "", roi_labelmap=args.roi,
-                                      min_snr=args.min_snr, min_cnr=args.min_cnr)
+                                      min_snr=args.min_snr, min_cnr=args.min_cnr, snr_not_measurable=snr_nm,
+                                      cnr_not_measurable=cnr_nm)
     w = rec["what"]
-    snr = f", SNR {w['snr']:.1f}" if w["snr"] is not None else ""
-    cnr = f", CNR {w['cnr']:.1f}" if w["cnr"] is not None else ""
-    emit(w, args.json, f"{args.series}: Likert {w['likert']}{snr}{cnr} ("
-          + ("usable" if w["usable"] else "EXCLUDED: " + "; ".join(w["flag_reasons"])) + ")")
+
+    def number(k):
+        if w[k] is not None:
+            return f", {k.upper()} {w[k]:.1f} ({w[k + '_source']})"
+        if (w.get("not_measurable") or {}).get(k):
+            return f", {k.upper()} not measurable ({w['not_measurable'][k]})"
+        return ""
+    emit(w, args.json, f"{args.series}: Likert {w['likert']}{number('snr')}{number('cnr')} ("
+         + ("usable" if w["usable"] else "EXCLUDED: " + "; ".join(w["flag_reasons"])) + ")")
     return 0
 
 
@@ -310,11 +380,16 @@ def cmd_export_bids(args) -> int:
     if args.validate:
         v = run_validator(args.out)
         rep["validator"] = {"n_errors": v["n_errors"], "errors": sorted(
-            {i["code"] for i in v["errors"]} | {i["code"] for d in v["derivatives"].values() for i in d["errors"]})}
+            {i["code"] for i in v["errors"]} | {i["code"] for d in v["derivatives"].values() for i in d["errors"]}),
+            "n_warnings": v["n_warnings"], "warnings": sorted(
+            {i["code"] for i in v["warnings"]} | {i["code"] for d in v["derivatives"].values() for i in d["warnings"]})}
     text = f"wrote {rep['files']} files to {rep['output']} ({len(rep['cases'])} case(s))" + "".join(
         f"\nwarning: {w}" for w in rep["warnings"])
     if "validator" in rep:
-        text += f"\nBIDS validator: {rep['validator']['n_errors']} error(s) {' '.join(rep['validator']['errors'])}"
+        vr = rep["validator"]
+        text += (f"\nBIDS validator: {vr['n_errors']} error(s) {' '.join(vr['errors'])}".rstrip()
+                 + f", {vr['n_warnings']} warning(s)" + (f" ({' '.join(vr['warnings'])}; details: stroke-lesion "
+                                                         f"validate-bids {args.out})" if vr["n_warnings"] else ""))
     emit(rep, args.json, text)
     return EXIT_NEGATIVE if rep.get("validator", {}).get("n_errors") else EXIT_OK
 
@@ -329,13 +404,19 @@ def cmd_validate_bids(args) -> int:
     if dd.is_dir():
         for d in sorted(p for p in dd.iterdir() if (p / "dataset_description.json").exists()):
             deriv_problems[d.name] = check_derivative_description(d / "dataset_description.json")
-    out = {"n_errors": v["n_errors"], "errors": v["errors"], "derivatives": v["derivatives"],
-           "derivative_descriptions": deriv_problems}
+    out = {"n_errors": v["n_errors"], "n_warnings": v["n_warnings"], "errors": v["errors"], "warnings": v["warnings"],
+           "derivatives": v["derivatives"], "derivative_descriptions": deriv_problems}
     bad = v["n_errors"] or any(deriv_problems.values())
-    lines = [f"BIDS validator: {v['n_errors']} error(s), {len(v['warnings'])} warning(s) in the raw dataset"]
+    lines = [f"BIDS validator: {v['n_errors']} error(s), {len(v['warnings'])} warning(s) in the raw dataset"
+             + (f", {v['n_warnings'] - len(v['warnings'])} in derivatives" if v["n_warnings"] > len(v["warnings"])
+                else "")]
     lines += [f"  error {i['code']}: {i.get('location', '')}" for i in v["errors"]]
     for name, dv in v["derivatives"].items():
         lines += [f"  {name} error {i['code']}: {i.get('location', '')}" for i in dv["errors"]]
+    codes: dict[str, int] = {}
+    for i in v["warnings"] + [i for dv in v["derivatives"].values() for i in dv["warnings"]]:
+        codes[i["code"]] = codes.get(i["code"], 0) + 1
+    lines += [f"  warning {code} x{n}" for code, n in sorted(codes.items())]
     for name, probs in deriv_problems.items():
         lines.append(f"derivatives/{name}/dataset_description.json: " + ("; ".join(probs) if probs else "ok"))
     emit(out, args.json, "\n".join(lines))
@@ -391,17 +472,42 @@ def cmd_accept(args) -> int:
     return EXIT_OK if rep["accepted"] else EXIT_NEGATIVE
 
 
+def _missing_lines(missing: list[dict], indent: str = "  ") -> list[str]:
+    if not missing:
+        return [f"{indent}ready for acceptance"]
+    out = [f"{indent}missing for acceptance ({len(missing)}):"]
+    for m in missing:
+        how = m["command"] or m["fix"]
+        extra = f" ({m['fix']})" if m["command"] and m["fix"] else ""
+        out.append(f"{indent}- {m['what']}: {how}{extra}")
+    return out
+
+
 def cmd_status(args) -> int:
+    from .preflight import missing_for_acceptance
     s = _study(args)
     if args.case:
         v = s.case_view(args.case, viewer=args.reader)
         if args.reader and args.reader not in v["assignments"].values():
             raise UserError(f"reader {args.reader} is not assigned to case {args.case}")
-        emit(v, args.json, f"case {v['case_id']}: {v['status']} ({v['next']})\n"
-              + "\n".join(f"  {k}: {val}" for k, val in v["assignments"].items()))
+        lines = [f"case {v['case_id']}: {v['status']} ({v['next']})"]
+        lines += [f"  {k}: {val}" for k, val in v["assignments"].items()]
+        if not args.reader:
+            v["missing"] = missing_for_acceptance(s, args.case)
+            v["ready_for_acceptance"] = not v["missing"]
+            lines += _missing_lines(v["missing"])
+        emit(v, args.json, "\n".join(lines))
     else:
-        rows = s.status(viewer=args.reader)
-        emit(rows, args.json, "\n".join(f"{r['case_id']}: {r['status']} ({r['next']})" for r in rows) or "no cases")
+        rows = s.status(viewer=args.reader, preflight=not args.reader)
+        lines = []
+        for r in rows:
+            lines.append(f"{r['case_id']}: {r['status']} ({r['next']})")
+            if "missing" in r:
+                lines += _missing_lines(r["missing"])
+        if rows and not args.reader:
+            ready = sum(r["ready_for_acceptance"] for r in rows)
+            lines.append(f"{len(rows)} case(s): {ready} ready for acceptance, {len(rows) - ready} with missing items")
+        emit(rows, args.json, "\n".join(lines) or "no cases")
     return 0
 
 
@@ -544,9 +650,30 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument(f"--{k}", help=f"{what} image of the same session (optional)")
     x.add_argument("--subject", help="BIDS subject label (default: the case id without punctuation)")
     x.add_argument("--session", default="01", help="BIDS session label (default 01)")
+    x.add_argument("--adc-units", default="auto",
+                   help="units of the ADC map: auto (default: detected and checked against the DWI), mm2/s, "
+                        "1e-3mm2/s or 1e-6mm2/s (stated units force the map's use; doubts become warnings)")
     _add_slot_options(x)
     _add_by(x)
     x.set_defaults(func=cmd_case_init)
+    x = add_command(cssub, "import", "add many cases at once from an ISLES'22/BIDS folder or a CSV",
+                    description="Add many cases at once, each atomically (imported whole or refused whole, with\n"
+                                "the reason); cases already in the study are skipped, so the command can be run\n"
+                                "again after fixing the refused ones. Exit status 1 when a case was refused.",
+                    epilog="sources:\n  FOLDER/rawdata/sub-X/ses-Y/ (ISLES'22) or FOLDER/sub-X/ses-Y/{dwi,anat}/ "
+                           "(BIDS): one case per session, id sub-X_ses-Y\n"
+                           "  CSV: case_id,dwi,adc[,flair,t1w,t2w,b0,subject,session,annotator_a,annotator_b,"
+                           "reviewer,arbitrator,adc_units]\n       (image paths relative to the CSV's folder)\n"
+                           "example:\n  stroke-lesion case import STUDY --from isles22/ --annotator-a ann1 "
+                           "--annotator-b ann2 --reviewer rev1")
+    x.add_argument("study", help="the study folder")
+    x.add_argument("--from", dest="source", required=True, metavar="FOLDER_OR_CSV",
+                   help="an ISLES'22 or BIDS folder (one case per session) or a CSV with one row per case")
+    x.add_argument("--adc-units", default="auto",
+                   help="ADC units for every case (default auto: detected per case; a CSV column adc_units overrides)")
+    _add_slot_options(x)
+    _add_by(x)
+    x.set_defaults(func=cmd_case_import)
     x = add_command(cssub, "assign", "assign qualified readers to slots",
                     epilog="examples:\n  stroke-lesion case assign STUDY case1 --annotator-b ann2\n"
                            "  stroke-lesion case assign STUDY case1 --slot annotatorB --reader ann2   (same)")
@@ -565,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--mask", help="binary (0/1) NIfTI on the case's DWI grid")
     x.add_argument("--no-lesion", action="store_true", help="the case shows no acute lesion (empty mask)")
     x.add_argument("--minutes", type=_float, help="time spent annotating, in minutes (recorded)")
+    x.add_argument("--allow-large-lesion", action="store_true",
+                   help="accept a mask covering more than half of the brain (refused by default: not a plausible "
+                        "acute infarct)")
     x.add_argument("--why", help="comment, recorded in the audit trail")
     add_json(x, "the saved version")
     x.set_defaults(func=cmd_annotate)
@@ -596,7 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--all", "--default", dest="all", metavar="CHOICE",
                        help=f"choice for every lesion not given with --lesion ({choices})")
         x.add_argument("--lesion", type=_lesion_choice, action="append", metavar="N=CHOICE",
-                       help="the choice for lesion N (lesion ids as 'compare' lists them), repeatable")
+                       help="the choice for lesion N (lesion ids as 'compare' lists them; N,M=CHOICE and N-M=CHOICE "
+                            "for several), repeatable: the exceptions to --all")
+        x.add_argument("--choices", metavar="CSV",
+                       help="a CSV of lesion choices (columns 'lesion' and 'choice'; other columns such as a note "
+                            "are ignored); combine with --all for the lesions it does not list")
         x.add_argument("--edited", help="an edited mask on the DWI grid (for the 'edited' choice)")
         x.add_argument("--no-new", action="store_true",
                        help="ignore components of the edited mask that touch no lesion of A or B")
@@ -618,6 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cnr", type=_float, help="contrast-to-noise ratio (entered)")
     x.add_argument("--reason", help="why the series is flagged (required when it is)")
     x.add_argument("--roi", help="label map on the series' grid (1 signal, 2 background, 3 tissue) to measure SNR/CNR")
+    x.add_argument("--not-measurable", metavar="REASON",
+                   help="SNR and CNR cannot be measured on this series, with the reason (a computed map such as the "
+                        "ADC; a skull-stripped image without background noise); recorded, and accepted as such")
+    x.add_argument("--snr-not-measurable", metavar="REASON", help="only SNR cannot be measured (the reason)")
+    x.add_argument("--cnr-not-measurable", metavar="REASON", help="only CNR cannot be measured (the reason)")
     x.add_argument("--min-snr", type=_float, help="flag (exclude) the series below this SNR")
     x.add_argument("--min-cnr", type=_float, help="flag (exclude) the series below this CNR")
     add_json(x, "the quality record")

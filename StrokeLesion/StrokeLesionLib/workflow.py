@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +51,7 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_image
 from ClinicalMRICommonLib.files import sha256_file
+from ClinicalMRICommonLib.locks import folder_lock, publish_exclusive
 
 # ---------------------------------------------------------------------------------------
 # Readers and roles
@@ -68,6 +68,14 @@ ROLE_REQUIREMENTS = {
 }
 SLOTS = {"annotatorA": "annotator", "annotatorB": "annotator", "reviewer": "reviewer", "arbitrator": "arbitrator"}
 ANNOTATOR_SLOTS = ("annotatorA", "annotatorB")
+#: A lesion mask covering more than this fraction of the brain is refused: one hemisphere is
+#: the largest territory one acute ischaemic stroke can take (complete carotid occlusion:
+#: MCA + ACA territories), so half the brain is a hard upper bound; the DWI given as a mask
+#: covers ~100%.
+MAX_LESION_BRAIN_FRACTION = 0.5
+#: Above this DWI lesion volume (mL) the record carries a warning: > 145 mL predicts malignant
+#: MCA infarction (Oppenheim et al., Stroke 2000;31:2175-2181), the largest common infarcts.
+LARGE_LESION_ML = 145.0
 LESION_CHOICES = ("A", "B", "union", "intersection", "edited", "none")
 ARBITRATION_CHOICES = LESION_CHOICES + ("review",)
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -106,6 +114,19 @@ def qualification_problems(reader: Reader, role: str) -> list[str]:
     if reader.neuro_years < req["min_neuro_years"]:
         out.append(f"{reader.neuro_years:g} years in neuroradiology < {req['min_neuro_years']}")
     return out
+
+
+def _annotating_next(st) -> str:
+    """What happens next in a case still being annotated: missing annotators are assigned
+    first, then the annotators still to submit draw."""
+    unassigned = [s for s in ANNOTATOR_SLOTS if s not in st.assignments]
+    if unassigned:
+        opts = " ".join(f"--annotator-{s[-1].lower()} READER" for s in unassigned)
+        return (f"assign {' and '.join('annotator ' + s[-1] for s in unassigned)} "
+                f"('stroke-lesion case assign STUDY {st.case_id} {opts}')")
+    todo = [s for s in ANNOTATOR_SLOTS if s not in st.annotations]
+    return " and ".join(f"annotator {s[-1]} ({st.assignments[s]})" for s in todo) + \
+        (" draws the mask" if len(todo) == 1 else " draw their masks")
 
 
 def _check_id(value: str, what: str) -> str:
@@ -165,22 +186,19 @@ class StudySettings:
 
 
 def _publish_new(write, final: Path) -> Path:
-    """Write via ``write(tmp_path)`` to a temporary file beside ``final``, then link it to
-    ``final``; fails (FileExistsError) rather than replace an existing file. Read-only after."""
+    """Write via ``write(tmp_path)`` to a temporary file beside ``final`` (flushed to disk),
+    then publish it under ``final`` only if that name does not exist yet
+    (locks.publish_exclusive: of two concurrent writers exactly one wins; nothing is ever
+    replaced; a UserError for the other). Read-only after."""
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=suffix, dir=final.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            raise
-        except OSError:  # file systems without hard links: exclusive create, then replace the placeholder
-            fd2 = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.close(fd2)
-            os.replace(tmp, final)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        publish_exclusive(tmp, final, what="file", exists_message=f"{final} already exists; nothing was replaced")
         with contextlib.suppress(OSError):
             os.chmod(final, 0o444)
     finally:
@@ -197,28 +215,10 @@ def _next_version(folder: Path, stem: str, ext: str) -> tuple[int, Path]:
     return v, folder / f"{stem}_v{v:03d}{ext}"
 
 
-@contextlib.contextmanager
 def _lock(folder: Path, timeout_s: float = 15.0):
-    """Exclusive lock on a folder (a lock file created with O_EXCL; portable)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / ".lock"
-    t0 = time.monotonic()
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, f"{os.getpid()} {datetime.now(timezone.utc).isoformat()}\n".encode())
-            os.close(fd)
-            break
-        except FileExistsError:
-            if time.monotonic() - t0 > timeout_s:
-                raise UserError(f"{folder} is locked by another process ({lock}); wait and retry, or remove the "
-                                "lock file if no one is working on it") from None
-            time.sleep(0.05)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
+    """Exclusive lock on a folder: ClinicalMRICommonLib.locks.folder_lock (who holds it is
+    recorded and reported; a stale lock of a dead process is taken over; re-entrant)."""
+    return folder_lock(folder, timeout_s=timeout_s)
 
 
 def _now() -> str:
@@ -471,57 +471,109 @@ class Study:
 
     def init_case(self, case_id: str, *, dwi: str | os.PathLike, adc: str | os.PathLike,
                   others: dict[str, str | os.PathLike] | None = None, subject: str | None = None,
-                  session: str = "01", by: str, why: str = "") -> CaseState:
-        """Create a case: copy the images (and their JSON sidecars) into the case folder."""
-        from .diffusion import sidecar_path
+                  session: str = "01", by: str, why: str = "", assignments: dict[str, str] | None = None,
+                  adc_units: str = "auto") -> CaseState:
+        """Create a case: copy the images (and their JSON sidecars) into the case folder and
+        assign the readers in ``assignments`` ({slot: reader id}).
+
+        Atomic: everything is checked first (ids, labels, readers' qualifications, the images:
+        readable, one grid, ADC units, the DWI/ADC pair of diffusion.check_adc_pair), then the
+        case is built in a staging folder and renamed into ``cases/`` in one step. A refused
+        case leaves nothing behind, so the corrected command can simply be run again."""
+        from .diffusion import load_diffusion, parse_adc_units, sidecar_path
         d = self.case_dir(case_id)
-        if (d / "case.json").exists():
-            raise UserError(f"case {case_id} already exists in {self.root}")
+        self._check_new_case(case_id)
         subject = re.sub(r"[^A-Za-z0-9]", "", subject or case_id)
         session = re.sub(r"[^A-Za-z0-9]", "", session)
         if not subject or not session:
             raise UserError("subject and session labels must contain letters or digits")
-        images = {"dwi": dwi, "adc": adc, **(others or {})}
+        images = {"dwi": dwi, "adc": adc, **{k: v for k, v in (others or {}).items() if v}}
         allowed = {"dwi", "adc", "flair", "t1w", "t2w", "b0"}
         bad = set(images) - allowed
         if bad:
             raise UserError(f"unknown image kind(s) {sorted(bad)}; use {sorted(allowed)}")
-        ref = read_image(dwi, "DWI")
-        adc_img = read_image(adc, "ADC")
-        if not same_grid(ref, adc_img):
-            raise UserError(f"ADC file {adc} is on a different grid than DWI file {dwi} ({grid_difference(adc_img, ref)})")
+        for other in self.case_ids():
+            oi = self._info_or_none(other) or {}
+            if (oi.get("subject"), oi.get("session")) == (subject, session):
+                raise UserError(f"case {other} of study {self.root} already has subject {subject} session {session}; "
+                                "give this case its own --subject/--session (BIDS needs one folder per session)")
+        # readers: every slot checked before anything is written
+        planned: dict[str, str] = {}
+        quals = {}
+        for slot, rid in (assignments or {}).items():
+            if rid:
+                quals[slot] = self._qualified_for(slot, rid, planned, case_id)
+                planned[slot] = rid
+        # images
+        units = parse_adc_units(adc_units)
+        case = load_diffusion(dwi, adc, adc_units=units, b0_path=images.get("b0"))
+        ref = case.dwi
         for kind, p in images.items():
             if kind not in ("dwi", "adc"):
                 read_image(p, kind.upper())
-        with _lock(d):
-            if (d / "case.json").exists():
-                raise UserError(f"case {case_id} already exists in {self.root}")
+        brain_ml = float(sitk.GetArrayViewFromImage(case.brain).sum()) * float(np.prod(ref.GetSpacing())) / 1000.0
+        staging = self.root / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{case_id}.", dir=staging))
+        try:
             info_images = {}
             for kind, p in images.items():
                 p = Path(p)
                 name = f"{case_id}_{kind}" + (".nii.gz" if p.name.endswith(".nii.gz") else "".join(p.suffixes[-1:]))
-                dst = d / "images" / name
+                dst = stage / "images" / name
                 _publish_new(lambda t, p=p: shutil.copyfile(p, t), dst)
                 entry = {"file": f"images/{name}", "sha256": sha256_file(dst), "source": str(p)}
                 sc = sidecar_path(p)
                 if sc.exists():
-                    scd = d / "images" / f"{case_id}_{kind}.json"
+                    scd = stage / "images" / f"{case_id}_{kind}.json"
                     _publish_new(lambda t, sc=sc: shutil.copyfile(sc, t), scd)
                     entry["sidecar"] = f"images/{scd.name}"
                 for ext in (".bval", ".bvec"):           # dcm2niix gradient tables of a DWI series
                     g = sc.with_suffix(ext)
                     if kind in ("dwi", "b0") and g.exists():
-                        gd = d / "images" / f"{case_id}_{kind}{ext}"
+                        gd = stage / "images" / f"{case_id}_{kind}{ext}"
                         _publish_new(lambda t, g=g: shutil.copyfile(g, t), gd)
                         entry[ext[1:]] = f"images/{gd.name}"
                 info_images[kind] = entry
+            info_images["adc"]["units"] = {"units": case.units.units, "detected": case.units.detected,
+                                           "brain_median_raw": case.units.brain_median_raw}
+            info_images["adc"]["pair_check"] = {"checks": case.pair_check.get("checks", []),
+                                                "warnings": list(case.warnings)}
             info = {"case_id": case_id, "subject": subject, "session": session, "created": _now(),
-                    "created_by": by, "images": info_images}
-            _publish_new(lambda t: t.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"), d / "case.json")
-            self._log(case_id).append(who=by, role="coordinator", action="case_init",
-                                      what={"subject": subject, "session": session,
-                                            "images": {k: v["sha256"] for k, v in info_images.items()}}, why=why)
+                    "created_by": by, "images": info_images, "brain_volume_ml": brain_ml}
+            _publish_new(lambda t: t.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"),
+                         stage / "case.json")
+            log = AuditLog(stage / "audit.jsonl")
+            log.append(who=by, role="coordinator", action="case_init",
+                       what={"subject": subject, "session": session,
+                             "images": {k: v["sha256"] for k, v in info_images.items()}}, why=why)
+            for slot, rid in planned.items():
+                log.append(who=by, role="coordinator", action="assign",
+                           what={"slot": slot, "reader": rid, "qualification": asdict(quals[slot])}, why=why)
+            d.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(stage, d)          # one step; refused when the case folder exists and is not empty
+            except OSError:
+                if (d / "case.json").exists():
+                    raise UserError(f"case {case_id} already exists in {self.root}") from None
+                raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         return self.state(case_id)
+
+    def _check_new_case(self, case_id: str) -> None:
+        d = self.case_dir(case_id)
+        if (d / "case.json").exists():
+            raise UserError(f"case {case_id} already exists in {self.root}")
+        if d.exists() and any(p.name != ".lock" for p in d.iterdir()):
+            raise UserError(f"{d} exists without a case.json (left by an interrupted 'case init' of an older "
+                            "version?); move it away and run 'case init' again")
+
+    def _info_or_none(self, case_id: str) -> dict | None:
+        try:
+            return self.case_info(case_id)
+        except (UserError, json.JSONDecodeError):
+            return None
 
     def case_info(self, case_id: str) -> dict:
         p = self.case_dir(case_id) / "case.json"
@@ -582,8 +634,9 @@ class Study:
 
     # -- assignment ----------------------------------------------------------------------
 
-    def assign(self, case_id: str, slot: str, reader_id: str, *, by: str, why: str = "") -> dict:
-        """Assign a qualified reader to a slot (annotatorA/annotatorB/reviewer/arbitrator)."""
+    def _qualified_for(self, slot: str, reader_id: str, assignments: dict, case_id: str) -> Reader:
+        """The reader, after checking the slot name, the reader's qualification for its role and
+        that the reader holds no other slot in ``assignments``; UserError otherwise."""
         if slot not in SLOTS:
             raise UserError(f"unknown slot {slot!r}; use one of {', '.join(SLOTS)}")
         reader = self.reader(reader_id)
@@ -593,12 +646,19 @@ class Study:
             raise UserError(f"reader {reader_id} does not qualify as {SLOTS[slot]} ({'; '.join(problems)}); the "
                             f"consensus requires {TITLE_NAMES[req['min_title']]} or above, >= {req['min_years']} years "
                             f"in radiology and >= {req['min_neuro_years']} in neuroradiology")
+        other = next((s for s, rid in assignments.items() if rid == reader_id), None)
+        if other and other != slot:
+            raise UserError(f"reader {reader_id} is already {other} of case {case_id}; the two annotators, the "
+                            "reviewer and the arbitrator must be different people")
+        return reader
+
+    def assign(self, case_id: str, slot: str, reader_id: str, *, by: str, why: str = "") -> dict:
+        """Assign a qualified reader to a slot (annotatorA/annotatorB/reviewer/arbitrator)."""
+        self.case_info(case_id)
+        self._qualified_for(slot, reader_id, {}, case_id)
         with _lock(self.case_dir(case_id)):
             st = self.state(case_id)
-            other = self._slot_of(st, reader_id)
-            if other and other != slot:
-                raise UserError(f"reader {reader_id} is already {other} of case {case_id}; the two annotators, the "
-                                "reviewer and the arbitrator must be different people")
+            reader = self._qualified_for(slot, reader_id, st.assignments, case_id)
             if slot in ANNOTATOR_SLOTS and slot in st.annotations:
                 raise UserError(f"{slot} of case {case_id} has already annotated; the slot cannot be reassigned")
             if slot == "reviewer" and st.reviews or slot == "arbitrator" and st.arbitration:
@@ -619,19 +679,40 @@ class Study:
     def _load_mask_file(self, case_id: str, path: str | os.PathLike | sitk.Image, what: str) -> sitk.Image:
         """A reader's mask from a file or an image in memory (the Slicer panel's exported
         segment), checked to lie on the case's DWI grid; binary, with the DWI's exact header."""
+        from ClinicalMRICommonLib.images import nonfinite_voxels
+        from ClinicalMRICommonLib.masks import check_mask_values
         ref = self.reference_image(case_id)
         if isinstance(path, sitk.Image):
-            m, label = path, what
+            m, label, shown = path, what, what
         else:
-            m, label = read_image(path, what), f"{what} {path}"
+            m, label, shown = read_image(path, what, finite=False), f"{what} {path}", path
         if m.GetDimension() != 3 or m.GetNumberOfComponentsPerPixel() != 1:
             raise UserError(f"{label} must be a 3D single-component image")
         if not same_grid(m, ref):
             raise UserError(f"{label} is not on the DWI grid of case {case_id} ({grid_difference(m, ref)}); "
                             "masks must be one-to-one with the source DWI (export the segmentation on the DWI)")
+        bad = nonfinite_voxels(m, None if isinstance(path, sitk.Image) else path)
+        if bad:
+            raise UserError(f"{label} has {bad} NaN/infinite voxels; a lesion mask holds 0 outside and 1 inside")
+        several: list[str] = []
+        arr = sitk.GetArrayViewFromImage(m)
+        check_mask_values(arr, shown, what, on_warning=several.append)   # refuses images, soft maps, negatives
+        if several:
+            labels = ", ".join(f"{v:g}" for v in np.unique(arr)[1:8])
+            raise UserError(f"{label} has several labels ({labels}); a lesion mask is binary (0 outside, 1 inside): "
+                            "save the lesion segment alone")
         out = _binary(m)
         out.CopyInformation(ref)        # same grid within tolerance: store the DWI's exact geometry
         return out
+
+    def brain_volume_ml(self, case_id: str) -> float:
+        """The case's brain volume (diffusion.brain_mask of the DWI), recorded at 'case init'."""
+        info = self.case_info(case_id)
+        if info.get("brain_volume_ml"):
+            return float(info["brain_volume_ml"])
+        from .diffusion import brain_mask
+        ref = self.reference_image(case_id)
+        return float(sitk.GetArrayFromImage(brain_mask(ref)).sum()) * float(np.prod(ref.GetSpacing())) / 1000.0
 
     def _save_mask(self, case_id: str, slot: str, img: sitk.Image) -> tuple[Path, int]:
         folder = self.case_dir(case_id) / "masks" / slot
@@ -657,11 +738,14 @@ class Study:
 
     def annotate(self, case_id: str, reader_id: str, mask: str | os.PathLike | sitk.Image | None, *,
                  no_lesion: bool = False, time_spent_s: float | None = None, why: str = "",
-                 source: str = "manual") -> dict:
+                 source: str = "manual", allow_large: bool = False) -> dict:
         """Save a new version of the reader's own mask (annotator A or B only).
 
         ``mask``: a file, or an image on the case's DWI grid (e.g. a Slicer segment; say
-        where it came from in ``source``)."""
+        where it came from in ``source``). Refused: masks that are not binary (an image, a
+        soft map, several labels: ClinicalMRICommonLib.masks.check_mask_values) and lesions
+        larger than MAX_LESION_BRAIN_FRACTION of the brain (unless ``allow_large``); lesions
+        above LARGE_LESION_ML are saved with a warning in the record."""
         st = self.state(case_id)
         slot = self._acting_slot(st, reader_id, ANNOTATOR_SLOTS, "annotate")
         excluded = {k: v for k, v in self.excluded_series(case_id, st).items() if k in ("dwi", "adc")}
@@ -679,9 +763,12 @@ class Study:
                 raise UserError(f"{label} is empty; if the case shows no acute lesion say so with --no-lesion")
             if n > 0 and no_lesion:
                 raise UserError(f"--no-lesion was given but {label} labels {n} voxels")
+            flags = self._volume_flags(case_id, n * float(np.prod(img.GetSpacing())) / 1000.0, label,
+                                       allow_large=allow_large)
         else:
             ref = self.reference_image(case_id)
             img = _img(np.zeros(sitk.GetArrayViewFromImage(ref).shape, bool), ref)
+            flags = {}
         with _lock(self.case_dir(case_id)):
             st = self.state(case_id)
             if st.status not in ("annotating", "ready_to_compare"):
@@ -695,7 +782,24 @@ class Study:
                     "input": str(mask) if mask is not None and not isinstance(mask, sitk.Image) else None}
             if time_spent_s is not None:
                 what["time_spent_s"] = float(time_spent_s)
+            what.update(flags)
             return self._log(case_id).append(who=reader_id, role=slot, action="annotate", what=what, why=why)
+
+    def _volume_flags(self, case_id: str, volume_ml: float, label: str, *, allow_large: bool = False) -> dict:
+        """Plausibility of a lesion volume: refused above MAX_LESION_BRAIN_FRACTION of the brain
+        (unless ``allow_large``), a warning above LARGE_LESION_ML. Returns the record fields."""
+        brain = self.brain_volume_ml(case_id)
+        frac = volume_ml / brain if brain > 0 else float("nan")
+        out = {"brain_volume_ml": brain, "brain_fraction": frac, "warnings": []}
+        if frac > MAX_LESION_BRAIN_FRACTION and not allow_large:
+            raise UserError(f"{label} covers {volume_ml:.1f} mL = {100 * frac:.0f}% of the brain ({brain:.0f} mL); an "
+                            f"acute infarct larger than {100 * MAX_LESION_BRAIN_FRACTION:.0f}% of the brain (a whole "
+                            "hemisphere) is not plausible: check that the right file was given (an image, or an "
+                            "inverted mask?); if it is right, pass --allow-large-lesion")
+        if volume_ml > LARGE_LESION_ML:
+            out["warnings"].append(f"lesion volume {volume_ml:.1f} mL ({100 * frac:.1f}% of the brain) is above "
+                                   f"{LARGE_LESION_ML:g} mL, the DWI volume of malignant MCA infarction: check it")
+        return out
 
     # -- notes ---------------------------------------------------------------------------
 
@@ -767,12 +871,15 @@ class Study:
             for i in range(1, n + 1):
                 reg = labels == i
                 na, nb = int((a & reg).sum()), int((b & reg).sum())
-                z, y, x = (float(c) for c in np.argwhere(reg).mean(axis=0))
+                where = np.argwhere(reg)
+                z, y, x = (float(c) for c in where.mean(axis=0))
+                lps = [float(v) for v in a_img.TransformContinuousIndexToPhysicalPoint((x, y, z))]
                 lesions.append({"id": i, "n_voxels": int(reg.sum()), "volume_ml": float(reg.sum() * vv),
                                 "voxels_A": na, "voxels_B": nb, "voxels_both": int((a & b & reg).sum()),
                                 "drawn_by": "both" if na and nb else ("A only" if na else "B only"),
-                                "centroid_lps": [float(v) for v in a_img.TransformContinuousIndexToPhysicalPoint(
-                                    (x, y, z))]})
+                                "centroid_lps": lps, "centroid_ras": [-lps[0], -lps[1], lps[2]],
+                                "slice_center": int(round(z)),
+                                "slices": [int(where[:, 0].min()), int(where[:, 0].max())]})
             th = self.settings.thresholds
             unmatched = det["missed"] + det["extra"]
             reasons = []
@@ -964,31 +1071,54 @@ class Study:
 
     def record_quality(self, case_id: str, series: str, *, reader_id: str, likert: int, snr: float | None = None,
                        cnr: float | None = None, reason: str = "", roi_labelmap: str | os.PathLike | None = None,
-                       min_snr: float | None = None, min_cnr: float | None = None) -> dict:
+                       min_snr: float | None = None, min_cnr: float | None = None,
+                       snr_not_measurable: str | None = None, cnr_not_measurable: str | None = None) -> dict:
         """Record a series' image quality (Likert 1-5, SNR, CNR) in the case's audit trail.
 
         The record and its flag rule (Likert < 3, or SNR/CNR below the given minimums, needs
         a reason and excludes the series) are ClinicalMRICommonLib.quality's; with
         ``roi_labelmap`` (labels 1 signal, 2 background, 3 tissue on the series' grid) SNR
         and CNR are measured by ClinicalMRICommonLib.quality.snr_cnr_from_labelmap.
+
+        A number that cannot be measured is recorded as such with its reason
+        (``snr_not_measurable`` / ``cnr_not_measurable``): a derived map such as the ADC (its
+        "noise" is the fit's, not the scanner's) or a skull-stripped image (background set to 0,
+        no noise left). Each number's source is recorded: measured, entered or not measurable.
         """
         from ClinicalMRICommonLib.quality import make_record, snr_cnr_from_labelmap
         info = self.case_info(case_id)
         if series not in info["images"]:
             raise UserError(f"case {case_id} has no {series} image; series: {', '.join(info['images'])}")
         self.reader(reader_id)
+        nm = {"snr": (snr_not_measurable or "").strip() or None, "cnr": (cnr_not_measurable or "").strip() or None}
+        for k, v in (("snr", snr), ("cnr", cnr)):
+            if v is not None and nm[k]:
+                raise UserError(f"{k.upper()} is given both as a value and as not measurable; give one of them")
         measured = None
+        source = {"snr": "entered" if snr is not None else None, "cnr": "entered" if cnr is not None else None}
         if roi_labelmap is not None:
             if snr is not None or cnr is not None:
                 raise UserError("give SNR/CNR values or an ROI label map to measure them, not both")
             img = read_image(self.image_path(case_id, series), series.upper())
-            measured = snr_cnr_from_labelmap(img, read_image(roi_labelmap, "ROI label map"))
-            snr, cnr = measured["snr"], measured["cnr"]
+            try:
+                measured = snr_cnr_from_labelmap(img, read_image(roi_labelmap, "ROI label map"))
+            except UserError as exc:
+                if "no noise" not in str(exc):
+                    raise
+                raise UserError(f"{exc}; on a skull-stripped image the background is set to 0 and there is no noise "
+                                "to measure: record the numbers as not measurable instead (--not-measurable "
+                                "\"skull-stripped: no background noise\")") from None
+            snr, cnr = (None if nm["snr"] else measured["snr"]), (None if nm["cnr"] else measured["cnr"])
+            source = {"snr": "measured" if snr is not None else None, "cnr": "measured" if cnr is not None else None}
+        for k in ("snr", "cnr"):
+            if nm[k]:
+                source[k] = "not measurable"
         rec = make_record(case_id, series, reader_id, likert=likert, reason=reason, snr=snr, cnr=cnr,
                           min_snr=min_snr, min_cnr=min_cnr)
         what = {"series": series, "likert": rec["likert"], "snr": rec["snr"], "cnr": rec["cnr"],
                 "reason": rec["reason"], "flagged": rec["flagged"], "flag_reasons": rec["flag_reasons"],
-                "usable": not rec["flagged"], "measured": measured}
+                "usable": not rec["flagged"], "measured": measured, "snr_source": source["snr"],
+                "cnr_source": source["cnr"], "not_measurable": {k: v for k, v in nm.items() if v}}
         with _lock(self.case_dir(case_id)):
             return self._log(case_id).append(who=reader_id, role="quality", action="quality", what=what,
                                              why=rec["reason"])
@@ -1013,7 +1143,7 @@ class Study:
         st = self.state(case_id)
         slot = self._slot_of(st, viewer) if viewer else None
         blinded = slot in ANNOTATOR_SLOTS and st.status != "final"
-        nxt = {"annotating": "annotators draw their masks",
+        nxt = {"annotating": _annotating_next(st),
                "ready_to_compare": "compare A and B",
                "review": "reviewer decides lesion by lesion (disagreement above thresholds)",
                "signoff": "reviewer signs off the proposed consensus (agreement within thresholds)",
@@ -1050,13 +1180,27 @@ class Study:
         view["quality"] = st.quality
         return view
 
-    def status(self, viewer: str | None = None) -> list[dict]:
+    def status(self, viewer: str | None = None, *, preflight: bool = False) -> list[dict]:
+        """One row per case (the cases ``viewer`` is assigned to, when given). With
+        ``preflight`` each row also says what is still missing for the dataset's acceptance,
+        each item with the command that supplies it (preflight.missing_for_acceptance)."""
+        from .preflight import missing_for_acceptance
         out = []
         for cid in self.case_ids():
             v = self.case_view(cid, viewer)
             if viewer and viewer not in v["assignments"].values():
                 continue
-            out.append({k: v[k] for k in ("case_id", "status", "next", "assignments")})
+            row = {k: v[k] for k in ("case_id", "status", "next", "assignments")}
+            if preflight:
+                row["subject"], row["session"] = v["subject"], v["session"]
+                if v.get("compare"):
+                    row["dice_A_B"] = v["compare"]["agreement"].get("dice")
+                    row["n_lesions"] = v["compare"]["n_lesions"]
+                if v.get("consensus"):
+                    row["consensus_volume_ml"] = v["consensus"]["volume_ml"]
+                row["missing"] = missing_for_acceptance(self, cid)
+                row["ready_for_acceptance"] = not row["missing"]
+            out.append(row)
         return out
 
     def verify(self, case_id: str) -> list[str]:

@@ -98,7 +98,7 @@ def test_export_is_valid_bids(finished_study, exported):
     assert json.loads((sub / "dwi/sub-strokecase0009_ses-0001_ADC.json").read_text())["Units"] == "um^2/ms"
     assert (out / "participants.tsv").read_text() == ("participant_id\tage\tsex\nsub-strokecase0009\t60\tF\n"
                                                       "sub-strokecase0010\t60\tF\n")
-    assert "4\t25.0\t8.0\trev1" in (sub / "sub-strokecase0009_ses-0001_scans.tsv").read_text()
+    assert "4\t25.0\t8.0\tentered\tentered\tn/a\trev1" in (sub / "sub-strokecase0009_ses-0001_scans.tsv").read_text()
     # GeneratedBy: the validator does not check it, we do
     assert check_derivative_description(out / "derivatives" / "lesions" / "dataset_description.json") == []
     bad = d / "bad_description.json"

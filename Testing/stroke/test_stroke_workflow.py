@@ -310,9 +310,16 @@ def test_workflow_command_line(tmp_path, isles, reader_masks, capsys):
     rc, out, err = cli("review", st, "c9", "--reader", "rev1", "--all", "A", "--why", "A found all; B's extra is a vessel")
     assert rc == 0, err
     rc, out, err = cli("status", st, "--json")
-    assert json.loads(out) == [{"case_id": "c9", "status": "final", "next": "done",
-                                "assignments": {"annotatorA": "ann1", "annotatorB": "ann2", "reviewer": "rev1",
-                                                "arbitrator": "arb1"}}]
+    rows = json.loads(out)
+    assert [{k: r[k] for k in ("case_id", "status", "next", "assignments")} for r in rows] == [
+        {"case_id": "c9", "status": "final", "next": "done",
+         "assignments": {"annotatorA": "ann1", "annotatorB": "ann2", "reviewer": "rev1", "arbitrator": "arb1"}}]
+    # final, but not yet acceptable: the pre-flight names the quality grades still missing, with the command
+    assert rows[0]["ready_for_acceptance"] is False
+    assert [m["what"] for m in rows[0]["missing"]] == ["dwi: no quality grade (Likert, SNR, CNR)",
+                                                       "adc: no quality grade (Likert, SNR, CNR)"]
+    assert rows[0]["missing"][1]["command"].endswith("quality " + str(st) + " c9 --series adc --reader rev1 "
+                                                     "--likert N --snr X --cnr Y")
     rc, out, err = cli("note", st, "c9", "--reader", "ann1", "--text", "t", "--point-ras", "1,2")
     assert rc == 2 and "three numbers" in err
 
