@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ClinicalMRICommonLib.locks import folder_lock
 from ClinicalMRICommonLib.quality import grade_series, make_record
 
-from .audit import folder_lock
 from .sessions import ReaderStudy, quality_log
 
 

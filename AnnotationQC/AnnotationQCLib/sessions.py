@@ -61,9 +61,10 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import sha256_file, write_image_atomic, write_json_atomic
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_grid, read_image
+from ClinicalMRICommonLib.locks import folder_lock
 from ClinicalMRICommonLib.masks import binary_mask
 
-from .audit import ChainedLog, folder_lock
+from .audit import ChainedLog
 
 if TYPE_CHECKING:  # pandas only inside functions (the Slicer start-up rule)
     import pandas as pd

@@ -45,6 +45,7 @@ a warning when missing (one site only, or reference volumes within a factor of 2
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import os
@@ -55,18 +56,21 @@ import numpy as np
 import SimpleITK as sitk
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import (
+    atomic_path,
     check_output_path,
     json_safe,
     sha256_file,
+    verify_image_file,
     write_image_atomic,
     write_json_atomic,
     write_text_atomic,
 )
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_grid, read_image
+from ClinicalMRICommonLib.locks import folder_lock
 from ClinicalMRICommonLib.masks import binary_mask
 
-from .audit import ChainedLog, folder_lock, os_user, publish_new, utc_now
+from .audit import ChainedLog, os_user, utc_now
 from .sessions import check_name, mask_name, read_json_document
 
 FORMAT = "annotationqc-training/2"
@@ -421,11 +425,13 @@ class TrainingSession:
                                 f"({self.trainee_mask_path(trainee_id, case_id)}); submissions are never overwritten "
                                 "- withdraw it first (annotation-qc training-withdraw) to submit again")
             path = self._new_submission_path(trainee_id, case_id)
-            try:
-                publish_new(lambda tmp: sitk.WriteImage(stored, str(tmp), True), path, "submission")
-            except FileExistsError:
-                raise UserError(f"{path} exists but is not recorded as a submission (left over from an interrupted "
-                                "command?); it is left untouched - move it away and submit again") from None
+            with atomic_path(path, what="submission", exclusive=True,
+                             verify=lambda tmp: verify_image_file(tmp, stored, final=path, what="submission"),
+                             exists_message=f"{path} exists but is not recorded as a submission (left over from an "
+                             "interrupted command?); it is left untouched - move it away and submit again") as tmp:
+                sitk.WriteImage(stored, str(tmp), True)
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o444)  # a certified record: read-only
             self._log.append({"event": "submit", "trainee": trainee_id, "case_id": case_id, "by": by or trainee_id,
                               "mask": path.relative_to(self.folder).as_posix(), "sha256": sha256_file(path),
                               "voxels": int(sitk.GetArrayViewFromImage(stored).sum())})

@@ -177,10 +177,10 @@ def test_tampering_is_reported_and_a_torn_tail_is_not_fatal(tmp_path, cases_csv)
     good = log.read_text(encoding="utf-8")
     lines = good.splitlines(keepends=True)
     log.write_text(good.replace('"role": "annotator"', '"role": "arbitrator"', 1), encoding="utf-8")
-    with pytest.raises(UserError, match=r"reads.jsonl line 1 fails its SHA-256 chain check"):
+    with pytest.raises(UserError, match=r"reads.jsonl record 1 fails its SHA-256 chain check"):
         study.events()
     log.write_text(lines[0] + lines[2], encoding="utf-8")  # a record removed from the middle
-    with pytest.raises(UserError, match="line 2 fails its SHA-256 chain check"):
+    with pytest.raises(UserError, match="record 2 fails its SHA-256 chain check"):
         study.events()
     log.write_text(good + '{"event": "start", "reader_id": "r1", "ses', encoding="utf-8")  # interrupted write
     assert len(study.events()) == 3
