@@ -297,3 +297,32 @@ def test_training_cli(tmp_path, cases, capsys):
     table.drop(columns=["reference"]).to_csv(short, index=False)
     assert main(["training-create", "--folder", str(tmp_path / "x"), "--name", "x", "--cases", str(short)]) == 2
     assert "lacks column(s) reference" in capsys.readouterr().err
+
+
+def test_version1_sessions_still_work(tmp_path, cases):
+    """A session written before version 2: absolute image paths, NIfTI references, the feature
+    ICC criterion, trainee masks saved as plain files without a submission log."""
+    from ClinicalMRICommonLib.files import sha256_file
+
+    folder = tmp_path / "v1"
+    (folder / "reference").mkdir(parents=True)
+    stored = {}
+    for c, b in zip(cases, BOXES):
+        name = f"{c['patient_id']}_T2_lesion.nii.gz"
+        sitk.WriteImage(_img(_box(b), np.uint8), str(folder / "reference" / name))
+        stored[c["case_id"]] = {"patient_id": c["patient_id"], "sequence": "T2", "content": "lesion", "site": c["site"],
+                                "image": c["image"], "reference": f"reference/{name}",
+                                "reference_sha256": sha256_file(folder / "reference" / name)}
+        (folder / "trainees" / "old-t").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(_img(_grow_x(b), np.uint8), str(folder / "trainees" / "old-t" / name))
+    (folder / "session.json").write_text(json.dumps({
+        "format": "annotationqc-training/1", "name": "old", "created": "2024-01-01T00:00:00+00:00",
+        "criteria": {"dice": 0.8, "icc": 0.75, "icc_form": "ICC(A,1)"}, "warnings": [], "cases": stored}))
+    s = TrainingSession.open(folder)
+    assert s.trainees() == ["old-t"]
+    ov = s.evaluate("old-t")["overall"]
+    assert ov["passed"] and ov["feature_icc"]["criterion"] and ov["feature_icc"]["median"] >= 0.75
+    new = s.submit("new-t", "case1", _img(_box(BOXES[0]), np.uint8))
+    assert new.name == "P001_T2_lesion.nii.gz" and s.trainees() == ["new-t", "old-t"]
+    s.withdraw("old-t", "case2", "legacy file was wrong")
+    assert ("old-t", "case2") not in s.submissions() and ("old-t", "case1") in s.submissions()
