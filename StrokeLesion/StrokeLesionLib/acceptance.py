@@ -353,6 +353,7 @@ def _check_session(root: Path, deriv: Path, s: str, t: str, min_likert: int, cle
                 src = (r.get(f"{k}_source") or "").strip()
                 has_value = v not in (None, "", "n/a")
                 note = (r.get("quality_note") or "").strip()
+                note = "" if note == "n/a" else note
                 if has_value:
                     nums[k] = src if src in ("measured", "entered") else "recorded (source not stated)"
                     c.add("quality", True, f"{rel}: {k.upper()} {v} ({nums[k]})")

@@ -353,8 +353,8 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
                 scans.append({"filename": rel, "quality_likert": last["likert"], "snr": last["snr"],
                               "cnr": last["cnr"], "snr_source": _number_source(last, "snr"),
                               "cnr_source": _number_source(last, "cnr"),
-                              "quality_note": "; ".join(f"{k.upper()} not measurable: {v}" for k, v in nm.items())
-                              or None, "quality_reader": last["who"]})
+                              "quality_note": "; ".join(f"{k.upper()} not measurable: {nm[k]}" for k in ("snr", "cnr")
+                                                        if nm.get(k)) or None, "quality_reader": last["who"]})
             else:
                 scans.append({"filename": rel, "quality_likert": None, "snr": None, "cnr": None,
                               "quality_reader": None})
