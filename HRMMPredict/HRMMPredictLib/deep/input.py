@@ -1,6 +1,6 @@
 """2.5D inputs for the HRMM deep model: one 8-bit crop per sequence, stacked as 3 channels.
 
-The paper (docs/hrmm_method.md, "Deep model") builds, per lesion and sequence:
+The paper (see docs/fusion.md, "1. Inputs") builds, per lesion and sequence:
 
 1. the slice with the largest ROI area,
 2. the ROI's bounding box on that slice expanded by 5 pixels,

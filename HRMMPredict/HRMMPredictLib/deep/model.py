@@ -232,7 +232,7 @@ class DeepTrainConfig:
     vein and the canal sit on one side, so there is no antero-posterior flip, and
     left-right is not an in-plane axis of a sagittal slice). ``flip_dim`` names the picture
     axis that carries cranio-caudal: ``"width"`` for the default crops of
-    :mod:`deep_input` (quarter turn clockwise: columns inferior->superior), ``"height"``
+    :mod:`HRMMPredictLib.deep.input` (quarter turn clockwise: columns inferior->superior), ``"height"``
     for upright crops (``quarter_turns=0``). Per-channel contrast/brightness jitter of
     +/- ``intensity_jitter`` (MR intensities have no absolute scale).
     """

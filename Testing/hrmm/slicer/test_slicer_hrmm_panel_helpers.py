@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ClinicalMRICommonLib.errors import UserError
-from HRMMPredictLib.slicer import packages as slicer_deps
+from HRMMPredictLib.slicer import packages
 from HRMMPredictLib.slicer.panel_results import (
     bundle_has_deep_model,
     bundle_model_kinds,
@@ -83,36 +83,36 @@ def test_requirement_lower_bounds_follow_pyproject():
     for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
         name = re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].lower()
         declared[name] = spec.replace(" ", "")
-    for req in slicer_deps.requirements_for(["radiomics", "deep", "fusion"]):
+    for req in packages.requirements_for(["radiomics", "deep", "fusion"]):
         assert declared.get(req.distribution.lower()) == req.spec, f"{req.spec} vs pyproject {declared.get(req.distribution.lower())}"
 
 
 def test_requirements_depend_on_the_bundle_models():
-    radiomics_only = {r.distribution for r in slicer_deps.requirements_for(["radiomics"])}
-    with_deep = {r.distribution for r in slicer_deps.requirements_for(["radiomics", "deep", "fusion"])}
+    radiomics_only = {r.distribution for r in packages.requirements_for(["radiomics"])}
+    with_deep = {r.distribution for r in packages.requirements_for(["radiomics", "deep", "fusion"])}
     assert "torch" not in radiomics_only and {"pyradiomics", "scikit-learn", "skops"} <= radiomics_only
     assert with_deep - radiomics_only == {"torch", "monai", "safetensors", "Pillow"}
 
 
 def test_missing_requirements_on_this_python():
     # everything the library needs is installed here (the test environment is the library's)
-    assert slicer_deps.missing_requirements(slicer_deps.requirements_for(["radiomics", "deep"])) == []
+    assert packages.missing_requirements(packages.requirements_for(["radiomics", "deep"])) == []
     import numpy
 
-    too_new = slicer_deps.Requirement("numpy>=999.0", "numpy")
-    absent = slicer_deps.Requirement("hrmm-no-such-package>=1.0", "hrmm_no_such_package")
-    fine = slicer_deps.Requirement("numpy>=1.0", "numpy")
-    missing = slicer_deps.missing_requirements([fine, too_new, absent])
+    too_new = packages.Requirement("numpy>=999.0", "numpy")
+    absent = packages.Requirement("hrmm-no-such-package>=1.0", "hrmm_no_such_package")
+    fine = packages.Requirement("numpy>=1.0", "numpy")
+    missing = packages.missing_requirements([fine, too_new, absent])
     assert [m.requirement for m in missing] == [too_new, absent]
     assert missing[0].reason == f"version {numpy.__version__} is installed, >=999.0 is needed"
     assert str(missing[1]) == "hrmm-no-such-package>=1.0 (not installed)"
 
 
 def test_version_check_without_packaging():
-    assert slicer_deps._fallback_ok("1.8.0", "scikit-learn>=1.8")
-    assert slicer_deps._fallback_ok("3.0.1", "pyradiomics>=3.0.1")
-    assert not slicer_deps._fallback_ok("1.7.2", "scikit-learn>=1.8")
-    assert not slicer_deps._fallback_ok("0.9", "skops>=0.10")  # numbers, not strings
+    assert packages._fallback_ok("1.8.0", "scikit-learn>=1.8")
+    assert packages._fallback_ok("3.0.1", "pyradiomics>=3.0.1")
+    assert not packages._fallback_ok("1.7.2", "scikit-learn>=1.8")
+    assert not packages._fallback_ok("0.9", "skops>=0.10")  # numbers, not strings
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,8 +256,8 @@ def test_bundle_model_kinds_decide_the_packages():
     assert bundle_model_kinds(SUMMARY) == ["radiomics", "deep", "fusion"] and bundle_has_deep_model(SUMMARY)
     radiomics_only = {"models": {"radiomics": {"kind": "radiomics"}, "radiomics_logistic": {"kind": "radiomics"}}}
     assert bundle_model_kinds(radiomics_only) == ["radiomics"] and not bundle_has_deep_model(radiomics_only)
-    assert "torch" in {r.distribution for r in slicer_deps.requirements_for(bundle_model_kinds(SUMMARY))}
-    assert "torch" not in {r.distribution for r in slicer_deps.requirements_for(bundle_model_kinds(radiomics_only))}
+    assert "torch" in {r.distribution for r in packages.requirements_for(bundle_model_kinds(SUMMARY))}
+    assert "torch" not in {r.distribution for r in packages.requirements_for(bundle_model_kinds(radiomics_only))}
 
 
 def test_manifest_model_kinds_without_packages(tmp_path):
