@@ -393,7 +393,11 @@ class ReaderStudy:
                 starts = [e for e in events if e["event"] == "start"
                           and (e["reader_id"], e["session"], e["case_id"], e["sequence"]) == key]
                 seconds_spent = (now - _parse_time(starts[-1]["time"])).total_seconds() if starts else None
+            if path.exists():
+                path.chmod(0o644)  # an own draft being replaced (checked above)
             write_image_atomic(binary, path)
+            if final:
+                path.chmod(0o444)  # a submitted read is a certified record: read-only
             voxels = int(sitk.GetArrayViewFromImage(binary).sum())
             self._append({"event": "save", "reader_id": reader_id, "role": role, "session": session,
                           "case_id": case_id, "patient_id": self._case(case_id)["patient_id"], "sequence": sequence,

@@ -43,6 +43,12 @@ when at least one of its voxels is also in the test mask, otherwise a false nega
 component that touches no reference voxel is a false positive; ``F1 = TP / (TP + (FP + FN)/2)``
 (= 2TP / (2TP + FP + FN)); both masks empty gives F1 = 1. TP is counted on the reference side,
 so one test component covering two reference lesions detects both.
+
+Feedback for a reader (used by AnnotationQC's training reports): :func:`lesion_report` adds,
+per reference lesion and per extra test component, its size, centre (RAS mm and voxel index),
+slice range and, for reference lesions, the slices the test covers (first/last slice
+included); :func:`border_offsets` gives how far (mm) the test border lies outside / inside the
+reference over the lesions both share.
 """
 
 from __future__ import annotations
