@@ -37,7 +37,8 @@ def to_image(array: np.ndarray, spacing=SPACING, origin=ORIGIN) -> sitk.Image:
     return im
 
 
-def write_cases(folder: Path, specs: list[dict], seed: int = 0, two_sequences: bool = False) -> tuple[Path, dict]:
+def write_cases(folder: Path, specs: list[dict], seed: int = 0, two_sequences: bool = False,
+                size: int = SIZE) -> tuple[Path, dict]:
     """Write phantom cases and a cases CSV. ``specs``: dicts with case_id, standard (bool:
     the truth goes into the CSV's mask column), optional contrast, noise. Returns the CSV
     path and case_id -> truth mask path (the hidden truth)."""
@@ -45,7 +46,7 @@ def write_cases(folder: Path, specs: list[dict], seed: int = 0, two_sequences: b
     rng = np.random.default_rng(seed)
     truths, rows = {}, []
     for spec in specs:
-        img, truth = phantom(rng, spec.get("contrast", 60.0), spec.get("noise", 12.0))
+        img, truth = phantom(rng, spec.get("contrast", 60.0), spec.get("noise", 12.0), size=size)
         cid = spec["case_id"]
         row = {"case_id": cid}
         if two_sequences:
@@ -81,10 +82,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def run_loop_cli(argv: list[str]) -> int:
     """``annotation-qc loop ...`` through a parser built as the tool builds it (tool_parser +
     add_loop_commands) and the tools' runner (one-line errors, exit 2)."""
+    from AnnotationQCLib.loop.cli import add_loop_commands
     from ClinicalMRICommonLib.cli import tool_parser
     from ClinicalMRICommonLib.errors import run_cli
-
-    from AnnotationQCLib.loop.cli import add_loop_commands
 
     parser, sub = tool_parser("annotation-qc", "test parser")
     add_loop_commands(sub)

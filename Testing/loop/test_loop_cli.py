@@ -10,10 +10,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from loop_phantoms import phantom, run_loop_cli, to_image, write_cases
-
 from ClinicalMRICommonLib.cli import iter_options, tool_parser
+from loop_phantoms import phantom, run_loop_cli, to_image, write_cases
 
 
 @pytest.fixture
@@ -39,7 +37,7 @@ def test_every_option_has_help_and_json_where_data_is_printed():
     add_loop_commands(sub)
     commands = {}
     for path, action in iter_options(parser):
-        if action.help is None and not action.option_strings == ["-h", "--help"]:
+        if action.help is None and action.option_strings != ["-h", "--help"]:
             pytest.fail(f"{' '.join(path)} {action.option_strings or action.dest} has no help text")
         commands.setdefault(path, set()).update(action.option_strings)
     for cmd in ("init", "import", "train", "prelabel", "queue", "accept", "reject", "status"):
@@ -49,7 +47,8 @@ def test_every_option_has_help_and_json_where_data_is_printed():
 
 def test_init_bad_input(tmp_path, capsys):
     csv_path, _ = write_cases(tmp_path / "d", [{"case_id": "A", "standard": True}, {"case_id": "B"}])
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
     bad = tmp_path / "d" / "bad.csv"
     with open(bad, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["id", "image", "mask"])

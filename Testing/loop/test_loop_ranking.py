@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from AnnotationQCLib.loop import ranking
 
 
@@ -61,3 +60,21 @@ def test_queue_arguments_are_checked():
     with pytest.raises(ValueError):
         ranking.diverse_queue([], 1, weight=1.5)
     assert ranking.diverse_queue([], 3) == []
+
+
+def test_validation_split_is_stable_between_rounds():
+    from AnnotationQCLib.loop.model import split_patients
+    from ClinicalMRICommonLib.errors import UserError
+
+    first = ["p1", "p2", "p3", "p4"]
+    val1 = split_patients(first, 0, 0.25)
+    assert len(val1) == 1
+    grown = first + ["p5", "p6", "p7", "p8"]
+    previous = {"val": sorted(val1), "train": sorted(set(first) - val1)}
+    val2 = split_patients(grown, 0, 0.25, previous)
+    assert val1 <= val2 and len(val2) == 2 and not (set(first) - val1) & val2  # nobody changes side
+    assert split_patients(grown, 0, 0.25, previous) == val2  # deterministic
+    assert split_patients(first, 1, 0.25) != val1 or split_patients(first, 2, 0.25) != val1  # the seed matters
+    assert len(split_patients(["a", "b"], 0, 0.9)) == 1  # one patient always trains
+    with pytest.raises(UserError, match="at least 2"):
+        split_patients(["a", "a"], 0, 0.25)

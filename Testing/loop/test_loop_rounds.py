@@ -22,12 +22,10 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from loop_phantoms import dice, run_loop_cli, write_cases
-
 from AnnotationQCLib.loop.store import LoopFolder
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import sha256_file
+from loop_phantoms import dice, run_loop_cli, write_cases
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -110,6 +108,8 @@ def test_the_second_round_is_better_than_the_first(two_rounds):
     m2 = np.mean([d2[c] for c in HELD_OUT])
     assert m2 > m1 + ROUND2_MARGIN, (d1, d2)
     assert set(REVIEWED) <= set(two_rounds["r2"]["train_cases"]) | set(two_rounds["r2"]["val_cases"])
+    # the validation patients of round 1 stay validation patients
+    assert set(two_rounds["r1"]["val_cases"]) <= set(two_rounds["r2"]["val_cases"])
 
 
 def test_prelabel_never_touches_a_human_mask(two_rounds):

@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from loop_phantoms import ORIGIN, SPACING, phantom, to_image, write_cases
-
 from AnnotationQCLib.loop.store import LoopFolder
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import sha256_file
+from loop_phantoms import ORIGIN, phantom, to_image, write_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +103,7 @@ def test_cns_label_maps(tmp_path):
     sitk.WriteImage(to_image(bad), str(tmp_path / "c1_bad.nii.gz"))
     sitk.WriteImage(to_image(img), str(tmp_path / "c2.nii.gz"))
     rows = [{"case_id": "C1", "image": "c1.nii.gz", "mask": "c1_labels.nii.gz"}, {"case_id": "C2", "image": "c2.nii.gz", "mask": ""}]
-    loop, info = LoopFolder.create(tmp_path / "loop", _rewrite_csv(tmp_path / "cases.csv", rows), sequence="FLAIR",
+    loop, _ = LoopFolder.create(tmp_path / "loop", _rewrite_csv(tmp_path / "cases.csv", rows), sequence="FLAIR",
                                    labels="intra-axial")
     assert loop.labels["keys"] == ["whole-tumour", "tumour-body", "enhancing", "non-enhancing"]
     assert loop.standard_path("C1").name == "C1_FLAIR_labels.nii.gz"
@@ -282,9 +280,8 @@ def test_import_from_a_mask_folder(tmp_path, cases):
 
 
 def test_import_a_reader_study_consensus(tmp_path, cases):
-    from ClinicalMRICommonLib.agreement.consensus import staple
-
     from AnnotationQCLib.sessions import ReaderStudy
+    from ClinicalMRICommonLib.agreement.consensus import staple
 
     csv_path, truths = cases
     loop, _ = LoopFolder.create(tmp_path / "loop", csv_path)

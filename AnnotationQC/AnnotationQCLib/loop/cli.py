@@ -260,8 +260,8 @@ def run_loop(args: argparse.Namespace) -> int:
     if cmd == "status":
         res = loop.status(args.stop_unchanged, args.min_reviews)
         o = res["standard_origin"]
-        lines = [f"loop {res['folder']}: {res['cases']} cases; standard set {res['standard']} (init {o['init']}, "
-                 f"imported {o['import']}, reviewed {o['review']}); pool {res['pool']}; to redraw {res['redraw']}",
+        lines = [(f"loop {res['folder']}: {res['cases']} cases; standard set {res['standard']} (init {o['init']}, "
+                  f"imported {o['import']}, reviewed {o['review']}); pool {res['pool']}; to redraw {res['redraw']}"),
                  "round  train/val  val Dice  reviewed  unchanged  corrected  redrawn  rejected  Dice vs expert  changed"]
         for r in res["rounds"]:
             lines.append(f"{r['round']:>5}  {r['train_cases']:>5}/{r['val_cases']:<3}  {_fmt(r['val_dice']):>8}  "

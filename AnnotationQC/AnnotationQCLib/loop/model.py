@@ -10,11 +10,12 @@ augmentation; ``sliding_window_inference`` (Gaussian-weighted, 25 % overlap) for
 and prediction. The images are used on the case's voxel grid (no resampling to a common
 spacing: the loop's cases come from one protocol).
 
-Patient-level internal validation: a patient is in the validation set when a hash of
-(seed, patient id) falls below ``val_fraction`` (at least one patient each side). The split
-is stable: a patient stays on its side in every later round, so rounds are compared on the
-same validation patients plus the new ones. The round's model is the epoch with the best
-validation Dice.
+Patient-level internal validation (:func:`split_patients`): all cases of a patient are on
+one side. The split is stable: a patient stays on its side in every later round (the train
+record lists both sides), and new patients, taken in the order of a hash of (seed, patient
+id), fill the validation side up to ``val_fraction`` of all patients (at least one patient
+each side). Rounds are therefore compared on the same validation patients plus new ones.
+The round's model is the epoch with the best validation Dice.
 
 Model bundle (``rounds/round-NNN/model/``; the rules of the HRMM bundles): ``model.safetensors``
 (tensors only: no pickle, no code) and ``manifest.json`` with the format, the software
@@ -36,12 +37,11 @@ import shutil
 import tempfile
 import time
 import warnings as _warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
-
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import sha256_file, write_json_atomic
 
@@ -141,21 +141,34 @@ def _channels(images: list[sitk.Image]) -> np.ndarray:
     return np.stack([sitk.GetArrayFromImage(im).astype(np.float32) for im in images])
 
 
-def split_patients(patients: list[str], seed: int, val_fraction: float) -> set[str]:
-    """The validation patients (see the module docstring)."""
+def split_patients(patients: list[str], seed: int, val_fraction: float,
+                   previous: dict | None = None) -> set[str]:
+    """The validation patients (see the module docstring): the previous round's split is
+    kept (``previous``: {"val": [...], "train": [...]}), and new patients, in the order of a
+    hash of (seed, patient id), go to validation until it holds ``val_fraction`` of all
+    patients (at least one), the others to training (at least one)."""
     uniq = sorted(set(patients))
     if len(uniq) < 2:
         raise UserError(f"the standard set holds {len(uniq)} patient(s); training needs at least 2 (one for internal "
                         "validation): add standard annotations first")
 
     def h(p):
-        return int(hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()[:12], 16) / float(16 ** 12)
+        return hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()
 
-    val = {p for p in uniq if h(p) < val_fraction}
-    if not val:
-        val = {min(uniq, key=h)}
-    if len(val) == len(uniq):
-        val.discard(max(val, key=h))
+    prev = previous or {}
+    val = set(prev.get("val", ())) & set(uniq)
+    train = set(prev.get("train", ())) & set(uniq)
+    target = max(1, round(val_fraction * len(uniq)))
+    added = []
+    for p in sorted(set(uniq) - val - train, key=h):
+        if len(val) < target:
+            val.add(p)
+            added.append(p)
+        else:
+            train.add(p)
+    if not train:  # every patient in validation: the last one added trains instead
+        moved = added[-1] if added else max(val, key=h)
+        val.discard(moved)
     return val
 
 
@@ -195,13 +208,24 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
     _patch(patch, "cpu")  # the syntax, before the slow imports
     state = loop.state()
     standard = loop.standard_set(state)
-    val_patients = split_patients([s["patient_id"] for s in standard], seed, val_fraction)
+    previous = None
+    if state["rounds"]:
+        last = state["rounds"][-1]["data"]
+        previous = {"val": last.get("val_patients", []), "train": last.get("train_patients", [])}
+    val_patients = split_patients([s["patient_id"] for s in standard], seed, val_fraction, previous)
 
     import torch
     from monai.data import DataLoader, Dataset
     from monai.losses import DiceCELoss
-    from monai.transforms import (Compose, NormalizeIntensityd, RandCropByPosNegLabeld, RandFlipd,
-                                  RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
+    from monai.transforms import (
+        Compose,
+        NormalizeIntensityd,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
     from monai.utils import set_determinism
 
     dev, amp = select_device(device)
@@ -278,6 +302,8 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
     training = {"seed": seed, "epochs": epochs, "device": dev.type, "amp": amp, "lr": lr,
                 "samples_per_case": samples_per_case, "cases_per_batch": cases_per_batch, "val_fraction": val_fraction,
                 "train_cases": [it["case_id"] for it in train_items], "val_cases": [it["case_id"] for it in val_items],
+                "val_patients": sorted(val_patients),
+                "train_patients": sorted({s["patient_id"] for s in standard} - val_patients),
                 "standard_sha256": {s["case_id"]: s["sha256"] for s in standard},
                 "best_epoch": best[1], "val_dice": best[0], "val_dice_per_case": best[3], "history": history,
                 "seconds": seconds, "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in history]))}
@@ -315,6 +341,7 @@ def _commit_round(loop: LoopFolder, state_dict: dict, manifest: dict, by: str) -
                 "round": round_no, "model": target.relative_to(loop.folder).as_posix(),
                 "manifest_sha256": sha256_file(target / MANIFEST), "weights_sha256": manifest["files"][WEIGHTS],
                 "network": manifest["network"]["name"], "train_cases": tr["train_cases"], "val_cases": tr["val_cases"],
+                "val_patients": tr["val_patients"], "train_patients": tr["train_patients"],
                 "val_dice": tr["val_dice"], "val_dice_per_case": tr["val_dice_per_case"], "best_epoch": tr["best_epoch"],
                 "epochs": tr["epochs"], "seconds": tr["seconds"], "seconds_per_epoch": tr["seconds_per_epoch"],
                 "device": tr["device"], "amp": tr["amp"], "seed": tr["seed"]}, st["records"])

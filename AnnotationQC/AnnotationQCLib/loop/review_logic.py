@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import slicer  # noqa: F401  (the MRML classes the bridge uses)
-
+import slicer
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.mrml_bridge import (
     new_segmentation,
@@ -197,7 +196,7 @@ def start_redraw(review: Review) -> None:
     _check_review(review)
     seg = review.segmentation_node
     empty = sitk.Image(1, 1, 1, sitk.sitkUInt8)
-    for value, sid in review.segments.items():
+    for sid in review.segments.values():
         set_segment_mask(seg, sid, empty)
         segment = seg.GetSegmentation().GetSegment(sid)
         segment.SetName(segment.GetName().replace(f"(model proposal, round {review.round})", "(drawn by expert)"))

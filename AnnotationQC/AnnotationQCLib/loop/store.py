@@ -44,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import sha256_file, write_image_atomic, write_json_atomic
 from ClinicalMRICommonLib.grids import Grid, grid_difference, same_grid
@@ -221,7 +220,7 @@ class LoopFolder:
 
     @classmethod
     def create(cls, folder: str | os.PathLike, cases_csv: str | os.PathLike, *, sequence: str = "image",
-               labels: str = "binary", content: str = "lesion", by: str = "") -> tuple["LoopFolder", dict]:
+               labels: str = "binary", content: str = "lesion", by: str = "") -> tuple[LoopFolder, dict]:
         """A new loop folder from a cases CSV; returns the folder and a summary (cases,
         standard, pool, warnings). The folder is built beside the target and moved into place
         at the end, so a failed init leaves nothing behind."""
@@ -465,7 +464,7 @@ class LoopFolder:
             raise UserError(f"case {case_id!r} has no model proposal; run 'loop prelabel' first")
         return entry, self._checked_file(case_id, entry, "proposal"), self._checked_file(case_id, entry, "uncertainty")
 
-    def accept(self, case_id: str, mask: "str | os.PathLike | sitk.Image | None", by: str, verdict: str,
+    def accept(self, case_id: str, mask: str | os.PathLike | sitk.Image | None, by: str, verdict: str,
                note: str = "") -> dict:
         """An expert's reviewed mask joins the standard set.
 
