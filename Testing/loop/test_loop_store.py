@@ -202,10 +202,10 @@ def test_audit_trail_and_files_show_tampering(tmp_path, cases):
     rec["by"] = "someone-else"
     tampered = lines[:1] + [json.dumps(rec, sort_keys=True)] + lines[2:]
     audit.write_text("\n".join(tampered) + "\n")
-    with pytest.raises(UserError, match="line 2 fails its hash-chain check"):
+    with pytest.raises(UserError, match="record 2 fails its SHA-256 chain check"):
         LoopFolder(tmp_path / "loop").state()
     audit.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # a record removed
-    with pytest.raises(UserError, match="line 2 fails its hash-chain check"):
+    with pytest.raises(UserError, match="record 2 fails its SHA-256 chain check"):
         LoopFolder(tmp_path / "loop").status()
     audit.write_text("\n".join(lines) + "\n")
     # a standard mask replaced behind the loop's back

@@ -344,7 +344,7 @@ def _commit_round(loop: LoopFolder, state_dict: dict, manifest: dict, by: str) -
                 "val_patients": tr["val_patients"], "train_patients": tr["train_patients"],
                 "val_dice": tr["val_dice"], "val_dice_per_case": tr["val_dice_per_case"], "best_epoch": tr["best_epoch"],
                 "epochs": tr["epochs"], "seconds": tr["seconds"], "seconds_per_epoch": tr["seconds_per_epoch"],
-                "device": tr["device"], "amp": tr["amp"], "seed": tr["seed"]}, st["records"])
+                "device": tr["device"], "amp": tr["amp"], "seed": tr["seed"]})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -547,7 +547,7 @@ def prelabel(loop: LoopFolder, *, round_no: int | None = None, uncertainty: str 
             rec = loop.audit.append("prelabel", by or "loop", {
                 "round": r, "method": uncertainty, "samples": samples, "device": dev.type,
                 "prelabel_sha256": sha256_file(out_dir / "prelabel.json"), "cases": entries,
-                "seconds": seconds, "seconds_per_case": seconds / len(pool) if pool else None}, st2["records"])
+                "seconds": seconds, "seconds_per_case": seconds / len(pool) if pool else None})
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
     except BaseException:

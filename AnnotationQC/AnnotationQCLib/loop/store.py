@@ -300,15 +300,15 @@ class LoopFolder:
             write_json_atomic(tmp / "cases.json", cases)
             audit = AuditTrail(tmp / "audit.jsonl")
             audit.path.touch()
-            recs = [audit.append("init", by or "loop", {"cases": len(cases), "sequences": meta["sequences"],
+            audit.append("init", by or "loop", {"cases": len(cases), "sequences": meta["sequences"],
                                                        "labels": label_info, "cases_csv": meta["cases_csv"],
                                                        "cases_sha256": sha256_file(tmp / "cases.json"),
-                                                       "warnings": warnings}, [])]
+                                                       "warnings": warnings})
             loop = cls.__new__(cls)
             loop.folder, loop.meta, loop.cases, loop.audit = tmp, meta, cases, audit
             for case_id, (mp, mask) in masks.items():
-                recs.append(loop._add_standard(case_id, mask, "standard", by or "loop",
-                                               {"source": "init", "origin": str(mp.resolve())}, recs))
+                loop._add_standard(case_id, mask, "standard", by or "loop", {"source": "init",
+                                                                             "origin": str(mp.resolve())})
             if folder.exists():
                 folder.rmdir()  # the empty target folder
             os.replace(tmp, folder)
@@ -407,14 +407,13 @@ class LoopFolder:
 
     # ---- writing, under the folder lock --------------------------------------------------------
 
-    def _add_standard(self, case_id: str, mask: sitk.Image, event: str, by: str, data: dict,
-                      records: list[dict]) -> dict:
+    def _add_standard(self, case_id: str, mask: sitk.Image, event: str, by: str, data: dict) -> dict:
         target = self.standard_path(case_id)
         digest = _publish(mask, target)
         arr = sitk.GetArrayViewFromImage(mask)
         rec = {"case_id": case_id, "mask": _rel(self.folder, target), "sha256": digest,
                "voxels": int(np.count_nonzero(arr)), **data}
-        return self.audit.append(event, by, rec, records)
+        return self.audit.append(event, by, rec)
 
     def append(self, event: str, by: str, data: dict) -> dict:
         """Append an event (train, prelabel) under the lock."""
@@ -517,7 +516,7 @@ class LoopFolder:
                              **agreement})
             else:
                 data.update({"proposal_round": None, "after_reject": c["status"] == "redraw"})
-            return self._add_standard(case_id, mask, "accept", by, data, st["records"])
+            return self._add_standard(case_id, mask, "accept", by, data)
 
     def reject(self, case_id: str, by: str, reason: str = "") -> dict:
         """Send a pool case back to be drawn from scratch (its proposal is unusable)."""
@@ -532,8 +531,7 @@ class LoopFolder:
                 raise UserError(f"case {case_id!r} was already rejected; accept its redrawn mask with --verdict redrawn")
             proposal = c["proposal"]
             return self.audit.append("reject", by, {"case_id": case_id, "reason": str(reason),
-                                                    "proposal_round": proposal["round"] if proposal else None},
-                                     st["records"])
+                                                    "proposal_round": proposal["round"] if proposal else None})
 
     # ---- importing standard annotations -------------------------------------------------------
 
@@ -607,13 +605,11 @@ class LoopFolder:
         added, already = [], []
         with folder_lock(self.folder):
             st = self.state()
-            recs = st["records"]
             for cid, (origin, mask) in masks.items():
                 if st["cases"][cid]["status"] == "standard":
                     already.append(cid)
                     continue
-                recs.append(self._add_standard(cid, mask, "standard", by, {"source": source, "origin": str(origin)},
-                                               recs))
+                self._add_standard(cid, mask, "standard", by, {"source": source, "origin": str(origin)})
                 added.append(cid)
         return {"added": added, "already_standard": already, "skipped": list(skipped), "source": source}
 
