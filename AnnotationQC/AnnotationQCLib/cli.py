@@ -110,19 +110,12 @@ def _cmd_icc(args) -> int:
 
 
 def _read_binary_mask(path: str, what: str, label: int | None):
-    """A mask file as UInt8 0/1 (only ``label`` when given, else any non-zero voxel); NaN
-    voxels refused. Empty masks are allowed (the metrics have a convention for them)."""
-    import numpy as np
-    import SimpleITK as sitk
+    """A mask file as UInt8 0/1 with the extension's one mask policy
+    (:func:`ClinicalMRICommonLib.masks.read_mask`); empty masks are allowed here (the metrics
+    define a score for them)."""
+    from ClinicalMRICommonLib.masks import read_mask
 
-    img = read_image(path, what)
-    arr = sitk.GetArrayFromImage(img)
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise UserError(f"{what} file {path} has NaN/infinite voxels; a mask must hold labels")
-    binary = (arr == label) if label is not None else (arr != 0)
-    out = sitk.GetImageFromArray(binary.astype(np.uint8))
-    out.CopyInformation(img)
-    return out
+    return read_mask(path, what=what, label=label, allow_empty=True)
 
 
 def _cmd_compare(args) -> int:
@@ -289,11 +282,12 @@ def _cmd_training_create(args) -> int:
 
 
 def _cmd_training_submit(args) -> int:
+    from ClinicalMRICommonLib.masks import read_mask
+
     from .training import TrainingSession
 
     session = TrainingSession.open(args.session)
-    mask = read_image(args.mask, "trainee mask")
-    path = session.submit(args.trainee, args.case, mask)
+    path = session.submit(args.trainee, args.case, read_mask(args.mask, what="trainee mask"))
     emit({"trainee": args.trainee, "case": args.case, "mask": str(path)}, args.json, f"submitted {path}")
     return EXIT_OK
 
@@ -419,10 +413,12 @@ def _cmd_study_assign(args) -> int:
 
 
 def _cmd_study_submit(args) -> int:
+    from ClinicalMRICommonLib.masks import read_mask
+
     from .sessions import ReaderStudy
 
     study = ReaderStudy.open(args.study)
-    mask = read_image(args.mask, "reader mask")
+    mask = read_mask(args.mask, what="reader mask", allow_empty=True)
     path = study.save_mask(args.reader, args.case, args.sequence, args.content, mask, session=args.session,
                            final=not args.draft, notes=args.notes or "")
     what = "draft saved" if args.draft else "submitted"
@@ -495,7 +491,9 @@ def _cmd_quality(args) -> int:
     if missing:
         raise UserError(f"quality: SNR/CNR need {', '.join(missing)} (see annotation-qc quality --help)")
     image = read_image(args.image, "image")
-    rois = {key: read_image(getattr(args, key), f"{key} ROI")
+    from ClinicalMRICommonLib.masks import read_mask
+
+    rois = {key: read_mask(getattr(args, key), what=f"{key} ROI")
             for key in ("signal", "background", "tissue") if getattr(args, key)}
     res = snr_cnr(image, rois["signal"], rois["background"], rois.get("tissue"),
                   rayleigh_correction=args.rayleigh)
