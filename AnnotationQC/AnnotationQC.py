@@ -2,6 +2,7 @@ import enum
 import logging
 import os
 import pathlib
+from typing import Annotated
 
 import vtk
 
@@ -11,15 +12,22 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 
-# The panel's MRML logic (numpy, SimpleITK, pandas, MRML). pyradiomics and matplotlib are
-# imported only when an ICC is computed or a training report is written.
-from AnnotationQCLib import panel_logic
-from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.mrml_bridge import segment_editor_node
+# Start-up imports: the standard library, qt, vtk and slicer, plus two standard-library-only
+# helpers of ClinicalMRICommonLib (Testing/slicer_layer/test_startup_imports.py checks it). The
+# panel's MRML logic (AnnotationQCLib.panel_logic: numpy, SimpleITK, MRML) is imported on
+# first use; pandas, matplotlib and pyradiomics are installed on first use and imported only
+# by the action that needs them.
+from ClinicalMRICommonLib import panel_support, segment_editor
+
+
+def _panelLogic():
+    from AnnotationQCLib import panel_logic
+
+    return panel_logic
 
 
 #
@@ -36,7 +44,8 @@ class AnnotationQC(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Annotation QC")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = ["Terminologies", "Segmentations"]
+        # ClinicalMRICommon (hidden) ships ClinicalMRICommonLib: agreement metrics, image I/O, MRML bridge.
+        self.parent.dependencies = ["ClinicalMRICommon", "Terminologies", "Segmentations"]
         self.parent.contributors = ["ClinicalMRI extension developers"]
         self.parent.helpText = _("""
 Quality control of MRI annotations: whether readers agree, and whether a trainee is ready.
@@ -163,7 +172,7 @@ class AnnotationQCParameterNode:
     readingSession: str = "first"
     labelSet: LabelSet = LabelSet.INTRA_AXIAL
     compareReferenceVolume: vtkMRMLScalarVolumeNode
-    toleranceMm: float = 1.0
+    toleranceMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
     compareTable: vtkMRMLTableNode
     disagreementSegmentation: vtkMRMLSegmentationNode
     iccSource: IccSource = IccSource.STUDY
@@ -177,7 +186,7 @@ class AnnotationQCParameterNode:
     iccCsvB: pathlib.Path
     iccIdColumn: str = "case_id"
     iccForm: IccForm = IccForm.A1
-    iccThreshold: float = 0.75
+    iccThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.75
     iccTable: vtkMRMLTableNode
     iccClassTable: vtkMRMLTableNode
     trainingFolder: pathlib.Path
@@ -201,9 +210,14 @@ class AnnotationQCParameterNode:
 class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Uses ScriptedLoadableModuleWidget base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+
+    Widget wiring only: every button calls AnnotationQCLogic, which calls
+    AnnotationQCLib.panel_logic (tested on slicer-core). Errors are shown once by
+    panel_support.run_action (slicer.util.tryWithErrorDisplay re-raises after its dialog).
     """
 
     CASE_COLUMNS = ("case_id", "patient_id", "sequence", "status")
+    SEGMENT_EDITOR_TAG = "AnnotationQC"
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -215,6 +229,7 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.reading = None         # panel_logic.Reading open in the Segment Editor
         self.trainingSession = None
         self.trainingReading = None
+        self.qualityMeasurement = None
         self.segmentEditorWidget = None
         self._tooltips = {}
 
@@ -229,12 +244,7 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         loadCnsTerminology()  # also after "Reload" (startupCompleted has fired already)
 
         # Segment Editor bound to the reader's own segmentation: no segmentation or volume selector.
-        self.segmentEditorWidget = slicer.qMRMLSegmentEditorWidget()
-        self.segmentEditorWidget.setMaximumNumberOfUndoStates(10)
-        self.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
-        self.segmentEditorWidget.setSegmentationNodeSelectorVisible(False)
-        self.segmentEditorWidget.setSourceVolumeNodeSelectorVisible(False)
-        self.segmentEditorWidget.setSwitchToSegmentationsButtonVisible(False)
+        self.segmentEditorWidget = segment_editor.setup(slicer.qMRMLSegmentEditorWidget(), slicer.mrmlScene)
         self.ui.segmentEditorLayout.addWidget(self.segmentEditorWidget)
         self.ui.segmentEditorFrame.setVisible(False)
 
@@ -253,28 +263,28 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.iccComputeButton.connect("clicked(bool)", self.onComputeIcc)
         self.ui.trainingCreateButton.connect("clicked(bool)", self.onTrainingCreate)
-        self.ui.trainingPathLineEdit.connect("currentPathChanged(QString)", self.onTrainingFolderChanged)
         self.ui.trainingLoadButton.connect("clicked(bool)", self.onTrainingLoad)
         self.ui.trainingSubmitButton.connect("clicked(bool)", self.onTrainingSubmit)
         self.ui.trainingReportButton.connect("clicked(bool)", self.onTrainingReport)
         self.ui.qualityCreateRoisButton.connect("clicked(bool)", self.onQualityCreateRois)
         self.ui.qualityMeasureButton.connect("clicked(bool)", self.onQualityMeasure)
         self.ui.qualityRecordButton.connect("clicked(bool)", self.onQualityRecord)
-        self.qualityMeasurement = None
 
         self.initializeParameterNode()
+        # connected after the parameter node: its first GUI update must not open a session
+        self.ui.trainingPathLineEdit.connect("currentPathChanged(QString)", self.onTrainingFolderChanged)
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self.segmentEditorWidget:
+            self.segmentEditorWidget.setActiveEffect(None)
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self.segmentEditorWidget.installKeyboardShortcuts()
+        segment_editor.enter(self.segmentEditorWidget, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG)
 
     def exit(self) -> None:
-        self.segmentEditorWidget.setActiveEffect(None)
-        self.segmentEditorWidget.uninstallKeyboardShortcuts()
-        self.segmentEditorWidget.removeViewObservations()
+        segment_editor.exit(self.segmentEditorWidget)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -282,20 +292,16 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
-        self.segmentEditorWidget.setSegmentationNode(None)
+        segment_editor.release(self.segmentEditorWidget)
         self.reading = self.trainingReading = None
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+            segment_editor.enter(self.segmentEditorWidget, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG)
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        self._selectSegmentEditorNode()
-
-    def _selectSegmentEditorNode(self) -> None:
-        """The module's own Segment Editor parameter node (not shared with the Segment Editor module)."""
-        self.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene, "AnnotationQC"))
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -353,36 +359,35 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         button.enabled = bool(enabled)
         button.toolTip = self._tooltips[name] if enabled else whyNot
 
-    def _bindEditor(self, reading) -> None:
-        """Show the series and bind the Segment Editor to the reader's own segmentation."""
-        self.segmentEditorWidget.setSegmentationNode(reading.segmentation_node)
-        self.segmentEditorWidget.setSourceVolumeNode(reading.volume_node)
+    def _bindEditor(self, segmentation, volume) -> None:
+        """Show the series and bind the Segment Editor to the segmentation (segmentation first)."""
+        segment_editor.bind(self.segmentEditorWidget, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG, segmentation, volume)
         self.ui.segmentEditorFrame.setVisible(True)
-        slicer.util.setSliceViewerLayers(background=reading.volume_node, foreground=None, label=None, fit=True)
-        if self._parameterNode:
-            self._parameterNode.qualityVolume = reading.volume_node
+        slicer.util.setSliceViewerLayers(background=volume, foreground=None, label=None, fit=True)
 
     def _closeOpenReadings(self) -> None:
         """Only one case is in the scene at a time (so nothing of the previous case stays visible)."""
         self.segmentEditorWidget.setSegmentationNode(None)
-        for reading in (self.reading, self.trainingReading):
-            if reading is not None:
-                panel_logic.close_nodes(reading.nodes())
+        self.logic.closeReadings(self.reading, self.trainingReading)
         self.reading = self.trainingReading = None
 
     # ---- reading ---------------------------------------------------------------------
 
     def onLogin(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Login failed."), waitCursor=True):
-            p = self._parameterNode
-            self.study = self.logic.login(p.studyFolder, p.readerId, p.readerRole.value)
-            self.ui.readerInfoLabel.text = _("{reader} ({role}) in study '{study}'.").format(
-                reader=p.readerId.strip(), role=self.study.role(p.readerId.strip()), study=self.study.meta["name"])
-            self.refreshCaseList()
+        p = self._parameterNode
+        ok, study = panel_support.run_action(_("Login failed."), self.logic.login, p.studyFolder, p.readerId,
+                                             p.readerRole.value)
+        if not ok:
+            return
+        self.study = study
+        panel_support.remember_path(self.ui.studyPathLineEdit)
+        self.ui.readerInfoLabel.text = _("{reader} ({role}) in study '{study}'.").format(
+            reader=p.readerId.strip(), role=study.role(p.readerId.strip()), study=study.meta["name"])
+        self.refreshCaseList()
 
     def refreshCaseList(self) -> None:
         p = self._parameterNode
-        rows = panel_logic.case_rows(self.study, p.readerId.strip(), p.readingSession or "first")
+        rows = self.logic.caseRows(self.study, p.readerId, p.readingSession)
         table = self.ui.caseTableWidget
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
@@ -392,146 +397,158 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onOpenCase(self) -> None:
         selected = self._selectedCase()
-        with slicer.util.tryWithErrorDisplay(_("The case could not be opened."), waitCursor=True):
-            self._closeOpenReadings()
-            p = self._parameterNode
-            variant = None if p.labelSet == LabelSet.NONE else p.labelSet.value
-            self.reading = panel_logic.open_reading(self.study, p.readerId.strip(), selected["case_id"],
-                                                    selected["sequence"], p.readingSession or "first", variant=variant)
-            self._bindEditor(self.reading)
-            self.ui.readingStatusLabel.text = _("Reading {case} {sequence}: draw {segments}.").format(
-                case=selected["case_id"], sequence=selected["sequence"],
-                segments=", ".join(self.reading.segmentation_node.GetSegmentation().GetSegment(s).GetName()
-                                   for s in self.reading.segments.values()))
-            self.refreshCaseList()
+        self._closeOpenReadings()
+        ok, reading = panel_support.run_action(_("The case could not be opened."), self.logic.openReading,
+                                               self._parameterNode, self.study, selected["case_id"],
+                                               selected["sequence"])
+        if not ok:
+            return
+        self.reading = reading
+        self._bindEditor(reading.segmentation_node, reading.volume_node)
+        self._parameterNode.qualityVolume = reading.volume_node
+        self.ui.readingStatusLabel.text = _("Reading {case} {sequence}: draw {segments}.").format(
+            case=selected["case_id"], sequence=selected["sequence"], segments=", ".join(reading.segment_names()))
+        self.refreshCaseList()
 
     def onSave(self, final: bool) -> None:
         if final and not slicer.util.confirmOkCancelDisplay(
                 _("Submit this case? Submitted masks are locked and never overwritten.")):
             return
-        with slicer.util.tryWithErrorDisplay(_("Saving failed; nothing was overwritten."), waitCursor=True):
-            paths = panel_logic.save_reading(self.study, self.reading.segmentation_node, self.reading.volume_node,
-                                             final=final, notes=self.ui.notesLineEdit.text)
-            self.ui.readingStatusLabel.text = (_("Submitted: {files}.") if final else _("Draft saved: {files}.")).format(
-                files=", ".join(path.name for path in paths))
-            self.refreshCaseList()
+        ok, paths = panel_support.run_action(_("Saving failed; nothing was overwritten."), self.logic.saveReading,
+                                             self.study, self.reading, final=final, notes=self.ui.notesLineEdit.text)
+        if not ok:
+            return
+        self.ui.readingStatusLabel.text = (_("Submitted: {files}.") if final else _("Draft saved: {files}.")).format(
+            files=", ".join(path.name for path in paths))
+        self.refreshCaseList()
 
     # ---- compare ------------------------------------------------------------------------
 
     def onCompare(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Comparison failed."), waitCursor=True):
-            result = self.logic.compare(self._parameterNode, self.ui.segmentASelector.currentNode(),
-                                        self.ui.segmentASelector.currentSegmentID(),
-                                        self.ui.segmentBSelector.currentNode(),
-                                        self.ui.segmentBSelector.currentSegmentID())
-            m = result["metrics"]
-            text = _("Dice {dice:.3f}; {dis} voxels where the readers disagree (red), {agree} where both agree "
-                     "(green).").format(dice=m["dice"], dis=result["disagreement_voxels"],
-                                        agree=result["agreement_voxels"])
-            if any(result["resampled"]):
-                text += " " + _("A segment was resampled onto the chosen volume's grid.")
-            self.ui.compareStatusLabel.text = text
+        ok, result = panel_support.run_action(_("Comparison failed."), self.logic.compare, self._parameterNode,
+                                              self.ui.segmentASelector.currentNode(),
+                                              self.ui.segmentASelector.currentSegmentID(),
+                                              self.ui.segmentBSelector.currentNode(),
+                                              self.ui.segmentBSelector.currentSegmentID())
+        if not ok:
+            return
+        m = result["metrics"]
+        text = _("Dice {dice:.3f}; {dis} voxels where the readers disagree (red), {agree} where both agree "
+                 "(green).").format(dice=m["dice"], dis=result["disagreement_voxels"], agree=result["agreement_voxels"])
+        if any(result["resampled"]):
+            text += " " + _("A segment was resampled onto the chosen volume's grid.")
+        self.ui.compareStatusLabel.text = text
 
     # ---- ICC ----------------------------------------------------------------------------
 
     def onComputeIcc(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("ICC could not be computed."), waitCursor=True):
-            plotPath = os.path.join(slicer.app.temporaryPath, "AnnotationQC_icc_by_class.png")
-            result = self.logic.computeIcc(self._parameterNode, self.study, plotPath)
-            self.ui.iccStatusLabel.text = _("{passing} of {n} features reach {form} >= {threshold:g}.").format(
-                passing=result["n_passing"], n=result["n_features"], form=self._parameterNode.iccForm.value,
-                threshold=self._parameterNode.iccThreshold) + (" " + result["note"] if result.get("note") else "")
-            pixmap = qt.QPixmap(result["plot"])
-            self.ui.iccPlotLabel.setPixmap(pixmap.scaledToWidth(min(pixmap.width(), 480), qt.Qt.SmoothTransformation))
+        plotPath = os.path.join(slicer.app.temporaryPath, "AnnotationQC_icc_by_class.png")
+        ok, result = panel_support.run_action(_("ICC could not be computed."), self.logic.computeIcc,
+                                              self._parameterNode, self.study, plotPath)
+        if not ok:
+            return
+        p = self._parameterNode
+        self.ui.iccStatusLabel.text = _("{passing} of {n} features reach {form} >= {threshold:g}.").format(
+            passing=result["n_passing"], n=result["n_features"], form=p.iccForm.value,
+            threshold=p.iccThreshold) + (" " + result["note"] if result.get("note") else "")
+        pixmap = qt.QPixmap(result["plot"])
+        self.ui.iccPlotLabel.setPixmap(pixmap.scaledToWidth(min(pixmap.width(), 480), qt.Qt.SmoothTransformation))
 
     # ---- training -----------------------------------------------------------------------
 
     def onTrainingFolderChanged(self, path) -> None:
         self.trainingSession = None
         self.ui.trainingCaseComboBox.clear()
-        if path and os.path.isfile(os.path.join(path, "session.json")):
-            with slicer.util.tryWithErrorDisplay(_("The training session could not be opened.")):
-                self.trainingSession = self.logic.openTrainingSession(path)
-                for row in panel_logic.training_case_rows(self.trainingSession):
-                    self.ui.trainingCaseComboBox.addItem(f"{row['case_id']} ({row['sequence']})", row["case_id"])
+        ok, session = panel_support.run_action(_("The training session could not be opened."),
+                                               self.logic.openTrainingSession, path)
+        if ok and session is not None:
+            self.trainingSession = session
+            panel_support.remember_path(self.ui.trainingPathLineEdit)
+            for row in self.logic.trainingCaseRows(session):
+                self.ui.trainingCaseComboBox.addItem(f"{row['case_id']} ({row['sequence']})", row["case_id"])
         self._updateButtonStates()
 
     def onTrainingCreate(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The training session could not be created."), waitCursor=True):
-            session = self.logic.createTrainingSession(self._parameterNode)
-            warnings = session.meta.get("warnings", [])
-            self.ui.trainingResultLabel.text = _("Session '{name}' with {n} cases created.").format(
-                name=session.meta["name"], n=len(session.case_ids)) + "".join("\n" + w for w in warnings)
-            self.onTrainingFolderChanged(str(session.folder))
+        ok, session = panel_support.run_action(_("The training session could not be created."),
+                                               self.logic.createTrainingSession, self._parameterNode)
+        if not ok:
+            return
+        warnings = session.meta.get("warnings", [])
+        self.ui.trainingResultLabel.text = _("Session '{name}' with {n} cases created.").format(
+            name=session.meta["name"], n=len(session.case_ids)) + "".join("\n" + w for w in warnings)
+        self.onTrainingFolderChanged(str(session.folder))
 
     def onTrainingLoad(self) -> None:
         caseId = self.ui.trainingCaseComboBox.currentData
-        with slicer.util.tryWithErrorDisplay(_("The training case could not be loaded."), waitCursor=True):
-            self._closeOpenReadings()
-            p = self._parameterNode
-            variant = None if p.labelSet == LabelSet.NONE else p.labelSet.value
-            self.trainingReading = panel_logic.open_training_case(self.trainingSession, p.traineeId.strip(), caseId,
-                                                                  variant=variant)
-            self._bindEditor(self.trainingReading)
-            self.ui.trainingResultLabel.text = _("Draw the lesion of {case}, then Submit case.").format(case=caseId)
-            self._updateButtonStates()
+        self._closeOpenReadings()
+        ok, reading = panel_support.run_action(_("The training case could not be loaded."),
+                                               self.logic.openTrainingCase, self._parameterNode,
+                                               self.trainingSession, caseId)
+        if not ok:
+            return
+        self.trainingReading = reading
+        self._bindEditor(reading.segmentation_node, reading.volume_node)
+        self.ui.trainingResultLabel.text = _("Draw the lesion of {case}, then Submit case.").format(case=caseId)
+        self._updateButtonStates()
 
     def onTrainingSubmit(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Submission failed; nothing was overwritten."), waitCursor=True):
-            path = panel_logic.submit_training_case(self.trainingSession, self.trainingReading.segmentation_node,
-                                                    self.trainingReading.volume_node)
-            self._closeOpenReadings()
-            self.ui.trainingResultLabel.text = _("Submitted {file}.").format(file=path.name)
-            self._updateButtonStates()
+        ok, path = panel_support.run_action(_("Submission failed; nothing was overwritten."),
+                                            self.logic.submitTrainingCase, self.trainingSession, self.trainingReading)
+        if not ok:
+            return
+        self._closeOpenReadings()
+        self.ui.trainingResultLabel.text = _("Submitted {file}.").format(file=path.name)
+        self._updateButtonStates()
 
     def onTrainingReport(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The report could not be written."), waitCursor=True):
-            report = self.logic.trainingReport(self._parameterNode, self.trainingSession)
-            self.ui.trainingResultLabel.text = panel_logic.training_summary(report) + "\n" + _(
-                "Report: {path}").format(path=report["files"]["html"])
-            self._onParameterNodeModified()
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report["files"]["html"]))
+        ok, report = panel_support.run_action(_("The report could not be written."), self.logic.trainingReport,
+                                              self._parameterNode, self.trainingSession)
+        if not ok:
+            return
+        self.ui.trainingResultLabel.text = self.logic.trainingSummary(report) + "\n" + _("Report: {path}").format(
+            path=report["files"]["html"])
+        self._onParameterNodeModified()
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report["files"]["html"]))
 
     # ---- quality ------------------------------------------------------------------------
 
     def onQualityCreateRois(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The ROI segmentation could not be created.")):
-            volume = self._parameterNode.qualityVolume
-            if volume is None:
-                raise UserError(_("Select the series to grade first."))
-            rois = panel_logic.quality_roi_segmentation(volume)
-            self._parameterNode.qualityRois = rois
-            self.segmentEditorWidget.setSegmentationNode(rois)
-            self.segmentEditorWidget.setSourceVolumeNode(volume)
-            self.ui.segmentEditorFrame.setVisible(True)
-            self.ui.qualityMeasureLabel.text = _("Draw the signal, background (noisy air) and optionally tissue ROIs.")
+        ok, rois = panel_support.run_action(_("The ROI segmentation could not be created."),
+                                            self.logic.createQualityRois, self._parameterNode, wait_cursor=False)
+        if not ok:
+            return
+        self._bindEditor(rois, self._parameterNode.qualityVolume)
+        self.ui.qualityMeasureLabel.text = _("Draw the signal, background (noisy air) and optionally tissue ROIs.")
 
     def onQualityMeasure(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("SNR/CNR could not be measured."), waitCursor=True):
-            p = self._parameterNode
-            self.qualityMeasurement = self.logic.measureQuality(p)
-            m = self.qualityMeasurement
-            text = _("SNR {snr:.1f}").format(snr=m["snr"])
-            if m["cnr"] is not None:
-                text += "; " + _("CNR {cnr:.1f}").format(cnr=m["cnr"])
-            self.ui.qualityMeasureLabel.text = text + " " + _("(noise SD {sd:.4g} from {n} background voxels)").format(
-                sd=m["noise_sd"], n=m["n_background"])
+        ok, m = panel_support.run_action(_("SNR/CNR could not be measured."), self.logic.measureQuality,
+                                         self._parameterNode)
+        if not ok:
+            return
+        self.qualityMeasurement = m
+        text = _("SNR {snr:.1f}").format(snr=m["snr"])
+        if m["cnr"] is not None:
+            text += "; " + _("CNR {cnr:.1f}").format(cnr=m["cnr"])
+        self.ui.qualityMeasureLabel.text = text + " " + _("(noise SD {sd:.4g} from {n} background voxels)").format(
+            sd=m["noise_sd"], n=m["n_background"])
 
     def onQualityRecord(self) -> None:
         selected = self._selectedCase()
-        with slicer.util.tryWithErrorDisplay(_("The grade could not be recorded."), waitCursor=True):
-            record = self.logic.recordQuality(self._parameterNode, self.study, selected["case_id"],
+        ok, record = panel_support.run_action(_("The grade could not be recorded."), self.logic.recordQuality,
+                                              self._parameterNode, self.study, selected["case_id"],
                                               selected["sequence"], self.qualityMeasurement)
-            if record["flagged"]:
-                self.ui.qualityStatusLabel.text = _("{case} {sequence} flagged ({why}); it is no longer offered for "
-                                                    "annotation.").format(case=selected["case_id"],
-                                                                          sequence=selected["sequence"],
-                                                                          why="; ".join(record["flag_reasons"]))
-            else:
-                self.ui.qualityStatusLabel.text = _("Recorded for {case} {sequence}.").format(
-                    case=selected["case_id"], sequence=selected["sequence"])
-            self.qualityMeasurement = None
-            self.refreshCaseList()
+        if not ok:
+            return
+        if record["flagged"]:
+            self.ui.qualityStatusLabel.text = _("{case} {sequence} flagged ({why}); it is no longer offered for "
+                                                "annotation.").format(case=selected["case_id"],
+                                                                      sequence=selected["sequence"],
+                                                                      why="; ".join(record["flag_reasons"]))
+        else:
+            self.ui.qualityStatusLabel.text = _("Recorded for {case} {sequence}.").format(
+                case=selected["case_id"], sequence=selected["sequence"])
+        self.qualityMeasurement = None
+        self.refreshCaseList()
 
 
 #
@@ -540,11 +557,9 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class AnnotationQCLogic(ScriptedLoadableModuleLogic):
-    """Moves data between the parameter node, MRML nodes and AnnotationQCLib; no widgets.
-
-    The work is done by AnnotationQCLib.panel_logic (tested on slicer-core) and the library
-    the command line also runs.
-    """
+    """Moves values between the parameter node and AnnotationQCLib.panel_logic; no widgets
+    and no computation of its own (panel_logic is tested on slicer-core, and installs the
+    Python packages an action needs on first use)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -553,88 +568,102 @@ class AnnotationQCLogic(ScriptedLoadableModuleLogic):
         return AnnotationQCParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _path(value) -> str:
-        return "" if value is None or str(value) in ("", ".") else str(value)
+    def _tableNode(node, name):
+        """``node`` while it is in the scene, else a new table node (ClinicalMRICommonLib.mrml_bridge)."""
+        from ClinicalMRICommonLib.mrml_bridge import table_node_or_new
 
+        return table_node_or_new(slicer.mrmlScene, node, name)
+
+    # reading
     def login(self, studyFolder, readerId, role):
-        return panel_logic.login(self._path(studyFolder), readerId, role)
+        return _panelLogic().login(studyFolder, readerId, role)
 
-    def _table(self, parameterNode, field, name):
-        if getattr(parameterNode, field) is None:
-            setattr(parameterNode, field, slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name))
-        return getattr(parameterNode, field)
+    def caseRows(self, study, readerId, session):
+        return _panelLogic().case_rows(study, readerId.strip(), session or "first")
 
+    def openReading(self, parameterNode, study, caseId, sequence):
+        p = parameterNode
+        return _panelLogic().open_reading(study, p.readerId.strip(), caseId, sequence, p.readingSession or "first",
+                                          variant=_panelLogic().label_variant(p.labelSet.value))
+
+    def saveReading(self, study, reading, final=False, notes=""):
+        return _panelLogic().save_reading(study, reading.segmentation_node, reading.volume_node, final=final,
+                                          notes=notes)
+
+    def closeReadings(self, *readings):
+        for reading in readings:
+            if reading is not None:
+                _panelLogic().close_nodes(reading.nodes())
+
+    # compare
     def compare(self, parameterNode, segmentationA, segmentA, segmentationB, segmentB) -> dict:
-        missing = [label for node, sid, label in ((segmentationA, segmentA, _("segment A")),
-                                                  (segmentationB, segmentB, _("segment B"))) if not node or not sid]
-        if parameterNode.compareReferenceVolume is None:
-            missing.append(_("the volume whose grid is used"))
-        if missing:
-            raise UserError(_("Select: {items}.").format(items=", ".join(missing)))
-        table = self._table(parameterNode, "compareTable", _("Segmentation agreement"))
-        if parameterNode.disagreementSegmentation is None:
-            parameterNode.disagreementSegmentation = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", _("Disagreement"))
-        return panel_logic.compare_segments(segmentationA, segmentA, segmentationB, segmentB,
-                                            parameterNode.compareReferenceVolume,
-                                            tolerance_mm=parameterNode.toleranceMm, table_node=table,
-                                            disagreement_node=parameterNode.disagreementSegmentation)
+        p = parameterNode
+        result = _panelLogic().compare_selected(segmentationA, segmentA, segmentationB, segmentB,
+                                                p.compareReferenceVolume, tolerance_mm=p.toleranceMm,
+                                                scene=slicer.mrmlScene, table_node=p.compareTable,
+                                                disagreement_node=p.disagreementSegmentation)
+        p.compareTable, p.disagreementSegmentation = result["table_node"], result["disagreement_node"]
+        return result
 
+    # ICC
     def computeIcc(self, parameterNode, study, plotPath) -> dict:
         p = parameterNode
-        note = ""
-        if p.iccSource == IccSource.STUDY:
-            if study is None:
-                raise UserError(_("Log in to a reader study first (Reading section), or use two feature tables."))
-            if not p.iccReaderA.strip() or not p.iccReaderB.strip():
-                raise UserError(_("Enter reader A and reader B (the same reader with sessions 'first' and 'repeat' "
-                                  "for the intra-reader ICC)."))
-            result = study.feature_icc(p.iccReaderA.strip(), p.iccReaderB.strip(), p.iccSessionA or "first",
-                                       p.iccSessionB or "first", sequence=p.iccSequence.strip() or None,
-                                       content=p.iccContent.strip() or None, form=p.iccForm.value)
-            table = result["table"]
-            if result["skipped_empty"]:
-                note = _("Left out for an empty mask: {cases}.").format(cases=", ".join(result["skipped_empty"]))
-        else:
-            table = panel_logic.feature_icc_from_csv(self._path(p.iccCsvA), self._path(p.iccCsvB), p.iccIdColumn,
-                                                     form=p.iccForm.value)
-        out = panel_logic.icc_to_nodes(table, threshold=p.iccThreshold,
-                                       table_node=self._table(p, "iccTable", _("Feature ICC")),
-                                       class_table_node=self._table(p, "iccClassTable", _("Feature ICC by class")),
-                                       plot_png=plotPath, title=_("{form} per feature class").format(form=p.iccForm.value))
-        out["note"] = note
-        return out
+        result = _panelLogic().panel_icc(
+            p.iccSource.value, study=study, reader_a=p.iccReaderA, reader_b=p.iccReaderB, session_a=p.iccSessionA,
+            session_b=p.iccSessionB, sequence=p.iccSequence, content=p.iccContent, csv_a=p.iccCsvA, csv_b=p.iccCsvB,
+            id_column=p.iccIdColumn, form=p.iccForm.value, threshold=p.iccThreshold, scene=slicer.mrmlScene,
+            table_node=p.iccTable, class_table_node=p.iccClassTable, plot_png=plotPath)
+        p.iccTable, p.iccClassTable = result["table_node"], result["class_table_node"]
+        return result
 
+    # training
     def openTrainingSession(self, folder):
-        from AnnotationQCLib.training import TrainingSession
+        return _panelLogic().training_session_in(folder)
 
-        return TrainingSession.open(folder)
+    def trainingCaseRows(self, session):
+        return _panelLogic().training_case_rows(session)
 
     def createTrainingSession(self, parameterNode):
-        from AnnotationQCLib.training import TrainingSession, cases_from_csv
-
         p = parameterNode
-        folder, casesFile = self._path(p.trainingFolder), self._path(p.trainingCasesFile)
-        if not folder or not casesFile or not p.trainingName.strip():
-            raise UserError(_("Choose the new session folder, the reference cases table and a name."))
-        return TrainingSession.create(folder, p.trainingName.strip(), cases_from_csv(casesFile))
+        return _panelLogic().create_training_session(p.trainingFolder, p.trainingCasesFile, p.trainingName)
+
+    def openTrainingCase(self, parameterNode, session, caseId):
+        p = parameterNode
+        return _panelLogic().open_training_case(session, p.traineeId.strip(), caseId,
+                                                variant=_panelLogic().label_variant(p.labelSet.value))
+
+    def submitTrainingCase(self, session, reading):
+        return _panelLogic().submit_training_case(session, reading.segmentation_node, reading.volume_node)
 
     def trainingReport(self, parameterNode, session) -> dict:
-        return panel_logic.training_report(session, parameterNode.traineeId.strip(),
-                                           table_node=self._table(parameterNode, "trainingTable", _("Training report")))
+        pl = _panelLogic()
+        parameterNode.trainingTable = self._tableNode(parameterNode.trainingTable,
+                                                           _("Training report"))
+        return pl.training_report(session, parameterNode.traineeId.strip(), table_node=parameterNode.trainingTable)
+
+    def trainingSummary(self, report) -> str:
+        return _panelLogic().training_summary(report)
+
+    # quality
+    def createQualityRois(self, parameterNode):
+        rois = _panelLogic().quality_roi_segmentation(parameterNode.qualityVolume)
+        parameterNode.qualityRois = rois
+        return rois
 
     def measureQuality(self, parameterNode) -> dict:
-        if parameterNode.qualityVolume is None or parameterNode.qualityRois is None:
-            raise UserError(_("Select the series and its ROI segmentation (Create ROIs) first."))
-        return panel_logic.measure_snr_cnr(parameterNode.qualityVolume, parameterNode.qualityRois,
-                                           rayleigh_correction=parameterNode.rayleighCorrection)
+        return _panelLogic().measure_snr_cnr(parameterNode.qualityVolume, parameterNode.qualityRois,
+                                             rayleigh_correction=parameterNode.rayleighCorrection)
 
     def recordQuality(self, parameterNode, study, caseId, sequence, measurement) -> dict:
         p = parameterNode
-        grade = None if p.qualityGrade == QualityGrade.NONE else int(p.qualityGrade.value)
-        likert = None if p.qualityLikert == QualityLikert.NONE else int(p.qualityLikert.value)
-        return panel_logic.record_series_quality(study, caseId, sequence, p.readerId.strip(), grade=grade,
-                                                 likert=likert, reason=p.qualityReason, measurement=measurement)
+        pl = _panelLogic()
+        if study is None:
+            from ClinicalMRICommonLib.errors import UserError
+
+            raise UserError(_("Log in to the reader study first."))
+        grade, likert = pl.quality_scores(p.qualityGrade.value, p.qualityLikert.value)
+        return pl.record_series_quality(study, caseId, sequence, p.readerId.strip(), grade=grade, likert=likert,
+                                        reason=p.qualityReason, measurement=measurement)
 
 
 #
@@ -644,7 +673,10 @@ class AnnotationQCLogic(ScriptedLoadableModuleLogic):
 
 class AnnotationQCTest(ScriptedLoadableModuleTest):
     """
-    Runs the panel's logic inside Slicer on generated data (ctest).
+    The manual test script of the panel (docs/slicer_layer.md): every button's logic on
+    generated data inside Slicer, through AnnotationQCLogic as the buttons call it. Run with
+    ``Slicer --testing`` (ctest: slicer_add_python_unittest) or Reload and Test. Testing mode
+    never installs packages: a test whose packages are missing says so and is skipped.
     Uses ScriptedLoadableModuleTest base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
@@ -653,40 +685,119 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_CompareTwoBoxes()
-        self.setUp()
-        self.test_ReadAndSaveWithTerminology()
+        for test in (self.test_PathFieldsUnset, self.test_LoginOpenSaveSubmit, self.test_CompareTwoBoxes,
+                     self.test_IccFromTwoTables, self.test_IccFromReaderStudy, self.test_TrainingSession,
+                     self.test_QualityRoisMeasureRecord):
+            self.setUp()
+            test()
 
-    def _box(self, reference, x0):
+    # -- generated data
+
+    def _missing(self, *features):
+        """Why a test cannot run here (packages not installed), or ""."""
+        from ClinicalMRICommonLib.slicer_packages import missing_requirements, requirements_for
+
+        missing = missing_requirements(requirements_for(*features))
+        if missing:
+            logging.warning("AnnotationQCTest: skipped, packages not installed: %s", ", ".join(map(str, missing)))
+            self.delayDisplay("Skipped: packages not installed (testing mode never installs them)")
+        return missing
+
+    def _image(self, seed=0):
+        import numpy as np
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(np.random.default_rng(seed).normal(300, 50, (20, 20, 24)).astype(np.float32))
+        image.SetSpacing((0.5, 0.5, 0.5))
+        return image
+
+    def _box(self, reference, x0, size=10):
         import numpy as np
         import SimpleITK as sitk
 
         array = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
-        array[5:15, 5:15, x0:x0 + 10] = 1
+        array[5:5 + size, 5:5 + size, x0:x0 + size] = 1
         mask = sitk.GetImageFromArray(array)
         mask.CopyInformation(reference)
         return mask
 
-    def _image(self):
-        import numpy as np
+    def _study(self, folder, nCases=1):
+        """A reader study with FLAIR cases P001.. and readers r1, r2 (annotators)."""
         import SimpleITK as sitk
 
-        image = sitk.GetImageFromArray(np.random.default_rng(0).normal(300, 50, (20, 20, 24)).astype(np.float32))
-        image.SetSpacing((0.5, 0.5, 0.5))
-        return image
+        from AnnotationQCLib.sessions import ReaderStudy
+
+        study = ReaderStudy.create(os.path.join(folder, "study"), "test study")
+        for r in ("r1", "r2"):
+            study.add_reader(r, "annotator")
+        for i in range(1, nCases + 1):
+            source = os.path.join(folder, f"P00{i}_FLAIR.nii.gz")
+            sitk.WriteImage(self._image(seed=i), source)
+            study.add_case(f"c{i}", f"P00{i}", {"FLAIR": source}, label="secret")
+        return study
+
+    def _folder(self):
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="AnnotationQCTest", dir=slicer.app.temporaryPath)
+
+    # -- the buttons
+
+    def test_PathFieldsUnset(self):
+        self.delayDisplay("Empty path fields ('.') are unset: login refuses, no training session is looked up")
+        from ClinicalMRICommonLib.errors import UserError
+
+        logic = AnnotationQCLogic()
+        parameterNode = logic.getParameterNode()
+        self.assertEqual(str(parameterNode.studyFolder), ".")  # what Slicer's Path serializer stores for unset
+        with self.assertRaisesRegex(UserError, "choose the reader study folder"):
+            logic.login(parameterNode.studyFolder, "r1", "annotator")
+        self.assertIsNone(logic.openTrainingSession("."))
+        self.delayDisplay("Test passed")
+
+    def test_LoginOpenSaveSubmit(self):
+        self.delayDisplay("Log in, Open selected case, Save draft, Submit: CNS terminology, source grid")
+        if self._missing("tables"):
+            return
+        import SimpleITK as sitk
+
+        from ClinicalMRICommonLib.mrml_bridge import set_segment_mask
+
+        folder = self._folder()
+        study = self._study(folder)
+        logic = AnnotationQCLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.studyFolder, parameterNode.readerId = pathlib.Path(study.folder), "r1"
+        study = logic.login(parameterNode.studyFolder, parameterNode.readerId, "annotator")
+        self.assertEqual([(r["case_id"], r["status"]) for r in logic.caseRows(study, "r1", "first")],
+                         [("c1", "not started")])
+        reading = logic.openReading(parameterNode, study, "c1", "FLAIR")
+        self.assertIn("Whole tumour", reading.segment_names())
+        self.assertTrue(loadCnsTerminology())
+        image = self._image(seed=1)
+        set_segment_mask(reading.segmentation_node, reading.segments["whole-tumour"], self._box(image, 6))
+        (draft,) = logic.saveReading(study, reading, final=False)
+        self.assertEqual(logic.caseRows(study, "r1", "first")[0]["status"], "in progress")
+        (path,) = logic.saveReading(study, reading, final=True)
+        self.assertEqual(os.path.basename(path), "P001_FLAIR_whole-tumour.nii.gz")
+        saved = sitk.ReadImage(str(path))
+        self.assertEqual(saved.GetSize(), image.GetSize())
+        self.assertEqual(int(sitk.GetArrayViewFromImage(saved).sum()), 1000)
+        self.assertEqual(logic.caseRows(study, "r1", "first")[0]["status"], "submitted")
+        logic.closeReadings(reading)
+        self.delayDisplay("Test passed")
 
     def test_CompareTwoBoxes(self):
-        self.delayDisplay("Comparing two boxes shifted by two voxels")
-        from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
+        self.delayDisplay("Compare: two boxes shifted by two voxels")
+        from ClinicalMRICommonLib.mrml_bridge import set_segment_mask, sitk_to_volume_node
 
         image = self._image()
         volume = sitk_to_volume_node(image, "reference", scene=slicer.mrmlScene)
         segmentations = []
         for name, x0 in (("A", 5), ("B", 7)):
             node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-            sid = panel_logic.add_segment(node, "lesion")
-            panel_logic.set_segment_mask(node, sid, self._box(image, x0))
+            sid = _panelLogic().add_segment(node, "lesion")
+            set_segment_mask(node, sid, self._box(image, x0))
             segmentations.append((node, sid))
         logic = AnnotationQCLogic()
         parameterNode = logic.getParameterNode()
@@ -697,31 +808,135 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(result["metrics"]["jaccard"], 800 / 1200, places=12)
         self.assertEqual((result["disagreement_voxels"], result["agreement_voxels"]), (400, 800))
         self.assertEqual(parameterNode.compareTable.GetNumberOfRows(), 14)
+        self.assertIsNotNone(parameterNode.disagreementSegmentation)
         self.delayDisplay("Test passed")
 
-    def test_ReadAndSaveWithTerminology(self):
-        self.delayDisplay("Reading a FLAIR series: whole-tumour segment with the CNS terminology, saved on the source grid")
-        import tempfile
+    def test_IccFromTwoTables(self):
+        self.delayDisplay("Compute ICC from two feature tables: table nodes and the plot")
+        if self._missing("tables", "plots"):
+            return
+        import csv
+
+        import numpy as np
+
+        folder = self._folder()
+        rng = np.random.default_rng(1)
+        truth = rng.normal(1000, 200, 8)
+        for name, noise in (("a.csv", 0.0), ("b.csv", 5.0)):
+            with open(os.path.join(folder, name), "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["case_id", "original_shape_VoxelVolume", "original_firstorder_Mean"])
+                for i, v in enumerate(truth):
+                    writer.writerow([f"c{i}", v + noise * rng.normal(), 300 + 40 * rng.normal()])
+        logic = AnnotationQCLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.iccSource = IccSource.CSV
+        parameterNode.iccCsvA = pathlib.Path(folder, "a.csv")
+        parameterNode.iccCsvB = pathlib.Path(folder, "b.csv")
+        result = logic.computeIcc(parameterNode, None, os.path.join(folder, "icc.png"))
+        self.assertEqual(result["n_features"], 2)
+        self.assertGreaterEqual(result["n_passing"], 1)  # the volume agrees within 5 of SD 200
+        self.assertEqual(parameterNode.iccTable.GetNumberOfRows(), 2)
+        self.assertTrue(os.path.getsize(result["plot"]) > 0)
+        self.delayDisplay("Test passed")
+
+    def test_IccFromReaderStudy(self):
+        self.delayDisplay("Compute ICC between two readers of a study (pyradiomics features)")
+        if self._missing("tables", "plots", "radiomics"):
+            return
+        folder = self._folder()
+        study = self._study(folder, nCases=5)
+        for i in range(1, 6):
+            image = self._image(seed=i)
+            study.save_mask("r1", f"c{i}", "FLAIR", "lesion", self._box(image, 4 + i, size=8), final=True)
+            study.save_mask("r2", f"c{i}", "FLAIR", "lesion", self._box(image, 5 + i, size=8), final=True)
+        logic = AnnotationQCLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.iccSource = IccSource.STUDY
+        parameterNode.iccReaderA, parameterNode.iccReaderB = "r1", "r2"
+        result = logic.computeIcc(parameterNode, study, os.path.join(folder, "icc.png"))
+        self.assertGreater(result["n_features"], 10)
+        self.assertEqual(parameterNode.iccTable.GetNumberOfRows(), result["n_features"])
+        self.delayDisplay("Test passed")
+
+    def test_TrainingSession(self):
+        self.delayDisplay("Training: Create session, Load case, Submit case, Report")
+        if self._missing("tables", "radiomics"):
+            return
+        import csv
 
         import SimpleITK as sitk
 
-        from AnnotationQCLib.sessions import ReaderStudy
+        from ClinicalMRICommonLib.mrml_bridge import set_segment_mask
 
-        folder = tempfile.mkdtemp(prefix="AnnotationQCTest")
-        image = self._image()
-        source = os.path.join(folder, "P001_FLAIR.nii.gz")
-        sitk.WriteImage(image, source)
-        study = ReaderStudy.create(os.path.join(folder, "study"), "test study")
-        study.add_case("c1", "P001", {"FLAIR": source}, label="secret")
-        study = AnnotationQCLogic().login(study.folder, "reader-1", "annotator")
-        reading = panel_logic.open_reading(study, "reader-1", "c1", "FLAIR")
-        segment = reading.segmentation_node.GetSegmentation().GetSegment(reading.segments["whole-tumour"])
-        self.assertEqual(segment.GetName(), "Whole tumour")
-        self.assertTrue(loadCnsTerminology())
-        panel_logic.set_segment_mask(reading.segmentation_node, reading.segments["whole-tumour"], self._box(image, 6))
-        (path,) = panel_logic.save_reading(study, reading.segmentation_node, reading.volume_node, final=True)
-        self.assertEqual(os.path.basename(path), "P001_FLAIR_whole-tumour.nii.gz")
-        saved = sitk.ReadImage(str(path))
-        self.assertEqual(saved.GetSize(), image.GetSize())
-        self.assertEqual(int(sitk.GetArrayViewFromImage(saved).sum()), 1000)
+        folder = self._folder()
+        rows = []
+        for i, size in enumerate((4, 6, 8, 10, 12), start=1):
+            image = self._image(seed=i)
+            sitk.WriteImage(image, os.path.join(folder, f"T00{i}.nii.gz"))
+            sitk.WriteImage(self._box(image, 5, size=size), os.path.join(folder, f"T00{i}_ref.nii.gz"))
+            rows.append({"case_id": f"t{i}", "patient_id": f"T00{i}", "sequence": "FLAIR",
+                         "image": f"T00{i}.nii.gz", "reference": f"T00{i}_ref.nii.gz", "site": "ab"[i % 2]})
+        with open(os.path.join(folder, "cases.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        logic = AnnotationQCLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.trainingFolder = pathlib.Path(folder, "session")
+        parameterNode.trainingCasesFile = pathlib.Path(folder, "cases.csv")
+        parameterNode.trainingName, parameterNode.traineeId = "test session", "trainee1"
+        parameterNode.labelSet = LabelSet.NONE
+        session = logic.createTrainingSession(parameterNode)
+        self.assertEqual(logic.openTrainingSession(str(session.folder)).case_ids, session.case_ids)
+        for row in logic.trainingCaseRows(session):
+            reading = logic.openTrainingCase(parameterNode, session, row["case_id"])
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 1)  # no reference
+            size = 4 + 2 * (int(row["case_id"][1:]) - 1)
+            set_segment_mask(reading.segmentation_node, reading.segments["lesion"],
+                             self._box(self._image(seed=int(row["case_id"][1:])), 5, size=size))
+            logic.submitTrainingCase(session, reading)
+            logic.closeReadings(reading)
+        report = logic.trainingReport(parameterNode, session)
+        self.assertAlmostEqual(report["overall"]["mean_dice"], 1.0, places=9)
+        self.assertTrue(logic.trainingSummary(report).startswith("trainee1: PASSED"))
+        self.assertEqual(parameterNode.trainingTable.GetNumberOfRows(), 5)
+        self.delayDisplay("Test passed")
+
+    def test_QualityRoisMeasureRecord(self):
+        self.delayDisplay("Quality: Create ROIs, Measure SNR / CNR, Record grade (a flagged series is hidden)")
+        if self._missing("tables"):
+            return
+        import numpy as np
+        import SimpleITK as sitk
+
+        from ClinicalMRICommonLib.mrml_bridge import set_segment_mask, sitk_to_volume_node
+
+        folder = self._folder()
+        study = self._study(folder)
+        rng = np.random.default_rng(7)
+        array = rng.normal(20.0, 4.0, (20, 20, 24))
+        array[2:8, 2:8, 2:8] = 400.0
+        image = sitk.GetImageFromArray(array.astype(np.float32))
+        image.SetSpacing((0.5, 0.5, 0.5))
+        logic = AnnotationQCLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.readerId = "r1"
+        parameterNode.qualityVolume = sitk_to_volume_node(image, "graded FLAIR", scene=slicer.mrmlScene)
+        rois = logic.createQualityRois(parameterNode)
+        ids = _panelLogic().content_segments(rois)
+        signal = np.zeros(array.shape, np.uint8)
+        signal[2:8, 2:8, 2:8] = 1
+        background = np.zeros(array.shape, np.uint8)
+        background[12:20, 12:20, 12:24] = 1
+        for name, arr in (("signal", signal), ("background", background)):
+            mask = sitk.GetImageFromArray(arr)
+            mask.CopyInformation(image)
+            set_segment_mask(rois, ids[name], mask)
+        m = logic.measureQuality(parameterNode)
+        self.assertAlmostEqual(m["snr"], array[2:8, 2:8, 2:8].mean() / array[background == 1].std(ddof=1), delta=0.5)
+        parameterNode.qualityGrade, parameterNode.qualityReason = QualityGrade.G1, "motion"
+        record = logic.recordQuality(parameterNode, study, "c1", "FLAIR", m)
+        self.assertTrue(record["flagged"])
+        self.assertEqual(logic.caseRows(study, "r1", "first"), [])  # the flagged series is not offered
         self.delayDisplay("Test passed")

@@ -1,6 +1,6 @@
 """AnnotationQC's Slicer logic: MRML nodes <-> AnnotationQCLib, without Qt.
 
-With :mod:`AnnotationQCLib.mrml_bridge` this is the only AnnotationQC library file that
+With :mod:`ClinicalMRICommonLib.mrml_bridge` this is the only AnnotationQC library file that
 imports ``slicer``. It needs MRML only, so it runs in the Slicer application and under
 ``slicer-core``, where Testing/test_slicer_aqc_logic.py runs it on real scenes. The panel
 (AnnotationQC.py) collects the user's choices and calls these functions; every number comes
@@ -21,7 +21,21 @@ from the library:
   that hides a flagged series from the case lists.
 
 The generic segment helpers (``new_segmentation``, ``set_segment_mask``,
-``segment_is_empty``) are :mod:`AnnotationQCLib.mrml_bridge`'s, imported here.
+``segment_is_empty``) are :mod:`ClinicalMRICommonLib.mrml_bridge`'s, imported here.
+
+What the panel's buttons compute lives here, not in AnnotationQC.py (which only wires
+widgets): the checks of what is selected (:func:`compare_selected`), the ICC of a study or of
+two tables (:func:`panel_icc`), a new training session (:func:`create_training_session`), the
+grade/Likert choices (:func:`quality_scores`), the label set's terminology variant
+(:func:`label_variant`).
+
+Packages Slicer does not ship are installed on first use: every function that needs one
+calls :func:`_needs` (``ClinicalMRICommonLib.slicer_packages.ensure_packages``) before it imports
+the library code that uses it (pandas: reader studies, training sessions, ICC tables;
+matplotlib: the ICC plot; pyradiomics: feature ICC and the training report).
+Testing/slicer_layer/test_startup_imports.py checks that this module imports only the standard
+library and what Slicer ships at module level, and that each function whose lazy imports
+need more calls :func:`_needs` first.
 
 Blinding: a reading loads the source image and the reader's own masks only; reviewers and
 arbitrators also get the annotators' submitted masks (``ReaderStudy.visible_masks``). Case
@@ -33,9 +47,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 import slicer
 import vtk
@@ -51,10 +65,18 @@ from ClinicalMRICommonLib.mrml_bridge import (
     segment_to_sitk_mask,
     set_segment_mask,
     sitk_to_volume_node,
+    table_node_or_new,
     volume_node_to_sitk,
 )
-from .sessions import ROLES, ReaderStudy, blank_mask_like
+from ClinicalMRICommonLib.panel_support import path_or_none
 from .terminology import Label, label_by_key, labels_for_sequence
+
+if TYPE_CHECKING:  # pandas and the reader-study classes are imported where they are used
+    import pandas as pd
+
+    from .sessions import ReaderStudy
+
+REQUESTER = "Annotation QC"
 
 ATTRIBUTE_PREFIX = "AnnotationQC."
 CONTENT_TAG = "AnnotationQC.Content"
@@ -63,6 +85,28 @@ DEFAULT_COLOUR = (0.9, 0.45, 0.1)
 #: consensus.disagreement_map values -> segment name and colour
 DISAGREEMENT_SEGMENTS = {1: ("readers disagree", (1.0, 0.15, 0.15)), 2: ("both readers agree", (0.2, 0.85, 0.2))}
 QUALITY_ROIS = {"signal": (0.95, 0.2, 0.2), "background": (0.2, 0.5, 1.0), "tissue": (0.2, 0.8, 0.3)}
+
+
+# ---------------------------------------------------------------------------------------
+# Packages, panel choices, result tables
+
+
+def _needs(*features: str, purpose: str) -> None:
+    """Install on first use what ``features`` need (ClinicalMRICommonLib.slicer_packages;
+    nothing happens when it is installed)."""
+    from ClinicalMRICommonLib.slicer_packages import ensure_packages, requirements_for
+
+    ensure_packages(requirements_for(*features), REQUESTER, purpose)
+
+
+def label_variant(label_set: str) -> str | None:
+    """The terminology variant of the panel's label set ("none": one plain "lesion" segment)."""
+    return None if label_set == "none" else label_set
+
+
+def quality_scores(grade: str, likert: str) -> tuple[int | None, int | None]:
+    """The grade (1-3) and Likert score (1-5) of the panel's choices ("none": not given)."""
+    return (None if grade == "none" else int(grade)), (None if likert == "none" else int(likert))
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,6 +154,9 @@ def _attr(node, key: str) -> str:
 
 def _mask_or_blank(segmentation_node, segment_id: str, volume_node, source: Path) -> sitk.Image:
     if segment_is_empty(segmentation_node, segment_id):
+        _needs("tables", purpose="save a reading")
+        from .sessions import blank_mask_like
+
         return blank_mask_like(source)
     mask, _resampled = segment_to_sitk_mask(segmentation_node, segment_id, volume_node, what="source volume")
     return mask
@@ -121,11 +168,16 @@ def _mask_or_blank(segmentation_node, segment_id: str, volume_node, source: Path
 
 def login(study_folder: str | os.PathLike, reader_id: str, role: str) -> ReaderStudy:
     """Open a reader study as ``reader_id`` with ``role``. A new reader is registered with that
-    role; a registered reader must give the role they were registered with."""
-    if str(study_folder) in ("", "."):
+    role; a registered reader must give the role they were registered with. An unset folder
+    (None, "" or ".", what an empty path field holds) is refused."""
+    study_folder = path_or_none(study_folder)
+    if study_folder is None:
         raise UserError("choose the reader study folder first")
     if not str(reader_id).strip():
         raise UserError("enter your reader id")
+    _needs("tables", purpose="open a reader study")
+    from .sessions import ROLES, ReaderStudy
+
     if role not in ROLES:
         raise UserError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
     study = ReaderStudy.open(study_folder)
@@ -158,6 +210,11 @@ class Reading:
 
     def nodes(self) -> list:
         return [self.volume_node, self.segmentation_node, *self.others]
+
+    def segment_names(self) -> list[str]:
+        """The names of the reader's segments (what the panel tells them to draw)."""
+        segmentation = self.segmentation_node.GetSegmentation()
+        return [segmentation.GetSegment(sid).GetName() for sid in self.segments.values()]
 
 
 def _contents_for(sequence: str, variant: str | None, contents) -> list[tuple[str, Label | None]]:
@@ -314,6 +371,26 @@ def compare_segments(segmentation_a, segment_a: str, segmentation_b, segment_b: 
     return result
 
 
+def compare_selected(segmentation_a, segment_a: str, segmentation_b, segment_b: str, reference_volume_node, *,
+                     tolerance_mm: float = 1.0, scene=None, table_node=None, disagreement_node=None) -> dict:
+    """The panel's Compare: refuses incomplete selections (naming what is missing), creates
+    the result table and the disagreement segmentation when there are none yet, then
+    :func:`compare_segments`. Returns its result plus ``table_node`` and ``disagreement_node``."""
+    missing = [label for node, sid, label in ((segmentation_a, segment_a, "segment A"),
+                                              (segmentation_b, segment_b, "segment B")) if not node or not sid]
+    if reference_volume_node is None:
+        missing.append("the volume whose grid is used")
+    if missing:
+        raise UserError(f"select: {', '.join(missing)}")
+    scene = scene if scene is not None else reference_volume_node.GetScene()
+    table_node = table_node_or_new(scene, table_node, "Segmentation agreement")
+    if disagreement_node is None or disagreement_node.GetScene() is None:
+        disagreement_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Disagreement")
+    result = compare_segments(segmentation_a, segment_a, segmentation_b, segment_b, reference_volume_node,
+                              tolerance_mm=tolerance_mm, table_node=table_node, disagreement_node=disagreement_node)
+    return {**result, "table_node": table_node, "disagreement_node": disagreement_node}
+
+
 # ---------------------------------------------------------------------------------------
 # Per-feature ICC
 
@@ -321,6 +398,7 @@ def compare_segments(segmentation_a, segment_a: str, segmentation_b, segment_b: 
 def icc_rows(table: pd.DataFrame, threshold: float = 0.75) -> list[dict]:
     """Rows of a ``feature_icc`` table: feature, class, icc, ci_low, ci_high, interpretation,
     n, and whether the feature reaches ``threshold``."""
+    _needs("tables", purpose="show the feature ICC")
     from ClinicalMRICommonLib.agreement.icc import feature_class
 
     rows = []
@@ -338,6 +416,9 @@ def icc_rows(table: pd.DataFrame, threshold: float = 0.75) -> list[dict]:
 def icc_class_rows(table: pd.DataFrame, threshold: float = 0.75) -> list[dict]:
     """Per radiomics feature class: features, defined ICCs, median ICC and how many reach
     ``threshold`` (the numbers under the boxes of the ICC-by-class plot)."""
+    _needs("tables", purpose="show the feature ICC")
+    import pandas as pd
+
     from ClinicalMRICommonLib.agreement.icc import feature_class
 
     classes = pd.Series([feature_class(str(f)) for f in table.index], index=table.index)
@@ -355,6 +436,9 @@ def icc_to_nodes(table: pd.DataFrame, *, threshold: float = 0.75, table_node=Non
                  plot_png: str | os.PathLike | None = None, title: str | None = None) -> dict:
     """Write a ``feature_icc`` table into table nodes and draw the ICC-by-class plot (PNG).
     Returns ``{"rows", "class_rows", "plot", "n_features", "n_passing"}``."""
+    _needs("tables", purpose="show the feature ICC")
+    if plot_png is not None:
+        _needs("plots", purpose="draw the ICC-by-class plot")
     from ClinicalMRICommonLib.agreement.icc import plot_icc_by_class
 
     rows, class_rows = icc_rows(table, threshold), icc_class_rows(table, threshold)
@@ -372,17 +456,77 @@ def icc_to_nodes(table: pd.DataFrame, *, threshold: float = 0.75, table_node=Non
 def feature_icc_from_csv(csv_a: str | os.PathLike, csv_b: str | os.PathLike, id_column: str,
                          form: str = "ICC(A,1)") -> pd.DataFrame:
     """``feature_icc`` of two feature tables (CSV files), as ``annotation-qc feature-icc``."""
-    from ClinicalMRICommonLib.agreement.icc import feature_icc
-    from ClinicalMRICommonLib.tables import read_feature_table
-
+    missing = [what for path, what in ((csv_a, "first"), (csv_b, "second")) if path_or_none(path) is None]
+    if missing:
+        raise UserError(f"choose the {' and the '.join(missing)} feature table (CSV) first")
     if not str(id_column).strip():
         raise UserError("enter the name of the case id column of the feature tables")
+    _needs("tables", purpose="compute the feature ICC")
+    from ClinicalMRICommonLib.agreement.icc import feature_icc
+    from ClinicalMRICommonLib.tables import read_feature_table
     return feature_icc(read_feature_table(csv_a, id_column, "first feature table"),
                        read_feature_table(csv_b, id_column, "second feature table"), form=form)
 
 
+def panel_icc(source: str, *, study=None, reader_a: str = "", reader_b: str = "", session_a: str = "first",
+              session_b: str = "first", sequence: str = "", content: str = "", csv_a=None, csv_b=None,
+              id_column: str = "case_id", form: str = "ICC(A,1)", threshold: float = 0.75, scene=None,
+              table_node=None, class_table_node=None, plot_png=None) -> dict:
+    """The panel's Compute ICC: from the logged-in reader ``study`` (``source`` "study": two
+    readers, or one reader's 'first' and 'repeat' sessions) or from two feature tables
+    (``source`` "csv"); the result goes into the two table nodes (created when missing) and
+    the plot. Returns :func:`icc_to_nodes`' result with ``note`` (cases left out) and the
+    table nodes."""
+    note = ""
+    if source == "study":
+        if study is None:
+            raise UserError("log in to a reader study first (Reading section), or use two feature tables")
+        if not reader_a.strip() or not reader_b.strip():
+            raise UserError("enter reader A and reader B (the same reader with sessions 'first' and 'repeat' for "
+                            "the intra-reader ICC)")
+        _needs("tables", "radiomics", purpose="compute the feature ICC of a reader study")
+        result = study.feature_icc(reader_a.strip(), reader_b.strip(), session_a or "first", session_b or "first",
+                                   sequence=sequence.strip() or None, content=content.strip() or None, form=form)
+        table = result["table"]
+        if result["skipped_empty"]:
+            note = f"Left out for an empty mask: {', '.join(result['skipped_empty'])}."
+    elif source == "csv":
+        table = feature_icc_from_csv(csv_a, csv_b, id_column, form=form)
+    else:
+        raise UserError(f"unknown ICC source {source!r}; use 'study' or 'csv'")
+    scene = scene if scene is not None else slicer.mrmlScene
+    table_node = table_node_or_new(scene, table_node, "Feature ICC")
+    class_table_node = table_node_or_new(scene, class_table_node, "Feature ICC by class")
+    out = icc_to_nodes(table, threshold=threshold, table_node=table_node, class_table_node=class_table_node,
+                       plot_png=plot_png, title=f"{form} per feature class")
+    return {**out, "note": note, "table_node": table_node, "class_table_node": class_table_node}
+
+
 # ---------------------------------------------------------------------------------------
 # Training sessions
+
+
+def training_session_in(folder):
+    """The training session in ``folder``, or None when the folder is unset or holds no
+    ``session.json`` (an empty path field: nothing is looked up in Slicer's working folder)."""
+    folder = path_or_none(folder)
+    if folder is None or not (folder / "session.json").is_file():
+        return None
+    _needs("tables", purpose="open a training session")
+    from .training import TrainingSession
+
+    return TrainingSession.open(folder)
+
+
+def create_training_session(folder, cases_file, name: str):
+    """A new training session in ``folder`` from the reference cases table (CSV)."""
+    folder, cases_file = path_or_none(folder), path_or_none(cases_file)
+    if folder is None or cases_file is None or not str(name).strip():
+        raise UserError("choose the new session folder, the reference cases table and a name")
+    _needs("tables", purpose="create a training session")
+    from .training import TrainingSession, cases_from_csv
+
+    return TrainingSession.create(folder, str(name).strip(), cases_from_csv(cases_file))
 
 
 def training_case_rows(session) -> list[dict]:
@@ -396,6 +540,7 @@ def open_training_case(session, trainee_id: str, case_id: str, *, variant: str |
     """Load a training case's image and an empty segmentation for the trainee (one segment:
     the case's content, with the terminology's name and colour when it is a CNS-tumour
     label). The reference mask is never loaded."""
+    _needs("tables", purpose="load a training case")
     from .sessions import check_name
 
     scene = scene if scene is not None else slicer.mrmlScene
@@ -444,6 +589,9 @@ def submit_training_case(session, segmentation_node, volume_node) -> Path:
 def training_report(session, trainee_id: str, *, table_node=None, out_dir=None, feature_extractor=None) -> dict:
     """Evaluate a trainee and write the report (JSON, HTML, overlays); with ``table_node`` one
     row per case (Dice, HD95, over/under-segmentation, tendency, pass)."""
+    _needs("tables", "plots", purpose="write the training report")
+    if feature_extractor is None:
+        _needs("radiomics", purpose="compare the trainee's radiomics features with the reference")
     report = session.write_report(trainee_id, out_dir, feature_extractor=feature_extractor)
     if table_node is not None:
         keys = ("case_id", "sequence", "dice", "hd95_mm", "assd_mm", "volume_ref_ml", "volume_test_ml", "over_ml",
@@ -510,6 +658,7 @@ def record_series_quality(study: ReaderStudy, case_id: str, sequence: str, rater
     """Record a series' grade / Likert score (and the measured SNR/CNR) in the study's quality
     log; a flagged series (grade < 2, Likert < 3, or below the given SNR/CNR minima) needs a
     reason and is no longer offered for annotation."""
+    _needs("tables", purpose="record the image quality")
     from .quality import record_quality
 
     m = measurement or {}

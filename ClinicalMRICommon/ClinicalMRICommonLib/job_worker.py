@@ -70,7 +70,7 @@ def resolve_job(function: str):
 
 def write_request(folder: str | os.PathLike, function: str, kwargs: dict) -> Path:
     """Write a job request into the (panel's temporary) job folder; returns the file."""
-    from .files import write_json_atomic
+    from ClinicalMRICommonLib.files import write_json_atomic
 
     _split(function)
     folder = Path(folder)
@@ -86,7 +86,7 @@ def write_request(folder: str | os.PathLike, function: str, kwargs: dict) -> Pat
 def job_command(request_path: str | os.PathLike, module_paths=(), *, python: str | None = None) -> list[str]:
     """The command line that runs this worker by path on ``request_path`` (what the panel
     starts); ``module_paths`` are the folders holding the job's library packages."""
-    from .process_runner import worker_python
+    from ClinicalMRICommonLib.process_runner import worker_python
 
     args = [python or worker_python(), str(Path(__file__).resolve())]
     for folder in module_paths:
@@ -116,8 +116,8 @@ def run_job(function: str, kwargs: dict, folder: str | os.PathLike, *, packages=
     :class:`~ClinicalMRICommonLib.process_runner.ProcessRunner` from a timer instead).
     ``packages``: the library packages the job needs (their folders go on the worker's
     ``sys.path``). Returns the job's result; UserError with the worker's one-line error."""
-    from .errors import UserError
-    from .process_runner import ProcessRunner, RunState
+    from ClinicalMRICommonLib.errors import UserError
+    from ClinicalMRICommonLib.process_runner import ProcessRunner, RunState
 
     runner = runner or ProcessRunner()
     request = write_request(folder, function, kwargs)
@@ -143,7 +143,7 @@ def run_job(function: str, kwargs: dict, folder: str | os.PathLike, *, packages=
 
 
 def _read_request(path: str | os.PathLike) -> dict:
-    from .errors import UserError
+    from ClinicalMRICommonLib.errors import UserError
 
     try:
         request = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -157,7 +157,7 @@ def _read_request(path: str | os.PathLike) -> dict:
 
 def run_request(path: str | os.PathLike, progress=None) -> dict:
     """Run the job of a request file and write its result; returns the result."""
-    from .files import json_safe, write_json_atomic
+    from ClinicalMRICommonLib.files import json_safe, write_json_atomic
 
     request = _read_request(path)
     function = resolve_job(request["function"])
@@ -169,7 +169,7 @@ def run_request(path: str | os.PathLike, progress=None) -> dict:
 
 def read_result(path: str | os.PathLike) -> dict:
     """The result a job wrote (the panel reads it on the main thread)."""
-    from .errors import UserError
+    from ClinicalMRICommonLib.errors import UserError
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -182,8 +182,8 @@ def read_result(path: str | os.PathLike) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring for the exit statuses)."""
-    from .errors import UserError, os_error_message
-    from .process_runner import emit_message
+    from ClinicalMRICommonLib.errors import UserError, os_error_message
+    from ClinicalMRICommonLib.process_runner import emit_message
 
     parser = argparse.ArgumentParser(prog="job_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--module-path", action="append", default=[],

@@ -6,7 +6,17 @@ With ClinicalMRICommonLib.mrml_bridge this is the only StrokeLesion library file
 ISLES'22 case. The panel (StrokeLesion.py) only collects the user's choices and calls these
 functions; every number comes from the library. The generic node helpers (segments, views,
 layouts, the Segment Editor node, RAS/LPS points) are ClinicalMRICommonLib.mrml_bridge's; the
-panel gives them this module's LAYOUT_ID, LAYOUT_XML and SEGMENT_EDITOR_TAG.
+panel's layout is :func:`panel_layout` (three axial views, set explicitly on the existing
+slice nodes and undone when the user switches layout) and its Segment Editor node tag is
+SEGMENT_EDITOR_TAG.
+
+What the panel's buttons decide lives here, not in StrokeLesion.py (which only wires
+widgets): what is missing for an action (:func:`missing_inputs`), the candidate's settings
+(:func:`candidate_params`), which loaded node fills which field (:func:`loaded_fields`), the
+authors list (:func:`parse_authors`). The BIDS export and the acceptance report run in a
+separate process (:data:`JOBS`, run by ClinicalMRICommonLib.job_worker) with progress and
+Cancel; the packages they need are installed on first use, in Slicer's process, before the
+job starts (:func:`prepare_export`, :func:`prepare_acceptance`).
 
 - loading: DWI/ADC(/FLAIR) from files or a session folder (bids.find_session_images), ADC
   units detected (diffusion.detect_adc_units), FLAIR resampled onto the DWI grid
@@ -38,6 +48,7 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.images import read_image
 from ClinicalMRICommonLib.grids import same_grid
 from ClinicalMRICommonLib.mrml_bridge import (
+    PanelLayout,
     lps_to_ras,
     new_segmentation,
     node_label,
@@ -48,10 +59,11 @@ from ClinicalMRICommonLib.mrml_bridge import (
     segment_is_empty,
     segment_to_sitk_mask,
     set_segment_mask,
+    segment_id_by_name,
     sitk_to_volume_node,
-    slice_views_layout_xml,
     volume_node_to_sitk,
 )
+from ClinicalMRICommonLib.panel_support import path_or_none
 
 from .candidate import CandidateParams, candidate_mask, lesion_table
 from .diffusion import AdcUnits, DiffusionCase, diffusion_from_images, read_diffusion_images, resample_to_grid
@@ -67,10 +79,11 @@ DISAGREEMENT_COLORS = {1: ("one reader only", (1.0, 0.15, 0.15)), 2: ("both read
 #: The three axial views of the panel's layout (slice view names in Slicer).
 VIEWS = ("Red", "Yellow", "Green")
 LAYOUT_ID = 2604          # a custom layout id (Slicer's own ids are below 1000)
-#: The panel's layout: the three views side by side, axial (mrml_bridge.register_layout adds it)
-LAYOUT_XML = slice_views_layout_xml(VIEWS, "Axial")
 #: Singleton tag of the panel's own Segment Editor node (mrml_bridge.segment_editor_node)
 SEGMENT_EDITOR_TAG = "StrokeLesionSegmentEditor"
+REQUESTER = "Stroke Lesion"
+#: The job functions ClinicalMRICommonLib.job_worker may run in a separate process.
+JOBS = ("export_job", "acceptance_job")
 
 Progress = Callable[[str], None]
 
@@ -79,8 +92,78 @@ def _say(progress: Progress | None) -> Progress:
     return progress or (lambda message: None)
 
 
+def _needs(*features: str, purpose: str) -> None:
+    """Install on first use what ``features`` need (ClinicalMRICommonLib.slicer_packages;
+    nothing happens when it is installed)."""
+    from ClinicalMRICommonLib.slicer_packages import ensure_packages, requirements_for
+
+    ensure_packages(requirements_for(*features), REQUESTER, purpose)
+
+
+# ---------------------------------------------------------------------------------------
+# What the panel's buttons need
+
+
+def missing_inputs(action: str, *, dwi=None, adc=None, study_folder=None, case_id: str = "", reader_id: str = "",
+                   lesion_segmentation=None) -> list[str]:
+    """What is missing before ``action`` ("candidate", "case", "submit") can run (empty
+    when it can). An unset path ("" or ".", what an empty path field holds) is missing."""
+    if action not in ("candidate", "case", "submit"):
+        raise ValueError(f"unknown action {action!r}")
+    missing = []
+    if action == "candidate":
+        missing += [what for node, what in ((dwi, "DWI volume"), (adc, "ADC volume")) if node is None]
+    if action in ("case", "submit"):
+        if path_or_none(study_folder) is None:
+            missing.append("study folder")
+        if not str(case_id).strip():
+            missing.append("case")
+        if not str(reader_id).strip():
+            missing.append("reader id")
+    if action == "submit" and lesion_segmentation is None:
+        missing.append("an opened case (your lesion segment)")
+    return missing
+
+
+def candidate_params(adc_threshold_1e6: float, dwi_k: float, min_lesion_ml: float) -> CandidateParams:
+    """The candidate's settings from the panel's fields (ADC threshold in 10^-6 mm2/s)."""
+    return CandidateParams(adc_threshold_mm2s=float(adc_threshold_1e6) * 1e-6, dwi_k=float(dwi_k),
+                           min_size_ml=float(min_lesion_ml)).check()
+
+
+def loaded_fields(loaded: "LoadedCase") -> dict:
+    """Parameter-node field -> node of a loaded case: DWI, ADC and the FLAIR on the DWI grid."""
+    return {"dwiVolume": loaded.dwi, "adcVolume": loaded.adc, "flairVolume": loaded.flair}
+
+
+def parse_authors(text: str) -> list[str]:
+    """The dataset's authors from the panel's comma-separated field."""
+    return [a.strip() for a in str(text).split(",") if a.strip()]
+
+
+def export_job_kwargs(study_folder, out, *, name: str, authors: str, license: str = "", validate: bool = True) -> dict:
+    """The arguments of :func:`export_job` from the panel's fields (unset folders refused)."""
+    if path_or_none(study_folder) is None or path_or_none(out) is None:
+        raise UserError("choose the study folder and an output folder first")
+    return {"study_folder": str(path_or_none(study_folder)), "out": str(path_or_none(out)), "name": str(name),
+            "authors": parse_authors(authors), "license": str(license).strip() or None, "validate": bool(validate)}
+
+
+def acceptance_job_kwargs(dataset) -> dict:
+    """The arguments of :func:`acceptance_job` (an unset folder refused)."""
+    if path_or_none(dataset) is None:
+        raise UserError("choose the exported dataset's folder first")
+    return {"dataset": str(path_or_none(dataset))}
+
+
 # ---------------------------------------------------------------------------------------
 # Layout and views
+
+
+def panel_layout() -> PanelLayout:
+    """DWI | ADC | FLAIR side by side, all three axial (mrml_bridge.PanelLayout sets the
+    orientation of the existing Red, Yellow and Green views and restores them afterwards)."""
+    return PanelLayout(LAYOUT_ID, VIEWS, "Axial")
 
 
 def restrict_to_views(node, views) -> None:
@@ -213,6 +296,25 @@ def load_session_folder(folder: str | os.PathLike, *, adc_units: str = "auto", s
                            name_prefix=prefix, progress=progress)
 
 
+def load_case_file_fields(dwi, adc, flair=None, *, adc_units: str = "auto", scene=None,
+                          progress: Progress | None = None) -> LoadedCase:
+    """:func:`load_case_files` from the panel's path fields: DWI and ADC must be set, FLAIR
+    is optional (an unset field, "" or ".", means none)."""
+    if path_or_none(dwi) is None or path_or_none(adc) is None:
+        raise UserError("choose the DWI and ADC files first")
+    flair = path_or_none(flair)
+    return load_case_files(path_or_none(dwi), path_or_none(adc), flair, adc_units=adc_units, scene=scene,
+                           progress=progress)
+
+
+def load_session_folder_field(folder, *, adc_units: str = "auto", scene=None,
+                              progress: Progress | None = None) -> LoadedCase:
+    """:func:`load_session_folder` from the panel's path field (an unset folder is refused)."""
+    if path_or_none(folder) is None:
+        raise UserError("choose a session folder first")
+    return load_session_folder(path_or_none(folder), adc_units=adc_units, scene=scene, progress=progress)
+
+
 def diffusion_from_nodes(dwi_node, adc_node, *, adc_units: str = "auto") -> DiffusionCase:
     """The nodes' voxels as the library's DiffusionCase (units detected or stated)."""
     dwi = volume_node_to_sitk(dwi_node, "DWI volume")
@@ -222,15 +324,6 @@ def diffusion_from_nodes(dwi_node, adc_node, *, adc_units: str = "auto") -> Diff
                         "; select the ADC map of the same diffusion series")
     return diffusion_from_images(dwi, adc, adc_units=adc_units,
                                  dwi_path=dwi_node.GetName(), adc_path=adc_node.GetName())
-
-
-def resample_node_to_dwi(volume_node, dwi_node, name: str | None = None, *, what: str = "FLAIR volume"):
-    """A new volume node: ``volume_node`` resampled onto the DWI node's grid."""
-    img = volume_node_to_sitk(volume_node, what)
-    dwi = volume_node_to_sitk(dwi_node, "DWI volume")
-    out = resample_to_grid(img, dwi, what=node_label(volume_node, what))
-    require_in_scene(volume_node, what)
-    return sitk_to_volume_node(out, name or f"{volume_node.GetName()} (DWI grid)", scene=dwi_node.GetScene())
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,6 +418,10 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
 
 def open_study(folder: str | os.PathLike):
+    """The two-reader study in ``folder`` (an unset folder is refused)."""
+    folder = path_or_none(folder)
+    if folder is None:
+        raise UserError("choose the study folder first")
     from .workflow import Study
     return Study(folder)
 
@@ -427,6 +524,20 @@ def copy_segment(source_segmentation, source_segment_id: str, target_segmentatio
     mask, _ = segment_mask_on_dwi(source_segmentation, source_segment_id, dwi_node)
     require_in_scene(target_segmentation, "segmentation")
     return mask_to_segment(mask, target_segmentation, target_name, dwi_node)
+
+
+def lesion_segment_id(segmentation_node) -> str:
+    """The id of the reader's "lesion" segment."""
+    return segment_id_by_name(segmentation_node, LESION_SEGMENT)
+
+
+def start_from_candidate(candidate_segmentation, lesion_segmentation, dwi_node) -> str:
+    """The panel's Start from the candidate: the one-click candidate replaces the reader's
+    lesion segment (both must exist: open the case and compute the candidate first)."""
+    if candidate_segmentation is None or lesion_segmentation is None:
+        raise UserError("open the case and compute the candidate first")
+    source = segment_id_by_name(candidate_segmentation, CANDIDATE_SEGMENT)
+    return copy_segment(candidate_segmentation, source, lesion_segmentation, LESION_SEGMENT, dwi_node)
 
 
 def submit_annotation(study, case_id: str, reader_id: str, segmentation_node, segment_id: str, dwi_node, *,
@@ -624,22 +735,17 @@ def load_consensus(study, case_id: str, viewer: str, dwi_node, segmentation_node
 # ---------------------------------------------------------------------------------------
 # Export and acceptance
 
-#: Python packages (pip names) the export and acceptance need beyond what Slicer ships
-#: (Slicer bundles numpy, scipy, SimpleITK, pydicom), by import name.
-EXPORT_PACKAGES = {"nibabel": "nibabel", "dicomanonymizer": "dicom-anonymizer", "pydicom": "pydicom"}
+def prepare_export(validate: bool) -> None:
+    """Install on first use what the BIDS export needs (and the official validator when the
+    export is validated); call in Slicer's process before the export job starts."""
+    _needs("bids", purpose="export the study to BIDS")
+    if validate:
+        _needs("bids-validator", purpose="validate the exported dataset")
 
 
-def missing_packages(*, validate: bool = False) -> list[str]:
-    """pip names of the packages export/acceptance need that are not installed (the panel
-    offers to install them); ``validate`` adds the official BIDS validator."""
-    import importlib.util
-
-    from .bids import validator_executable
-    out = [pip for module, pip in EXPORT_PACKAGES.items() if importlib.util.find_spec(module) is None]
-    if validate and validator_executable() is None:
-        out.append("bids-validator-deno")
-    return out
-
+def prepare_acceptance() -> None:
+    """Install on first use what the acceptance report needs."""
+    _needs("bids", purpose="check an exported dataset")
 
 
 def export_dataset(study, out: str | os.PathLike, *, name: str, authors: list[str], license: str | None = None,
@@ -681,3 +787,30 @@ def acceptance_report(dataset: str | os.PathLike, report_dir: str | os.PathLike 
     out_dir = Path(report_dir) if report_dir else ds.with_name(ds.name + "-acceptance")
     json_path, html_path = write_report(rep, out_dir)
     return {**rep, "report_json": str(json_path), "report_html": str(html_path)}
+
+
+# ---------------------------------------------------------------------------------------
+# Jobs run in a separate process (ClinicalMRICommonLib.job_worker): plain arguments, JSON out
+
+
+def export_job(study_folder: str, out: str, name: str, authors: list[str], license: str | None = None,
+               validate: bool = True, progress=None) -> dict:
+    """:func:`export_dataset` of the study in ``study_folder`` (what the panel's Export runs
+    in a separate process)."""
+    prepare_export(validate)
+    say = _say(progress)
+    say("opening the study")
+    study = open_study(study_folder)
+    if path_or_none(out) is None:
+        raise UserError("choose an output folder first")
+    return export_dataset(study, out, name=name, authors=list(authors), license=license, validate=validate,
+                          progress=say)
+
+
+def acceptance_job(dataset: str, progress=None) -> dict:
+    """:func:`acceptance_report` of an exported dataset (the panel's Acceptance report)."""
+    prepare_acceptance()
+    if path_or_none(dataset) is None:
+        raise UserError("choose the exported dataset's folder first")
+    _say(progress)("checking the dataset")
+    return acceptance_report(dataset)
