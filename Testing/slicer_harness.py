@@ -20,6 +20,16 @@ Not available in slicer-core (so not here): ``slicer.app``, ``slicer.modules``, 
 Terminologies logic's share files, CLI modules. ``slicer.mrmlScene`` is set to the fresh
 scene for the ``slicer.util`` helpers, and restored afterwards.
 
+The standard views (:meth:`SlicerCoreScene.add_standard_views`) are made the way the
+application makes them, not by hand: ``qMRMLLayoutManager::setMRMLScene`` gives the scene to
+a ``vtkMRMLLayoutLogic``, whose ``UpdateFromMRMLScene`` creates the conventional views (Red
+axial, Yellow sagittal, Green coronal, the 3-D view) and the layout node; each slice view's
+``qMRMLSliceControllerWidget::setMRMLSliceNode`` gives its slice node to a
+``vtkMRMLSliceLogic``, which creates the view's slice composite node. Switching layouts is
+then the layout node's ``SetViewArrangement`` (what ``qMRMLLayoutManager::setLayout`` does),
+and the layout logic creates missing views and applies the layout's properties exactly as
+in the application (defect 5 of issue 11 shows up here).
+
 Use the ``mrml_scene`` fixture: ``from slicer_harness import mrml_scene  # noqa: F401``.
 Test-data builders (an oblique image, a box mask, a segmentation from a mask) follow it.
 """
@@ -63,10 +73,50 @@ class SlicerCoreScene:
     def logic(self, name: str):
         return self.logics[name]
 
+    def add_standard_views(self):
+        """The application's views (see the module docstring); returns the layout node."""
+        self.layout_logic = slicer.vtkMRMLLayoutLogic()
+        self.layout_logic.SetMRMLScene(self.scene)
+        self.slice_logics = vtk.vtkCollection()
+        self.app_logic.SetSliceLogics(self.slice_logics)
+        self._slice_logic_for = {}
+        self._observe_slice_nodes()
+        self._slice_node_observer = self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent,
+                                                           lambda caller, event: self._observe_slice_nodes())
+        return self.layout_logic.GetLayoutNode()
+
+    def _observe_slice_nodes(self) -> None:
+        """One slice logic per slice view (the layout manager's slice view factory does this
+        for every slice node the layout logic creates)."""
+        new = [self.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+               for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))]
+        new = [node for node in new if node.GetID() not in self._slice_logic_for]
+        for node in new:  # registered first: a slice logic adds nodes itself (re-entering here)
+            self._slice_logic_for[node.GetID()] = None
+        for node in new:
+            logic = slicer.vtkMRMLSliceLogic()
+            logic.SetMRMLApplicationLogic(self.app_logic)
+            logic.SetMRMLScene(self.scene)
+            logic.SetSliceNode(node)
+            self.slice_logics.AddItem(logic)
+            self._slice_logic_for[node.GetID()] = logic
+
+    def slice_node(self, view: str):
+        return self.scene.GetSingletonNode(view, "vtkMRMLSliceNode")
+
     def close(self) -> None:
         """Clear the scene and drop the logics. (Detaching the Segmentations logic from its
         scene by hand makes it warn about a missing subject hierarchy; letting it go with
         the scene does not.)"""
+        if getattr(self, "_slice_node_observer", None) is not None:
+            self.scene.RemoveObserver(self._slice_node_observer)
+            self._slice_node_observer = None
+            for logic in self._slice_logic_for.values():  # the views go first, as when the application quits
+                if logic is not None:
+                    logic.SetMRMLScene(None)
+            self._slice_logic_for.clear()
+            self.app_logic.SetSliceLogics(None)
+            self.layout_logic.SetMRMLScene(None)
         self.scene.Clear(True)
         self.logics.clear()
 

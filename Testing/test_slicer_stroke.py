@@ -11,6 +11,7 @@ References, independent of the code under test:
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -20,9 +21,10 @@ import SimpleITK as sitk
 from slicer_harness import mrml_scene, slicer  # noqa: F401  (fixture + the slicer-core module)
 
 from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib import job_worker
 from ClinicalMRICommonLib.mrml_bridge import (
     new_segmentation,
-    register_layout,
+    nodes_by_class,
     segment_editor_node,
     segment_id_by_name,
     segment_is_empty,
@@ -261,6 +263,19 @@ def test_two_blinded_annotators_review_arbitration_and_export(mrml_scene, study,
     acc = pl.acceptance_report(tmp_path / "bids")
     assert acc["accepted"] is True and acc["summary"]["total_consensus_volume_ml"] == pytest.approx(keep.sum() * 0.008)
 
+    # the panel's Export and Acceptance report: the same functions in a separate process
+    seen = []
+    kwargs = pl.export_job_kwargs(study.root, tmp_path / "bids-worker", name="panel export", authors="A. Reader",
+                                  validate=False)
+    worker = job_worker.run_job("StrokeLesionLib.panel_logic:export_job", kwargs, tmp_path / "job",
+                                packages=("StrokeLesionLib",), progress=seen.append, timeout=600)
+    assert seen[:2] == ["opening the study", "writing the BIDS dataset"]      # progress from the worker
+    assert worker["files"] == rep["files"] and worker["cases"] == json.loads(json.dumps(rep["cases"]))
+    acc_worker = job_worker.run_job("StrokeLesionLib.panel_logic:acceptance_job",
+                                    pl.acceptance_job_kwargs(tmp_path / "bids-worker"), tmp_path / "job2",
+                                    packages=("StrokeLesionLib",), timeout=600)
+    assert acc_worker["accepted"] is True
+
 
 def _like(a: np.ndarray, ref: sitk.Image) -> sitk.Image:
     img = sitk.GetImageFromArray(a.astype(np.uint8))
@@ -285,25 +300,74 @@ def test_submission_with_node_removed_mid_way_saves_nothing(mrml_scene, study):
     assert study.state("c0009").annotations == {}
 
 
-def test_layout_and_linked_views(mrml_scene):
+def test_three_axial_views_on_the_applications_views(mrml_scene, isles):
+    """DWI | ADC | FLAIR, all axial, in the standard views the application creates (Yellow
+    and Green exist sagittal and coronal before the panel's layout is shown); back to their
+    orientations in Four-Up."""
     scene = mrml_scene.scene
-    root = ET.fromstring(pl.LAYOUT_XML)
-    assert [v.get("singletontag") for v in root.iter("view")] == list(pl.VIEWS)
-    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
-    assert register_layout(layout, pl.LAYOUT_ID, pl.LAYOUT_XML) == pl.LAYOUT_ID
-    assert layout.IsLayoutDescription(pl.LAYOUT_ID)
-    from slicer_harness import make_image
-    from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
-    vols = [sitk_to_volume_node(make_image(seed=i), f"v{i}", scene=scene) for i in range(3)]
-    composites = {}
-    for name in ("Red", "Yellow"):                    # what Slicer's layout manager creates per view
-        c = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
-        c.SetLayoutName(name)
-        composites[name] = c
-    done = show_in_views(scene, {"Red": {"background": vols[0]}, "Yellow": {"background": vols[1],
-                                                                          "label": vols[2]},
-                                 "Green": {"background": vols[2]}})
-    assert done == ["Red", "Yellow"]                  # no Green view in this layout: skipped
-    assert composites["Red"].GetBackgroundVolumeID() == vols[0].GetID()
-    assert composites["Yellow"].GetLabelVolumeID() == vols[2].GetID()
+    layout_node = mrml_scene.add_standard_views()
+    loaded = pl.load_session_folder(isles["session"], scene=scene)
+    layout = pl.panel_layout()
+    assert [v.get("singletontag") for v in ET.fromstring(layout.description).iter("view")] == list(pl.VIEWS)
+    shown = layout.show(layout_node, scene, pl.reading_views(loaded))
+    assert shown == ["Red", "Yellow", "Green"] and layout_node.GetViewArrangement() == pl.LAYOUT_ID
+    assert [mrml_scene.slice_node(v).GetOrientation() for v in pl.VIEWS] == ["Axial"] * 3
+    composites = {n.GetLayoutName(): n for n in nodes_by_class(scene, "vtkMRMLSliceCompositeNode")}
+    assert [composites[v].GetBackgroundVolumeID() for v in pl.VIEWS] == \
+        [loaded.dwi.GetID(), loaded.adc.GetID(), loaded.flair.GetID()]
     assert all(c.GetLinkedControl() and c.GetHotLinkedControl() for c in composites.values())
+    layout_node.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    layout.layout_changed(scene, layout_node.GetViewArrangement())
+    assert [mrml_scene.slice_node(v).GetOrientation() for v in pl.VIEWS] == ["Axial", "Sagittal", "Coronal"]
+    # show_in_views skips a view the layout does not have
+    assert show_in_views(scene, {"Red+": {"background": loaded.dwi}}) == []
+
+
+def test_each_loaded_node_fills_the_field_of_its_sequence(mrml_scene, isles):
+    """loaded_fields: the DWI file's voxels are in dwiVolume, the ADC's in adcVolume, FLAIR
+    (on the DWI grid) in flairVolume; missing_inputs names what each action lacks."""
+    loaded = pl.load_case_file_fields(isles["dwi"], isles["adc"], isles["flair"], scene=mrml_scene.scene)
+    fields = pl.loaded_fields(loaded)
+    assert list(fields) == ["dwiVolume", "adcVolume", "flairVolume"]
+    for field, path in (("dwiVolume", isles["dwi"]), ("adcVolume", isles["adc"])):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(volume_node_to_sitk(fields[field])),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    flair = volume_node_to_sitk(fields["flairVolume"])
+    assert flair.GetSize() == sitk.ReadImage(str(isles["dwi"])).GetSize()      # resampled onto the DWI grid
+    assert pl.missing_inputs("candidate", dwi=fields["dwiVolume"], adc=fields["adcVolume"]) == []
+    assert pl.missing_inputs("candidate") == ["DWI volume", "ADC volume"]
+    assert pl.missing_inputs("case", study_folder=".", case_id="c1", reader_id=" ") == ["study folder", "reader id"]
+    assert pl.missing_inputs("submit", study_folder="/s", case_id="c1", reader_id="r") == \
+        ["an opened case (your lesion segment)"]
+    with pytest.raises(UserError, match="choose the DWI and ADC files first"):
+        pl.load_case_file_fields(isles["dwi"], ".")                          # an empty path field holds "."
+    with pytest.raises(UserError, match="choose a session folder first"):
+        pl.load_session_folder_field("")
+
+
+def test_panel_fields_to_library_values():
+    params = pl.candidate_params(620.0, 3.0, 0.01)
+    assert params.adc_threshold_mm2s == pytest.approx(620e-6) and params.dwi_k == 3.0 and params.min_size_ml == 0.01
+    assert pl.parse_authors(" A. Reader, ,B. Reader ") == ["A. Reader", "B. Reader"]
+    kwargs = pl.export_job_kwargs("/study", "/out", name="n", authors="A, B", license=" ", validate=True)
+    assert kwargs == {"study_folder": "/study", "out": "/out", "name": "n", "authors": ["A", "B"], "license": None,
+                      "validate": True}
+    with pytest.raises(UserError, match="choose the study folder and an output folder"):
+        pl.export_job_kwargs("/study", ".", name="n", authors="")
+    with pytest.raises(UserError, match="dataset's folder"):
+        pl.acceptance_job_kwargs(".")
+    with pytest.raises(UserError, match="choose the study folder first"):
+        pl.open_study(".")
+
+
+def test_start_from_candidate_needs_both_segmentations(mrml_scene, isles):
+    loaded = pl.load_case_files(isles["dwi"], isles["adc"], scene=mrml_scene.scene)
+    with pytest.raises(UserError, match="open the case and compute the candidate first"):
+        pl.start_from_candidate(None, None, loaded.dwi)
+    summary = pl.run_candidate(loaded.dwi, loaded.adc)
+    candidate = mrml_scene.scene.GetNodeByID(summary["segmentation_node_id"])
+    own = new_segmentation(mrml_scene.scene, "mine", loaded.dwi)
+    sid = pl.start_from_candidate(candidate, own, loaded.dwi)
+    assert sid == pl.lesion_segment_id(own)
+    np.testing.assert_array_equal(segment_array(own, pl.LESION_SEGMENT, loaded.dwi),
+                                  segment_array(candidate, pl.CANDIDATE_SEGMENT, loaded.dwi))

@@ -14,7 +14,13 @@ otherwise only fail inside Slicer:
   Slicer's Base/Python/slicer/parameterNodeWrapper/guiConnectors.py); an unconnectable
   pair makes ``connectGui`` raise when the module opens;
 - every MRML widget gets the scene (a mrmlSceneChanged -> setMRMLScene connection in the
-  .ui, or a setMRMLScene call in the code); without it a node selector stays empty.
+  .ui, or a setMRMLScene call in the code); without it a node selector stays empty;
+- every number field of a parameter node has a range (``Annotated[float, WithinRange(...)]``
+  or Minimum and Maximum): the spin-box connector sets the widget's range from it and to
+  -inf..inf without one (guiConnectors.py ``QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector``),
+  replacing the .ui's range (issue 11, defect 3);
+- every path field with a ``settingKey`` (a drop-down history) records its history: nothing
+  but ``addCurrentPathToHistory()`` writes it (CTK ctkPathLineEdit.cpp; defect 10).
 """
 
 from __future__ import annotations
@@ -229,7 +235,15 @@ def _parameter_fields(module: str) -> tuple[dict[str, str], set[str]]:
     raise AssertionError(f"{module}.py has no @parameterNodeWrapper class")
 
 
+def _unannotated(annotation: str) -> str:
+    """``Annotated[float, WithinRange(0, 1)]`` -> ``float`` (the connectors look at the
+    unannotated type: parameterNodeWrapper's ``unannotatedType``)."""
+    match = re.fullmatch(r"(?:typing\.)?Annotated\[\s*([^,\]]+)\s*,.*\]", annotation, flags=re.S)
+    return match.group(1).strip() if match else annotation
+
+
 def _kind(annotation: str, enums: set[str]) -> str:
+    annotation = _unannotated(annotation)
     if annotation in enums:
         return ENUM
     if "Choice(" in annotation:
@@ -274,3 +288,99 @@ def test_mrml_widgets_receive_the_scene(path):
                     if w.get("class", "").startswith("qMRML") and w.get("name") != top]
     missing = [name for name in mrml_widgets if name not in connected | in_code]
     assert not missing, f"{path}: MRML widgets without a scene: {missing}"
+
+
+# --------------------------------------------------------------------------------------
+# Number ranges (defect 3) and path history (defect 10)
+
+RANGE_VALIDATORS = ("WithinRange", "Minimum", "Maximum")
+
+
+def _parameter_class(module: str) -> ast.ClassDef:
+    tree = ast.parse(module_source(module))
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef)
+                and any(ast.unparse(d) == "parameterNodeWrapper" for d in n.decorator_list))
+
+
+def _numeric_fields(module: str) -> dict[str, tuple[ast.expr, ast.expr | None]]:
+    """Number fields (float or int, annotated or not): name -> (annotation, default)."""
+    out = {}
+    for st in _parameter_class(module).body:
+        if isinstance(st, ast.AnnAssign) and _unannotated(ast.unparse(st.annotation)) in ("float", "int"):
+            out[st.target.id] = (st.annotation, st.value)
+    return out
+
+
+def _range(annotation: ast.expr) -> tuple[float, float] | None:
+    """(minimum, maximum) from WithinRange or Minimum + Maximum in ``Annotated[...]``."""
+    if not (isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value).endswith("Annotated")):
+        return None
+    calls = {ast.unparse(c.func).split(".")[-1]: [ast.literal_eval(a) for a in c.args]
+             for c in annotation.slice.elts[1:] if isinstance(c, ast.Call)}
+    if "WithinRange" in calls:
+        return tuple(float(v) for v in calls["WithinRange"])
+    if "Minimum" in calls and "Maximum" in calls:
+        return float(calls["Minimum"][0]), float(calls["Maximum"][0])
+    return None
+
+
+def _spin_box_ranges(module: str) -> dict[str, tuple[float, float]]:
+    """field -> (minimum, maximum) of the spin box the .ui binds to it."""
+    out = {}
+    for path in module_ui_files(module):
+        for element in ui_xml(path).iter("widget"):
+            props = {p.get("name"): p for p in element.findall("property")}
+            if "SlicerParameterName" in props and "minimum" in props and "maximum" in props:
+                value = lambda p: float(next(iter(p)).text)  # noqa: E731 - <double> or <number>
+                out[props["SlicerParameterName"].findtext("string")] = (value(props["minimum"]),
+                                                                       value(props["maximum"]))
+    return out
+
+
+def test_parameter_node_validators_exist_in_slicer():
+    """The validators the modules use are exported by slicer.parameterNodeWrapper (5.10 and
+    5.12: Base/Python/slicer/parameterNodeWrapper/validators.py ``__all__``, re-exported by its
+    ``__init__``), checked in the source text of every module that imports them."""
+    for module in MODULES:
+        tree = ast.parse(module_source(module))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "slicer.parameterNodeWrapper":
+                names = {a.name for a in node.names}
+                assert names <= {"parameterNodeWrapper", "WithinRange", "Minimum", "Maximum", "Choice", "Decimals",
+                                 "SingleStep"}, f"{module}.py imports {names} from slicer.parameterNodeWrapper"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_number_field_has_a_range(module):
+    fields = _numeric_fields(module)
+    ui_ranges = _spin_box_ranges(module)
+    problems = []
+    for name, (annotation, default) in fields.items():
+        bounds = _range(annotation)
+        if bounds is None:
+            problems.append(f"{name}: {ast.unparse(annotation)} has no range; the spin box would accept -inf..inf "
+                            "(use Annotated[float, WithinRange(min, max)])")
+            continue
+        if default is not None and not bounds[0] <= float(ast.literal_eval(default)) <= bounds[1]:
+            problems.append(f"{name}: default {ast.unparse(default)} is outside {bounds}")
+        if name in ui_ranges and ui_ranges[name] != bounds:
+            problems.append(f"{name}: range {bounds} differs from its spin box's {ui_ranges[name]} in the .ui")
+    if module != "HRMMPredict":
+        assert fields, f"{module}ParameterNode has no number field; the check would be empty"
+    assert not problems, f"{module}ParameterNode:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_path_fields_with_history_record_it(module):
+    source = module_source(module)
+    problems = []
+    with_history = [w.get("name") for path in module_ui_files(module) for w in ui_xml(path).iter("widget")
+                    if w.get("class") == "ctkPathLineEdit" and any(p.get("name") == "settingKey"
+                                                                  for p in w.findall("property"))]
+    for name in with_history:
+        if not re.search(rf"remember_path\(self\.ui\.{name}\)|ui\.{name}\.addCurrentPathToHistory\(", source):
+            problems.append(f"{name} has a settingKey but its history is never written "
+                            f"(call panel_support.remember_path(self.ui.{name}) after the path was used)")
+    if problems and module == "HRMMPredict":
+        pytest.xfail("HRMMPredict.py is changed by its owner later: " + "; ".join(problems))
+    assert not problems, f"{module}.py:\n  " + "\n  ".join(problems)
