@@ -32,7 +32,7 @@ from ClinicalMRICommonLib.mrml_bridge import (
 )
 from HRMMPredictLib.slicer import packages, panel_logic, panel_results, series_guess
 from HRMMPredictLib.slicer.predict_worker import worker_command
-from HRMMPredictLib.slicer.process_runner import ProcessRunner, RunState
+from ClinicalMRICommonLib.process_runner import ProcessRunner, RunState
 
 
 #
@@ -140,7 +140,7 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
 
     The prediction runs in a child process (HRMMPredictLib.slicer.predict_worker) watched by a
-    HRMMPredictLib.slicer.process_runner.ProcessRunner; a QTimer drains its output on the main
+    ClinicalMRICommonLib.process_runner.ProcessRunner; a QTimer drains its output on the main
     thread, so the scene and the widgets are only touched here.
     """
 
@@ -1065,7 +1065,7 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
             panel = logic.predictInBackground(parameterNode, folder / "job")
 
             # `hrmm predict --json` in Slicer's Python, with the module folders on sys.path
-            from HRMMPredictLib.slicer.process_runner import worker_python
+            from ClinicalMRICommonLib.process_runner import worker_python
 
             modulePaths = [str(pathlib.Path(__file__).resolve().parent),
                            str(pathlib.Path(importlib.import_module("ClinicalMRICommonLib").__file__).resolve().parents[1])]

@@ -10,8 +10,8 @@ The panel (main thread) reads the case from MRML nodes, writes it with
 
 The worker reads the images back, calls :func:`HRMMPredictLib.predict.predict_case` (the
 function ``hrmm predict`` calls), writes ``result.json`` atomically and reports through
-``@@job`` lines (:mod:`HRMMPredictLib.slicer.process_runner`): ``progress`` messages while it works,
-then one ``result`` message, or one ``error`` message (a one-line user error, exit status 2;
+``@@job`` lines (:mod:`ClinicalMRICommonLib.process_runner`): ``progress`` messages while it
+works, then one ``result`` message, or one ``error`` message (a one-line user error, exit status 2;
 an unexpected failure, exit status 1, traceback on stderr). ``--probe-device`` reports what
 PyTorch finds (the panel's Device line) without loading a model.
 
@@ -121,15 +121,15 @@ def read_request(path: str | os.PathLike) -> dict:
 
 
 def _progress(message: str) -> None:
-    from HRMMPredictLib.slicer.process_runner import emit_message
+    from ClinicalMRICommonLib.process_runner import emit_message
 
     emit_message("progress", message=str(message))
 
 
 def run_request(request_path: str | os.PathLike) -> dict:
     """Predict the case of a request; writes its result file and returns the result."""
-    from ClinicalMRICommonLib.images import read_image
     from ClinicalMRICommonLib.files import write_json_atomic
+    from ClinicalMRICommonLib.images import read_image
     from HRMMPredictLib.predict import predict_case
     from HRMMPredictLib.sequences import sequence_label
 
@@ -174,7 +174,7 @@ def probe_device() -> dict:
 def worker_command(request_path: str | os.PathLike | None = None, *, probe: bool = False,
                    python: str | None = None) -> list[str]:
     """The command line that runs this worker by path (what the panel starts)."""
-    from HRMMPredictLib.slicer.process_runner import worker_python
+    from ClinicalMRICommonLib.process_runner import worker_python
 
     common = Path(__import__("ClinicalMRICommonLib").__file__).resolve().parent.parent
     args = [python or worker_python(), str(Path(__file__).resolve()), "--module-path", str(common)]
@@ -184,7 +184,7 @@ def worker_command(request_path: str | os.PathLike | None = None, *, probe: bool
 
 
 def _main(argv: list[str] | None) -> int:
-    from HRMMPredictLib.slicer.process_runner import emit_message
+    from ClinicalMRICommonLib.process_runner import emit_message
 
     parser = argparse.ArgumentParser(prog="predict_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--module-path", action="append", default=[],
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors are one ``error`` message + ``error: ...`` on stderr, exit 2;
     anything else a traceback on stderr + an ``error`` message, exit 1."""
     from ClinicalMRICommonLib.errors import UserError
-    from HRMMPredictLib.slicer.process_runner import emit_message
+    from ClinicalMRICommonLib.process_runner import emit_message
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.slicer_packages import Requirement, _fallback_ok
 from HRMMPredictLib.slicer import packages
 from HRMMPredictLib.slicer.panel_results import (
     bundle_has_deep_model,
@@ -99,9 +100,9 @@ def test_missing_requirements_on_this_python():
     assert packages.missing_requirements(packages.requirements_for(["radiomics", "deep"])) == []
     import numpy
 
-    too_new = packages.Requirement("numpy>=999.0", "numpy")
-    absent = packages.Requirement("hrmm-no-such-package>=1.0", "hrmm_no_such_package")
-    fine = packages.Requirement("numpy>=1.0", "numpy")
+    too_new = Requirement("numpy>=999.0", "numpy")
+    absent = Requirement("hrmm-no-such-package>=1.0", "hrmm_no_such_package")
+    fine = Requirement("numpy>=1.0", "numpy")
     missing = packages.missing_requirements([fine, too_new, absent])
     assert [m.requirement for m in missing] == [too_new, absent]
     assert missing[0].reason == f"version {numpy.__version__} is installed, >=999.0 is needed"
@@ -109,10 +110,10 @@ def test_missing_requirements_on_this_python():
 
 
 def test_version_check_without_packaging():
-    assert packages._fallback_ok("1.8.0", "scikit-learn>=1.8")
-    assert packages._fallback_ok("3.0.1", "pyradiomics>=3.0.1")
-    assert not packages._fallback_ok("1.7.2", "scikit-learn>=1.8")
-    assert not packages._fallback_ok("0.9", "skops>=0.10")  # numbers, not strings
+    assert _fallback_ok("1.8.0", "scikit-learn>=1.8")
+    assert _fallback_ok("3.0.1", "pyradiomics>=3.0.1")
+    assert not _fallback_ok("1.7.2", "scikit-learn>=1.8")
+    assert not _fallback_ok("0.9", "skops>=0.10")  # numbers, not strings
 
 
 # ---------------------------------------------------------------------------------------

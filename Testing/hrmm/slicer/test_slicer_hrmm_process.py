@@ -1,5 +1,6 @@
-"""The HRMMPredict panel's background process (HRMMPredictLib.slicer.process_runner) and its worker
-(HRMMPredictLib.slicer.predict_worker), with real subprocesses: what the panel's Qt timer drains.
+"""The HRMMPredict panel's background process (ClinicalMRICommonLib.process_runner) and its
+worker (HRMMPredictLib.slicer.predict_worker), with real subprocesses: what the panel's Qt
+timer drains.
 
 Each child script synchronises with the test through files or its own messages, so nothing
 depends on timing except generous timeouts."""
@@ -15,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from HRMMPredictLib.slicer.predict_worker import REQUEST_NAME, read_request, worker_command
-from HRMMPredictLib.slicer.process_runner import (
+from ClinicalMRICommonLib.process_runner import (
     MESSAGE_PREFIX,
     ProcessRunner,
     RunState,
@@ -24,9 +24,10 @@ from HRMMPredictLib.slicer.process_runner import (
     parse_message,
     worker_python,
 )
+from HRMMPredictLib.slicer.predict_worker import REQUEST_NAME, read_request, worker_command
 
 SRC = Path(__file__).resolve().parents[3]  # the project (Testing/hrmm/slicer/this file)
-LIB_PATHS = [str(SRC / "HRMMPredict"), str(SRC / "AnnotationQC")]
+LIB_PATHS = [str(SRC / "HRMMPredict"), str(SRC / "ClinicalMRICommon")]
 TIMEOUT = 30.0
 
 
@@ -75,7 +76,7 @@ def test_progress_lines_arrive_while_the_process_runs(tmp_path):
     go = tmp_path / "go"
     args = python_script(tmp_path, f"""
         import pathlib, time
-        from HRMMPredictLib.slicer.process_runner import emit_message
+        from ClinicalMRICommonLib.process_runner import emit_message
         emit_message("progress", message="reading the case")
         print("a plain log line", flush=True)
         while not pathlib.Path({str(go)!r}).exists():  # wait until the test has seen the first lines
@@ -107,7 +108,7 @@ def test_progress_lines_arrive_while_the_process_runs(tmp_path):
 def test_cancel_kills_the_whole_process_tree(tmp_path):
     args = python_script(tmp_path, """
         import subprocess, sys, time
-        from HRMMPredictLib.slicer.process_runner import emit_message
+        from ClinicalMRICommonLib.process_runner import emit_message
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         emit_message("started", child=child.pid)
         time.sleep(120)
@@ -169,7 +170,7 @@ def test_child_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("HRMM_FROM_PARENT", "inherited")
     args = python_script(tmp_path, """
         import os
-        from HRMMPredictLib.slicer.process_runner import emit_message
+        from ClinicalMRICommonLib.process_runner import emit_message
         emit_message("env", parent=os.environ.get("HRMM_FROM_PARENT"), extra=os.environ.get("HRMM_EXTRA"),
                      unbuffered=os.environ.get("PYTHONUNBUFFERED"))
     """)
@@ -198,7 +199,7 @@ def test_import_failure_is_a_failed_state(tmp_path):
     runner.wait(TIMEOUT)
     runner.finish_import("result.json could not be read\nsecond line")
     assert runner.state is RunState.FAILED and runner.error == "result.json could not be read"
-    with pytest.raises(RuntimeError, match="no results are being imported"):
+    with pytest.raises(RuntimeError, match="no result is being imported"):
         runner.finish_import()
 
 

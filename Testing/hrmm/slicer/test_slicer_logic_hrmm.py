@@ -21,12 +21,11 @@ from slicer_harness import box_mask, make_image, mrml_scene, segmentation_from_m
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.grids import same_grid
 from ClinicalMRICommonLib.mrml_bridge import segment_to_sitk_mask, sitk_to_volume_node, table_node_to_rows
-from HRMMPredictLib.sequences import SEQUENCES
+from ClinicalMRICommonLib.process_runner import ProcessRunner, RunState  # noqa: E402
+from HRMMPredictLib.sequences import SEQUENCES  # noqa: E402
 from HRMMPredictLib.slicer import panel_logic, panel_results  # noqa: E402
 from HRMMPredictLib.slicer.panel_logic import case_images_from_nodes  # noqa: E402
 from HRMMPredictLib.slicer.predict_worker import worker_command  # noqa: E402
-from HRMMPredictLib.slicer.process_runner import ProcessRunner, RunState  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------
 # A whole case (what HRMMPredictLogic reads before predicting)
