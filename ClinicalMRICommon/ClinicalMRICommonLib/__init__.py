@@ -4,7 +4,11 @@ Packages and modules (import each where it is needed; this file imports nothing,
 start-up does not load SimpleITK or pandas through it):
 
 - ``errors``: :class:`~ClinicalMRICommonLib.errors.UserError` and ``run_cli``;
+- ``cli``: the one command-line convention (parsers, --version, --json, --overwrite, exit codes);
 - ``images``, ``masks``, ``grids``: image input with its checks, binary masks, voxel grids;
+- ``dicom``: DICOM series folders (one series per folder); ``orientation``: the canonical voxel
+  order (PIR: sagittal slices stay the slice axis);
+- ``locks``: the one lock of the three tools and exclusive (exactly-one-wins) publication;
 - ``files``: the atomic writer, SHA-256, strict JSON, JSON-lines logs;
 - ``tables``: CSV tables with one-line errors;
 - ``quality``: image-quality grades and SNR/CNR;
