@@ -854,6 +854,7 @@ class Study:
     def compare(self, case_id: str, *, by: str, tolerance_mm: float = 1.0) -> dict:
         """Compare the latest masks of A and B (ClinicalMRICommonLib.agreement) and route the case."""
         from ClinicalMRICommonLib.agreement.segmentation_metrics import compare_masks, lesion_detection
+        self.case_info(case_id)              # an unknown case: a UserError, no empty folder left by the lock
         with _lock(self.case_dir(case_id)):
             st = self.state(case_id)
             if st.status != "ready_to_compare":
