@@ -34,7 +34,9 @@ workflow (a synthetic cohort here; give your own cohort manifest instead):
                                                      # (--no-deep: radiomics only, minutes)
   hrmm info --model model                            # what the bundle holds
   hrmm evaluate --model model --out report           # report/index.html + metrics.json
-  hrmm predict --model model --t1 T1.nii.gz --t2 T2.nii.gz --fst2 FST2.nii.gz --roi ROI.nii.gz
+  hrmm predict --model model --t1 cohort/images/P001_L1_t1.nii.gz --t2 cohort/images/P001_L1_t2.nii.gz \\
+      --fst2 cohort/images/P001_L1_fst2.nii.gz --roi cohort/images/P001_L1_roi.nii.gz
+                                                     # one lesion: every model's P(HRMM), the features
 all of it in one go: hrmm demo --out demo_output
 Run 'hrmm COMMAND --help' for a command's options."""
 
@@ -273,14 +275,21 @@ def _jobs_option(p) -> None:
                    help="parallel feature-extraction processes (default: all cores)")
 
 
-def _cache_option(p) -> None:
+def _manifest_option(p) -> None:
+    p.add_argument("--manifest", required=True, metavar="CSV",
+                   help="cohort manifest (CSV): one row per lesion with patient_id, lesion_id, label (1 HRMM, "
+                        "0 SRMM) and the t1, t2, fst2, roi image paths")
+
+
+def _cohort_options(p, out_metavar: str, out_help: str) -> None:
+    """The options of the commands that extract a cohort's features: the cohort manifest,
+    the output, the radiomics settings, parallel jobs and the cache."""
+    _manifest_option(p)
+    p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
+    _params_option(p)
+    _jobs_option(p)
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="cache folder for features and 2.5D stacks (default: .hrmm_cache beside the cohort manifest)")
-
-
-def _manifest_option(p, help: str = "cohort manifest (CSV): one row per lesion with patient_id, lesion_id, "
-                                    "label (1 HRMM, 0 SRMM) and the t1, t2, fst2, roi image paths") -> None:
-    p.add_argument("--manifest", required=True, metavar="CSV", help=help)
 
 
 def build_parser():
@@ -331,21 +340,13 @@ def build_parser():
     p.set_defaults(func=cmd_extract)
 
     p = add_command(sub, "extract-cohort", "features of every lesion, sequence and reader ROI of a cohort (cached)")
-    _manifest_option(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for features_<roi>.csv (one per ROI column)")
-    _params_option(p)
-    _jobs_option(p)
-    _cache_option(p)
+    _cohort_options(p, "DIR", "folder for features_<roi>.csv (one per ROI column)")
     add_overwrite(p)
     add_json(p, "the feature tables written")
     p.set_defaults(func=cmd_extract_cohort)
 
     p = add_command(sub, "train", "train the models of a cohort and write a model bundle")
-    _manifest_option(p)
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model bundle folder (written when complete)")
-    _params_option(p)
-    _jobs_option(p)
-    _cache_option(p)
+    _cohort_options(p, "MODEL_DIR", "model bundle folder (written when complete)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the selection and the models (default: 0)")
     p.add_argument("--validation-fraction", type=float, default=0.2, metavar="F",
                    help="share of patients held out for validation, stratified by class (default: 0.2)")
