@@ -403,6 +403,11 @@ def render_html(report: dict, *, pictures: bool = True) -> str:
     checks folded below (<details>). ``pictures=False`` leaves the images out."""
     e = html.escape
     s = report["summary"]
+    no_pictures = ""
+    if pictures:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:   # e.g. a Slicer without it: the report without pictures
+            pictures, no_pictures = False, "<p>(pictures need matplotlib: pip install matplotlib)</p>"
     verdict = "ACCEPTED" if report["accepted"] else "NOT ACCEPTED"
     colour = "#1a7f37" if report["accepted"] else "#b42318"
     sev_col = {"ok": "#1a7f37", "warning": "#b54708", "error": "#b42318"}
@@ -454,7 +459,7 @@ def render_html(report: dict, *, pictures: bool = True) -> str:
     vols = {_case_label(x): x["info"].get("consensus_volume_ml") for x in sessions if x["info"].get("consensus")}
     counts = {_case_label(x): x["info"].get("consensus_lesions") for x in sessions if x["info"].get("consensus")}
     dices = {_case_label(x): x["info"].get("reader_dice") for x in sessions if x["info"].get("reader_dice") is not None}
-    parts.append("<h2>Distributions across the dataset</h2>")
+    parts.append("<h2>Distributions across the dataset</h2>" + no_pictures)
     if pictures:
         from .report_figures import LOW_DICE, TUKEY_K, distributions_png
         png, marks = distributions_png(vols, counts, dices)
