@@ -46,6 +46,7 @@ from bench_deep import bench_inference, bench_training  # noqa: E402  (one owner
 from HRMMPredictLib.bundle import load_bundle  # noqa: E402
 from HRMMPredictLib.predict import predict_case  # noqa: E402
 from HRMMPredictLib.radiomics.features import PreprocessConfig, extract_radiomics, load_params  # noqa: E402
+from HRMMPredictLib.sequences import SEQUENCES  # noqa: E402
 
 
 def bench_bundle(work: Path, n_patients: int) -> Path:
@@ -61,7 +62,7 @@ def bench_bundle(work: Path, n_patients: int) -> Path:
         return model
     cohort_csv = work / "cohort" / "cohort.csv"
     if not cohort_csv.is_file():
-        generate_cohort(work / "cohort", n_patients=n_patients, seed=3, effect_size=1.5)
+        generate_cohort(work / "cohort", n_patients=n_patients, seed=3, effect_size=1.5, overwrite=True)  # our cache
     # reader-1 ROIs only: the agreement filter is not what is timed here, and it triples extraction
     one_reader = work / "cohort" / "cohort_reader1.csv"
     pd.read_csv(cohort_csv, dtype=str).drop(columns=["roi_reader2", "roi_repeat"], errors="ignore").to_csv(
@@ -81,7 +82,7 @@ def bench_prediction(bundle_dir: Path, device: str, repeats: int) -> dict:
     from HRMMPredictLib.synthetic import generate_case
 
     case = generate_case(12345, label=1, shape=(20, 384, 384))
-    images = {s: case[s] for s in ("t1", "t2", "fst2")}
+    images = {s: case[s] for s in SEQUENCES}
     roi = case["roi"]
     t0 = time.perf_counter()
     bundle = load_bundle(bundle_dir)
@@ -104,7 +105,7 @@ def bench_prediction(bundle_dir: Path, device: str, repeats: int) -> dict:
     for _ in range(max(1, min(repeats, 2))):
         t0 = time.perf_counter()
         n_full = 0
-        for s in ("t1", "t2", "fst2"):
+        for s in SEQUENCES:
             n_full += len(extract_radiomics(images[s], roi, params, prep))
         full.append(time.perf_counter() - t0)
     from HRMMPredictLib.radiomics.features import preprocess
@@ -112,7 +113,7 @@ def bench_prediction(bundle_dir: Path, device: str, repeats: int) -> dict:
     prep_s = []
     for _ in range(2):
         t0 = time.perf_counter()
-        for s in ("t1", "t2", "fst2"):
+        for s in SEQUENCES:
             preprocess(images[s], roi, prep)
         prep_s.append((time.perf_counter() - t0) / 3)
     needed = sorted({f["name"] for m in man["models"].values() if m.get("kind") in ("radiomics", "fusion")
