@@ -314,3 +314,62 @@ def test_quality_rois_snr_cnr_and_flagged_series(mrml_scene, cns_study):
     assert [r["sequence"] for r in pl.case_rows(study, "r1")] == ["FLAIR", "T1C"]
     with pytest.raises(UserError, match="not offered for annotation"):
         pl.open_reading(study, "r1", "c1", "T2")
+
+
+# ---------------------------------------------------------------------------------------
+# What the panel's buttons decide (moved out of AnnotationQC.py, issue 11 / issue 18)
+
+
+def test_empty_path_fields_are_unset(tmp_path, monkeypatch):
+    """An unset pathlib.Path parameter is "." (Slicer's Path serializer): login refuses it and
+    no training session is looked up in the working folder, even when one is there."""
+    with pytest.raises(UserError, match="choose the reader study folder first"):
+        pl.login(".", "r1", "annotator")
+    (tmp_path / "session.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert pl.training_session_in(".") is None and pl.training_session_in("") is None
+    with pytest.raises(UserError, match="choose the new session folder"):
+        pl.create_training_session(tmp_path / "new", ".", "name")
+    with pytest.raises(UserError, match="choose the first and the second feature table"):
+        pl.feature_icc_from_csv(".", "", "case_id")
+
+
+def test_panel_choices_to_library_values():
+    assert pl.label_variant("none") is None and pl.label_variant("intra-axial") == "intra-axial"
+    assert pl.quality_scores("none", "none") == (None, None)
+    assert pl.quality_scores("2", "5") == (2, 5)
+
+
+def test_compare_selected_names_what_is_missing_and_creates_its_nodes(mrml_scene):
+    from ClinicalMRICommonLib.mrml_bridge import sitk_to_volume_node
+
+    scene = mrml_scene.scene
+    image = make_image(size=SIZE)
+    volume = sitk_to_volume_node(image, "grid", scene=scene)
+    seg_a, id_a = segmentation_from_mask(mrml_scene, box_mask(image, (8, 8, 2), (20, 18, 6)), "A")
+    seg_b, id_b = segmentation_from_mask(mrml_scene, box_mask(image, (9, 8, 2), (21, 18, 6)), "B")
+    with pytest.raises(UserError, match="select: segment B, the volume whose grid is used"):
+        pl.compare_selected(seg_a, id_a, seg_b, "", None)
+    result = pl.compare_selected(seg_a, id_a, seg_b, id_b, volume)
+    assert result["table_node"].GetScene() is scene and result["disagreement_node"].GetScene() is scene
+    again = pl.compare_selected(seg_a, id_a, seg_b, id_b, volume, table_node=result["table_node"],
+                                disagreement_node=result["disagreement_node"])
+    assert again["table_node"] is result["table_node"]                       # reused, not piled up
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+    assert again["metrics"]["dice"] == pytest.approx(2 * 11 * 10 * 4 / (2 * 12 * 10 * 4))
+
+
+def test_panel_icc_from_tables_fills_new_table_nodes(mrml_scene, tmp_path):
+    rng = np.random.default_rng(3)
+    truth = pd.DataFrame({"original_shape_VoxelVolume": rng.normal(1000, 200, 8),
+                          "original_firstorder_Mean": rng.normal(300, 40, 8)},
+                         index=pd.Index([f"c{i}" for i in range(8)], name="case_id"))
+    truth.to_csv(tmp_path / "a.csv")
+    (truth + rng.normal(0, [5, 30], truth.shape)).to_csv(tmp_path / "b.csv")
+    with pytest.raises(UserError, match="log in to a reader study first"):
+        pl.panel_icc("study", scene=mrml_scene.scene)
+    out = pl.panel_icc("csv", csv_a=tmp_path / "a.csv", csv_b=tmp_path / "b.csv", scene=mrml_scene.scene,
+                       plot_png=tmp_path / "icc.png")
+    assert out["n_features"] == 2 and out["note"] == ""
+    assert out["table_node"].GetNumberOfRows() == 2 and out["class_table_node"].GetNumberOfRows() == 2
+    assert (tmp_path / "icc.png").stat().st_size > 0
