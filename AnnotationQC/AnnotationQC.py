@@ -741,6 +741,15 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
 
         return tempfile.mkdtemp(prefix="AnnotationQCTest", dir=slicer.app.temporaryPath)
 
+    @staticmethod
+    def _writeCsv(path, rows):
+        import csv
+
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
     # -- the buttons
 
     def test_PathFieldsUnset(self):
@@ -815,19 +824,15 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Compute ICC from two feature tables: table nodes and the plot")
         if self._missing("tables", "plots"):
             return
-        import csv
-
         import numpy as np
 
         folder = self._folder()
         rng = np.random.default_rng(1)
         truth = rng.normal(1000, 200, 8)
         for name, noise in (("a.csv", 0.0), ("b.csv", 5.0)):
-            with open(os.path.join(folder, name), "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["case_id", "original_shape_VoxelVolume", "original_firstorder_Mean"])
-                for i, v in enumerate(truth):
-                    writer.writerow([f"c{i}", v + noise * rng.normal(), 300 + 40 * rng.normal()])
+            self._writeCsv(os.path.join(folder, name), [
+                {"case_id": f"c{i}", "original_shape_VoxelVolume": v + noise * rng.normal(),
+                 "original_firstorder_Mean": 300 + 40 * rng.normal()} for i, v in enumerate(truth)])
         logic = AnnotationQCLogic()
         parameterNode = logic.getParameterNode()
         parameterNode.iccSource = IccSource.CSV
@@ -861,10 +866,8 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
 
     def test_TrainingSession(self):
         self.delayDisplay("Training: Create session, Load case, Submit case, Report")
-        if self._missing("tables", "radiomics"):
+        if self._missing("tables", "plots", "radiomics"):
             return
-        import csv
-
         import SimpleITK as sitk
 
         from ClinicalMRICommonLib.mrml_bridge import set_segment_mask
@@ -877,10 +880,7 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
             sitk.WriteImage(self._box(image, 5, size=size), os.path.join(folder, f"T00{i}_ref.nii.gz"))
             rows.append({"case_id": f"t{i}", "patient_id": f"T00{i}", "sequence": "FLAIR",
                          "image": f"T00{i}.nii.gz", "reference": f"T00{i}_ref.nii.gz", "site": "ab"[i % 2]})
-        with open(os.path.join(folder, "cases.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        self._writeCsv(os.path.join(folder, "cases.csv"), rows)
         logic = AnnotationQCLogic()
         parameterNode = logic.getParameterNode()
         parameterNode.trainingFolder = pathlib.Path(folder, "session")

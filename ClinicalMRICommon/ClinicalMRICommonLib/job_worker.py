@@ -142,15 +142,23 @@ def run_job(function: str, kwargs: dict, folder: str | os.PathLike, *, packages=
     return result
 
 
-def _read_request(path: str | os.PathLike) -> dict:
+def _read_json_object(path: str | os.PathLike, what: str) -> dict:
     from ClinicalMRICommonLib.errors import UserError
 
     try:
-        request = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"job request {path} cannot be read ({exc})") from None
-    if not isinstance(request, dict) or request.get("format") != REQUEST_FORMAT \
-            or request.get("version") != REQUEST_VERSION:
+        raise UserError(f"{what} {path} cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} is not a JSON object")
+    return data
+
+
+def _read_request(path: str | os.PathLike) -> dict:
+    from ClinicalMRICommonLib.errors import UserError
+
+    request = _read_json_object(path, "job request")
+    if request.get("format") != REQUEST_FORMAT or request.get("version") != REQUEST_VERSION:
         raise UserError(f"{path} is not a version-{REQUEST_VERSION} {REQUEST_FORMAT} request")
     return request
 
@@ -169,15 +177,7 @@ def run_request(path: str | os.PathLike, progress=None) -> dict:
 
 def read_result(path: str | os.PathLike) -> dict:
     """The result a job wrote (the panel reads it on the main thread)."""
-    from ClinicalMRICommonLib.errors import UserError
-
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"the job's result {path} cannot be read ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"the job's result {path} is not a JSON object")
-    return data
+    return _read_json_object(path, "the job's result")
 
 
 def main(argv: list[str] | None = None) -> int:
