@@ -205,7 +205,10 @@ def test_audit_trail_and_files_show_tampering(tmp_path, cases):
     with pytest.raises(UserError, match="record 2 fails its SHA-256 chain check"):
         LoopFolder(tmp_path / "loop").state()
     audit.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # a record removed
-    with pytest.raises(UserError, match="record 2 fails its SHA-256 chain check"):
+    with pytest.raises(UserError, match="records were removed, inserted or reordered"):
+        LoopFolder(tmp_path / "loop").status()
+    audit.write_text("\n".join(lines[:-1]) + "\n")  # the last record cut off
+    with pytest.raises(UserError, match=r"the last 1 record\(s\) were removed"):
         LoopFolder(tmp_path / "loop").status()
     audit.write_text("\n".join(lines) + "\n")
     # a standard mask replaced behind the loop's back

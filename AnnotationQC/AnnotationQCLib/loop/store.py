@@ -299,7 +299,7 @@ class LoopFolder:
             write_json_atomic(tmp / "loop.json", meta)
             write_json_atomic(tmp / "cases.json", cases)
             audit = AuditTrail(tmp / "audit.jsonl")
-            audit.path.touch()
+            audit.create()
             audit.append("init", by or "loop", {"cases": len(cases), "sequences": meta["sequences"],
                                                        "labels": label_info, "cases_csv": meta["cases_csv"],
                                                        "cases_sha256": sha256_file(tmp / "cases.json"),
