@@ -1,65 +1,120 @@
-"""Hash-chained logs for AnnotationQC's folders (reader studies, training sessions), with the
-stroke workflow's rules: one writer at a time per folder, certified files never replaced,
-and every event appended to a log whose records are chained by SHA-256 so that an edited,
-removed or reordered record is noticed.
+"""AnnotationQC's records of work: what its folders (reader studies, training sessions) use
+from the extension's one tamper-evident log, :mod:`ClinicalMRICommonLib.audit`.
 
-The lock and the no-clobber publication are the shared library's
-(:func:`ClinicalMRICommonLib.locks.folder_lock`, which the callers hold around every append, and
-``ClinicalMRICommonLib.files.atomic_path(..., exclusive=True)``); the JSON-lines reading and
-appending, with its handling of a torn last line, is
-:func:`ClinicalMRICommonLib.files.read_jsonl` / :func:`~ClinicalMRICommonLib.files.append_jsonl`.
-This module adds the chain:
+- The logs (``reads.jsonl`` and ``quality.jsonl`` of a study, ``submissions.jsonl`` of a
+  training session) are :class:`ClinicalMRICommonLib.audit.AuditLog`: SHA-256 chain, HMAC
+  signature with the site key kept outside the folder, a signed head file beside each log
+  (``<log>.head``), appends under the folder's lock, torn tails survived, older unsigned logs
+  read and signed from their next record on.
+- The folder's description (``study.json``, ``labels.json``, ``session.json``) is a signed
+  JSON document, written whole and atomically.
+- :class:`FolderReport` gathers what a folder's check found (every log, every document,
+  the cross-checks between them, recorded files' SHA-256, paths outside the folder); every
+  command that opens a folder refuses with its first problem in one line, and ``annotation-qc
+  study verify`` / ``training-verify`` print all of it.
 
-:class:`ChainedLog` records carry ``seq``, ``time`` (UTC), ``os_user`` (the operating-system
-account, beside the id the user typed), ``prev`` (the previous record's hash) and ``hash``
-(SHA-256 of the record's canonical JSON without ``hash``).
+What this can and cannot prove: see :mod:`ClinicalMRICommonLib.audit` and
+docs/annotation_qc.md ("Tamper evidence").
 
-What this can prove: that the log was not edited after the fact without recomputing the
-chain. It cannot prove who sat at the keyboard (ids are typed; the OS account is recorded to
-make impersonation visible), and a log rewritten whole with new hashes, or cut after its last
-good record, is not detected here (a keyed signature and a head record kept outside the
-folder are the shared library's job).
+:class:`ChainedLog` is the former SHA-256-only log, kept unchanged for the active-learning
+loop (``AnnotationQCLib/loop/audit.py``) until it switches to ``AuditLog``; reader studies and
+training sessions no longer use it.
 
 Standard library only (the Slicer start-up rule).
 """
 
 from __future__ import annotations
 
-import getpass
-import hashlib
-import json
 import os
-from datetime import datetime, timezone
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.audit import (  # noqa: F401  (re-exported for AnnotationQC's modules)
+    AuditLog,
+    Verification,
+    check_document,
+    os_user,
+    record_hash,
+    utc_now,
+    write_signed_json,
+)
+from ClinicalMRICommonLib.errors import InputWarning, UserError
 from ClinicalMRICommonLib.files import append_jsonl, read_jsonl
 
-__all__ = ["ChainedLog", "os_user", "record_hash", "utc_now"]
+__all__ = ["AUDIT_SIGNED", "AuditLog", "ChainedLog", "FolderReport", "inside", "os_user", "record_hash", "utc_now"]
+
+#: ``"audit"`` of a folder made by a version that signs (every log and document signed).
+AUDIT_SIGNED = "hmac-sha256"
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def os_user() -> str:
+def inside(folder: Path, relative, what: str) -> Path:
+    """``folder / relative`` when it stays inside ``folder`` (no absolute path, no ``..``
+    leading out, no symbolic link pointing out); UserError naming ``what`` otherwise."""
+    rel = str(relative or "")
+    p = Path(rel)
+    if not rel or p.is_absolute() or p.drive:
+        raise UserError(f"{what} {rel!r} is not a path inside {folder}: the record was edited")
+    full = folder / p
     try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - containers without a passwd entry
-        return "unknown"
+        full.resolve().relative_to(folder.resolve())
+    except ValueError:
+        raise UserError(f"{what} {rel!r} points outside {folder}: the record was edited") from None
+    return full
 
 
-def record_hash(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+@dataclass
+class FolderReport:
+    """What checking a folder found: ``problems`` (altered, missing, outside the folder) and
+    ``notices`` (old unsigned parts, a torn last line, a head behind after an interrupted
+    write: printed as warnings by every command) and ``info`` (an old unsigned part frozen when
+    signing began: printed by the verify commands only)."""
+
+    folder: Path
+    kind: str
+    command: str
+    problems: list = field(default_factory=list)
+    notices: list = field(default_factory=list)
+    info: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add_log(self, v: Verification) -> None:
+        self.problems += [f"{v.path.name}: {p}" for p in v.problems]
+        self.notices += v.notices
+        self.info += v.info
+
+    def add_document(self, found: tuple[list[str], list[str]]) -> None:
+        self.problems += found[0]
+        self.notices += found[1]
+
+    def message(self) -> str:
+        more = len(self.problems) - 1
+        return (f"{self.kind} {self.folder} was altered: {self.problems[0]}"
+                + (f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else "")
+                + f"; nothing was done - run '{self.command}' for the full list and restore the folder from a backup")
+
+    def raise_if_altered(self) -> None:
+        if self.problems:
+            raise UserError(self.message())
+
+    def warn_notices(self) -> None:
+        for n in self.notices:
+            warnings.warn(f"{self.kind} {self.folder}: {n}", InputWarning, stacklevel=3)
+
+    def as_dict(self) -> dict:
+        return {"folder": str(self.folder), "kind": self.kind, "ok": self.ok, "problems": list(self.problems),
+                "notices": list(self.notices), "info": list(self.info)}
 
 
 class ChainedLog:
-    """An append-only JSON-lines log with a SHA-256 chain.
+    """The former AnnotationQC log (SHA-256 chain, no signature, no head), kept for the
+    active-learning loop until it moves to :class:`ClinicalMRICommonLib.audit.AuditLog`.
 
-    ``required``: every record must be chained (folders made with this version). Without it
-    (folders made before the chain existed) unchained records are accepted as they are, and
-    the chained records that follow must still chain among themselves."""
+    ``required``: every record must be chained. Without it unchained records are accepted
+    as they are, and the chained records that follow must still chain among themselves."""
 
     def __init__(self, path: str | os.PathLike, what: str, required: bool = True):
         self.path = Path(path)
@@ -84,9 +139,7 @@ class ChainedLog:
     def append(self, record: dict) -> dict:
         """Append one record (call under ``ClinicalMRICommonLib.locks.folder_lock``); returns it
         with its chain fields."""
-        import warnings
-
-        from ClinicalMRICommonLib.errors import InputWarning
+        import json
 
         recs = self.records()
         last = next((r["hash"] for r in reversed(recs) if "hash" in r), "")

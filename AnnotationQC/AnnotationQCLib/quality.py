@@ -5,8 +5,8 @@ The grading rules, scales (CNS grade 1-3, stroke Likert 1-5) and SNR/CNR measure
 ClinicalMRICommonLib.quality's (:func:`~ClinicalMRICommonLib.quality.grade_series`, shared
 with ``stroke-lesion quality``). Here they get the study's rules: the rater must be a
 registered reader of the study, the series must exist, the record is appended under the
-study's lock to a hash-chained log (tampering is reported when the log is read), and
-graders see no labels and no reads.
+study's lock to its signed, hash-chained quality log (tampering is reported when the study is
+opened), and graders see no labels and no reads.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ClinicalMRICommonLib.locks import folder_lock
 from ClinicalMRICommonLib.quality import grade_series, make_record
 
-from .sessions import ReaderStudy, quality_log
+from .sessions import ReaderStudy
 
 
 def _append(study: ReaderStudy, rec: dict) -> dict:
-    with folder_lock(study.folder):
-        return quality_log(study).append(rec)
+    return study.append_quality(rec)
 
 
 def record_quality(study_folder: str | os.PathLike, case_id: str, sequence: str, rater: str, **kwargs) -> dict:
@@ -52,7 +50,7 @@ def grade(study_folder: str | os.PathLike, case_id: str, sequence: str, rater: s
 
     study = ReaderStudy.open(study_folder)
     study.role(rater)
-    src = study.source_image(case_id, sequence)
+    src = study.source_image(case_id, sequence, check=roi_labelmap is not None)
     image = labels = None
     if roi_labelmap is not None:
         image = read_image(src, f"{sequence} image of case {case_id!r}")

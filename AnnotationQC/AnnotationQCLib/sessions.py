@@ -38,16 +38,25 @@ refuses a repeat read (any session other than ``first``) of a case until that ma
 the reader submitted the first read, and a repeat-session view (``visible_masks(...,
 session="repeat")``) never shows the reader's first read.
 
-Locking and audit (the stroke workflow's rules, :mod:`AnnotationQCLib.audit`): every change
-happens under an exclusive lock of the study folder (check, write, log), so two final saves
-of the same mask cannot both succeed; ``reads.jsonl`` is hash-chained in studies created with
-this version (``"audit": "sha256-chain"`` in study.json), and each record carries the
-operating-system user next to the reader id; editing, removing or reordering a record is
-reported when the log is read.
+Locking and audit (:mod:`AnnotationQCLib.audit`, i.e. the extension's one tamper-evident log
+:mod:`ClinicalMRICommonLib.audit`): every change happens under an exclusive lock of the study
+folder (check, write, log), so two final saves of the same mask cannot both succeed.
+``reads.jsonl`` (every registration, assignment, start and save) and ``quality.jsonl`` are
+hash-chained logs signed with the site key kept outside the folder, each with a signed head
+file (``<log>.head``) so that removed records show; every record carries the operating-system
+user and host next to the reader id. ``study.json`` (readers, cases, image SHA-256) and
+``labels.json`` are signed documents, and their readers and cases are cross-checked against
+their registrations in the log (a reader edited from annotator to arbitrator is noticed).
+Opening a study checks all of this and refuses, in one line, when anything was altered;
+:meth:`ReaderStudy.verify` (``annotation-qc study verify``) lists everything, including every
+saved mask's and source image's SHA-256, which are also checked before a file is used.
+Studies made before signing (``"audit": "sha256-chain"`` or none) are read, reported as
+unsigned, and signed from their next change on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,19 +67,20 @@ from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import sha256_file, write_image_atomic, write_json_atomic
+from ClinicalMRICommonLib.files import atomic_path, sha256_file, verify_image_file
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_grid, read_image
 from ClinicalMRICommonLib.locks import folder_lock
 from ClinicalMRICommonLib.masks import binary_mask
 
-from .audit import ChainedLog
+from .audit import AUDIT_SIGNED, AuditLog, FolderReport, check_document, inside, write_signed_json
 
 if TYPE_CHECKING:  # pandas only inside functions (the Slicer start-up rule)
     import pandas as pd
 
 FORMAT = "annotationqc-study/1"
-AUDIT_CHAIN = "sha256-chain"
+LABELS_FORMAT = "annotationqc-labels/1"
+AUDIT_CHAIN = "sha256-chain"  # studies made before signing (hash chain only)
 ROLES = ("annotator", "reviewer", "arbitrator")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 MASK_SUFFIX = ".nii.gz"
@@ -92,16 +102,31 @@ MAX_NAME = 64
 
 
 def check_name(value: str, what: str, becomes: str | None = None) -> str:
-    """Ids, sequences, contents and sessions: letters, digits and '-' (no '_', the separator
-    of mask names; no '/', '.' or spaces), at most 64 characters. The error says what the
-    value becomes (``becomes``; by default part of the mask file name) and a valid spelling."""
+    """The one id rule of AnnotationQC: reader, trainee, case, patient ids, sequences,
+    contents and sessions are letters, digits and '-' (no '_', the separator of mask names;
+    no '/', '.' or spaces), at most 64 characters. The error says what the value becomes
+    (``becomes``; by default part of the mask file name) and a valid spelling."""
     v = str(value)
     if not NAME_RE.match(v) or len(v) > MAX_NAME:
         fixed = (re.sub(r"[^A-Za-z0-9-]+", "-", v).strip("-") or "X")[:MAX_NAME]
         role = becomes or "part of the file name <patient id>_<sequence>_<content>.nii.gz"
-        raise UserError(f"{what} {value!r} may only contain letters, digits and '-' (at most {MAX_NAME} characters): "
+        shown = repr(v) if len(v) <= 80 else f"{v[:40]!r}... ({len(v)} characters)"
+        raise UserError(f"{what} {shown} may only contain letters, digits and '-' (at most {MAX_NAME} characters): "
                         f"it becomes {role}; rename it, e.g. {fixed!r}")
     return v
+
+
+def image_digest(path: Path) -> str:
+    """SHA-256 of an image file, or of a DICOM series folder (each file's name and SHA-256,
+    in name order)."""
+    import hashlib
+
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    return sha256_file(path)
 
 
 def mask_name(patient_id: str, sequence: str, content: str) -> str:
@@ -143,71 +168,122 @@ def read_json_document(path: Path, fmt: str | tuple[str, ...], missing: str) -> 
 
 
 class ReaderStudy:
-    """A reader-study folder. Create with :meth:`create`, open with :meth:`open`."""
+    """A reader-study folder. Create with :meth:`create`, open with :meth:`open` (which checks
+    the folder first: see the module docstring; ``verify=False`` skips that, for
+    :meth:`verify` itself). ``key_path``: the site key (default: ``$CLINICALMRI_SITE_KEY_FILE``
+    or ``~/.config/clinicalmri/site.key``)."""
 
-    def __init__(self, folder: str | os.PathLike, clock: Callable[[], datetime] = _now):
+    def __init__(self, folder: str | os.PathLike, clock: Callable[[], datetime] = _now, *, verify: bool = True,
+                 key_path: str | os.PathLike | None = None):
         self.folder = Path(folder)
         self.clock = clock
+        self.key_path = key_path
         self.meta = self._read_meta()
-        self._log = ChainedLog(self.folder / "reads.jsonl", "reading log",
-                               required=self.meta.get("audit") == AUDIT_CHAIN)
+        signed = self.meta.get("audit") == AUDIT_SIGNED
+        self._log = AuditLog(self.folder / "reads.jsonl", "reading log", key_path=key_path, required=signed)
+        self._quality = AuditLog(self.folder / "quality.jsonl", "quality log", key_path=key_path, required=signed)
+        if verify:
+            report = self.verify(files=False)
+            report.raise_if_altered()
+            report.warn_notices()
 
     def _read_meta(self) -> dict:
         return read_json_document(self.folder / "study.json", FORMAT,
                                   f"{self.folder} is not a reader study (no study.json); create one first")
 
+    def _locked_meta(self) -> dict:
+        """study.json read again under the lock, its signature checked (another process may
+        have changed it since this object was opened)."""
+        meta = self._read_meta()
+        problems, _ = check_document(meta, "study.json", required=self._signed(), key_path=self.key_path)
+        if problems:
+            raise UserError(f"reader study {self.folder} was altered: {problems[0]}; nothing was done")
+        self.meta = meta
+        return meta
+
+    def _signed(self) -> bool:
+        return self.meta.get("audit") == AUDIT_SIGNED or self._log.is_signed() or self._quality.is_signed()
+
     # ---- creation and set-up ---------------------------------------------------------
 
     @classmethod
     def create(cls, folder: str | os.PathLike, name: str, clock: Callable[[], datetime] = _now,
-               washout_days: float = 0) -> ReaderStudy:
+               washout_days: float = 0, *, key_path: str | os.PathLike | None = None) -> ReaderStudy:
         """A new study folder. ``washout_days`` > 0: a repeat read of a case may start only
-        that many days after the reader submitted the first read."""
+        that many days after the reader submitted the first read. The logs start empty and
+        signed; study.json is written last (a folder without it is not a study)."""
         folder = Path(folder)
         if (folder / "study.json").exists():
             raise UserError(f"{folder} already holds a reader study; open it instead of creating it again")
         if not (isinstance(washout_days, (int, float)) and 0 <= washout_days <= 3650):
             raise UserError(f"washout must be 0-3650 days, got {washout_days!r}")
+        left = [n for n in ("reads.jsonl", "reads.jsonl.head", "quality.jsonl", "quality.jsonl.head", "labels.json")
+                if (folder / n).exists()]
+        if left:
+            raise UserError(f"{folder} holds parts of a reader study ({', '.join(left)}) but no study.json (an "
+                            "interrupted creation?); choose an empty folder or remove them")
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "labels.json", {})
-        (folder / "reads.jsonl").touch()
-        write_json_atomic(folder / "study.json", {"format": FORMAT, "name": str(name), "created": _iso(clock()),
-                                                  "audit": AUDIT_CHAIN, "washout_days": washout_days,
-                                                  "readers": {}, "cases": {}})
-        return cls(folder, clock)
+        with folder_lock(folder):
+            write_signed_json(folder / "labels.json", {"format": LABELS_FORMAT, "labels": {}},
+                              what="study labels", key_path=key_path)
+            AuditLog(folder / "reads.jsonl", "reading log", key_path=key_path).create()
+            AuditLog(folder / "quality.jsonl", "quality log", key_path=key_path).create()
+            write_signed_json(folder / "study.json", {"format": FORMAT, "name": str(name), "created": _iso(clock()),
+                                                      "audit": AUDIT_SIGNED, "washout_days": washout_days,
+                                                      "readers": {}, "cases": {}},
+                              what="study description", key_path=key_path)
+        return cls(folder, clock, key_path=key_path)
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, clock: Callable[[], datetime] = _now) -> ReaderStudy:
-        return cls(folder, clock)
+    def open(cls, folder: str | os.PathLike, clock: Callable[[], datetime] = _now, *, verify: bool = True,
+             key_path: str | os.PathLike | None = None) -> ReaderStudy:
+        return cls(folder, clock, verify=verify, key_path=key_path)
 
     def _save_meta(self) -> None:
-        write_json_atomic(self.folder / "study.json", self.meta)
+        """Write study.json signed (call under the lock)."""
+        self.meta = write_signed_json(self.folder / "study.json", self.meta, what="study description",
+                                      key_path=self.key_path)
+
+    def _upgrade_documents(self) -> None:
+        """A study made before signing: sign study.json and labels.json as found, before its
+        first signed record (call under the lock)."""
+        if "signature" not in self.meta:
+            self._save_meta()
+        raw = self._labels_document()
+        if raw is not None and "signature" not in raw:
+            write_signed_json(self.folder / "labels.json", {"format": LABELS_FORMAT, "labels": self._labels()},
+                              what="study labels", key_path=self.key_path)
 
     def add_reader(self, reader_id: str, role: str = "annotator", *, by: str | None = None) -> None:
         check_name(reader_id, "reader id", becomes="the folder readers/<id>/ of the study")
+        if by is not None:
+            check_name(by, "--by id", becomes="the name of who registered the reader in the reading log")
         if role not in ROLES:
             raise UserError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
         with folder_lock(self.folder):
-            self.meta = self._read_meta()
-            readers = self.meta["readers"]
+            readers = self._locked_meta()["readers"]
             if reader_id in readers and readers[reader_id]["role"] != role:
                 raise UserError(f"reader {reader_id!r} is already registered as {readers[reader_id]['role']}")
             if reader_id in readers:
                 return
-            readers[reader_id] = {"role": role, "added": _iso(self.clock())}
-            self._save_meta()
+            # the log first (the registration), then study.json: an interrupted command leaves a
+            # registration study.json lacks (reported, repaired by registering again), never a reader
+            # in study.json the log does not know
             self._append({"event": "reader", "reader_id": reader_id, "role": role, "by": by or reader_id,
                           "time": _iso(self.clock())})
+            self.meta["readers"][reader_id] = {"role": role, "added": _iso(self.clock())}  # (re-read by _append)
+            self._save_meta()
 
     def add_case(self, case_id: str, patient_id: str, images: dict[str, str | os.PathLike],
                  label=None) -> None:
         """Register a case: its patient id, the source image per sequence (paths relative to
-        the study folder or absolute) and optionally its label (kept in labels.json)."""
+        the study folder or absolute; their SHA-256 is recorded and checked before every use)
+        and optionally its label (kept in labels.json)."""
         check_name(case_id, "case id")
         check_name(patient_id, "patient id")
         if not images:
             raise UserError(f"case {case_id!r} needs at least one source image")
-        stored = {}
+        stored, digests = {}, {}
         for seq, p in images.items():
             check_name(seq, "sequence")
             path = Path(p)
@@ -215,25 +291,43 @@ class ReaderStudy:
             if not full.exists():
                 raise UserError(f"source image of case {case_id!r}, sequence {seq!r} not found: {full}")
             try:
-                stored[seq] = str(full.resolve().relative_to(self.folder.resolve()))
+                stored[seq] = full.resolve().relative_to(self.folder.resolve()).as_posix()
             except ValueError:
                 stored[seq] = str(full.resolve())
+            digests[seq] = image_digest(full)
         with folder_lock(self.folder):
-            self.meta = self._read_meta()
-            if case_id in self.meta["cases"]:
+            meta = self._locked_meta()
+            if case_id in meta["cases"]:
                 raise UserError(f"case {case_id!r} is already in the study")
-            self.meta["cases"][case_id] = {"patient_id": patient_id, "images": stored}
+            entry = {"patient_id": patient_id, "images": stored, "image_sha256": digests}
+            self._append({"event": "case", "case_id": case_id, **entry, "time": _iso(self.clock())})
+            self.meta["cases"][case_id] = entry  # self.meta, not meta: _append may have re-signed it
             self._save_meta()
             if label is not None:
                 labels = self._labels()
                 labels[case_id] = label
-                write_json_atomic(self.folder / "labels.json", labels)
+                write_signed_json(self.folder / "labels.json", {"format": LABELS_FORMAT, "labels": labels},
+                                  what="study labels", key_path=self.key_path)
 
     # ---- look-ups ----------------------------------------------------------------------
 
-    def _labels(self) -> dict:
+    def _labels_document(self) -> dict | None:
         p = self.folder / "labels.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+        if not p.exists():
+            return None
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{p} is not valid JSON; the study's labels are damaged") from None
+        if not isinstance(doc, dict):
+            raise UserError(f"{p} is not a JSON object; the study's labels are damaged")
+        return doc
+
+    def _labels(self) -> dict:
+        doc = self._labels_document() or {}
+        if doc.get("format") == LABELS_FORMAT:
+            return dict(doc.get("labels") or {})
+        return {k: v for k, v in doc.items() if k != "signature"}  # a study made before signing
 
     def labels(self) -> dict:
         """Case labels, for the analysis after reading (never part of a reader's view)."""
@@ -244,21 +338,32 @@ class ReaderStudy:
             return self.meta["readers"][reader_id]["role"]
         except KeyError:
             known = ", ".join(sorted(self.meta["readers"])) or "none yet"
-            raise UserError(f"reader {reader_id!r} is not registered in study {self.meta['name']!r} (readers: "
-                            f"{known}); ask the study owner to add you") from None
+            raise UserError(f"reader {str(reader_id)[:80]!r} is not registered in study {self.meta['name']!r} "
+                            f"(readers: {known}); ask the study owner to add you") from None
 
     def _case(self, case_id: str) -> dict:
         try:
             return self.meta["cases"][case_id]
         except KeyError:
-            raise UserError(f"case {case_id!r} is not in study {self.meta['name']!r}") from None
+            raise UserError(f"case {str(case_id)[:80]!r} is not in study {self.meta['name']!r}") from None
 
-    def source_image(self, case_id: str, sequence: str) -> Path:
+    def source_image(self, case_id: str, sequence: str, *, check: bool = False) -> Path:
+        """The case's source image of ``sequence``; ``check``: its SHA-256 recorded when the
+        case was registered is verified first (UserError when the image was replaced)."""
         case = self._case(case_id)
         if sequence not in case["images"]:
-            raise UserError(f"case {case_id!r} has no {sequence!r} image (has: {', '.join(case['images'])})")
+            raise UserError(f"case {case_id!r} has no {str(sequence)[:80]!r} image (has: {', '.join(case['images'])})")
         p = Path(case["images"][sequence])
-        return p if p.is_absolute() else self.folder / p
+        full = p if p.is_absolute() else inside(self.folder, case["images"][sequence],
+                                                f"source image of case {case_id!r} {sequence}")
+        want = (case.get("image_sha256") or {}).get(sequence)
+        if check and want:
+            if not full.exists():
+                raise UserError(f"source image of case {case_id!r} {sequence} is missing: {full}; restore it")
+            if image_digest(full) != want:
+                raise UserError(f"source image of case {case_id!r} {sequence} ({full}) was replaced or changed after "
+                                "the case was registered (its SHA-256 differs); restore the original image")
+        return full
 
     def mask_path(self, reader_id: str, case_id: str, sequence: str, content: str,
                   session: str = "first") -> Path:
@@ -268,11 +373,141 @@ class ReaderStudy:
             mask_name(case["patient_id"], sequence, content)
 
     def events(self) -> list[dict]:
+        """The reading log's records (verified: UserError when it was altered)."""
         return self._log.records()
 
     def _append(self, event: dict) -> dict:
         """Append to the reading log (the caller holds the folder lock)."""
+        self._upgrade_documents()
         return self._log.append(event)
+
+    def append_quality(self, record: dict) -> dict:
+        """Append an image-quality record to ``quality.jsonl`` (under the study's lock)."""
+        with folder_lock(self.folder):
+            self._locked_meta()
+            self._upgrade_documents()
+            return self._quality.append(record)
+
+    def _checked_mask(self, rel: str, sha: str | None, what: str) -> Path:
+        """A saved mask (relative path of a save record) inside readers/, its SHA-256 checked."""
+        if not str(rel).startswith("readers/"):
+            raise UserError(f"{what} {rel!r} is not inside the study's readers/ folder: the record was edited")
+        p = inside(self.folder, rel, what)
+        if not p.exists():
+            raise UserError(f"{what} {p} is missing; restore it from a backup")
+        if sha and sha256_file(p) != sha:
+            raise UserError(f"{what} {p} was changed after it was saved (its SHA-256 differs from the reading log); "
+                            "restore it from a backup")
+        return p
+
+    # ---- integrity --------------------------------------------------------------------------
+
+    def verify(self, files: bool = True) -> FolderReport:
+        """Everything wrong with the study, in one report: the reading and quality logs
+        (edited, removed, reordered, unsigned records; the head), study.json and labels.json
+        (signatures), study.json's readers and cases against their registrations in the log,
+        mask paths outside the reader's folder, and with ``files`` every saved mask's and
+        source image's SHA-256."""
+        rep = FolderReport(self.folder, "reader study", f"annotation-qc study verify --study {self.folder}")
+        vr, vq = self._log.verify(), self._quality.verify()
+        rep.add_log(vr)
+        rep.add_log(vq)
+        signed = self.meta.get("audit") == AUDIT_SIGNED or vr.signed or vq.signed
+        strict = self.meta.get("audit") == AUDIT_SIGNED
+        rep.add_document(check_document(self.meta, "study.json", required=signed, key_path=self.key_path))
+        try:
+            labels = self._labels_document()
+        except UserError as exc:
+            rep.problems.append(str(exc))
+            labels = {"signature": None}
+        if labels is None:
+            if strict:
+                rep.problems.append("labels.json is missing (it was deleted); restore it")
+        else:
+            rep.add_document(check_document(labels, "labels.json", required=signed, key_path=self.key_path))
+        self._cross_check(rep, vr.records, strict)
+        if files:
+            self._check_files(rep, vr.records)
+        return rep
+
+    def _cross_check(self, rep: FolderReport, events: list[dict], strict: bool) -> None:
+        meta_readers = self.meta.get("readers") or {}
+        meta_cases = self.meta.get("cases") or {}
+        if not isinstance(meta_readers, dict) or not isinstance(meta_cases, dict):
+            rep.problems.append("study.json's readers or cases are not JSON objects: it was edited")
+            return
+        logged_readers, logged_cases = {}, {}
+        for i, e in enumerate(events, start=1):
+            kind = e.get("event")
+            if kind == "reader":
+                logged_readers[e.get("reader_id")] = e.get("role")
+            elif kind == "case":
+                logged_cases[e.get("case_id")] = {k: e.get(k) for k in ("patient_id", "images", "image_sha256")}
+            elif kind == "save":
+                try:
+                    want = (Path("readers") / check_name(e["reader_id"], "reader id") / check_name(e["session"], "session")
+                            / mask_name(e["patient_id"], e["sequence"], e["content"])).as_posix()
+                except (KeyError, UserError):
+                    rep.problems.append(f"reads.jsonl record {i} is a save without a valid reader, session, patient, "
+                                        "sequence or content: it was edited")
+                    continue
+                if e.get("mask") != want:
+                    rep.problems.append(f"reads.jsonl record {i} points at {e.get('mask')!r}, not at the reader's own "
+                                        f"file {want}: it was edited")
+        for rid, info in meta_readers.items():
+            role = info.get("role") if isinstance(info, dict) else None
+            if rid in logged_readers:
+                if logged_readers[rid] != role:
+                    rep.problems.append(f"reader {rid!r} is {role!r} in study.json but was registered as "
+                                        f"{logged_readers[rid]!r} (reads.jsonl): study.json was edited")
+            elif strict:
+                rep.problems.append(f"reader {rid!r} ({role}) in study.json was never registered in reads.jsonl: "
+                                    "study.json was edited")
+        for rid, role in logged_readers.items():
+            if rid not in meta_readers:
+                rep.notices.append(f"reader {rid!r} ({role}) is registered in reads.jsonl but missing from study.json "
+                                   "(an interrupted command); register the reader again")
+        for cid, case in meta_cases.items():
+            if not isinstance(case, dict):
+                rep.problems.append(f"case {cid!r} in study.json is not a JSON object: it was edited")
+                continue
+            mine = {k: case.get(k) for k in ("patient_id", "images", "image_sha256")}
+            if cid in logged_cases:
+                if logged_cases[cid] != mine:
+                    diff = [k for k in mine if mine[k] != logged_cases[cid].get(k)]
+                    rep.problems.append(f"case {cid!r} in study.json differs from its registration in reads.jsonl "
+                                        f"({', '.join(diff)}): study.json was edited")
+            elif strict:
+                rep.problems.append(f"case {cid!r} in study.json was never registered in reads.jsonl: study.json "
+                                    "was edited")
+            for seq, rel in (case.get("images") or {}).items():
+                if not Path(str(rel)).is_absolute():
+                    try:
+                        inside(self.folder, rel, f"source image of case {cid!r} {seq}")
+                    except UserError as exc:
+                        rep.problems.append(str(exc))
+        for cid in logged_cases:
+            if cid not in meta_cases:
+                rep.notices.append(f"case {cid!r} is registered in reads.jsonl but missing from study.json (an "
+                                   "interrupted command); add it again")
+
+    def _check_files(self, rep: FolderReport, events: list[dict]) -> None:
+        latest: dict[str, dict] = {}
+        for e in events:
+            if e.get("event") == "save" and isinstance(e.get("mask"), str):
+                latest[e["mask"]] = e
+        for rel, e in sorted(latest.items()):
+            try:
+                self._checked_mask(rel, e.get("sha256"), f"{'submitted' if e.get('final') else 'draft'} mask of "
+                                   f"{e.get('reader_id')!r}")
+            except UserError as exc:
+                rep.problems.append(str(exc))
+        for cid, case in (self.meta.get("cases") or {}).items():
+            for seq in (case.get("images") or {}):
+                try:
+                    self.source_image(cid, seq, check=True)
+                except UserError as exc:
+                    rep.problems.append(str(exc))
 
     # ---- assignments, washout ----------------------------------------------------------
 
@@ -287,6 +522,8 @@ class ReaderStudy:
 
         self.role(reader_id)
         check_name(session, "session")
+        if by:
+            check_name(by, "--by id", becomes="the name of who assigned the cases in the reading log")
         if not case_ids:
             raise UserError("give at least one case to assign")
         for c in case_ids:
@@ -358,15 +595,18 @@ class ReaderStudy:
                   seconds_spent: float | None = None) -> Path:
         """Save a reader's mask for one case/sequence/content in a session.
 
-        The mask must be on the grid of the case's source image for ``sequence``. Refused:
-        unregistered readers, cases not on the reader's work list (when assigned), repeat reads
-        inside the washout, a submitted (final) mask of the same reader/session, a file that
-        exists without a record. The check, the write and the log record happen under the
-        study's lock, so of two concurrent final saves exactly one succeeds. Returns the path.
+        The mask must be on the grid of the case's source image for ``sequence`` (whose
+        SHA-256 is checked first). Refused: unregistered readers, cases not on the reader's
+        work list (when assigned), repeat reads inside the washout, a submitted (final) mask of
+        the same reader/session ("already submitted"), a file that exists without a record.
+        The check, the write and the log record happen under the study's lock, so of two
+        concurrent final saves exactly one succeeds. The record is appended after the file was
+        written and read back, before it is published: a failed append (a full disk) publishes
+        nothing and leaves an earlier draft as it was. Returns the path.
         """
         role = self.role(reader_id)
         check_name(content, "content")
-        src = self.source_image(case_id, sequence)
+        src = self.source_image(case_id, sequence, check=True)
         path = self.mask_path(reader_id, case_id, sequence, content, session)
         grid = read_grid(src, "source image")
         if not isinstance(mask, sitk.Image):
@@ -376,12 +616,13 @@ class ReaderStudy:
                             f"({grid_difference(mask, grid)}); masks are saved one-to-one with the source image")
         binary = binary_mask(mask)
         with folder_lock(self.folder):
+            self._locked_meta()
             self._check_may_read(reader_id, case_id, sequence, session)
             events = self.events()
             saves = [e for e in events if e["event"] == "save" and e["mask"] == self._rel(path)]
             if any(e.get("final") for e in saves):
-                raise UserError(f"{self._rel(path)} was submitted as final on {saves[-1]['time']}; it is never "
-                                "overwritten - start a new session (e.g. 'repeat') to read the case again")
+                raise UserError(f"{self._rel(path)} was already submitted as final on {saves[-1]['time']}; it is "
+                                "never overwritten - start a new session (e.g. 'repeat') to read the case again")
             if path.exists() and not saves:
                 raise UserError(f"{path} exists but is not recorded in this study; it is left untouched - move it "
                                 "away first")
@@ -393,17 +634,24 @@ class ReaderStudy:
                 starts = [e for e in events if e["event"] == "start"
                           and (e["reader_id"], e["session"], e["case_id"], e["sequence"]) == key]
                 seconds_spent = (now - _parse_time(starts[-1]["time"])).total_seconds() if starts else None
-            if path.exists():
-                path.chmod(0o644)  # an own draft being replaced (checked above)
-            write_image_atomic(binary, path)
-            if final:
-                path.chmod(0o444)  # a submitted read is a certified record: read-only
             voxels = int(sitk.GetArrayViewFromImage(binary).sum())
-            self._append({"event": "save", "reader_id": reader_id, "role": role, "session": session,
-                          "case_id": case_id, "patient_id": self._case(case_id)["patient_id"], "sequence": sequence,
-                          "content": content, "mask": self._rel(path), "sha256": sha256_file(path),
-                          "voxels": voxels, "final": bool(final), "notes": str(notes), "time": _iso(now),
-                          "seconds_spent": None if seconds_spent is None else float(seconds_spent)})
+            record = {"event": "save", "reader_id": reader_id, "role": role, "session": session,
+                      "case_id": case_id, "patient_id": self._case(case_id)["patient_id"], "sequence": sequence,
+                      "content": content, "mask": self._rel(path), "voxels": voxels, "final": bool(final),
+                      "notes": str(notes), "time": _iso(now),
+                      "seconds_spent": None if seconds_spent is None else float(seconds_spent)}
+
+            def verify_and_log(tmp: Path) -> None:
+                verify_image_file(tmp, binary, final=path, what="mask")
+                self._append({**record, "sha256": sha256_file(tmp)})
+
+            replacing = path.exists()  # an own draft (checked above)
+            with atomic_path(path, what="mask", verify=verify_and_log, exclusive=not replacing,
+                             exists_message=f"{self._rel(path)} was already submitted; nothing was replaced") as tmp:
+                sitk.WriteImage(binary, str(tmp), True)
+            if final:
+                with contextlib.suppress(OSError):
+                    path.chmod(0o444)  # a submitted read is a certified record: read-only
         return path
 
     def _rel(self, path: Path) -> str:
@@ -430,12 +678,13 @@ class ReaderStudy:
                     spent += e["seconds_spent"]
                 rows[key] = {"reader_id": e["reader_id"], "role": e["role"], "session": e["session"],
                              "case_id": e["case_id"], "patient_id": e["patient_id"], "sequence": e["sequence"],
-                             "content": e["content"], "mask": e["mask"], "voxels": e["voxels"],
+                             "content": e["content"], "mask": e["mask"], "sha256": e.get("sha256"),
+                             "voxels": e["voxels"],
                              "final": e["final"], "started": first_start.get(key4), "saved": e["time"],
                              "seconds_spent": spent if (prev or e.get("seconds_spent") is not None) else None,
                              "saves": (prev["saves"] + 1) if prev else 1, "notes": e["notes"]}
-        cols = ["reader_id", "role", "session", "case_id", "patient_id", "sequence", "content", "mask", "voxels",
-                "final", "started", "saved", "seconds_spent", "saves", "notes"]
+        cols = ["reader_id", "role", "session", "case_id", "patient_id", "sequence", "content", "mask", "sha256",
+                "voxels", "final", "started", "saved", "seconds_spent", "saves", "notes"]
         return pd.DataFrame(list(rows.values()), columns=cols)
 
     # ---- blinded views ------------------------------------------------------------------
@@ -529,17 +778,19 @@ class ReaderStudy:
                    final_only: bool = True) -> pd.DataFrame:
         """Cases where both reads exist: inter-reader (two readers, same session) or
         intra-reader (one reader, sessions first/repeat). Columns: case_id, patient_id,
-        sequence, content, mask_a, mask_b."""
+        sequence, content, mask_a, mask_b. Every mask's SHA-256 is checked against the reading
+        log (UserError naming a missing or changed mask), so scores are never computed on an
+        altered file."""
         reads = self.reads()
         if final_only:
             reads = reads[reads["final"]]
         a = reads[(reads["reader_id"] == reader_a) & (reads["session"] == session_a)]
         b = reads[(reads["reader_id"] == reader_b) & (reads["session"] == session_b)]
         keys = ["case_id", "patient_id", "sequence", "content"]
-        m = a[keys + ["mask"]].merge(b[keys + ["mask"]], on=keys, suffixes=("_a", "_b"))
-        m["mask_a"] = [str(self.folder / p) for p in m["mask_a"]]
-        m["mask_b"] = [str(self.folder / p) for p in m["mask_b"]]
-        return m.sort_values(keys).reset_index(drop=True)
+        m = a[keys + ["mask", "sha256"]].merge(b[keys + ["mask", "sha256"]], on=keys, suffixes=("_a", "_b"))
+        m["mask_a"] = [str(self._checked_mask(p, h, f"mask of {reader_a!r}")) for p, h in zip(m["mask_a"], m["sha256_a"])]
+        m["mask_b"] = [str(self._checked_mask(p, h, f"mask of {reader_b!r}")) for p, h in zip(m["mask_b"], m["sha256_b"])]
+        return m.drop(columns=["sha256_a", "sha256_b"]).sort_values(keys).reset_index(drop=True)
 
     def agreement(self, reader_a: str, reader_b: str, session_a: str = "first", session_b: str = "first",
                   tolerance_mm: float = 1.0) -> pd.DataFrame:
@@ -561,10 +812,11 @@ class ReaderStudy:
         return study_feature_icc(self, reader_a, reader_b, session_a, session_b, **kwargs)
 
 
-def quality_log(study: ReaderStudy) -> ChainedLog:
-    """The study's image-quality log (``quality.jsonl``): hash-chained in studies created with
-    this version, records from earlier versions read as they are."""
-    return ChainedLog(study.folder / "quality.jsonl", "quality log", required=study.meta.get("audit") == AUDIT_CHAIN)
+def quality_log(study: ReaderStudy) -> AuditLog:
+    """The study's image-quality log (``quality.jsonl``): signed and hash-chained (records of
+    studies made before signing are read as they are); append with
+    :meth:`ReaderStudy.append_quality`."""
+    return study._quality
 
 
 def study_from_csv(folder: str | os.PathLike, name: str, cases_csv: str | os.PathLike, *,
@@ -655,7 +907,7 @@ def _study_feature_tables(study: ReaderStudy, reader_a: str, reader_b: str, sess
         if empty:
             skipped.append(r.case_id)
             continue
-        image = read_image(study.source_image(r.case_id, seq), "source image")
+        image = read_image(study.source_image(r.case_id, seq, check=True), "source image")
         rows_a[r.case_id] = feature_extractor(image, sitk.ReadImage(r.mask_a))
         rows_b[r.case_id] = feature_extractor(image, sitk.ReadImage(r.mask_b))
     table_a = pd.DataFrame.from_dict(rows_a, orient="index")

@@ -11,8 +11,9 @@ moved together with its images)::
       reference/<patient>_<sequence>_<content>.nrrd|.nii.gz   frozen reference masks, in
                              the source file's format (its geometry kept exactly: a NRRD
                              origin in float64 is not rounded to NIfTI's float32)
-      submissions.jsonl      hash-chained log: every submission and withdrawal (who, when,
-                             file, SHA-256, reason)
+      submissions.jsonl      signed, hash-chained log: every submission and withdrawal (who,
+                             when, operating-system user, file, SHA-256, reason), with its
+                             signed head file submissions.jsonl.head
       trainees/<trainee>/<patient>_<sequence>_<content>.<ext>   submitted masks (read-only)
       trainees/<trainee>/withdrawn/...                          withdrawn submissions, kept
       reports/<trainee>/report.json, report.html, <case>_overlay.png, <case>_overlay_full.png
@@ -41,6 +42,15 @@ a trainee's mask cannot be scored for features, its Dice and HD95 are still repo
 
 A session needs at least 5 reference cases. Varied size and site is checked and reported as
 a warning when missing (one site only, or reference volumes within a factor of 2).
+
+Tamper evidence (:mod:`AnnotationQCLib.audit`): session.json is a signed document (criteria,
+cases, the SHA-256 of every source image and reference mask) and submissions.jsonl a signed
+log (the site key is kept outside the folder). Opening a session checks both, and that every
+reference and submission path stays inside the session's reference/ and trainees/<id>/
+folders, and refuses in one line when anything was altered; the SHA-256 of the image,
+reference and submission are checked before a case is scored;
+:meth:`TrainingSession.verify` (``annotation-qc training-verify``) lists everything. Sessions
+made before signing are read, reported as unsigned, and signed at their next change.
 """
 
 from __future__ import annotations
@@ -70,7 +80,7 @@ from ClinicalMRICommonLib.images import read_grid, read_image
 from ClinicalMRICommonLib.locks import folder_lock
 from ClinicalMRICommonLib.masks import binary_mask
 
-from .audit import ChainedLog, os_user, utc_now
+from .audit import AUDIT_SIGNED, AuditLog, FolderReport, check_document, inside, os_user, utc_now, write_signed_json
 from .sessions import check_name, mask_name, read_json_document
 
 FORMAT = "annotationqc-training/2"
@@ -207,21 +217,97 @@ def feature_agreement(reference: dict[str, float], test: dict[str, float]) -> di
 class TrainingSession:
     """An instructor-defined training session folder."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, *, verify: bool = True, key_path: str | os.PathLike | None = None):
         self.folder = Path(folder)
+        self.key_path = key_path
         self.meta = read_json_document(self.folder / "session.json", (FORMAT, FORMAT_V1),
                                        f"{self.folder} is not a training session (no session.json)")
         self._images: dict[str, sitk.Image] = {}
         self.version = 1 if self.meta["format"] == FORMAT_V1 else 2
         stored = self.meta.get("criteria") or {}
+        if not isinstance(stored, dict) or not isinstance(self.meta.get("cases"), dict):
+            raise UserError(f"{self.folder / 'session.json'} has no valid criteria or cases: it was edited")
         self.criteria = {**{k: None for k in DEFAULT_CRITERIA}, "icc_form": "ICC(A,1)", **stored}
-        self._log = ChainedLog(self.folder / "submissions.jsonl", "submission log", required=self.version >= 2)
+        self._log = AuditLog(self.folder / "submissions.jsonl", "submission log", key_path=key_path,
+                             required=self.meta.get("audit") == AUDIT_SIGNED)
+        if verify:
+            report = self.verify(files=False)
+            report.raise_if_altered()
+            report.warn_notices()
+
+    # ---- integrity --------------------------------------------------------------------
+
+    def verify(self, files: bool = True) -> FolderReport:
+        """Everything wrong with the session, in one report: session.json's signature, the
+        submission log (edited, removed, reordered or unsigned records; its head), reference
+        and submission paths outside the session's reference/ and trainees/<id>/ folders, and
+        with ``files`` the SHA-256 of every source image, reference mask and active submission."""
+        rep = FolderReport(self.folder, "training session", f"annotation-qc training-verify --session {self.folder}")
+        v = self._log.verify()
+        rep.add_log(v)
+        signed = self.meta.get("audit") == AUDIT_SIGNED or v.signed
+        rep.add_document(check_document(self.meta, "session.json", required=signed, key_path=self.key_path))
+        for cid in self.meta["cases"]:
+            try:
+                self._reference_path(cid)
+            except UserError as exc:
+                rep.problems.append(str(exc))
+        for i, r in enumerate(v.records, start=1):
+            if r.get("event") not in ("submit", "withdraw"):
+                continue
+            for key in ("mask", "moved_to"):
+                if r.get(key) is not None or key == "mask":
+                    try:
+                        self._trainee_file(r.get("trainee"), r.get(key), f"submission log record {i}: {key}")
+                    except UserError as exc:
+                        rep.problems.append(str(exc))
+        if files:
+            for cid in self.meta["cases"]:
+                for check in (self._reference, self._checked_image_path):
+                    try:
+                        check(cid)
+                    except UserError as exc:
+                        rep.problems.append(str(exc))
+            if v.ok:
+                for sub in self.submissions().values():
+                    try:
+                        self._submitted_mask(sub)
+                    except UserError as exc:
+                        rep.problems.append(str(exc))
+        rep.problems = list(dict.fromkeys(rep.problems))
+        return rep
+
+    def _reference_path(self, case_id: str) -> Path:
+        ref = str(self._case(case_id).get("reference") or "")
+        if not ref.startswith("reference/"):
+            raise UserError(f"reference mask {ref!r} of case {case_id!r} is not inside the session's reference/ "
+                            "folder: session.json was edited")
+        return inside(self.folder, ref, f"reference mask of case {case_id!r}")
+
+    def _trainee_file(self, trainee, rel, what: str) -> Path:
+        """A submission's file: inside trainees/<trainee>/ of the session."""
+        try:
+            tid = check_name(trainee, "trainee id", becomes=TRAINEE_BECOMES)
+        except UserError:
+            raise UserError(f"{what}: the trainee id {str(trainee)[:40]!r} is not valid: the record was edited") from None
+        if not str(rel or "").startswith(f"trainees/{tid}/"):
+            raise UserError(f"{what} {str(rel)[:120]!r} is not inside trainees/{tid}/ of the session: the record was "
+                            "edited")
+        return inside(self.folder, rel, what)
+
+    def _upgrade_documents(self) -> None:
+        """A session made before signing: sign session.json as found before its first signed
+        record (call under the lock)."""
+        if "signature" not in self.meta:
+            self.meta = write_signed_json(self.folder / "session.json", self.meta, what="session description",
+                                          key_path=self.key_path)
 
     # ---- definition ------------------------------------------------------------------
 
     @classmethod
     def create(cls, folder: str | os.PathLike, name: str, cases: list[dict], criteria: dict | None = None,
-               feature_extractor: Callable[[sitk.Image, sitk.Image], dict] | None = None) -> TrainingSession:
+               feature_extractor: Callable[[sitk.Image, sitk.Image], dict] | None = None, *,
+               key_path: str | os.PathLike | None = None) -> TrainingSession:
         """Define a session. ``cases``: dicts with ``case_id, patient_id, sequence, image,
         reference`` and optionally ``content`` ("lesion") and ``site``. Each reference mask is
         checked against its image's grid, its radiomics features are computed once (a case
@@ -230,6 +316,10 @@ class TrainingSession:
         folder = Path(folder)
         if (folder / "session.json").exists():
             raise UserError(f"{folder} already holds a training session; choose another folder")
+        left = [n for n in ("submissions.jsonl", "submissions.jsonl.head") if (folder / n).exists()]
+        if left:
+            raise UserError(f"{folder} holds parts of a training session ({', '.join(left)}) but no session.json (an "
+                            "interrupted creation?); choose an empty folder or remove them")
         if len(cases) < MIN_CASES:
             raise UserError(f"a training session needs at least {MIN_CASES} reference cases, got {len(cases)}")
         crit = dict(DEFAULT_CRITERIA)
@@ -303,15 +393,18 @@ class TrainingSession:
             if feature_extractor is None:
                 c["reference_features"] = feats
         meta = {"format": FORMAT, "name": str(name), "created": utc_now(), "created_by": os_user(),
-                "criteria": crit, "warnings": warnings, "cases": stored}
+                "audit": AUDIT_SIGNED, "criteria": crit, "warnings": warnings, "cases": stored}
         if feature_extractor is None:
             meta["features"] = {"extractor": DEFAULT_EXTRACTOR, "pyradiomics": _pyradiomics_version()}
-        write_json_atomic(folder / "session.json", json_safe(meta))
-        return cls(folder)
+        with folder_lock(folder):
+            AuditLog(folder / "submissions.jsonl", "submission log", key_path=key_path).create()
+            write_signed_json(folder / "session.json", json_safe(meta), what="session description", key_path=key_path)
+        return cls(folder, key_path=key_path)
 
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> TrainingSession:
-        return cls(folder)
+    def open(cls, folder: str | os.PathLike, *, verify: bool = True,
+             key_path: str | os.PathLike | None = None) -> TrainingSession:
+        return cls(folder, verify=verify, key_path=key_path)
 
     @property
     def case_ids(self) -> list[str]:
@@ -334,15 +427,19 @@ class TrainingSession:
                             f"the session folder {self.folder}); move the images together with the session folder")
         return full
 
+    def _checked_image_path(self, case_id: str) -> Path:
+        """The case's image path, its SHA-256 recorded at creation checked."""
+        c = self._case(case_id)
+        path = self.image_path(case_id)
+        if c.get("image_sha256") and sha256_file(path) != c["image_sha256"]:
+            raise UserError(f"image of case {case_id!r} ({path}) was replaced or changed after the session was "
+                            "defined (SHA-256 differs); restore the original image")
+        return path
+
     def _read_case_image(self, case_id: str) -> sitk.Image:
         """The case's image, checked against its SHA-256 (read once per session object)."""
         if case_id not in self._images:
-            c = self._case(case_id)
-            path = self.image_path(case_id)
-            if c.get("image_sha256") and sha256_file(path) != c["image_sha256"]:
-                raise UserError(f"image of case {case_id!r} ({path}) was changed after the session was defined "
-                                "(SHA-256 differs); restore the original image")
-            self._images[case_id] = read_image(path, f"image of case {case_id!r}")
+            self._images[case_id] = read_image(self._checked_image_path(case_id), f"image of case {case_id!r}")
         return self._images[case_id]
 
     def _stem(self, case_id: str) -> str:
@@ -419,22 +516,31 @@ class TrainingSession:
             diff = grid_difference(mask, grid) if isinstance(mask, sitk.Image) else "not an image"
             raise UserError(f"mask for case {case_id!r} is not on the grid of {c['image']} ({diff})")
         stored = _on_grid_of(mask, grid)
+        if by is not None:
+            check_name(by, "--by id", becomes="the name of who submitted in the submission log")
         with folder_lock(self.folder):
             if (trainee_id, case_id) in self.submissions():
                 raise UserError(f"trainee {trainee_id!r} already submitted case {case_id!r} "
                                 f"({self.trainee_mask_path(trainee_id, case_id)}); submissions are never overwritten "
                                 "- withdraw it first (annotation-qc training-withdraw) to submit again")
             path = self._new_submission_path(trainee_id, case_id)
-            with atomic_path(path, what="submission", exclusive=True,
-                             verify=lambda tmp: verify_image_file(tmp, stored, final=path, what="submission"),
-                             exists_message=f"{path} exists but is not recorded as a submission (left over from an "
-                             "interrupted command?); it is left untouched - move it away and submit again") as tmp:
+            if path.exists():
+                raise UserError(f"{path} exists but is not recorded as a submission (left over from an interrupted "
+                                "command?); it is left untouched - move it away and submit again")
+            self._upgrade_documents()
+
+            def verify_and_log(tmp: Path) -> None:  # logged after the read-back, before it is published
+                verify_image_file(tmp, stored, final=path, what="submission")
+                self._log.append({"event": "submit", "trainee": trainee_id, "case_id": case_id,
+                                  "by": by or trainee_id, "mask": path.relative_to(self.folder).as_posix(),
+                                  "sha256": sha256_file(tmp), "voxels": int(sitk.GetArrayViewFromImage(stored).sum())})
+
+            with atomic_path(path, what="submission", exclusive=True, verify=verify_and_log,
+                             exists_message=f"trainee {trainee_id!r} already submitted case {case_id!r}; nothing was "
+                             "replaced") as tmp:
                 sitk.WriteImage(stored, str(tmp), True)
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o444)  # a certified record: read-only
-            self._log.append({"event": "submit", "trainee": trainee_id, "case_id": case_id, "by": by or trainee_id,
-                              "mask": path.relative_to(self.folder).as_posix(), "sha256": sha256_file(path),
-                              "voxels": int(sitk.GetArrayViewFromImage(stored).sum())})
         return path
 
     def withdraw(self, trainee_id: str, case_id: str, reason: str, *, by: str | None = None) -> dict:
@@ -444,23 +550,34 @@ class TrainingSession:
         check_name(trainee_id, "trainee id", becomes=TRAINEE_BECOMES)
         if not str(reason or "").strip():
             raise UserError("give the reason for the withdrawal (e.g. 'drew the wrong lesion'); it is logged")
+        if by is not None:
+            check_name(by, "--by id", becomes="the name of who withdrew it in the submission log")
         with folder_lock(self.folder):
             sub = self.submissions().get((trainee_id, case_id))
             if sub is None:
                 raise UserError(f"trainee {trainee_id!r} has no submission of case {case_id!r} to withdraw")
-            src = self.folder / sub["mask"]
+            src = self._trainee_file(trainee_id, sub["mask"], "submitted mask")
             n = len(self._log.records()) + 1
             name = src.name
             stem, ext = (name[: -len(".nii.gz")], ".nii.gz") if name.endswith(".nii.gz") else (src.stem, src.suffix)
             dest = src.parent / "withdrawn" / f"{stem}.{n:04d}{ext}"
+            if dest.exists():
+                raise UserError(f"{dest} already exists (left over from an interrupted command?); move it away first")
+            self._upgrade_documents()
             dest.parent.mkdir(parents=True, exist_ok=True)
             sha = sha256_file(src) if src.exists() else None
             if src.exists():
                 os.replace(src, dest)
-            return self._log.append({"event": "withdraw", "trainee": trainee_id, "case_id": case_id,
-                                     "by": by or trainee_id, "mask": sub["mask"], "sha256": sha,
-                                     "moved_to": dest.relative_to(self.folder).as_posix() if sha else None,
-                                     "reason": str(reason)})
+            try:
+                return self._log.append({"event": "withdraw", "trainee": trainee_id, "case_id": case_id,
+                                         "by": by or trainee_id, "mask": sub["mask"], "sha256": sha,
+                                         "moved_to": dest.relative_to(self.folder).as_posix() if sha else None,
+                                         "reason": str(reason)})
+            except BaseException:
+                if sha is not None:  # not logged: the submission stays where it was
+                    with contextlib.suppress(OSError):
+                        os.replace(dest, src)
+                raise
 
     def listing(self) -> dict:
         """Trainees, cases and what each trainee has submitted (for the instructor)."""
@@ -479,14 +596,14 @@ class TrainingSession:
 
     def _reference(self, case_id: str) -> sitk.Image:
         c = self._case(case_id)
-        p = self.folder / c["reference"]
+        p = self._reference_path(case_id)
         if not p.exists() or sha256_file(p) != c["reference_sha256"]:
             raise UserError(f"reference mask {p} of case {case_id!r} is missing or was changed after the session "
                             "was defined")
         return sitk.ReadImage(str(p))
 
     def _submitted_mask(self, sub: dict) -> sitk.Image:
-        p = self.folder / sub["mask"]
+        p = self._trainee_file(sub.get("trainee"), sub.get("mask"), "submitted mask")
         if not p.exists():
             raise UserError(f"submitted mask {p} (trainee {sub['trainee']!r}, case {sub['case_id']!r}) is missing; "
                             "restore it or withdraw the submission")

@@ -330,14 +330,16 @@ def check_document(doc: dict, name: str, *, required: bool, key: SiteKey | None 
 @dataclass
 class Verification:
     """What :meth:`AuditLog.verify` found: ``problems`` (altered, removed, unverifiable) and
-    ``notices`` (unsigned old records, a torn last line, a head behind after an interrupted
-    write). ``records`` are the complete records read (the torn tail left out)."""
+    ``notices`` (unsigned old records not yet followed by signed ones, a torn last line, a head
+    behind after an interrupted write) and ``info`` (an unsigned old part frozen when signing
+    began). ``records`` are the complete records read (the torn tail left out)."""
 
     what: str
     path: Path
     records: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     notices: list = field(default_factory=list)
+    info: list = field(default_factory=list)
     signed: bool = False
     torn: str | None = None
     head: dict | None = None
@@ -521,15 +523,19 @@ class AuditLog:
             prev = rec["hash"] if isinstance(rec.get("hash"), str) else record_hash(rec)
         count = len(v.records)
         damaged = count != len(lines)
-        if unsigned and signed_from is None and self.required:
+        if unsigned and signed_from is not None:
+            span = f"record {unsigned[0]}" if len(unsigned) == 1 else f"records {unsigned[0]}-{unsigned[-1]}"
+            v.info.append(f"{span} of {self.path.name} {'was' if len(unsigned) == 1 else 'were'} written unsigned "
+                          f"(before version {SIGNED_SINCE}) and frozen as found when signing began at record "
+                          f"{signed_from}")
+        elif unsigned and self.required:
             v.problems.append(f"{'record' if len(unsigned) == 1 else 'records'} {unsigned[0]}"
                               f"{'' if len(unsigned) == 1 else '-' + str(unsigned[-1])} {'is' if len(unsigned) == 1 else 'are'} "
                               "not signed although this folder signs its logs: added or edited outside the tool")
         elif unsigned:
             span = f"record {unsigned[0]}" if len(unsigned) == 1 else f"records {unsigned[0]}-{unsigned[-1]}"
             v.notices.append(f"{span} of {self.path.name} {'is' if len(unsigned) == 1 else 'are'} unsigned (created "
-                             f"before version {SIGNED_SINCE})" + ("; signed records follow" if signed_from else
-                                                                  "; the log is signed from its next record on"))
+                             f"before version {SIGNED_SINCE}); the log is signed from its next record on")
         if v.torn is not None:
             v.notices.append(f"the last line of {self.path.name} was incomplete (an interrupted write, "
                              f"{len(v.torn)} characters); it was ignored and is removed by the next change")

@@ -191,8 +191,11 @@ def test_damaged_study_files_are_one_line_errors(tmp_path, study):
     study.start_reading("r1", "c1", "T2")
     log = study.folder / "reads.jsonl"
     log.write_text(log.read_text(encoding="utf-8") + "{damaged\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"reads.jsonl line \d+ is not valid JSON; the reading log is damaged"):
+    with pytest.raises(UserError, match=r"reads.jsonl was altered or is incomplete: line \d+ is not a valid JSON "
+                                        r"record \(the file was damaged or edited\)"):
         study.events()
+    with pytest.raises(UserError, match=r"reader study .* was altered: reads.jsonl: line \d+ is not a valid JSON"):
+        ReaderStudy.open(study.folder)
     (study.folder / "quality.jsonl").write_text("\n[\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"quality.jsonl line 2 is not valid JSON; the quality log is damaged"):
         read_quality_log(study.folder / "quality.jsonl")

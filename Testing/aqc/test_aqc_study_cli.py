@@ -176,32 +176,61 @@ def test_tampering_is_reported_and_a_torn_tail_is_not_fatal(tmp_path, cases_csv)
     log = study.folder / "reads.jsonl"
     good = log.read_text(encoding="utf-8")
     lines = good.splitlines(keepends=True)
+    first_reader = next(i for i, ln in enumerate(lines, start=1) if '"event": "reader"' in ln)
     log.write_text(good.replace('"role": "annotator"', '"role": "arbitrator"', 1), encoding="utf-8")
-    with pytest.raises(UserError, match=r"reads.jsonl record 1 fails its SHA-256 chain check"):
+    with pytest.raises(UserError, match=rf"reads.jsonl was altered or is incomplete: record {first_reader} fails its "
+                                        "SHA-256 chain check"):
         study.events()
-    log.write_text(lines[0] + lines[2], encoding="utf-8")  # a record removed from the middle
-    with pytest.raises(UserError, match="record 2 fails its SHA-256 chain check"):
+    log.write_text("".join(lines[:1] + lines[2:]), encoding="utf-8")  # a record removed from the middle
+    with pytest.raises(UserError, match="record 2 carries sequence number 3: records were removed"):
         study.events()
     log.write_text(good + '{"event": "start", "reader_id": "r1", "ses', encoding="utf-8")  # interrupted write
-    assert len(study.events()) == 3
+    assert len(study.events()) == len(lines)
     study.start_reading("r2", "c2", "T2")
-    assert [e["seq"] for e in study.events()] == [1, 2, 3, 4]
-    assert log.read_text(encoding="utf-8").count("\n") == 4
+    assert [e["seq"] for e in study.events()] == list(range(1, len(lines) + 2))
+    assert log.read_text(encoding="utf-8").count("\n") == len(lines) + 1
+
+
+def _make_pre_signing(folder, reads):
+    """A study folder as versions before signing left it: study.json without signature (and,
+    older still, without "audit"), labels.json a plain object, no head files."""
+    meta = json.loads((folder / "study.json").read_text())
+    for k in ("audit", "washout_days", "signature"):
+        meta.pop(k, None)
+    for case in meta["cases"].values():
+        case.pop("image_sha256", None)
+    (folder / "study.json").write_text(json.dumps(meta))
+    labels = json.loads((folder / "labels.json").read_text())["labels"]
+    (folder / "labels.json").write_text(json.dumps(labels))
+    for name in ("reads.jsonl.head", "quality.jsonl.head", "quality.jsonl"):
+        (folder / name).unlink()
+    (folder / "reads.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reads))
 
 
 def test_studies_made_before_the_chain_still_open(tmp_path, cases_csv):
     from AnnotationQCLib.sessions import study_from_csv
+    from ClinicalMRICommonLib.errors import InputWarning
 
     study = study_from_csv(tmp_path / "s", "old", cases_csv)
+    _make_pre_signing(study.folder, [{"event": "start", "reader_id": "r1", "role": "annotator", "session": "first",
+                                      "case_id": "c1", "sequence": "T2", "time": "2024-01-01T00:00:00+00:00"}])
+    with pytest.warns(InputWarning, match=r"unsigned \(created before version"):
+        old = ReaderStudy.open(study.folder)
+    assert old.verify().ok
+    old.add_reader("r1")                                        # signed from then on
+    events = old.events()
+    assert [e["event"] for e in events] == ["start", "reader"] and "hash" not in events[0]
+    assert events[1]["sig"] and events[1]["legacy"]["records"] == 1
+    assert "signature" in json.loads((study.folder / "study.json").read_text())
+    assert json.loads((study.folder / "labels.json").read_text())["labels"] == {"c1": "HRMM", "c2": "SRMM",
+                                                                               "c3": "SRMM"}
+    assert ReaderStudy.open(study.folder).labels()["c1"] == "HRMM"
+    # once signed, its documents must stay signed
     meta = json.loads((study.folder / "study.json").read_text())
-    del meta["audit"], meta["washout_days"]
+    meta.pop("signature")
     (study.folder / "study.json").write_text(json.dumps(meta))
-    (study.folder / "reads.jsonl").write_text(json.dumps(
-        {"event": "start", "reader_id": "r1", "role": "annotator", "session": "first", "case_id": "c1",
-         "sequence": "T2", "time": "2024-01-01T00:00:00+00:00"}) + "\n")
-    old = ReaderStudy.open(study.folder)
-    old.add_reader("r1")
-    assert [e["event"] for e in old.events()] == ["start", "reader"] and "hash" not in old.events()[0]
+    with pytest.raises(UserError, match="study.json is not signed although its folder's log is"):
+        ReaderStudy.open(study.folder)
 
 
 def test_quality_grade_command(tmp_path, cases_csv, capsys):
