@@ -53,6 +53,7 @@ EPILOG = """workflows:
     annotation-qc training-list --session SESSION
     annotation-qc training-report --session SESSION --trainee t1        (exit 1: NOT PASSED)
     annotation-qc training-summary --session SESSION                    (all trainees: HTML + CSV)
+    annotation-qc training-verify --session SESSION                     (tampering: exit 1 ALTERED)
   reader study with blinding and repeat reads (cases.csv: case_id, patient_id, sequence, image[, label]):
     annotation-qc study init --folder STUDY --name "spine ROI" --cases cases.csv --washout-days 30
     annotation-qc study reader add --study STUDY --reader r1 --role annotator
@@ -60,9 +61,12 @@ EPILOG = """workflows:
     annotation-qc study submit --study STUDY --reader r1 --case c1 --sequence T2 --content ROI --mask m.nii.gz
     annotation-qc study status --study STUDY --reader r1        (the reader's blinded work list)
     annotation-qc study status --study STUDY --coordinator      (everyone's progress, no labels)
+    annotation-qc study verify --study STUDY                    (tampering: every problem; exit 1 ALTERED)
   image quality: SNR/CNR from ROIs, and a series grade (CNS 1-3 or stroke Likert 1-5) in a study:
     annotation-qc quality --image t2.nii.gz --signal s.nii.gz --background b.nii.gz --tissue t.nii.gz
     annotation-qc quality grade --study STUDY --case c1 --sequence T2 --rater r1 --grade 1 --reason motion
+  human-in-the-loop pre-annotation (CNS-tumour consensus section 7; docs/active_learning.md):
+    annotation-qc loop init|import|train|prelabel|queue|accept|reject|status  (see annotation-qc loop --help)
 Run 'annotation-qc COMMAND --help' for a command's options."""
 
 
@@ -457,6 +461,44 @@ def _cmd_study_status(args) -> int:
     return EXIT_OK
 
 
+def _verify_description(what: str, documents: str, files: str) -> str:
+    return (f"Check everything a {what} records and report every problem at once: the signed, hash-chained logs "
+            "(an edited, removed, inserted or reordered record; a chain recomputed without the site key; a removed "
+            "tail, from the signed head file; unsigned records after signed ones; another site's key), the signed "
+            f"{documents}, paths that leave the folder, and the SHA-256 of every {files}. Every other command "
+            "refuses an altered folder with the first problem; this one lists them all. Exit status 0 VERIFIED, "
+            "1 ALTERED. The site key is read from $CLINICALMRI_SITE_KEY_FILE or ~/.config/clinicalmri/site.key.")
+
+
+def _print_verification(rep, as_json: bool) -> int:
+    """A folder's check (``study verify``, ``training-verify``): VERIFIED (exit 0) or ALTERED
+    with every problem (exit 1, the negative verdict); notes never change the verdict."""
+    if as_json:
+        emit(rep.as_dict(), True)
+    else:
+        n = len(rep.problems)
+        verdict = "VERIFIED" if rep.ok else f"ALTERED ({n} problem{'s' if n != 1 else ''})"
+        print(f"{rep.kind} {rep.folder}: {verdict}")
+        for p in rep.problems:
+            print(f"  problem: {p}")
+        for n in rep.notices + rep.info:
+            print(f"  note: {n}")
+    return EXIT_OK if rep.ok else EXIT_NEGATIVE
+
+
+def _cmd_study_verify(args) -> int:
+    from .sessions import ReaderStudy
+
+    return _print_verification(ReaderStudy.open(args.study, verify=False).verify(files=not args.quick), args.json)
+
+
+def _cmd_training_verify(args) -> int:
+    from .training import TrainingSession
+
+    return _print_verification(TrainingSession.open(args.session, verify=False).verify(files=not args.quick),
+                               args.json)
+
+
 def _need_action(parser_name: str, actions: str):
     def run(args) -> int:
         raise UserError(f"{PROG} {parser_name}: choose an action: {actions} (see {PROG} {parser_name} --help)")
@@ -694,6 +736,15 @@ def build_parser():
     add_json(s, "the log record")
     s.set_defaults(func=_cmd_training_withdraw)
 
+    s = add_command(sub, "training-verify", "check a training session for tampering and report every problem",
+                    description=_verify_description("training session", "session.json (criteria, cases, reference and "
+                                                    "image checksums)", "source image, reference mask and active "
+                                                    "submission"))
+    s.add_argument("--session", required=True, metavar="DIR", help="training session folder")
+    s.add_argument("--quick", action="store_true", help="skip the SHA-256 of the files (logs and documents only)")
+    add_json(s, "the report (ok, problems, notices, info)")
+    s.set_defaults(func=_cmd_training_verify)
+
     s = add_command(sub, "training-list", "trainees, cases and what each trainee has submitted",
                     description="The session's cases (never the references), its trainees with their "
                     "submissions per case, and the withdrawals.")
@@ -726,12 +777,12 @@ def build_parser():
     s.set_defaults(func=_cmd_training_summary)
 
     # ---- reader studies
-    s = add_command(sub, "study", "reader studies: init, reader add, assign, submit, status",
+    s = add_command(sub, "study", "reader studies: init, reader add, assign, submit, status, verify",
                     description="Reader studies with blinding (a reader sees only their own work; labels never), "
                     "work lists in a per-reader order, repeat reads after a washout, a lock per study and a "
                     "hash-chained reading log. Masks are saved one-to-one with the source image as "
                     "readers/<reader>/<session>/<patient>_<sequence>_<content>.nii.gz.")
-    s.set_defaults(func=_need_action("study", "init, reader add, assign, submit, status"))
+    s.set_defaults(func=_need_action("study", "init, reader add, assign, submit, status, verify"))
     ssub = s.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
     a = add_command(ssub, "init", "create a study from a case table",
                     description="Create a reader study: cases.csv with one row per case and sequence (case_id, "
@@ -804,6 +855,18 @@ def build_parser():
     a.add_argument("--coordinator", action="store_true", help="show every reader's progress (unblinded counts)")
     add_json(a, "the work list or progress")
     a.set_defaults(func=_cmd_study_status)
+
+    a = add_command(ssub, "verify", "check a reader study for tampering and report every problem",
+                    description=_verify_description("reader study", "study.json and labels.json (study.json's readers "
+                                                    "and cases checked against their registrations in the log)",
+                                                    "saved mask and source image"))
+    a.add_argument("--study", required=True, metavar="DIR", help="reader study folder")
+    a.add_argument("--quick", action="store_true", help="skip the SHA-256 of the files (logs and documents only)")
+    add_json(a, "the report (ok, problems, notices, info)")
+    a.set_defaults(func=_cmd_study_verify)
+    from .loop.cli import add_loop_commands  # the pre-annotation loop (docs/active_learning.md)
+
+    add_loop_commands(sub)
     return p
 
 
