@@ -116,6 +116,15 @@ def test_user_errors():
         icc_from_long(good.assign(y=["1", "2", "x", "3", "4", "5"]), "t", "r", "y")
     with pytest.raises(UserError, match="more than one rating"):
         icc_from_long(pd.concat([good, good.iloc[[0]]]), "t", "r", "y")
+    # numpy values read from a table are named as the user wrote them (1, not np.int64(1))
+    numeric = pd.DataFrame({"t": [1, 1, 2, 2], "r": [1, 1, 1, 2], "y": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(UserError, match=r"^target 1 has more than one rating by rater 1;"):
+        icc_from_long(numeric, "t", "r", "y")
+    with pytest.raises(UserError, match=r"non-numeric value 'x' \(target 2, rater 1\)"):
+        icc_from_long(numeric.assign(r=[1, 2, 1, 2], y=["1", "2", "x", "4"]), "t", "r", "y")
+    with pytest.raises(UserError, match=r"^case id 3 appears more than once in the first feature table"):
+        feature_icc(pd.DataFrame({"f": [1.0, 2.0, 3.0]}, index=np.array([3, 4, 3])),
+                    pd.DataFrame({"f": [1.0, 2.0]}, index=[3, 4]))
     with pytest.raises(UserError, match="at least 2 targets"):
         icc_from_long(good[good.t == 1], "t", "r", "y")
     with pytest.raises(UserError, match="identical"):

@@ -199,11 +199,21 @@ def _icc_core(y: np.ndarray, valid: np.ndarray, alpha: float = 0.05) -> dict[str
     return res
 
 
+def _shown(value) -> str:
+    """A table value in a message as the user wrote it: numpy scalars as plain numbers
+    (``1``, not ``np.int64(1)``), strings quoted."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return repr(value)
+
+
 def _as_matrix(ratings) -> np.ndarray:
     if isinstance(ratings, pd.DataFrame):
         bad = [c for c in ratings.columns if not pd.api.types.is_numeric_dtype(ratings[c])]
         if bad:
-            raise UserError(f"ratings of rater column {bad[0]!r} are not numeric; give numbers only")
+            raise UserError(f"ratings of rater column {_shown(bad[0])} are not numeric; give numbers only")
     try:
         arr = np.asarray(ratings, dtype=float)
     except (TypeError, ValueError):
@@ -281,13 +291,14 @@ def icc_from_long(df: pd.DataFrame, target: str, rater: str, rating: str,
     bad = values.isna() & data[rating].notna() & (data[rating].astype(str).str.strip() != "")
     if bad.any():
         i = bad.idxmax()
-        raise UserError(f"rating column {rating!r} has a non-numeric value {data.loc[i, rating]!r} "
-                        f"(target {data.loc[i, target]!r}, rater {data.loc[i, rater]!r}); give numbers only")
+        raise UserError(f"rating column {rating!r} has a non-numeric value {_shown(data.loc[i, rating])} "
+                        f"(target {_shown(data.loc[i, target])}, rater {_shown(data.loc[i, rater])}); "
+                        "give numbers only")
     data[rating] = values
     dup = data.duplicated(subset=[target, rater], keep=False)
     if dup.any():
         first = data[dup].iloc[0]
-        raise UserError(f"target {first[target]!r} has more than one rating by rater {first[rater]!r}; "
+        raise UserError(f"target {_shown(first[target])} has more than one rating by rater {_shown(first[rater])}; "
                         "each target/rater pair must appear once")
     wide = data.pivot(index=target, columns=rater, values=rating)
     if wide.shape[1] < 2:
@@ -318,7 +329,7 @@ def feature_icc(table_a: pd.DataFrame, table_b: pd.DataFrame, form: str = "ICC(A
     for t, label in ((table_a, "first"), (table_b, "second")):
         if t.index.has_duplicates:
             dup = t.index[t.index.duplicated()][0]
-            raise UserError(f"case id {dup!r} appears more than once in the {label} feature table")
+            raise UserError(f"case id {_shown(dup)} appears more than once in the {label} feature table")
     cases = table_a.index.intersection(table_b.index, sort=False)
     # select_dtypes works per dtype block, not per column (thousands of features)
     num_a = table_a.select_dtypes(include="number").columns
