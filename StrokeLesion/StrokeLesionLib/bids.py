@@ -28,12 +28,18 @@ A single 3D DWI (the scanner's isotropic b=1000 image) is written as ``_dwi`` wi
 one-volume .bval (the b-value) and a zero .bvec, the way dcm2niix writes isotropic
 images; ``dwi_suffix="trace"`` writes it with BIDS 1.11's ``_trace`` suffix instead.
 
-Privacy: sidecars pass through deid.clean_sidecar (Basic Profile table); NIfTI headers'
-free-text fields (descrip, aux_file, intent_name; dcm2niix writes acquisition times there)
-are blanked; gzip streams carry no file name and no time stamp. Age and sex appear in
-participants.tsv only with ``keep_patient_characteristics`` (the profile's Retain Patient
-Characteristics Option). The audit trail holds reader ids and the readers' free-text
-notes: review the notes before sharing, or export with ``include_audit=False``.
+Privacy: sidecars pass through deid.clean_sidecar (Basic Profile table) and then keep only
+the keys the BIDS schema defines (bidsschematools; a shipped snapshot of the same list where
+it is missing) plus :data:`SIDECAR_ALLOW_LIST`; NIfTI header extensions are removed and the
+headers' free-text fields (descrip, aux_file, intent_name; dcm2niix writes acquisition times
+there) are blanked; gzip streams carry no file name and no time stamp; the export report
+lists everything removed. Age and sex appear in participants.tsv only with
+``keep_patient_characteristics`` (the profile's Retain Patient Characteristics Option). The
+exported audit trail and reader list are redacted copies (file names instead of paths, reader
+ids, no readers' names, operating-system accounts or hosts); they keep the readers' free-text
+notes and reasons: review them before sharing, or export with ``include_audit=False``.
+Before a case is exported it is verified (Study.verify_case: audit trail, case.json, every
+image's and mask's SHA-256); a case that does not verify stops the export.
 """
 
 from __future__ import annotations
@@ -52,8 +58,10 @@ from pathlib import Path
 import numpy as np
 
 from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.files import write_bytes_atomic
 
-from .deid import clean_sidecar, method_text
+from .deid import PATIENT_CHARACTERISTICS, clean_sidecar, method_text
+from .staging import staged_folder
 from .workflow import Study
 
 BIDS_VERSION = "1.11.0"
@@ -98,9 +106,9 @@ class ExportOptions:
 
 
 def _write_bytes_new(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "xb") as f:          # "x": never over an existing file
-        f.write(data)
+    """Through the one verified writer (read back before it is published; never over an
+    existing file)."""
+    write_bytes_atomic(path, data, what="BIDS file", exclusive=True)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -118,15 +126,22 @@ def _gzip_clean(raw: bytes) -> bytes:
     return buf.getvalue()
 
 
-def write_clean_nifti(src: str | os.PathLike, dst: Path, *, binary_mask: bool = False) -> None:
+def write_clean_nifti(src: str | os.PathLike, dst: Path, *, binary_mask: bool = False) -> dict:
     """Copy a NIfTI with its voxels and geometry unchanged, its free-text header fields
-    blanked and a gzip stream without file name or time stamp. With ``binary_mask`` the
-    voxels become UInt8 0/1 (non-zero -> 1)."""
+    blanked, its header extensions removed (they can hold anything: a DICOM header, a
+    comment such as "PatientName=..."), and a gzip stream without file name or time stamp.
+    With ``binary_mask`` the voxels become UInt8 0/1 (non-zero -> 1). Returns what was
+    removed: ``{"extensions": [codes], "text_fields": [names]}``."""
     import nibabel as nib
     img = nib.load(str(src))
     hdr = img.header.copy()
+    removed = {"extensions": [int(e.get_code()) for e in getattr(hdr, "extensions", [])], "text_fields": []}
+    if hasattr(hdr, "extensions"):
+        hdr.extensions.clear()
     for key in ("descrip", "aux_file", "intent_name", "db_name"):
         if key in hdr:
+            if bytes(np.asarray(hdr[key]).tobytes()).strip(b"\0 "):
+                removed["text_fields"].append(key)
             hdr[key] = b""
     if binary_mask:
         data = (np.asanyarray(img.dataobj) != 0).astype(np.uint8)
@@ -139,7 +154,10 @@ def write_clean_nifti(src: str | os.PathLike, dst: Path, *, binary_mask: bool = 
         aff, code = getattr(img, f"get_{form}")(coded=True)
         if aff is not None:
             getattr(out, f"set_{form}")(aff, int(code))
+    if hasattr(out.header, "extensions"):
+        out.header.extensions.clear()
     _write_bytes_new(dst, _gzip_clean(out.to_bytes()))
+    return removed
 
 
 def _bids_times(meta: dict) -> tuple[dict, list[str]]:
@@ -154,14 +172,55 @@ def _bids_times(meta: dict) -> tuple[dict, list[str]]:
     return out, notes
 
 
-def _sidecar(study_case_dir: Path, entry: dict, keep_pc: bool) -> tuple[dict, dict]:
-    meta = {}
-    if entry.get("sidecar"):
-        meta = json.loads((study_case_dir / entry["sidecar"]).read_text(encoding="utf-8"))
+#: Keys kept in exported sidecars although the BIDS schema does not define them, and why (with
+#: ``keep_patient_characteristics`` the profile's patient characteristics are kept too):
+#: ``DiffusionBValue`` is a trace image's b-value when no .bval is written (the acceptance
+#: check reads it); ``ImageType`` says what the image is (ORIGINAL/DERIVED, ADC), which the
+#: ADC check of 'case import' reads. Neither describes the person.
+SIDECAR_ALLOW_LIST = ("DiffusionBValue", "ImageType")
+
+
+def bids_metadata_keys() -> tuple[frozenset, str]:
+    """(the metadata keys the BIDS schema defines, where the list comes from): the installed
+    ``bidsschematools`` schema, else the snapshot shipped in bids_schema_keys (same source,
+    version named)."""
+    try:
+        import bidsschematools
+        from bidsschematools import schema as bschema
+    except ImportError:
+        from .bids_schema_keys import METADATA_KEYS, SOURCE
+        return METADATA_KEYS, SOURCE + " (shipped list; bidsschematools is not installed)"
+    s = bschema.load_schema()
+    keys = frozenset(v["name"] for v in s.objects.metadata.values())
+    return keys, f"bidsschematools {bidsschematools.__version__} (BIDS {s.bids_version}, schema {s.schema_version})"
+
+
+def bids_sidecar(meta: dict, keep_pc: bool) -> tuple[dict, dict]:
+    """A source sidecar made fit for export: the de-identification profile first
+    (deid.clean_sidecar: DICOM attributes the Basic Profile does not keep), then only keys the
+    BIDS schema defines plus :data:`SIDECAR_ALLOW_LIST`. Returns (sidecar, report: "removed"
+    by the profile, "not_in_bids_schema", "schema")."""
     clean, rep = clean_sidecar(meta, keep_patient_characteristics=keep_pc)
+    keys, source = bids_metadata_keys()
+    allowed = keys | set(SIDECAR_ALLOW_LIST) | (set(PATIENT_CHARACTERISTICS) if keep_pc else set())
+    rep["not_in_bids_schema"] = sorted(k for k in clean if k not in allowed)
+    rep["schema"] = source
+    clean = {k: v for k, v in clean.items() if k in allowed}
     clean, notes = _bids_times(clean)
     rep["unit_conversions"] = notes
     return clean, rep
+
+
+def _read_sidecar_file(p: Path | None) -> dict:
+    if p is None:
+        return {}
+    try:
+        meta = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"JSON sidecar {p} could not be read as JSON; restore it (stroke-lesion verify)") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"JSON sidecar {p} is not a JSON object; restore it (stroke-lesion verify)")
+    return meta
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,7 +294,6 @@ def export_study(study: Study, out: str | os.PathLike, options: ExportOptions, *
     The dataset is written into a temporary folder beside ``out`` and renamed onto it only
     when complete: a failure leaves no half-written dataset (and an earlier export intact).
     Returns a report (files written, cases without a consensus, warnings)."""
-    import tempfile
     options.check()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -250,21 +308,9 @@ def export_study(study: Study, out: str | os.PathLike, options: ExportOptions, *
     sr, orr = study.root.resolve(), out.resolve()
     if sr == orr or sr.is_relative_to(orr) or orr.is_relative_to(sr):
         raise UserError(f"output folder {out} and the study folder {study.root} overlap; export outside the study")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out, "BIDS dataset") as stage:
         report = _export_into(study, stage, options)
         report["output"] = str(out)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "ds")
-            os.rename(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return report
 
 
@@ -283,12 +329,20 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
         report["warnings"].append("consensus masks use the consensus document's name "
                                   "(sub-X_ses-Y_dwi_lesionmask.nii.gz), which is NOT valid BIDS")
     participants: dict[str, dict] = {}
+    reader_ids = set(study.readers())
+    removed: dict = {"sidecar_keys_deidentification": set(), "sidecar_keys_not_in_bids_schema": set(),
+                     "nifti_extensions": 0, "nifti_text_fields": 0}
     deriv = out / "derivatives" / "lesions"
     seen: set[tuple[str, str]] = set()
     written: list[Path] = []
 
     for cid in case_ids:
         st = study.state(cid)
+        problems = study.verify_case(cid)["problems"]
+        if problems:
+            raise UserError(f"case {cid} does not verify, nothing was exported: {problems[0]}"
+                            + (f" (and {len(problems) - 1} more: stroke-lesion verify {study.root})"
+                               if len(problems) > 1 else ""))
         info = st.info
         sub, ses = _label(info["subject"], "subject"), _label(info["session"], "session")
         if (sub, ses) in seen:
@@ -296,7 +350,6 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
         seen.add((sub, ses))
         stem = f"sub-{sub}_ses-{ses}"
         rawdir = out / f"sub-{sub}" / f"ses-{ses}"
-        cdir = study.case_dir(cid)
         crep: dict = {"case": cid, "subject": sub, "session": ses, "status": st.status, "masks": []}
         scans = []
         sidecar_reports = {}
@@ -305,8 +358,9 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
         for kind, entry in info["images"].items():
             if options.series is not None and kind not in options.series and kind != "dwi":
                 continue
-            src = cdir / entry["file"]
-            meta, srep = _sidecar(cdir, entry, options.keep_patient_characteristics)
+            src = study.case_file(cid, kind)                    # confined, SHA-256 checked
+            meta, srep = bids_sidecar(_read_sidecar_file(study.case_file(cid, kind, "sidecar")),
+                                      options.keep_patient_characteristics)
             sidecar_reports[kind] = srep
             if kind == "dwi":
                 suffix = options.dwi_suffix
@@ -314,11 +368,11 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
                 import nibabel as nib
                 nvol = 1 if len(nib.load(str(src)).shape) == 3 else nib.load(str(src)).shape[3]
                 if suffix == "dwi":
-                    bval_src = src.with_name(src.name.replace(".nii.gz", ".bval"))
-                    if bval_src.exists():
-                        bvals = bval_src.read_text().split()
-                        bvec_src = bval_src.with_suffix(".bvec")
-                        bvecs = bvec_src.read_text() if bvec_src.exists() else None
+                    bval_src = study.case_file(cid, "dwi", "bval")   # as recorded at 'case init' (any image suffix)
+                    if bval_src is not None:
+                        bvals = _read_gradient_text(bval_src, "b-value").split()
+                        bvec_src = study.case_file(cid, "dwi", "bvec")
+                        bvecs = _read_gradient_text(bvec_src, "b-vector") if bvec_src is not None else None
                     else:
                         if nvol != 1:
                             raise UserError(f"case {cid}: the 4D DWI has no .bval/.bvec beside it; BIDS needs them")
@@ -343,7 +397,7 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
                 written += [rawdir / f"dwi/{stem}_acq-b0_dwi.bval", rawdir / f"dwi/{stem}_acq-b0_dwi.bvec"]
             else:
                 rel = f"anat/{stem}_{ANAT_SUFFIX[kind]}.nii.gz"
-            write_clean_nifti(src, rawdir / rel)
+            srep["nifti_removed"] = write_clean_nifti(src, rawdir / rel)
             _write_json(rawdir / rel.replace(".nii.gz", ".json"), meta)
             written += [rawdir / rel, rawdir / rel.replace(".nii.gz", ".json")]
             q = [x for x in st.quality if x["series"] == kind]
@@ -359,6 +413,11 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
                 scans.append({"filename": rel, "quality_likert": None, "snr": None, "cnr": None,
                               "quality_reader": None})
         crep["sidecars"] = sidecar_reports
+        for srep in sidecar_reports.values():
+            removed["sidecar_keys_deidentification"].update(srep["removed"])
+            removed["sidecar_keys_not_in_bids_schema"].update(srep["not_in_bids_schema"])
+            removed["nifti_extensions"] += len(srep.get("nifti_removed", {}).get("extensions", []))
+            removed["nifti_text_fields"] += len(srep.get("nifti_removed", {}).get("text_fields", []))
         if scans:
             p = rawdir / f"{stem}_scans.tsv"
             _write_text(p, _tsv(scans, list(SCANS_COLUMNS)))
@@ -367,7 +426,7 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
         # participants (age/sex only with the retain option; read from the original sidecars)
         prow = participants.setdefault(f"sub-{sub}", {"participant_id": f"sub-{sub}"})
         if options.keep_patient_characteristics:
-            raw_meta = _raw_sidecar(cdir, info["images"].get("dwi", {}))
+            raw_meta = _read_sidecar_file(study.case_file(cid, "dwi", "sidecar"))
             prow["age"] = _age_years(raw_meta.get("PatientAge"))
             prow["sex"] = raw_meta.get("PatientSex") or None
 
@@ -425,7 +484,7 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
         # derivative: eADC
         if options.include_eadc and diffusion is not None:
             try:
-                b, bsrc = read_b_value(cdir / info["images"]["dwi"]["file"])
+                b, bsrc = read_b_value(study.case_file(cid, "dwi"))
             except UserError:
                 b = None
                 report["warnings"].append(f"case {cid}: no b-value, eADC not written")
@@ -436,8 +495,7 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
 
         if options.include_audit:
             p = deriv / "sourcedata" / "audit" / f"{stem}_audit.jsonl"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cdir / "audit.jsonl", p)
+            _write_bytes_new(p, _jsonl(redacted_audit(st.records, reader_ids)))
             written.append(p)
         if "consensus" not in crep["masks"]:
             report["warnings"].append(f"case {cid} ({stem}) has no accepted consensus mask (state {st.status})")
@@ -474,14 +532,78 @@ def _export_into(study: Study, out: Path, options: ExportOptions) -> dict:
     _write_json(deriv / "dataset_description.json", _derivative_description(options))
     _write_text(deriv / "README", _derivative_readme(options))
     if options.include_audit:
-        _write_bytes_new(deriv / "sourcedata" / "readers.jsonl", (study.root / "readers.jsonl").read_bytes())
+        _write_bytes_new(deriv / "sourcedata" / "readers.jsonl", _jsonl(redacted_readers(study)))
     written += [out / f for f in ("dataset_description.json", "participants.tsv", "participants.json", "scans.json",
                                   "README")] + [deriv / "dataset_description.json", deriv / "README"]
     report["files"] = len(written)
+    report["removed"] = {k: sorted(v) if isinstance(v, set) else v for k, v in removed.items()}
+    report["removed"]["schema"] = bids_metadata_keys()[1]
     problems = check_derivative_description(deriv / "dataset_description.json")
     if problems:                                  # our own writer must pass our own check
         raise UserError("derivative dataset_description.json is incomplete: " + "; ".join(problems))
     return report
+
+
+def _read_gradient_text(p: Path, what: str) -> str:
+    """A .bval/.bvec file as text (UserError for anything that is not a text table)."""
+    try:
+        text = p.read_bytes().decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        raise UserError(f"{what} file {p} is not a text table of numbers; restore it (stroke-lesion verify)") from None
+    try:
+        [float(x) for x in text.split()]
+    except ValueError:
+        raise UserError(f"{what} file {p} is not a table of numbers; restore it (stroke-lesion verify)") from None
+    return text
+
+
+#: Audit-record fields that hold paths: exported as file names only.
+_PATH_KEYS = ("input", "source", "edited_input", "file", "lesion_map")
+#: Record fields not exported: the operating-system account and host, the chain and signature
+#: (they cannot be checked without the study and the site key) and lock recovery details.
+_DROPPED_FIELDS = ("os_user", "host", "prev", "hash", "sig", "key_id", "legacy", "recovered")
+
+
+def _redact(obj):
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k in ("name", "recovered"):          # a reader's name; lock-recovery details (user, host, command)
+                continue
+            if k in _PATH_KEYS and isinstance(v, str):
+                out[k] = Path(v.replace("\\", "/")).name
+            else:
+                out[k] = _redact(v)
+        return out
+    if isinstance(obj, list):
+        return [_redact(v) for v in obj]
+    return obj
+
+
+def redacted_audit(records: list[dict], reader_ids: set[str]) -> list[dict]:
+    """A case's audit trail for the export: file names instead of paths, reader ids (a
+    coordinator's login name becomes "coordinator"), no readers' names, no operating-system
+    accounts or hosts, no chain fields. A redacted copy: the study keeps the signed original."""
+    out = []
+    for r in records:
+        rec = {k: v for k, v in r.items() if k not in _DROPPED_FIELDS}
+        who = r.get("who")
+        if who not in reader_ids:
+            rec["who"] = "system" if r.get("role") == "system" else "coordinator"
+        rec["what"] = _redact(r.get("what"))
+        out.append(rec)
+    return out
+
+
+def redacted_readers(study: Study) -> list[dict]:
+    """The reader list for the export: ids, titles, years and training, without names."""
+    ids = set(study.readers())
+    return [{**rec, "who": "coordinator"} if rec.get("who") not in ids else rec
+            for rec in redacted_audit(study._readers_log.records(), ids)]
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
 
 
 def _diffusion_of(study: Study, cid: str):
@@ -534,12 +656,6 @@ def _tsv(rows: list[dict], cols: list[str]) -> str:
     def cell(v):
         return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else str(v)
     return "\t".join(cols) + "\n" + "".join("\t".join(cell(r.get(c)) for c in cols) + "\n" for r in rows)
-
-
-def _raw_sidecar(cdir: Path, entry: dict) -> dict:
-    if entry and entry.get("sidecar"):
-        return json.loads((cdir / entry["sidecar"]).read_text(encoding="utf-8"))
-    return {}
 
 
 def _age_years(age) -> str | None:
@@ -647,8 +763,9 @@ def _derivative_readme(o: ExportOptions) -> str:
             "Workflow: two independent blinded annotators; automatic comparison (Dice, lesion-wise matching at "
             "26-connectivity, volume difference); cases above the study's disagreement thresholds reviewed lesion "
             "by lesion; disputed cases decided by an arbitrator. Each mask's JSON sidecar records the reader and "
-            "the decision; sourcedata/audit holds the full audit trail (who, when, what, why) and "
-            "sourcedata/readers.jsonl the readers' qualifications.\n")
+            "the decision; sourcedata/audit holds a redacted copy of each case's audit trail (who, when, what, why; "
+            "file names instead of paths, pseudonymous reader ids) and sourcedata/readers.jsonl the readers' "
+            "qualifications without their names. The signed originals stay in the study.\n")
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import sys
 
 from ClinicalMRICommonLib import cli as common_cli
@@ -20,19 +21,25 @@ from ClinicalMRICommonLib.files import check_output_path, write_image_atomic
 
 
 def _float(text: str) -> float:
+    """A finite number (NaN and infinity are refused: they would be recorded as numbers)."""
     try:
-        return float(text)
+        v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return v
 
 
 def _who(args) -> str:
+    """Who performs a coordinator step: --by (checked like every id), else the login name."""
+    from .workflow import check_who
     who = getattr(args, "by", None)
-    if who:
-        return who
+    if who is not None:
+        return check_who(who, "--by")
     try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name available in some containers
+        return check_who(getpass.getuser(), "the login name")
+    except Exception:  # noqa: BLE001 - no (usable) user name in some containers
         return "unknown"
 
 
@@ -383,7 +390,13 @@ def cmd_export_bids(args) -> int:
             {i["code"] for i in v["errors"]} | {i["code"] for d in v["derivatives"].values() for i in d["errors"]}),
             "n_warnings": v["n_warnings"], "warnings": sorted(
             {i["code"] for i in v["warnings"]} | {i["code"] for d in v["derivatives"].values() for i in d["warnings"]})}
-    text = f"wrote {rep['files']} files to {rep['output']} ({len(rep['cases'])} case(s))" + "".join(
+    rm = rep["removed"]
+    text = (f"wrote {rep['files']} files to {rep['output']} ({len(rep['cases'])} case(s))\n"
+            f"removed: {len(rm['sidecar_keys_deidentification'])} sidecar key(s) by the de-identification profile"
+            f" ({', '.join(rm['sidecar_keys_deidentification']) or 'none'}), "
+            f"{len(rm['sidecar_keys_not_in_bids_schema'])} not defined by the BIDS schema "
+            f"({', '.join(rm['sidecar_keys_not_in_bids_schema']) or 'none'}), {rm['nifti_extensions']} NIfTI header "
+            f"extension(s), {rm['nifti_text_fields']} NIfTI text field(s)") + "".join(
         f"\nwarning: {w}" for w in rep["warnings"])
     if "validator" in rep:
         vr = rep["validator"]
@@ -486,19 +499,31 @@ def _missing_lines(missing: list[dict], indent: str = "  ") -> list[str]:
 def cmd_status(args) -> int:
     from .preflight import missing_for_acceptance
     s = _study(args)
+    if args.reader and args.coordinator:
+        raise UserError("--coordinator (the unblinded view of every reader's work) cannot be combined with --reader "
+                        "(a reader's blinded view); give one of them")
     if args.case:
-        v = s.case_view(args.case, viewer=args.reader)
+        v = s.case_view(args.case, viewer=args.reader, coordinator=args.coordinator)
         if args.reader and args.reader not in v["assignments"].values():
             raise UserError(f"reader {args.reader} is not assigned to case {args.case}")
         lines = [f"case {v['case_id']}: {v['status']} ({v['next']})"]
         lines += [f"  {k}: {val}" for k, val in v["assignments"].items()]
+        for slot, a in v["annotations"].items():
+            if isinstance(a, dict):
+                lines.append(f"  {slot}: submitted ({a['hidden']})")
+            else:
+                last = a[-1]
+                lines.append(f"  {slot}: version {last['version']} ({last['volume_ml']:.3f} mL): {last['file']}")
+        if v.get("consensus"):
+            lines.append(f"  consensus: version {v['consensus']['version']} ({v['consensus']['volume_ml']:.3f} mL): "
+                         f"{v['consensus']['file']}")
         if not args.reader:
             v["missing"] = missing_for_acceptance(s, args.case)
             v["ready_for_acceptance"] = not v["missing"]
             lines += _missing_lines(v["missing"])
         emit(v, args.json, "\n".join(lines))
     else:
-        rows = s.status(viewer=args.reader, preflight=not args.reader)
+        rows = s.status(viewer=args.reader, preflight=not args.reader, coordinator=args.coordinator)
         lines = []
         for r in rows:
             lines.append(f"{r['case_id']}: {r['status']} ({r['next']})")
@@ -509,6 +534,32 @@ def cmd_status(args) -> int:
             lines.append(f"{len(rows)} case(s): {ready} ready for acceptance, {len(rows) - ready} with missing items")
         emit(rows, args.json, "\n".join(lines) or "no cases")
     return 0
+
+
+def cmd_verify(args) -> int:
+    s = _study(args)
+    rep = s.verify_study()
+    if args.case:
+        unknown = sorted(set(args.case) - set(rep["cases"]))
+        if unknown:
+            raise UserError(f"unknown case(s) {', '.join(unknown)} in {s.root}; cases: "
+                            f"{', '.join(rep['cases']) or 'none'}")
+        rep["cases"] = {c: v for c, v in rep["cases"].items() if c in args.case}
+        rep["ok"] = not rep["study"]["problems"] and not rep["readers"]["problems"] and not any(
+            c["problems"] for c in rep["cases"].values())
+    lines = []
+    for name, part in [("study", rep["study"]), ("readers", rep["readers"])] + \
+            [(f"case {c}", v) for c, v in rep["cases"].items()]:
+        if not part["problems"] and not part["notices"]:
+            lines.append(f"{name}: ok")
+            continue
+        lines.append(f"{name}: {len(part['problems'])} problem(s), {len(part['notices'])} notice(s)")
+        lines += [f"  PROBLEM: {p}" for p in part["problems"]] + [f"  notice: {n}" for n in part["notices"]]
+    n = sum(len(p["problems"]) for p in [rep["study"], rep["readers"], *rep["cases"].values()])
+    lines.append(("OK: no problem found" if rep["ok"] else f"NOT OK: {n} problem(s)") + f" in {s.root} "
+                 f"({len(rep['cases'])} case(s))")
+    emit(rep, args.json, "\n".join(lines))
+    return EXIT_OK if rep["ok"] else EXIT_NEGATIVE
 
 
 # ---------------------------------------------------------------------------------------
@@ -807,12 +858,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(x, "the acceptance report")
     x.set_defaults(func=cmd_accept)
 
-    x = add_command(sub, "status", "cases and their state (blinded for annotators with --reader)")
+    x = add_command(sub, "status", "cases and their state (blinded unless --coordinator)")
     x.add_argument("study", help="the study folder")
     x.add_argument("case", nargs="?", help="one case (default: every case)")
-    x.add_argument("--reader", help="show what this reader may see")
+    x.add_argument("--reader", help="show what this reader may see (an annotator: only their own work until the case "
+                                    "is final)")
+    x.add_argument("--coordinator", action="store_true",
+                   help="the coordinator's unblinded view: every reader's masks, notes and the comparison (never "
+                        "show it to an annotator before the case is final)")
     add_json(x, "the state")
     x.set_defaults(func=cmd_status)
+
+    x = add_command(sub, "verify", "check a study for tampering and damage; report everything found",
+                    description="Check the whole study: study.json, the reader list and every case's audit\n"
+                                "trail (hash chain, signatures, removed records), case.json against the trail, every\n"
+                                "image, sidecar and mask against its recorded SHA-256, and leftovers of interrupted\n"
+                                "commands.\n"
+                                "Exit status 1 when a problem was found.")
+    x.add_argument("study", help="the study folder")
+    x.add_argument("--case", action="append", help="check only this case (repeatable)")
+    add_json(x, "the verification report")
+    x.set_defaults(func=cmd_verify)
 
     return p
 

@@ -33,12 +33,15 @@ per-reader file permissions or a server, which is a site decision.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import socket
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,11 +50,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.errors import InputWarning, UserError, os_error_message
+from ClinicalMRICommonLib.files import (append_jsonl, clean_stale_temps, is_temp_name, json_safe, read_jsonl,
+                                        sha256_file, write_bytes_atomic, write_image_atomic)
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_image
-from ClinicalMRICommonLib.files import sha256_file
-from ClinicalMRICommonLib.locks import folder_lock, publish_exclusive
+from ClinicalMRICommonLib.locks import folder_lock, pid_alive, read_lock
 
 # ---------------------------------------------------------------------------------------
 # Readers and roles
@@ -129,10 +133,48 @@ def _annotating_next(st) -> str:
         (" draws the mask" if len(todo) == 1 else " draw their masks")
 
 
-def _check_id(value: str, what: str) -> str:
+#: The longest id (reader, case, --by), subject or session label (characters).
+MAX_ID_LENGTH = 64
+
+
+def _shown(value) -> str:
+    """A value for a message: long ones cut, with their length."""
+    text = repr(value)
+    return text if len(text) <= 50 else f"{text[:40]}...' ({len(str(value))} characters)"
+
+
+def check_id(value: str, what: str) -> str:
+    """The one id rule (reader ids, case ids): letters, digits, '-', '_' or '.', starting with
+    a letter or digit, at most MAX_ID_LENGTH characters; checked before anything is written."""
     if not isinstance(value, str) or not _ID_RE.match(value):
-        raise UserError(f"{what} {value!r} is not valid: use letters, digits, '-', '_' or '.', at most 64 characters")
+        raise UserError(f"{what} {_shown(value)} is not valid: use letters, digits, '-', '_' or '.' (starting with a "
+                        f"letter or digit), at most {MAX_ID_LENGTH} characters")
     return value
+
+
+_check_id = check_id
+
+
+def check_who(value: str, what: str = "--by") -> str:
+    """Who performs a coordinator step (``--by``, default the login name): printable, one line,
+    at most MAX_ID_LENGTH characters (login names may hold '@', '\\' or spaces)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH or \
+            not value.isprintable():
+        raise UserError(f"{what} {_shown(value)} is not valid: give a name of 1-{MAX_ID_LENGTH} printable "
+                        "characters on one line")
+    return value.strip()
+
+
+def check_label(value: str, what: str) -> str:
+    """A BIDS subject/session label: punctuation removed (BIDS labels are alphanumeric); must
+    keep letters or digits and be at most MAX_ID_LENGTH characters."""
+    label = re.sub(r"[^A-Za-z0-9]", "", str(value))
+    if not label:
+        raise UserError(f"{what} label {_shown(value)} has no letters or digits; BIDS labels are alphanumeric")
+    if len(label) > MAX_ID_LENGTH:
+        raise UserError(f"{what} label {_shown(value)} is too long ({len(label)} characters, at most "
+                        f"{MAX_ID_LENGTH}); give a shorter label")
+    return label
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,10 +208,27 @@ class StudySettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StudySettings":
+    def from_dict(cls, d: dict, where: str = "study settings") -> "StudySettings":
+        """Settings from study.json, every field's type checked (a UserError naming ``where``)."""
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: 'settings' must be a JSON object, got {type(d).__name__}")
         d = dict(d)
-        th = Thresholds(**d.pop("thresholds", {}))
-        s = cls(thresholds=th, **{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        th = d.pop("thresholds", {})
+        if not isinstance(th, dict):
+            raise UserError(f"{where}: 'thresholds' must be a JSON object, got {type(th).__name__}")
+        types = {"min_dice": (int, float), "max_abs_volume_diff_ml": (int, float), "max_unmatched_lesions": (int,),
+                 "agreed_consensus": (str,), "signoff_agreed": (bool,), "lesion_connectivity": (int,)}
+        for key, value in list(th.items()) + list(d.items()):
+            want = types.get(key)
+            if want is None:
+                continue
+            numeric = want != (bool,) and want != (str,)
+            if not isinstance(value, want) or (numeric and isinstance(value, bool)) or \
+                    (isinstance(value, float) and not np.isfinite(value)):
+                raise UserError(f"{where}: {key} must be {'a number' if numeric else want[0].__name__}, got "
+                                f"{_shown(value)}; the file was edited by hand (restore it)")
+        th = Thresholds(**{k: v for k, v in th.items() if k in Thresholds.__dataclass_fields__})
+        s = cls(thresholds=th, **{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "thresholds"})
         return s.check()
 
     def check(self) -> "StudySettings":
@@ -182,29 +241,36 @@ class StudySettings:
 
 
 # ---------------------------------------------------------------------------------------
-# Files: no-clobber writes, hashes, lock, audit log
+# Files: verified no-clobber writes, hashes, lock, audit log
 
 
-def _publish_new(write, final: Path) -> Path:
-    """Write via ``write(tmp_path)`` to a temporary file beside ``final`` (flushed to disk),
-    then publish it under ``final`` only if that name does not exist yet
-    (locks.publish_exclusive: of two concurrent writers exactly one wins; nothing is ever
-    replaced; a UserError for the other). Read-only after."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(final.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=suffix, dir=final.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        publish_exclusive(tmp, final, what="file", exists_message=f"{final} already exists; nothing was replaced")
-        with contextlib.suppress(OSError):
-            os.chmod(final, 0o444)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+def _publish_image(img: sitk.Image, final: Path, what: str = "mask") -> Path:
+    """Write ``img`` through the one verified atomic writer (ClinicalMRICommonLib.files:
+    temporary file, fsync, read back grid and voxels, then published only if ``final`` does
+    not exist yet: of two concurrent writers exactly one wins; nothing is ever replaced; a
+    full disk is a UserError and leaves nothing). Read-only after."""
+    write_image_atomic(img, final, what=what, exclusive=True)
+    with contextlib.suppress(OSError):
+        os.chmod(final, 0o444)
     return final
+
+
+def _publish_bytes(data: bytes, final: Path, what: str = "file") -> Path:
+    """As :func:`_publish_image` for bytes (read back and compared before publishing)."""
+    write_bytes_atomic(final, data, what=what, exclusive=True)
+    with contextlib.suppress(OSError):
+        os.chmod(final, 0o444)
+    return final
+
+
+def _publish_copy(src: Path, final: Path, what: str = "file") -> str:
+    """Copy ``src`` to the new file ``final`` (verified); returns the SHA-256 of what was copied."""
+    try:
+        data = Path(src).read_bytes()
+    except OSError as exc:
+        raise UserError(os_error_message(exc, src, f"could not read {what}")) from None
+    _publish_bytes(data, final, what)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _next_version(folder: Path, stem: str, ext: str) -> tuple[int, Path]:
@@ -215,14 +281,70 @@ def _next_version(folder: Path, stem: str, ext: str) -> tuple[int, Path]:
     return v, folder / f"{stem}_v{v:03d}{ext}"
 
 
-def _lock(folder: Path, timeout_s: float = 15.0):
+#: Subfolders of a case folder where interrupted writes may leave temporary files.
+_CASE_SUBFOLDERS = ("", "images", "compare", "masks/annotatorA", "masks/annotatorB", "masks/review",
+                    "masks/arbitration", "masks/consensus")
+
+
+def _staging_pid(name: str) -> int | None:
+    """The pid in a staging folder's name ``<case>.<pid>-<random>`` (None for older names)."""
+    m = re.search(r"\.(\d+)-[0-9a-f]+$", name)
+    return int(m.group(1)) if m else None
+
+
+def _clean_leftovers(folder: Path) -> list[str]:
+    """Remove what interrupted commands left in ``folder`` (a case folder or the study root):
+    the atomic writer's temporary files of dead processes (files.clean_stale_temps) and, in
+    the study root, case builds in ``.staging/`` whose process is gone. Call under the lock."""
+    removed: list[str] = []
+    for sub in _CASE_SUBFOLDERS:
+        for p in clean_stale_temps(folder / sub if sub else folder):
+            removed.append(str(p.relative_to(folder)))
+    staging = folder / ".staging"
+    if staging.is_dir():
+        for p in staging.iterdir():
+            pid = _staging_pid(p.name)
+            if p.is_dir() and pid is not None and pid != os.getpid() and not pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(str(p.relative_to(folder)))
+    return removed
+
+
+@contextlib.contextmanager
+def _lock(folder: Path, timeout_s: float = 15.0, recovered: dict | None = None):
     """Exclusive lock on a folder: ClinicalMRICommonLib.locks.folder_lock (who holds it is
-    recorded and reported; a stale lock of a dead process is taken over; re-entrant)."""
-    return folder_lock(folder, timeout_s=timeout_s)
+    recorded and reported; re-entrant). A stale lock of a dead process is taken over and the
+    leftovers of the interrupted command are removed; both are reported as a warning and put
+    in ``recovered`` (the caller records them in the audit trail)."""
+    with folder_lock(folder, timeout_s=timeout_s) as lk:
+        if lk._count == 1:                   # the outermost acquisition in this process
+            removed = _clean_leftovers(folder)
+            info = {}
+            if lk.took_over is not None:
+                info["lock_taken_over"] = lk.took_over.describe()
+            if removed:
+                info["leftovers_removed"] = removed
+            if info:
+                parts = ([f"took over the stale lock of {info['lock_taken_over']} (that process is gone)"]
+                         if "lock_taken_over" in info else [])
+                if removed:
+                    parts.append(f"removed {len(removed)} leftover(s) of an interrupted command: "
+                                 + ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
+                warnings.warn(f"{folder}: " + "; ".join(parts), InputWarning, stacklevel=3)
+                if recovered is not None:
+                    recovered[str(folder)] = info
+        yield lk
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
 
 
 def _record_hash(rec: dict) -> str:
@@ -231,7 +353,8 @@ def _record_hash(rec: dict) -> str:
 
 
 class AuditLog:
-    """Append-only JSON-lines log with a SHA-256 hash chain (who, when, what, why)."""
+    """Append-only JSON-lines log with a SHA-256 hash chain (who, when, what, why; the
+    operating-system user and host next to the reader id)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -239,36 +362,44 @@ class AuditLog:
     def records(self, verify: bool = True) -> list[dict]:
         if not self.path.exists():
             return []
-        out = []
+        recs, torn = read_jsonl(self.path, "audit log", return_torn=True)
+        if torn is not None:
+            warnings.warn(f"audit log {self.path}: its last line is incomplete (an interrupted write, {len(torn)} "
+                          "characters); it was ignored", InputWarning, stacklevel=2)
         prev = ""
-        for i, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"audit log {self.path} line {i} is not valid JSON; the log was edited by hand "
-                                "or truncated (restore it from a backup)") from None
+        for i, rec in enumerate(recs, start=1):
             if verify and (rec.get("prev") != prev or rec.get("hash") != _record_hash(rec)):
-                raise UserError(f"audit log {self.path} line {i} fails its hash check; the history was altered "
+                raise UserError(f"audit log {self.path} record {i} fails its hash check; the history was altered "
                                 "(restore it from a backup)")
             prev = rec.get("hash", "")
-            out.append(rec)
-        return out
+        return recs
 
     def append(self, *, who: str, role: str | None, action: str, what: dict, why: str = "") -> dict:
         """Append one record; call under the folder lock."""
         recs = self.records()
-        what = json.loads(json.dumps(what, default=_json_default))   # plain JSON values: the hash is reproducible
+        what = json.loads(json.dumps(json_safe(what), default=_json_default))   # plain JSON: reproducible hash
         rec = {"seq": len(recs) + 1, "ts": _now(), "who": who, "role": role, "action": action,
-               "what": what, "why": why or "", "prev": recs[-1]["hash"] if recs else ""}
+               "what": what, "why": why or "", "os_user": _os_user(), "host": socket.gethostname(),
+               "prev": recs[-1]["hash"] if recs else ""}
         rec["hash"] = _record_hash(rec)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, sort_keys=True, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, rec, "audit log")
         return rec
+
+
+def _read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; a UserError naming the file for anything else."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} is missing; restore it from a backup") from None
+    except OSError as exc:
+        raise UserError(os_error_message(exc, path, f"could not read the {what}")) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path} is not valid JSON; the {what} was damaged or edited (restore it from a "
+                        "backup)") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object; the {what} was damaged or edited (restore it)")
+    return data
 
 
 def _json_default(o):
@@ -379,6 +510,91 @@ def apply_lesion_choices(labels: np.ndarray, n: int, sources: dict[str, np.ndarr
 # Study
 
 
+def _stat_key(p: Path):
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _confined(folder: Path, rel, what: str, source: Path) -> Path:
+    """``folder/rel``, refused unless ``rel`` is a relative path that stays inside ``folder``
+    (no absolute path, no '..', no symbolic link leading out): recorded paths are confined to
+    the study, so an edited record cannot point the tools at other files."""
+    bad = not isinstance(rel, str) or not rel.strip() or os.path.isabs(rel) or "\\" in rel or \
+        any(part in ("..", "") for part in rel.split("/"))
+    if not bad:
+        p = folder / rel
+        try:
+            bad = not p.resolve().is_relative_to(folder.resolve())
+        except (OSError, RuntimeError):
+            bad = True
+        if not bad:
+            return p
+    raise UserError(f"{source}: {what} path {_shown(rel)} leads outside {folder}; recorded paths must stay inside the "
+                    "study (the file was edited: restore it from a backup)")
+
+
+def case_digest(info: dict) -> str:
+    """SHA-256 of a case description's canonical JSON (what the case_init record keeps)."""
+    body = {k: v for k, v in info.items() if k != "signature"}
+    return hashlib.sha256(json.dumps(json_safe(body), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def case_json_problem(info: dict, records: list[dict], case_id: str) -> str | None:
+    """Why case.json does not match the audit trail's case_init record (None: it matches).
+    Cases created since issue 12 record case.json's digest; older ones their subject, session
+    and image checksums, which are compared instead."""
+    init = next((r for r in records if r.get("action") == "case_init"), None)
+    if init is None or not isinstance(init.get("what"), dict):
+        return "the audit trail has no case_init record, so the case description cannot be checked (restore the log)"
+    w = init["what"]
+    if info.get("case_id", case_id) != case_id:
+        return f"it describes case {_shown(info.get('case_id'))}, not {case_id}: it was edited or copied (restore it)"
+    if "case_json_sha256" in w:
+        if case_digest(info) != w["case_json_sha256"]:
+            return ("it was edited after the case was created (its digest differs from the audit trail's case_init "
+                    "record); restore it from a backup")
+        return None
+    for key in ("subject", "session"):
+        if key in w and w[key] != info.get(key):
+            return (f"its {key} {_shown(info.get(key))} differs from the audit trail's case_init record "
+                    f"({_shown(w[key])}): it was edited; restore it from a backup")
+    recorded = w.get("images") or {}
+    now = {k: e.get("sha256") for k, e in info["images"].items()}
+    if recorded and recorded != now:
+        return ("its images or their checksums differ from the audit trail's case_init record: it was edited; "
+                "restore it from a backup")
+    return None
+
+
+def _replay(st: CaseState, r: dict) -> None:
+    """Apply one audit record to the case state."""
+    a, w = r["action"], r["what"]
+    if a == "assign":
+        st.assignments[w["slot"]] = w["reader"]
+    elif a == "annotate":
+        st.annotations.setdefault(w["slot"], []).append({**w, "ts": r["ts"], "who": r["who"]})
+        if all(s in st.annotations for s in ANNOTATOR_SLOTS):
+            st.status = "ready_to_compare"
+    elif a == "compare":
+        st.compare = {**w, "ts": r["ts"], "who": r["who"]}
+        st.status = "review" if w["needs_review"] else ("signoff" if w["signoff_required"] else "final")
+    elif a == "review":
+        st.reviews.append({**w, "ts": r["ts"], "who": r["who"], "why": r["why"]})
+        st.status = "arbitration" if w["outcome"] == "disputed" else "final"
+    elif a == "arbitrate":
+        st.arbitration = {**w, "ts": r["ts"], "who": r["who"], "why": r["why"]}
+        st.status = "final"
+    elif a == "consensus":
+        st.consensus = {**w, "ts": r["ts"], "who": r["who"]}
+    elif a == "note":
+        st.notes.append({**w, "ts": r["ts"], "who": r["who"], "role": r["role"]})
+    elif a == "quality":
+        st.quality.append({**w, "ts": r["ts"], "who": r["who"]})
+
+
 @dataclass
 class CaseState:
     case_id: str
@@ -403,31 +619,36 @@ class Study:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         meta = self.root / "study.json"
-        if not meta.exists():
+        if not meta.is_file():
+            if self.root.exists() and not self.root.is_dir():
+                raise UserError(f"{self.root} is a file, not a stroke-lesion study folder")
             raise UserError(f"{self.root} is not a stroke-lesion study (no study.json); create it with "
                             "'stroke-lesion study init'")
-        try:
-            data = json.loads(meta.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise UserError(f"{meta} is not valid JSON") from None
+        data = _read_json_object(meta, "study description")
         if data.get("format") != self.FORMAT:
-            raise UserError(f"{meta} has format {data.get('format')!r}, expected {self.FORMAT!r}")
-        self.settings = StudySettings.from_dict(data.get("settings", {}))
+            raise UserError(f"{meta} has format {_shown(data.get('format'))}, expected {self.FORMAT!r}")
+        self.settings = StudySettings.from_dict(data.get("settings", {}), str(meta))
         self.meta = data
+        self._checked: dict = {}          # verified files: path -> (size, mtime_ns, sha256)
+        self._recovered: dict = {}        # folder -> what _lock recovered (recorded with the next record)
 
     # -- creation ------------------------------------------------------------------------
 
     @classmethod
     def create(cls, root: str | os.PathLike, *, by: str, name: str = "", settings: StudySettings | None = None) -> "Study":
         root = Path(root)
+        by = check_who(by)
         meta = root / "study.json"
+        if root.exists() and not root.is_dir():
+            raise UserError(f"{root} is a file; give a new folder for the study")
         if meta.exists():
             raise UserError(f"{root} already holds a study (study.json exists); open it instead")
+        if len(str(name)) > 200 or not str(name).isprintable():
+            raise UserError(f"study name {_shown(name)} is not valid: at most 200 printable characters on one line")
         settings = (settings or StudySettings()).check()
-        root.mkdir(parents=True, exist_ok=True)
         data = {"format": cls.FORMAT, "name": name or root.name, "created": _now(), "created_by": by,
                 "settings": settings.to_dict()}
-        _publish_new(lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"), meta)
+        _publish_bytes((json.dumps(data, indent=2) + "\n").encode("utf-8"), meta, "study description")
         return cls(root)
 
     # -- readers -------------------------------------------------------------------------
@@ -439,32 +660,56 @@ class Study:
     def add_reader(self, reader: Reader, *, by: str, why: str = "") -> dict:
         """Record (or update: a new record, the old one is kept) a reader's qualification."""
         reader.check()
-        with _lock(self.root):
+        by = check_who(by)
+        with _lock(self.root, recovered=self._recovered):
             return self._readers_log.append(who=by, role="coordinator", action="reader",
-                                            what=asdict(reader), why=why)
+                                            what={**asdict(reader), **self._recovery(self.root)}, why=why)
 
     def readers(self) -> dict[str, Reader]:
         out = {}
-        for rec in self._readers_log.records():
-            r = rec["what"]
-            out[r["id"]] = Reader(**r)
+        fields = set(Reader.__dataclass_fields__)
+        for i, rec in enumerate(self._readers_log.records(), start=1):
+            if rec.get("action", "reader") != "reader":
+                continue
+            r = rec.get("what")
+            try:
+                reader = Reader(**{k: v for k, v in r.items() if k in fields})
+                reader.check()
+            except (AttributeError, TypeError, UserError) as exc:
+                raise UserError(f"reader list {self.root / 'readers.jsonl'} record {i} is not a valid reader record "
+                                f"({str(exc)[:120] or type(exc).__name__}); the list was edited (restore it)") from None
+            out[reader.id] = reader
         return out
 
     def reader(self, reader_id: str) -> Reader:
+        check_id(reader_id, "reader id")
         rs = self.readers()
         if reader_id not in rs:
             raise UserError(f"unknown reader {reader_id!r}; add the reader's qualification first "
                             "('stroke-lesion reader add')")
         return rs[reader_id]
 
+    def _recovery(self, folder: Path) -> dict:
+        """What _lock recovered in ``folder`` (a stale lock taken over, leftovers removed),
+        for the record written next: {"recovered": {...}} or {}."""
+        info = self._recovered.pop(str(folder), None)
+        return {"recovered": info} if info else {}
+
+    def _append(self, case_id: str, *, who: str, role: str | None, action: str, what: dict, why: str = "") -> dict:
+        """Append to the case's audit trail (under the case lock), with what the lock recovered."""
+        d = self.case_dir(case_id)
+        return self._log(case_id).append(who=who, role=role, action=action, what={**what, **self._recovery(d)},
+                                         why=why)
+
     # -- cases ---------------------------------------------------------------------------
 
     def case_dir(self, case_id: str) -> Path:
-        return self.root / "cases" / _check_id(case_id, "case id")
+        return self.root / "cases" / check_id(case_id, "case id")
 
     def case_ids(self) -> list[str]:
         d = self.root / "cases"
-        return sorted(p.name for p in d.iterdir() if (p / "case.json").exists()) if d.exists() else []
+        return sorted(p.name for p in d.iterdir() if _ID_RE.match(p.name) and (p / "case.json").exists()) \
+            if d.is_dir() else []
 
     def _log(self, case_id: str) -> AuditLog:
         return AuditLog(self.case_dir(case_id) / "audit.jsonl")
@@ -479,24 +724,22 @@ class Study:
         Atomic: everything is checked first (ids, labels, readers' qualifications, the images:
         readable, one grid, ADC units, the DWI/ADC pair of diffusion.check_adc_pair), then the
         case is built in a staging folder and renamed into ``cases/`` in one step. A refused
-        case leaves nothing behind, so the corrected command can simply be run again."""
+        case leaves nothing behind, so the corrected command can simply be run again.
+
+        Every copied file's SHA-256 is recorded in case.json, and the case_init record of the
+        audit trail records case.json's own digest, so an edited case.json is noticed."""
         from .diffusion import load_diffusion, parse_adc_units, sidecar_path
         d = self.case_dir(case_id)
+        by = check_who(by)
         self._check_new_case(case_id)
-        subject = re.sub(r"[^A-Za-z0-9]", "", subject or case_id)
-        session = re.sub(r"[^A-Za-z0-9]", "", session)
-        if not subject or not session:
-            raise UserError("subject and session labels must contain letters or digits")
+        subject = check_label(subject or case_id, "subject")
+        session = check_label(session, "session")
         images = {"dwi": dwi, "adc": adc, **{k: v for k, v in (others or {}).items() if v}}
         allowed = {"dwi", "adc", "flair", "t1w", "t2w", "b0"}
         bad = set(images) - allowed
         if bad:
             raise UserError(f"unknown image kind(s) {sorted(bad)}; use {sorted(allowed)}")
-        for other in self.case_ids():
-            oi = self._info_or_none(other) or {}
-            if (oi.get("subject"), oi.get("session")) == (subject, session):
-                raise UserError(f"case {other} of study {self.root} already has subject {subject} session {session}; "
-                                "give this case its own --subject/--session (BIDS needs one folder per session)")
+        self._check_unique_session(subject, session)
         # readers: every slot checked before anything is written
         planned: dict[str, str] = {}
         quals = {}
@@ -512,54 +755,68 @@ class Study:
             if kind not in ("dwi", "adc"):
                 read_image(p, kind.upper())
         brain_ml = float(sitk.GetArrayViewFromImage(case.brain).sum()) * float(np.prod(ref.GetSpacing())) / 1000.0
-        staging = self.root / ".staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f"{case_id}.", dir=staging))
-        try:
-            info_images = {}
-            for kind, p in images.items():
-                p = Path(p)
-                name = f"{case_id}_{kind}" + (".nii.gz" if p.name.endswith(".nii.gz") else "".join(p.suffixes[-1:]))
-                dst = stage / "images" / name
-                _publish_new(lambda t, p=p: shutil.copyfile(p, t), dst)
-                entry = {"file": f"images/{name}", "sha256": sha256_file(dst), "source": str(p)}
-                sc = sidecar_path(p)
-                if sc.exists():
-                    scd = stage / "images" / f"{case_id}_{kind}.json"
-                    _publish_new(lambda t, sc=sc: shutil.copyfile(sc, t), scd)
-                    entry["sidecar"] = f"images/{scd.name}"
-                for ext in (".bval", ".bvec"):           # dcm2niix gradient tables of a DWI series
-                    g = sc.with_suffix(ext)
-                    if kind in ("dwi", "b0") and g.exists():
-                        gd = stage / "images" / f"{case_id}_{kind}{ext}"
-                        _publish_new(lambda t, g=g: shutil.copyfile(g, t), gd)
-                        entry[ext[1:]] = f"images/{gd.name}"
-                info_images[kind] = entry
-            info_images["adc"]["units"] = {"units": case.units.units, "detected": case.units.detected,
-                                           "brain_median_raw": case.units.brain_median_raw}
-            info_images["adc"]["pair_check"] = {"checks": case.pair_check.get("checks", []),
-                                                "warnings": list(case.warnings)}
-            info = {"case_id": case_id, "subject": subject, "session": session, "created": _now(),
-                    "created_by": by, "images": info_images, "brain_volume_ml": brain_ml}
-            _publish_new(lambda t: t.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"),
-                         stage / "case.json")
-            log = AuditLog(stage / "audit.jsonl")
-            log.append(who=by, role="coordinator", action="case_init",
-                       what={"subject": subject, "session": session,
-                             "images": {k: v["sha256"] for k, v in info_images.items()}}, why=why)
-            for slot, rid in planned.items():
-                log.append(who=by, role="coordinator", action="assign",
-                           what={"slot": slot, "reader": rid, "qualification": asdict(quals[slot])}, why=why)
-            d.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(self.root, recovered=self._recovered):
+            self._check_new_case(case_id)
+            self._check_unique_session(subject, session)
+            staging = self.root / ".staging"
+            stage = staging / f"{case_id}.{os.getpid()}-{secrets.token_hex(4)}"
             try:
-                os.rename(stage, d)          # one step; refused when the case folder exists and is not empty
-            except OSError:
-                if (d / "case.json").exists():
-                    raise UserError(f"case {case_id} already exists in {self.root}") from None
-                raise
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+                stage.mkdir(parents=True)
+                info_images = {}
+                for kind, p in images.items():
+                    p = Path(p)
+                    name = f"{case_id}_{kind}" + (".nii.gz" if p.name.endswith(".nii.gz") else
+                                                  "".join(p.suffixes[-1:]))
+                    entry = {"file": f"images/{name}",
+                             "sha256": _publish_copy(p, stage / "images" / name, f"{kind.upper()} copy"),
+                             "source": str(p)}
+                    sc = sidecar_path(p)
+                    if sc.is_file():
+                        scd = stage / "images" / f"{case_id}_{kind}.json"
+                        entry["sidecar_sha256"] = _publish_copy(sc, scd, "JSON sidecar copy")
+                        entry["sidecar"] = f"images/{scd.name}"
+                    for ext in (".bval", ".bvec"):           # dcm2niix gradient tables of a DWI series
+                        g = sc.with_suffix(ext)
+                        if kind in ("dwi", "b0") and g.is_file():
+                            gd = stage / "images" / f"{case_id}_{kind}{ext}"
+                            entry[ext[1:] + "_sha256"] = _publish_copy(g, gd, f"{ext} copy")
+                            entry[ext[1:]] = f"images/{gd.name}"
+                    info_images[kind] = entry
+                info_images["adc"]["units"] = {"units": case.units.units, "detected": case.units.detected,
+                                               "brain_median_raw": case.units.brain_median_raw}
+                info_images["adc"]["pair_check"] = {"checks": case.pair_check.get("checks", []),
+                                                    "warnings": list(case.warnings)}
+                info = json_safe({"case_id": case_id, "subject": subject, "session": session, "created": _now(),
+                                  "created_by": by, "images": info_images, "brain_volume_ml": brain_ml})
+                _publish_bytes((json.dumps(info, indent=2) + "\n").encode("utf-8"), stage / "case.json",
+                               "case description")
+                log = AuditLog(stage / "audit.jsonl")
+                log.append(who=by, role="coordinator", action="case_init",
+                           what={"subject": subject, "session": session,
+                                 "images": {k: v["sha256"] for k, v in info_images.items()},
+                                 "case_json_sha256": case_digest(info), **self._recovery(self.root)}, why=why)
+                for slot, rid in planned.items():
+                    log.append(who=by, role="coordinator", action="assign",
+                               what={"slot": slot, "reader": rid, "qualification": asdict(quals[slot])}, why=why)
+                d.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(stage, d)          # one step; refused when the case folder exists and is not empty
+                except OSError as exc:
+                    if (d / "case.json").exists():
+                        raise UserError(f"case {case_id} already exists in {self.root}") from None
+                    raise UserError(os_error_message(exc, d, f"could not create case {case_id}")) from None
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    staging.rmdir()              # only when empty
         return self.state(case_id)
+
+    def _check_unique_session(self, subject: str, session: str) -> None:
+        for other in self.case_ids():
+            oi = self._info_or_none(other) or {}
+            if (oi.get("subject"), oi.get("session")) == (subject, session):
+                raise UserError(f"case {other} of study {self.root} already has subject {subject} session {session}; "
+                                "give this case its own --subject/--session (BIDS needs one folder per session)")
 
     def _check_new_case(self, case_id: str) -> None:
         d = self.case_dir(case_id)
@@ -571,22 +828,88 @@ class Study:
 
     def _info_or_none(self, case_id: str) -> dict | None:
         try:
-            return self.case_info(case_id)
-        except (UserError, json.JSONDecodeError):
+            return self._read_case_json(case_id)
+        except UserError:
             return None
 
-    def case_info(self, case_id: str) -> dict:
-        p = self.case_dir(case_id) / "case.json"
+    def _read_case_json(self, case_id: str) -> dict:
+        """case.json, its structure and paths checked (not yet against the audit trail)."""
+        d = self.case_dir(case_id)
+        p = d / "case.json"
         if not p.exists():
             raise UserError(f"no case {case_id!r} in study {self.root}; known cases: "
                             + (", ".join(self.case_ids()) or "none"))
-        return json.loads(p.read_text(encoding="utf-8"))
+        info = _read_json_object(p, "case description")
+        images = info.get("images")
+        if not isinstance(images, dict) or "dwi" not in images or not all(
+                isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str)
+                for e in images.values()) or not isinstance(info.get("subject"), str) or \
+                not isinstance(info.get("session"), str):
+            raise UserError(f"{p} is not a valid case description (images, subject, session); it was edited "
+                            "(restore it from a backup)")
+        for kind, e in images.items():
+            for part in ("file", "sidecar", "bval", "bvec"):
+                if e.get(part) is not None:
+                    _confined(d, e[part], f"case {case_id}: {kind} {part}", p)
+        return info
 
-    def image_path(self, case_id: str, kind: str = "dwi") -> Path:
+    def _case_record(self, case_id: str) -> tuple[dict, list[dict]]:
+        """(case.json, the audit records), both verified: the audit trail's chain (AuditLog),
+        and case.json against the trail's case_init record. Cached while the files are unchanged."""
+        d = self.case_dir(case_id)
+        key = ("case", case_id, _stat_key(d / "case.json"), _stat_key(d / "audit.jsonl"),
+               _stat_key(d / "audit.jsonl.head"))
+        hit = self._checked.get(key)
+        if hit is not None:
+            return hit
+        info = self._read_case_json(case_id)
+        recs = self._log(case_id).records()
+        problem = case_json_problem(info, recs, case_id)
+        if problem:
+            raise UserError(f"{d / 'case.json'}: {problem}")
+        self._checked[key] = (info, recs)
+        return info, recs
+
+    def case_info(self, case_id: str) -> dict:
+        return self._case_record(case_id)[0]
+
+    def case_file(self, case_id: str, kind: str = "dwi", part: str = "file", *, verify: bool = True) -> Path | None:
+        """A file of the case's ``kind`` image: ``part`` "file" (the image), "sidecar", "bval" or
+        "bvec" (None when the case has none). The path is confined to the case folder and, with
+        ``verify``, the file's SHA-256 is checked against the one recorded when the case was
+        created (an image replaced or edited afterwards is refused)."""
         info = self.case_info(case_id)
         if kind not in info["images"]:
             raise UserError(f"case {case_id} has no {kind} image")
-        return self.case_dir(case_id) / info["images"][kind]["file"]
+        e = info["images"][kind]
+        if e.get(part) is None:
+            return None
+        d = self.case_dir(case_id)
+        p = _confined(d, e[part], f"case {case_id}: {kind} {part}", d / "case.json")
+        want = e.get("sha256" if part == "file" else f"{part}_sha256")
+        if verify:
+            self._check_sha(p, want, f"{kind.upper()} {'image' if part == 'file' else part} of case {case_id}",
+                            "when the case was created")
+        return p
+
+    def _check_sha(self, p: Path, want: str | None, what: str, when: str) -> None:
+        if not p.is_file():
+            raise UserError(f"{what} {p} is missing; restore it from a backup")
+        if want is None:          # an older case: sidecars and gradient tables were not hashed
+            return
+        key = ("sha", str(p), _stat_key(p))
+        if self._checked.get(key) != want:
+            try:
+                got = sha256_file(p)
+            except OSError as exc:
+                raise UserError(os_error_message(exc, p, f"could not read {what}")) from None
+            if got != want:
+                raise UserError(f"{what} {p} does not match the SHA-256 recorded {when}: it was replaced or edited "
+                                "afterwards; restore it from a backup (stroke-lesion verify lists every problem)")
+            self._checked[key] = want
+
+    def image_path(self, case_id: str, kind: str = "dwi", *, verify: bool = True) -> Path:
+        return self.case_file(case_id, kind, "file", verify=verify)
 
     def reference_image(self, case_id: str) -> sitk.Image:
         return read_image(self.image_path(case_id, "dwi"), "DWI")
@@ -594,32 +917,15 @@ class Study:
     # -- state ---------------------------------------------------------------------------
 
     def state(self, case_id: str) -> CaseState:
-        info = self.case_info(case_id)
-        recs = self._log(case_id).records()
+        info, recs = self._case_record(case_id)
         st = CaseState(case_id, "annotating", info, records=recs)
-        for r in recs:
-            a, w = r["action"], r["what"]
-            if a == "assign":
-                st.assignments[w["slot"]] = w["reader"]
-            elif a == "annotate":
-                st.annotations.setdefault(w["slot"], []).append({**w, "ts": r["ts"], "who": r["who"]})
-                if all(s in st.annotations for s in ANNOTATOR_SLOTS):
-                    st.status = "ready_to_compare"
-            elif a == "compare":
-                st.compare = {**w, "ts": r["ts"], "who": r["who"]}
-                st.status = "review" if w["needs_review"] else ("signoff" if w["signoff_required"] else "final")
-            elif a == "review":
-                st.reviews.append({**w, "ts": r["ts"], "who": r["who"], "why": r["why"]})
-                st.status = "arbitration" if w["outcome"] == "disputed" else "final"
-            elif a == "arbitrate":
-                st.arbitration = {**w, "ts": r["ts"], "who": r["who"], "why": r["why"]}
-                st.status = "final"
-            elif a == "consensus":
-                st.consensus = {**w, "ts": r["ts"], "who": r["who"]}
-            elif a == "note":
-                st.notes.append({**w, "ts": r["ts"], "who": r["who"], "role": r["role"]})
-            elif a == "quality":
-                st.quality.append({**w, "ts": r["ts"], "who": r["who"]})
+        for i, r in enumerate(recs, start=1):
+            try:
+                _replay(st, r)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise UserError(f"audit log {self.case_dir(case_id) / 'audit.jsonl'} record {i} "
+                                f"({_shown(r.get('action'))}) is malformed; the log was edited (restore it from a "
+                                "backup)") from None
         return st
 
     def slot_of(self, case_id: str, reader_id: str) -> str | None:
@@ -654,20 +960,21 @@ class Study:
 
     def assign(self, case_id: str, slot: str, reader_id: str, *, by: str, why: str = "") -> dict:
         """Assign a qualified reader to a slot (annotatorA/annotatorB/reviewer/arbitrator)."""
+        by = check_who(by)
         self.case_info(case_id)
         self._qualified_for(slot, reader_id, {}, case_id)
-        with _lock(self.case_dir(case_id)):
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
             st = self.state(case_id)
             reader = self._qualified_for(slot, reader_id, st.assignments, case_id)
             if slot in ANNOTATOR_SLOTS and slot in st.annotations:
                 raise UserError(f"{slot} of case {case_id} has already annotated; the slot cannot be reassigned")
             if slot == "reviewer" and st.reviews or slot == "arbitrator" and st.arbitration:
                 raise UserError(f"the {slot} of case {case_id} has already decided; cannot reassign")
-            return self._log(case_id).append(who=by, role="coordinator", action="assign",
-                                             what={"slot": slot, "reader": reader_id,
-                                                   "qualification": asdict(reader)}, why=why)
+            return self._append(case_id, who=by, role="coordinator", action="assign",
+                                what={"slot": slot, "reader": reader_id, "qualification": asdict(reader)}, why=why)
 
     def _acting_slot(self, st: CaseState, reader_id: str, allowed: tuple[str, ...], action: str) -> str:
+        check_id(reader_id, "reader id")
         slot = self._slot_of(st, reader_id)
         if slot not in allowed:
             who = ", ".join(f"{s}={st.assignments.get(s, '(unassigned)')}" for s in allowed)
@@ -717,22 +1024,29 @@ class Study:
     def _save_mask(self, case_id: str, slot: str, img: sitk.Image) -> tuple[Path, int]:
         folder = self.case_dir(case_id) / "masks" / slot
         v, final = _next_version(folder, f"{case_id}_dwi_lesion-{slot}", ".nii.gz")
-        _publish_new(lambda t: sitk.WriteImage(img, str(t), True), final)
+        _publish_image(img, final, what=f"{slot} mask")
         return final, v
 
     def _rel(self, case_id: str, p: Path) -> str:
         return str(p.relative_to(self.case_dir(case_id)))
 
     def mask_path(self, case_id: str, rel: str) -> Path:
-        return self.case_dir(case_id) / rel
+        """A file the audit trail records (masks, the comparison's lesion map), confined to the case."""
+        d = self.case_dir(case_id)
+        return _confined(d, rel, f"case {case_id}: recorded file", d / "audit.jsonl")
 
     def read_mask_version(self, case_id: str, rec: dict) -> sitk.Image:
         p = self.mask_path(case_id, rec["file"])
         if not p.exists():
             raise UserError(f"mask file {p} recorded in the audit trail is missing; restore it from a backup")
-        if sha256_file(p) != rec["sha256"]:
-            raise UserError(f"mask file {p} does not match the SHA-256 in the audit trail (changed after saving)")
-        return _binary(sitk.ReadImage(str(p)))
+        self._check_sha(p, rec.get("sha256") or "", "mask file", "in the audit trail")
+        return _binary(read_image(p, "mask file", finite=False))
+
+    def lesion_map(self, case_id: str, compare: dict) -> np.ndarray:
+        """The comparison's lesion-id map (checked against its recorded SHA-256 when recorded)."""
+        p = self.mask_path(case_id, compare["lesion_map"])
+        self._check_sha(p, compare.get("lesion_map_sha256"), "lesion-id map", "in the audit trail")
+        return sitk.GetArrayFromImage(read_image(p, "lesion-id map", finite=False))
 
     # -- annotate ------------------------------------------------------------------------
 
@@ -769,7 +1083,7 @@ class Study:
             ref = self.reference_image(case_id)
             img = _img(np.zeros(sitk.GetArrayViewFromImage(ref).shape, bool), ref)
             flags = {}
-        with _lock(self.case_dir(case_id)):
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
             st = self.state(case_id)
             if st.status not in ("annotating", "ready_to_compare"):
                 raise UserError(f"case {case_id} is in state {st.status}; the annotations were compared and are "
@@ -783,7 +1097,7 @@ class Study:
             if time_spent_s is not None:
                 what["time_spent_s"] = float(time_spent_s)
             what.update(flags)
-            return self._log(case_id).append(who=reader_id, role=slot, action="annotate", what=what, why=why)
+            return self._append(case_id, who=reader_id, role=slot, action="annotate", what=what, why=why)
 
     def _volume_flags(self, case_id: str, volume_ml: float, label: str, *, allow_large: bool = False) -> dict:
         """Plausibility of a lesion volume: refused above MAX_LESION_BRAIN_FRACTION of the brain
@@ -814,6 +1128,7 @@ class Study:
         """
         if not text or not text.strip():
             raise UserError("a note needs text")
+        check_id(reader_id, "reader id")
         st = self.state(case_id)
         role = self._slot_of(st, reader_id)
         if role is None:
@@ -837,7 +1152,7 @@ class Study:
         elif point_lps is not None:
             i, j, k = what["voxel_ijk"]
             if st.compare is not None:
-                lab = sitk.GetArrayFromImage(sitk.ReadImage(str(self.mask_path(case_id, st.compare["lesion_map"]))))
+                lab = self.lesion_map(case_id, st.compare)
                 what["resolved_on"] = "compare"
                 what["lesion"] = int(lab[k, j, i]) or None
             elif role in ANNOTATOR_SLOTS and role in st.annotations:
@@ -846,16 +1161,17 @@ class Study:
                 lab, _ = connected_components(own, self.settings.lesion_connectivity)
                 what["resolved_on"] = f"{role} v{st.annotations[role][-1]['version']}"
                 what["component"] = int(lab[k, j, i]) or None
-        with _lock(self.case_dir(case_id)):
-            return self._log(case_id).append(who=reader_id, role=role, action="note", what=what)
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
+            return self._append(case_id, who=reader_id, role=role, action="note", what=what)
 
     # -- compare -------------------------------------------------------------------------
 
     def compare(self, case_id: str, *, by: str, tolerance_mm: float = 1.0) -> dict:
         """Compare the latest masks of A and B (ClinicalMRICommonLib.agreement) and route the case."""
+        by = check_who(by)
         from ClinicalMRICommonLib.agreement.segmentation_metrics import compare_masks, lesion_detection
         self.case_info(case_id)              # an unknown case: a UserError, no empty folder left by the lock
-        with _lock(self.case_dir(case_id)):
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
             st = self.state(case_id)
             if st.status != "ready_to_compare":
                 missing = [s for s in ANNOTATOR_SLOTS if s not in st.annotations]
@@ -893,20 +1209,21 @@ class Study:
                 reasons.append(f"{unmatched} lesion(s) drawn by one annotator only > {th.max_unmatched_lesions}")
             cdir = self.case_dir(case_id) / "compare"
             v, map_path = _next_version(cdir, f"{case_id}_dwi_lesionids", ".nii.gz")
-            _publish_new(lambda t: sitk.WriteImage(_img(labels, a_img, np.uint16), str(t), True), map_path)
+            _publish_image(_img(labels, a_img, np.uint16), map_path, what="lesion-id map")
             agreement_clean = {k: (None if isinstance(v_, float) and not np.isfinite(v_) else v_)
                                for k, v_ in agreement.items()}
             result = {
                 "version": v, "A": {"version": va["version"], "sha256": va["sha256"]},
                 "B": {"version": vb["version"], "sha256": vb["sha256"]},
                 "agreement": agreement_clean, "detection_B_vs_A": det, "n_lesions": n, "lesions": lesions,
-                "lesion_map": self._rel(case_id, map_path), "thresholds": asdict(th),
+                "lesion_map": self._rel(case_id, map_path), "lesion_map_sha256": sha256_file(map_path),
+                "thresholds": asdict(th),
                 "needs_review": bool(reasons), "reasons": reasons,
                 "signoff_required": bool(self.settings.signoff_agreed),
             }
             cpath = cdir / f"{case_id}_compare_v{v:03d}.json"
-            _publish_new(lambda t: t.write_text(json.dumps(result, indent=2, default=_json_default) + "\n"), cpath)
-            rec = self._log(case_id).append(who=by, role="system", action="compare", what=result,
+            _publish_bytes((json.dumps(json_safe(result), indent=2) + "\n").encode("utf-8"), cpath, "comparison")
+            rec = self._append(case_id, who=by, role="system", action="compare", what=result,
                                             why="; ".join(reasons) or "within thresholds")
             if not reasons and not self.settings.signoff_agreed:
                 prop = self._proposal(a_img, b_img)
@@ -931,7 +1248,7 @@ class Study:
         what = {"version": v, "file": self._rel(case_id, path), "sha256": sha256_file(path),
                 "n_voxels": int(_arr(img).sum()), "volume_ml": float(_arr(img).sum() * vv),
                 "decided_by": decided_by, **detail}
-        return self._log(case_id).append(who=by, role="system", action="consensus", what=what)
+        return self._append(case_id, who=by, role="system", action="consensus", what=what)
 
     # -- review / arbitration ------------------------------------------------------------
 
@@ -972,7 +1289,7 @@ class Study:
     def _decide(self, case_id: str, st: CaseState, choices, default, edited, include_new, allowed,
                 review_mask: sitk.Image | None = None, edited_source: str = "") -> tuple[sitk.Image, dict, dict]:
         a_img, b_img = self.compared_masks(case_id, st)
-        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(self.mask_path(case_id, st.compare["lesion_map"]))))
+        labels = self.lesion_map(case_id, st.compare)
         n = st.compare["n_lesions"]
         ch = self._choices(n, choices, default, allowed)
         sources = {"A": _arr(a_img), "B": _arr(b_img)}
@@ -1019,7 +1336,7 @@ class Study:
         elif choices or default or edited is not None or not dispute:
             result, decisions, report = self._decide(case_id, st, choices, default, edited, include_new,
                                                      LESION_CHOICES, edited_source=edited_source)
-        with _lock(self.case_dir(case_id)):
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
             st2 = self.state(case_id)
             if st2.status != st.status or len(st2.records) != len(st.records):
                 raise UserError(f"case {case_id} changed while deciding; run the review again")
@@ -1030,7 +1347,7 @@ class Study:
                 path, v = self._save_mask(case_id, "review", result)
                 what.update({"version": v, "file": self._rel(case_id, path), "sha256": sha256_file(path),
                              "n_voxels": int(_arr(result).sum())})
-            rec = self._log(case_id).append(who=reader_id, role="reviewer", action="review", what=what, why=why)
+            rec = self._append(case_id, who=reader_id, role="reviewer", action="review", what=what, why=why)
             if not dispute:
                 self._write_consensus(case_id, result, by=reader_id, decided_by="reviewer",
                                       detail={"review_version": what.get("version")})
@@ -1055,7 +1372,7 @@ class Study:
         result, decisions, report = self._decide(case_id, st, choices, default, edited, include_new,
                                                  ARBITRATION_CHOICES, review_mask=review_mask if uses_review else None,
                                                  edited_source=edited_source)
-        with _lock(self.case_dir(case_id)):
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
             st2 = self.state(case_id)
             if st2.status != "arbitration" or len(st2.records) != len(st.records):
                 raise UserError(f"case {case_id} changed while deciding; run the arbitration again")
@@ -1063,7 +1380,7 @@ class Study:
             what = {"decisions": {str(k): c for k, c in decisions.items()}, "report": report, "version": v,
                     "file": self._rel(case_id, path), "sha256": sha256_file(path),
                     "n_voxels": int(_arr(result).sum()), "final": True}
-            rec = self._log(case_id).append(who=reader_id, role="arbitrator", action="arbitrate", what=what, why=why)
+            rec = self._append(case_id, who=reader_id, role="arbitrator", action="arbitrate", what=what, why=why)
             self._write_consensus(case_id, result, by=reader_id, decided_by="arbitrator",
                                   detail={"arbitration_version": v})
             return rec
@@ -1120,8 +1437,8 @@ class Study:
                 "reason": rec["reason"], "flagged": rec["flagged"], "flag_reasons": rec["flag_reasons"],
                 "usable": not rec["flagged"], "measured": measured, "snr_source": source["snr"],
                 "cnr_source": source["cnr"], "not_measurable": {k: v for k, v in nm.items() if v}}
-        with _lock(self.case_dir(case_id)):
-            return self._log(case_id).append(who=reader_id, role="quality", action="quality", what=what,
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
+            return self._append(case_id, who=reader_id, role="quality", action="quality", what=what,
                                              why=rec["reason"])
 
     def excluded_series(self, case_id: str, st: CaseState | None = None) -> dict[str, list[str]]:
@@ -1138,12 +1455,20 @@ class Study:
 
     # -- views ---------------------------------------------------------------------------
 
-    def case_view(self, case_id: str, viewer: str | None = None) -> dict:
-        """The case as ``viewer`` may see it. An annotator (before the case is final) sees
-        only their own masks and notes and not the comparison; others see everything."""
+    def case_view(self, case_id: str, viewer: str | None = None, *, coordinator: bool = False) -> dict:
+        """The case as ``viewer`` may see it. Before the case is final an annotator sees only
+        their own masks and notes and not the comparison; the reviewer and the arbitrator see
+        everything. Without a viewer the view is blinded too (states and who has submitted,
+        nobody's masks, notes or comparison) unless ``coordinator`` asks for the unblinded
+        coordinator's view."""
+        if viewer is not None and coordinator:
+            raise UserError("the coordinator's unblinded view shows every reader's work; it is not given to a reader "
+                            "(use --reader alone for a reader's view)")
+        if viewer is not None:
+            check_id(viewer, "reader id")
         st = self.state(case_id)
         slot = self._slot_of(st, viewer) if viewer else None
-        blinded = slot in ANNOTATOR_SLOTS and st.status != "final"
+        blinded = st.status != "final" and (slot in ANNOTATOR_SLOTS or (viewer is None and not coordinator))
         nxt = {"annotating": _annotating_next(st),
                "ready_to_compare": "compare A and B",
                "review": "reviewer decides lesion by lesion (disagreement above thresholds)",
@@ -1151,18 +1476,19 @@ class Study:
                "arbitration": "arbitrator decides (disputed)", "final": "done"}[st.status]
         view = {"case_id": case_id, "subject": st.info["subject"], "session": st.info["session"],
                 "status": st.status, "next": nxt, "assignments": st.assignments,
-                "images": {k: v["file"] for k, v in st.info["images"].items()}}
+                "images": {k: v["file"] for k, v in st.info["images"].items()},
+                "view": "coordinator (unblinded)" if coordinator else (f"reader {viewer}" if viewer else "blinded")}
         ann = {}
         for s, versions in st.annotations.items():
             if blinded and s != slot:
                 ann[s] = {"submitted": True, "hidden": "blinded until the case is final"}
             else:
-                ann[s] = [{k: v[k] for k in ("version", "file", "ts", "n_voxels", "volume_ml", "no_lesion")}
+                ann[s] = [{k: v.get(k) for k in ("version", "file", "ts", "n_voxels", "volume_ml", "no_lesion")}
                           for v in versions]
         view["annotations"] = ann
-        notes = [dict(n) for n in st.notes if not blinded or n["who"] == viewer]
+        notes = [dict(n) for n in st.notes if not blinded or (viewer is not None and n["who"] == viewer)]
         if st.compare and not blinded and any(n.get("voxel_ijk") and n.get("lesion") is None for n in notes):
-            lab = sitk.GetArrayFromImage(sitk.ReadImage(str(self.mask_path(case_id, st.compare["lesion_map"]))))
+            lab = self.lesion_map(case_id, st.compare)
             for n in notes:
                 if n.get("voxel_ijk") and n.get("lesion") is None:
                     i, j, k = n["voxel_ijk"]
@@ -1181,14 +1507,15 @@ class Study:
         view["quality"] = st.quality
         return view
 
-    def status(self, viewer: str | None = None, *, preflight: bool = False) -> list[dict]:
+    def status(self, viewer: str | None = None, *, preflight: bool = False, coordinator: bool = False) -> list[dict]:
         """One row per case (the cases ``viewer`` is assigned to, when given). With
         ``preflight`` each row also says what is still missing for the dataset's acceptance,
-        each item with the command that supplies it (preflight.missing_for_acceptance)."""
+        each item with the command that supplies it (preflight.missing_for_acceptance).
+        Agreement and consensus volumes of unfinished cases only in the ``coordinator`` view."""
         from .preflight import missing_for_acceptance
         out = []
         for cid in self.case_ids():
-            v = self.case_view(cid, viewer)
+            v = self.case_view(cid, viewer, coordinator=coordinator)
             if viewer and viewer not in v["assignments"].values():
                 continue
             row = {k: v[k] for k in ("case_id", "status", "next", "assignments")}
@@ -1204,23 +1531,120 @@ class Study:
             out.append(row)
         return out
 
+    # -- verification --------------------------------------------------------------------
+
     def verify(self, case_id: str) -> list[str]:
-        """Integrity problems of a case: audit hash chain and every recorded file's SHA-256."""
-        problems = []
+        """Integrity problems of a case (see :meth:`verify_case`); empty when intact."""
+        return self.verify_case(case_id)["problems"]
+
+    def verify_case(self, case_id: str) -> dict:
+        """Everything wrong with a case, in one report ``{"problems": [...], "notices": [...]}``:
+        the audit trail (chain and signatures, removed or edited records, a torn last line),
+        case.json against the trail, every image, sidecar and gradient table against its
+        recorded SHA-256, every file the trail records (masks, lesion-id maps), files no record
+        names (left by an interrupted command), temporary files and a stale lock."""
+        d = self.case_dir(case_id)
+        problems: list[str] = []
+        notices: list[str] = []
+        log = self._log(case_id)
+        lv = log_verification(log)
+        problems += [f"audit trail {log.path}: {p}" for p in lv["problems"]]
+        notices += [f"audit trail {log.path}: {n}" for n in lv["notices"]]
+        recs = lv["records"]
         try:
-            st = self.state(case_id)
+            info = self._read_case_json(case_id)
         except UserError as exc:
-            return [str(exc)]
-        for r in st.records:
-            w = r["what"]
-            if isinstance(w, dict) and "file" in w and "sha256" in w:
-                p = self.mask_path(case_id, w["file"])
-                if not p.exists():
-                    problems.append(f"{p} missing")
-                elif sha256_file(p) != w["sha256"]:
-                    problems.append(f"{p} changed after it was recorded")
-        for kind, e in st.info["images"].items():
-            p = self.case_dir(case_id) / e["file"]
-            if not p.exists() or sha256_file(p) != e["sha256"]:
-                problems.append(f"image {p} missing or changed")
-        return problems
+            return {"problems": problems + [str(exc)], "notices": notices}
+        if not lv["problems"]:
+            problem = case_json_problem(info, recs, case_id)
+            if problem:
+                problems.append(f"{d / 'case.json'}: {problem}")
+        for kind, e in info["images"].items():
+            for part in ("file", "sidecar", "bval", "bvec"):
+                if e.get(part) is None:
+                    continue
+                want = e.get("sha256" if part == "file" else f"{part}_sha256")
+                p = d / e[part]
+                what = f"{kind.upper()} {'image' if part == 'file' else part}"
+                if not p.is_file():
+                    problems.append(f"{what} {p} is missing")
+                elif want is None:
+                    notices.append(f"{what} {p}: no SHA-256 recorded (a case created before issue 12); not checked")
+                elif sha256_file(p) != want:
+                    problems.append(f"{what} {p} does not match the SHA-256 recorded when the case was created "
+                                    "(replaced or edited)")
+        recorded = {"case.json", "audit.jsonl", "audit.jsonl.head"} | {e[part] for e in info["images"].values()
+                                                                      for part in ("file", "sidecar", "bval", "bvec")
+                                                                      if e.get(part)}
+        for i, r in enumerate(recs, start=1):
+            w = r.get("what") if isinstance(r, dict) else None
+            if not isinstance(w, dict):
+                continue
+            for key, sha_key in (("file", "sha256"), ("lesion_map", "lesion_map_sha256")):
+                if not isinstance(w.get(key), str):
+                    continue
+                recorded.add(w[key])
+                try:
+                    p = self.mask_path(case_id, w[key])
+                except UserError as exc:
+                    problems.append(f"record {i}: {exc}")
+                    continue
+                if not p.is_file():
+                    problems.append(f"{p} (record {i}, {r.get('action')}) is missing")
+                elif w.get(sha_key) and sha256_file(p) != w[sha_key]:
+                    problems.append(f"{p} (record {i}, {r.get('action')}) changed after it was recorded")
+            if r.get("action") == "compare" and isinstance(w.get("version"), int):
+                recorded.add(f"compare/{case_id}_compare_v{w['version']:03d}.json")
+        for p in sorted(q for q in d.rglob("*") if q.is_file()):
+            rel = p.relative_to(d).as_posix()
+            if rel == ".lock":
+                owner = read_lock(p)
+                notices.append(f"{p}: locked by {owner.describe() if owner else 'an unknown process'} (a command is "
+                               "running, or it was interrupted: the next command takes a stale lock over)")
+            elif is_temp_name(p.name):
+                notices.append(f"{p}: temporary file of an interrupted write (removed by the next command)")
+            elif rel not in recorded:
+                notices.append(f"{p}: no record names this file (left by an interrupted command, or added by hand); "
+                               "it is not part of the case")
+        return {"problems": problems, "notices": notices}
+
+    def verify_study(self) -> dict:
+        """The whole study: study.json, the reader list and every case (:meth:`verify_case`).
+        ``{"ok": bool, "study": {...}, "readers": {...}, "cases": {case: {...}}}``."""
+        study = {"problems": [], "notices": []}
+        leftovers = [p for p in (self.root / ".staging").glob("*")] if (self.root / ".staging").is_dir() else []
+        study["notices"] += [f"{p}: an interrupted 'case init' (removed by the next case init)" for p in leftovers]
+        lv = log_verification(self._readers_log)
+        readers = {"problems": list(lv["problems"]), "notices": list(lv["notices"])}
+        if not lv["problems"]:
+            try:
+                self.readers()
+            except UserError as exc:
+                readers["problems"].append(str(exc))
+        cases = {}
+        d = self.root / "cases"
+        names = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        for name in names:
+            if not _ID_RE.match(name):
+                study["problems"].append(f"{d / name}: not a valid case id (added by hand?)")
+                continue
+            if not (d / name / "case.json").exists():
+                study["problems"].append(f"{d / name}: a case folder without case.json (deleted or never finished)")
+                continue
+            cases[name] = self.verify_case(name)
+        ok = not study["problems"] and not readers["problems"] and not any(c["problems"] for c in cases.values())
+        return {"ok": ok, "study": study, "readers": readers, "cases": cases}
+
+
+def log_verification(log: AuditLog) -> dict:
+    """``{"problems", "notices", "records"}`` of an audit log (never raises)."""
+    import warnings as _w
+    with _w.catch_warnings(record=True) as seen:
+        _w.simplefilter("always", InputWarning)
+        try:
+            recs = log.records()
+            problems = []
+        except UserError as exc:
+            recs, problems = [], [str(exc)]
+    return {"problems": problems, "notices": [str(w.message) for w in seen if issubclass(w.category, InputWarning)],
+            "records": recs}
