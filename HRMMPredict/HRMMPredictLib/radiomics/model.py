@@ -126,7 +126,9 @@ class ReaderAgreementFilter(TransformerMixin, BaseEstimator):
         return self.feature_names_in_[self.support_]
 
 
-def selection_steps(cfg: RadiomicsTrainConfig, reader2=None, repeat=None) -> list[tuple[str, object]]:
+def selection_steps(cfg: RadiomicsTrainConfig, reader2=None, repeat=None, groups=None) -> list[tuple[str, object]]:
+    """The selection steps in the paper's order. ``groups``: lesion id -> patient id (a
+    Series), so that LASSO's inner cross-validation for C keeps patients whole."""
     steps: list[tuple[str, object]] = []
     if reader2 is not None or repeat is not None:
         steps.append(("icc", ReaderAgreementFilter(reader2, repeat, cfg.icc_threshold, cfg.icc_form)))
@@ -135,20 +137,28 @@ def selection_steps(cfg: RadiomicsTrainConfig, reader2=None, repeat=None) -> lis
         ("mannwhitney", MannWhitneySelector(alpha=cfg.mw_alpha)),
         ("correlation", CorrelationFilter(threshold=cfg.corr_threshold)),
         ("mrmr", MRMRSelector(k=cfg.mrmr_k)),
-        ("lasso", LassoSelector(cv=cfg.lasso_cv, random_state=cfg.seed, max_features=cfg.lasso_max_features)),
+        ("lasso", LassoSelector(cv=cfg.lasso_cv, random_state=cfg.seed, max_features=cfg.lasso_max_features,
+                                groups=groups)),
     ]
     return steps
 
 
 def classifiers(cfg: RadiomicsTrainConfig) -> dict[str, object]:
+    """ExtraTrees with the paper's hyperparameters and the logistic alternative: L2
+    (scikit-learn's default penalty) with C = 1, not tuned."""
     return {
         "extratrees": ExtraTreesClassifier(**cfg.extratrees),
         "logistic": LogisticRegression(C=1.0, max_iter=5000),
     }
 
 
-def build_pipeline(cfg: RadiomicsTrainConfig, classifier, reader2=None, repeat=None) -> Pipeline:
-    return Pipeline(selection_steps(cfg, reader2, repeat) + [("clf", classifier)])
+def build_pipeline(cfg: RadiomicsTrainConfig, classifier, reader2=None, repeat=None, groups=None) -> Pipeline:
+    return Pipeline(selection_steps(cfg, reader2, repeat, groups) + [("clf", classifier)])
+
+
+def lesion_groups(X: pd.DataFrame, groups) -> pd.Series:
+    """lesion id (the rows of ``X``) -> patient id, for the grouped inner folds."""
+    return pd.Series(np.asarray(groups), index=X.index, name="patient_id")
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,9 +178,12 @@ class FittedRadiomicsModel:
     classifier: object
     threshold: float
     train_stats: pd.DataFrame  # per feature: mean, sd, min, max on training lesions (raw values)
-    cv_auc: float
+    cv_auc: float | None
     cv_oof: pd.Series           # out-of-fold probabilities on the training lesions
     importances: list[dict]
+    cv_auc_ci: list | None = None          # DeLong 95 % CI of cv_auc
+    oof_honest: bool = True                # every fitted step (tuning included) refitted per outer fold
+    cv_rule: str = ""
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         missing = [f for f in self.features if f not in X.columns]
@@ -224,20 +237,21 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
     The fusion model (:mod:`HRMMPredictLib.fusion`) is trained by this same function on
     the selected radiomics features plus the deep PCA components, without reader tables
     (so without the ICC step) and with ``name="fusion"``."""
-    from HRMMPredictLib.evaluation.stats import youden_or_none
+    from HRMMPredictLib.evaluation.stats import auc_or_none, youden_or_none
 
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
     _check_training_data(X, y, groups, cfg.cv_folds)
     say = progress or (lambda s: None)
 
+    gmap = lesion_groups(X, groups)
     clfs = classifiers(cfg)
     if cfg.tune:
         clfs["extratrees"] = _tune_extratrees(cfg, X, y, groups, reader2, repeat, say)
 
     # selection once on all training lesions (identical for both classifiers)
     say("selecting features on the training set")
-    sel = Pipeline(selection_steps(cfg, reader2, repeat)).fit(X, y)
+    sel = Pipeline(selection_steps(cfg, reader2, repeat, gmap)).fit(X, y)
     summary = _selection_summary(sel, X)
     selected = list(summary["selected"])
     scaler: StandardScaler = sel.named_steps["zscore"]
@@ -249,9 +263,18 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
 
     models = {}
     for kind, clf in clfs.items():
-        say(f"cross-validating the {kind} model ({cfg.cv_folds} folds, selection refitted per fold)")
-        pipe = build_pipeline(cfg, clone(clf), reader2, repeat)
-        oof = cross_validated_proba(pipe, X, y, groups, cfg.cv_folds, cfg.seed, say)
+        if kind == "extratrees" and cfg.tune:
+            say(f"nested cross-validation of the tuned {kind} model ({cfg.cv_folds} outer folds; tuning and "
+                "selection refitted inside each)")
+            oof = _nested_tuned_oof(cfg, X, y, groups, reader2, repeat, say)
+            rule = (f"{cfg.cv_folds}-fold by patient, nested: hyperparameters tuned and selection refitted inside "
+                    "each outer fold's training part")
+        else:
+            say(f"cross-validating the {kind} model ({cfg.cv_folds} folds, selection refitted per fold)")
+            pipe = build_pipeline(cfg, clone(clf), reader2, repeat, gmap)
+            oof = cross_validated_proba(pipe, X, y, groups, cfg.cv_folds, cfg.seed, say)
+            rule = f"{cfg.cv_folds}-fold by patient, selection refitted per fold"
+        cv_res = auc_or_none(y, oof)
         cv_auc, threshold = _cv_auc(y, oof), youden_or_none(y, oof)
         threshold = 0.5 if threshold is None else threshold
         fitted = clone(clf).fit(Ztrain, y)
@@ -259,7 +282,8 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
             name=f"{name}_{kind}", classifier_kind=kind, features=selected, mean=mean, scale=scale,
             classifier=fitted, threshold=threshold, train_stats=stats_df, cv_auc=cv_auc,
             cv_oof=pd.Series(oof, index=X.index, name=f"{name}_{kind}"),
-            importances=_importances(fitted, selected))
+            importances=_importances(fitted, selected), cv_auc_ci=None if cv_res is None else cv_res["ci95"],
+            oof_honest=True, cv_rule=rule)
     return models, summary
 
 
@@ -305,13 +329,35 @@ def _tune_extratrees(cfg, X, y, groups, reader2, repeat, say):
 
     keys = sorted(cfg.tune_grid)
     best, best_auc = None, -1.0
+    groups = np.asarray(groups)
+    # inside a nested outer fold the training part may hold fewer patients than cv_folds
+    folds = max(2, min(cfg.cv_folds, *(len(np.unique(groups[np.asarray(y) == c])) for c in (0, 1))))
+    gmap = lesion_groups(X, groups)
     for values in product(*(cfg.tune_grid[k] for k in keys)):
         params = dict(cfg.extratrees)
         params.update(dict(zip(keys, values)))
         say(f"tuning ExtraTrees {params}")
-        pipe = build_pipeline(cfg, ExtraTreesClassifier(**params), reader2, repeat)
-        oof = cross_validated_proba(pipe, X, y, groups, cfg.cv_folds, cfg.seed)
+        pipe = build_pipeline(cfg, ExtraTreesClassifier(**params), reader2, repeat, gmap)
+        oof = cross_validated_proba(pipe, X, y, groups, folds, cfg.seed)
         auc = _cv_auc(y, oof)
         if auc > best_auc + 1e-12:
             best, best_auc = params, auc
     return ExtraTreesClassifier(**best)
+
+
+def _nested_tuned_oof(cfg, X, y, groups, reader2, repeat, say) -> np.ndarray:
+    """Out-of-fold probabilities of the tuned ExtraTrees, honest: inside every outer fold
+    the grid search (itself patient-grouped CV with the selection refitted) sees only that
+    fold's training part, which then fits the selection and the chosen model; the held-out
+    fold only gets predicted. (Choosing hyperparameters on the folds that report the AUC
+    lifted the no-signal CV AUC from 0.53 to 0.61.)"""
+    sgkf = StratifiedGroupKFold(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
+    oof = np.full(len(y), np.nan)
+    quiet = lambda s: None  # noqa: E731
+    for k, (tr, te) in enumerate(sgkf.split(X, y, groups)):
+        say(f"nested cross-validation: outer fold {k + 1}/{cfg.cv_folds} (tuning on its training part)")
+        Xtr = X.iloc[tr]
+        clf = _tune_extratrees(cfg, Xtr, y[tr], groups[tr], reader2, repeat, quiet)
+        pipe = build_pipeline(cfg, clf, reader2, repeat, lesion_groups(Xtr, groups[tr])).fit(Xtr, y[tr])
+        oof[te] = pipe.predict_proba(X.iloc[te])[:, 1]
+    return oof

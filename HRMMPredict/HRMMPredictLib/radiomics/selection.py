@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 
@@ -169,30 +169,57 @@ class LassoSelector(_Selector):
     (ROC AUC; the largest penalty within one SE of the best is not used: the best mean
     AUC wins, ties to the stronger penalty). Keeps features with non-zero coefficients.
 
+    ``groups``: a mapping lesion id -> patient id (a pandas Series indexed by lesion id);
+    when given and ``X`` is a DataFrame indexed by lesion id, the inner folds are
+    ``StratifiedGroupKFold`` by patient (no patient on both sides of an inner fold; at
+    most as many folds as the rarer class has patients). Without it (plain arrays), plain
+    ``StratifiedKFold`` on rows.
+
     Fallback: when the chosen penalty zeroes every coefficient, the feature with the largest
     |coefficient| at the weakest penalty of the grid is kept.
     """
 
-    def __init__(self, Cs=None, cv: int = 5, random_state: int = 0, max_features: int | None = None):
+    def __init__(self, Cs=None, cv: int = 5, random_state: int = 0, max_features: int | None = None,
+                 groups=None):
         self.Cs = Cs
         self.cv = cv
         self.random_state = random_state
         self.max_features = max_features
+        self.groups = groups
+
+    def _inner_folds(self, X, ya):
+        """(splitter, n_folds, groups or None) for the inner CV of C."""
+        g = None
+        if self.groups is not None and hasattr(X, "index"):
+            import pandas as pd
+
+            mapping = pd.Series(self.groups) if not isinstance(self.groups, pd.Series) else self.groups
+            g = mapping.reindex(X.index).to_numpy()
+            if pd.isna(g).any():
+                raise ValueError("LassoSelector: no patient id for some lesions of the training data")
+            n_min = int(min(len(np.unique(g[ya == c])) for c in (0, 1)))
+        else:
+            n_min = int(min(np.bincount(ya)))
+        folds = max(2, min(self.cv, n_min))
+        if g is not None:
+            return StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=self.random_state), folds, g
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state), folds, None
 
     def fit(self, X, y):
         from sklearn.metrics import roc_auc_score
 
         Xa, ya = self._prepare(X, y)
         Cs = np.asarray(self.Cs if self.Cs is not None else np.logspace(-2, 1, 10), dtype=float)
-        n_min = int(min(np.bincount(ya)))
-        folds = max(2, min(self.cv, n_min))
-        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
+        splitter, folds, g = self._inner_folds(X, ya)
         scores = np.zeros((len(Cs), folds))
-        for fi, (tr, te) in enumerate(skf.split(Xa, ya)):
+        for fi, (tr, te) in enumerate(splitter.split(Xa, ya, g)):
             for ci, C in enumerate(Cs):
+                if len(np.unique(ya[tr])) < 2:
+                    scores[ci, fi] = 0.5
+                    continue
                 m = _l1_logistic(C, self.random_state).fit(Xa[tr], ya[tr])
                 s = m.decision_function(Xa[te])
-                scores[ci, fi] = roc_auc_score(ya[te], s) if np.ptp(s) > 0 else 0.5
+                scores[ci, fi] = roc_auc_score(ya[te], s) if np.ptp(s) > 0 and len(np.unique(ya[te])) == 2 else 0.5
         mean = scores.mean(axis=1)
         best = int(np.flatnonzero(mean >= mean.max() - 1e-12)[0])  # ties -> stronger penalty (smaller C)
         self.C_ = float(Cs[best])
