@@ -253,6 +253,9 @@ def load_bundle(path: str | os.PathLike, check_versions: bool = True) -> Bundle:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(f"model bundle {p} has format version {manifest.get('format_version')}; this software reads "
                         f"version {FORMAT_VERSION}: retrain the model with this version")
+    from HRMMPredictLib.radiomics.features import require_current_preprocessing  # yaml: not at start-up
+
+    require_current_preprocessing((manifest.get("radiomics") or {}).get("preprocess"), str(p))
     problems = []
     for rel, digest in (manifest.get("files") or {}).items():
         f = p / rel

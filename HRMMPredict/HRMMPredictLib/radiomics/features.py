@@ -1,9 +1,16 @@
-"""Radiomics extraction for HRMMPredict: preprocessing (crop + N4), pyradiomics driven by a
-YAML parameter file, selective extraction of a model's features, and cached cohort
-extraction in parallel.
+"""Radiomics extraction for HRMMPredict: preprocessing (canonical orientation, crop, N4),
+pyradiomics driven by a YAML parameter file, selective extraction of a model's features, and
+cached cohort extraction in parallel.
 
 The preprocessing is one function (:func:`preprocess`) used by training and prediction
-alike, so a feature means the same thing in both.
+alike, so a feature means the same thing in both. Its first step puts image and ROI into the
+extension's canonical orientation (:func:`ClinicalMRICommonLib.orientation.canonical`,
+``PIR``: numpy axis 0 = the sagittal slice axis, running to the patient's right; rows
+superior -> inferior; columns anterior -> posterior), so the crop margins are anatomical
+(``margin_mm`` = anterior-posterior, superior-inferior, right-left) and pyradiomics' wavelet
+sub-bands and 2-D shape features follow anatomical axes: the same lesion gives the same
+features whatever order its file stores the voxels in (preprocessing version 2; version 1
+cropped and filtered along the storage axes).
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import yaml
 
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import json_safe, sha256_file
+from ClinicalMRICommonLib.grids import GRID_TOLERANCE
 from ClinicalMRICommonLib.images import check_finite, read_image
 from ClinicalMRICommonLib.masks import read_mask
+from ClinicalMRICommonLib.orientation import CANONICAL_ORIENTATION, canonical
 from HRMMPredictLib.roi import MIN_ROI_VOXELS, roi_voxels
 from HRMMPredictLib.sequences import SEQUENCES, sequence_label
 
@@ -72,6 +81,8 @@ def _make_extractor(params: Mapping):
 
     ex = featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(dict(params)))
     ex.settings["additionalInfo"] = False
+    # image and mask grids are compared with the extension's one tolerance (ClinicalMRICommonLib.grids)
+    ex.settings["geometryTolerance"] = GRID_TOLERANCE
     return ex
 
 
@@ -79,11 +90,20 @@ def _make_extractor(params: Mapping):
 # Preprocessing
 
 
+#: Version of :func:`preprocess`. 1: crop margins and filters along the storage axes (a
+#: lesion's features depended on its file's voxel order); 2: canonical orientation first.
+PREPROCESS_VERSION = 2
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Crop + N4 settings. The crop keeps ``margin_mm`` around the ROI's bounding box
-    (at least ``min_margin_voxels`` voxels on each side), N4 runs on that crop only."""
+    """Orientation + crop + N4 settings. Image and ROI are put into the canonical orientation
+    (``PIR``), then the crop keeps ``margin_mm`` = (anterior-posterior, superior-inferior,
+    right-left) millimetres around the ROI's bounding box (at least ``min_margin_voxels``
+    voxels on each side), and N4 runs on that crop only."""
 
+    version: int = PREPROCESS_VERSION
+    orientation: str = CANONICAL_ORIENTATION
     margin_mm: tuple[float, float, float] = (16.0, 16.0, 10.0)
     min_margin_voxels: int = 2
     n4: bool = True
@@ -106,12 +126,24 @@ class PreprocessConfig:
         if not d:
             return cls()
         d = dict(d)
+        d.setdefault("version", 1)          # recorded since version 2
+        d.setdefault("orientation", "")     # version 1: the storage order
         if "margin_mm" in d:
             d["margin_mm"] = tuple(float(x) for x in d["margin_mm"])
         if "n4_iterations" in d:
             d["n4_iterations"] = tuple(int(x) for x in d["n4_iterations"])
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def require_current_preprocessing(prep: Mapping | None, where: str) -> None:
+    """Refuse a model bundle whose features were computed by an older :func:`preprocess`
+    (``prep``: the bundle manifest's ``radiomics.preprocess``)."""
+    version = int((prep or {}).get("version", 1))
+    if version != PREPROCESS_VERSION:
+        detail = " (storage-order dependent)" if version == 1 else ""
+        raise UserError(f"model bundle {where} was trained with preprocessing v{version}{detail}; this software "
+                        f"uses v{PREPROCESS_VERSION} (canonical orientation): retrain with hrmm train")
 
 
 def roi_bounding_box(mask: sitk.Image) -> tuple[list[int], list[int]]:
@@ -122,11 +154,12 @@ def roi_bounding_box(mask: sitk.Image) -> tuple[list[int], list[int]]:
     return lo, [h - l + 1 for l, h in zip(lo, hi)]
 
 
-def crop_to_roi(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig) -> tuple[sitk.Image, sitk.Image]:
-    """Crop image and mask to the ROI's bounding box plus the configured margin."""
+def crop_box(mask: sitk.Image, cfg: PreprocessConfig) -> tuple[list[int], list[int]]:
+    """(start, size) in SimpleITK (x, y, z) index order of the ROI's bounding box plus the
+    configured margin, clipped to the image (margins per index axis: give a canonical mask)."""
     lo, size = roi_bounding_box(mask)
-    spacing = image.GetSpacing()
-    img_size = image.GetSize()
+    spacing = mask.GetSpacing()
+    img_size = mask.GetSize()
     start, extent = [], []
     for d in range(3):
         m = max(cfg.min_margin_voxels, int(np.ceil(cfg.margin_mm[d] / spacing[d])))
@@ -134,6 +167,19 @@ def crop_to_roi(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig) -> t
         b = min(img_size[d], lo[d] + size[d] + m)
         start.append(a)
         extent.append(b - a)
+    return start, extent
+
+
+def union_box(boxes: Sequence[tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+    """The smallest box (start, size) holding every one of ``boxes``."""
+    lo = [min(b[0][d] for b in boxes) for d in range(3)]
+    hi = [max(b[0][d] + b[1][d] for b in boxes) for d in range(3)]
+    return lo, [h - l for l, h in zip(lo, hi)]
+
+
+def crop_to_roi(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig) -> tuple[sitk.Image, sitk.Image]:
+    """Crop image and mask to the ROI's bounding box plus the configured margin."""
+    start, extent = crop_box(mask, cfg)
     return (sitk.RegionOfInterest(image, extent, start), sitk.RegionOfInterest(mask, extent, start))
 
 
@@ -166,9 +212,22 @@ def n4_correct(image: sitk.Image, cfg: PreprocessConfig) -> sitk.Image:
     return sitk.Cast(corrected, sitk.sitkFloat32)
 
 
-def preprocess(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig | None = None) -> tuple[sitk.Image, sitk.Image]:
-    """Crop to ROI + margin, then N4. Used identically for training and prediction."""
+def to_canonical(image: sitk.Image, mask: sitk.Image | None = None,
+                 cfg: PreprocessConfig | None = None):
+    """Image (and mask) in the preprocessing's orientation (voxels permuted/flipped only)."""
     cfg = cfg or PreprocessConfig()
+    if cfg.version < 2:
+        raise UserError(f"preprocessing v{cfg.version} (storage-order dependent) is no longer supported; "
+                        "retrain with hrmm train")
+    image = canonical(image, cfg.orientation)
+    return image if mask is None else (image, canonical(mask, cfg.orientation))
+
+
+def preprocess(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig | None = None) -> tuple[sitk.Image, sitk.Image]:
+    """Canonical orientation, crop to ROI + anatomical margin, then N4. Used identically for
+    training and prediction."""
+    cfg = cfg or PreprocessConfig()
+    image, mask = to_canonical(image, mask, cfg)
     img_c, mask_c = crop_to_roi(image, mask, cfg)
     if cfg.n4:
         img_c = n4_correct(img_c, cfg)
