@@ -537,7 +537,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    s = _study(args)
+    from .workflow import Study
+    s = Study(args.study, check=False)
     rep = s.verify_study()
     if args.case:
         unknown = sorted(set(args.case) - set(rep["cases"]))

@@ -33,14 +33,12 @@ per-reader file permissions or a server, which is a site decision.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
-import socket
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -50,9 +48,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from ClinicalMRICommonLib.audit import DOCUMENT_SIGNATURE, SITE_KEY_ENV, check_document, load_site_key, sign_document
 from ClinicalMRICommonLib.errors import InputWarning, UserError, os_error_message
-from ClinicalMRICommonLib.files import (append_jsonl, clean_stale_temps, is_temp_name, json_safe, read_jsonl,
-                                        sha256_file, write_bytes_atomic, write_image_atomic)
+from ClinicalMRICommonLib.files import (clean_stale_temps, is_temp_name, json_safe, sha256_file, write_bytes_atomic,
+                                        write_image_atomic)
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_image
 from ClinicalMRICommonLib.locks import folder_lock, pid_alive, read_lock
@@ -340,50 +339,48 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "unknown"
-
-
-def _record_hash(rec: dict) -> str:
-    body = {k: v for k, v in rec.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 class AuditLog:
-    """Append-only JSON-lines log with a SHA-256 hash chain (who, when, what, why; the
-    operating-system user and host next to the reader id)."""
+    """A case's audit trail or the study's log: ClinicalMRICommonLib.audit.AuditLog (SHA-256
+    chain, HMAC-SHA256 signature with the site key kept outside the study, a signed head file
+    beside the log so removed records show, the operating-system user and host in every
+    record, a torn last line ignored and reported) with the workflow's record fields
+    (ts, who, role, action, what, why).
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    ``required``: every record must be signed and the log and its head must exist (a case or
+    study made by a version that signs); otherwise an older, unsigned log is read (its SHA-256
+    chain still checked) and signed from its next record on."""
+
+    def __init__(self, path: Path, *, required: bool = False, what: str = "audit log"):
+        from ClinicalMRICommonLib.audit import AuditLog as _SignedLog
+        self._log = _SignedLog(Path(path), what, required=required, time_field="ts")
+        self.path = self._log.path
+        self.head_path = self._log.head_path
+
+    def verification(self):
+        """Everything wrong with the log (ClinicalMRICommonLib.audit.Verification; never raises)."""
+        return self._log.verify()
 
     def records(self, verify: bool = True) -> list[dict]:
-        if not self.path.exists():
-            return []
-        recs, torn = read_jsonl(self.path, "audit log", return_torn=True)
-        if torn is not None:
-            warnings.warn(f"audit log {self.path}: its last line is incomplete (an interrupted write, {len(torn)} "
-                          "characters); it was ignored", InputWarning, stacklevel=2)
-        prev = ""
-        for i, rec in enumerate(recs, start=1):
-            if verify and (rec.get("prev") != prev or rec.get("hash") != _record_hash(rec)):
-                raise UserError(f"audit log {self.path} record {i} fails its hash check; the history was altered "
-                                "(restore it from a backup)")
-            prev = rec.get("hash", "")
-        return recs
+        """The records; a UserError naming the first problem when anything was altered."""
+        v = self._log.verify()
+        if verify:
+            v.raise_if_altered("restore the folder from a backup (stroke-lesion verify lists every problem)")
+        if v.torn is not None:
+            warnings.warn(f"{self._log.what} {self.path}: its last line is incomplete (an interrupted write, "
+                          f"{len(v.torn)} characters); it was ignored", InputWarning, stacklevel=2)
+        return v.records
+
+    def is_signed(self) -> bool:
+        return self._log.is_signed()
+
+    def create(self) -> None:
+        """Start the empty signed log (and its head), so that deleting both later is noticed."""
+        self._log.create()
 
     def append(self, *, who: str, role: str | None, action: str, what: dict, why: str = "") -> dict:
-        """Append one record; call under the folder lock."""
-        recs = self.records()
-        what = json.loads(json.dumps(json_safe(what), default=_json_default))   # plain JSON: reproducible hash
-        rec = {"seq": len(recs) + 1, "ts": _now(), "who": who, "role": role, "action": action,
-               "what": what, "why": why or "", "os_user": _os_user(), "host": socket.gethostname(),
-               "prev": recs[-1]["hash"] if recs else ""}
-        rec["hash"] = _record_hash(rec)
-        append_jsonl(self.path, rec, "audit log")
-        return rec
+        """Append one record (verifies the log first: nothing is written to an altered log)."""
+        return self._log.append({"ts": _now(), "who": who, "role": role, "action": action, "what": what,
+                                 "why": why or ""})
 
 
 def _read_json_object(path: Path, what: str) -> dict:
@@ -616,7 +613,9 @@ class Study:
 
     FORMAT = "stroke-lesion-study/1"
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, check: bool = True):
+        """Open a study; its study.json is checked (format, types, signature). ``check=False``
+        (the verify command) leaves the signature to :meth:`verify_study`, which reports it."""
         self.root = Path(root)
         meta = self.root / "study.json"
         if not meta.is_file():
@@ -627,10 +626,18 @@ class Study:
         data = _read_json_object(meta, "study description")
         if data.get("format") != self.FORMAT:
             raise UserError(f"{meta} has format {_shown(data.get('format'))}, expected {self.FORMAT!r}")
-        self.settings = StudySettings.from_dict(data.get("settings", {}), str(meta))
-        self.meta = data
+        #: study.json is signed (a study made since issue 12, or an older one signed at its next change)
+        self.signed = DOCUMENT_SIGNATURE in data
+        self.created_signed = bool(data.get("signed_logs")) and self.signed
         self._checked: dict = {}          # verified files: path -> (size, mtime_ns, sha256)
         self._recovered: dict = {}        # folder -> what _lock recovered (recorded with the next record)
+        problems, _ = check_document(data, str(meta), required=self._readers_log.is_signed())
+        if problems and check:
+            hint = "" if " cannot be checked: " in problems[0] else \
+                f"; restore the study folder from a backup (stroke-lesion verify {self.root} lists every problem)"
+            raise UserError(problems[0] + hint)
+        self.settings = StudySettings.from_dict(data.get("settings", {}), str(meta))
+        self.meta = data
 
     # -- creation ------------------------------------------------------------------------
 
@@ -647,23 +654,60 @@ class Study:
             raise UserError(f"study name {_shown(name)} is not valid: at most 200 printable characters on one line")
         settings = (settings or StudySettings()).check()
         data = {"format": cls.FORMAT, "name": name or root.name, "created": _now(), "created_by": by,
-                "settings": settings.to_dict()}
-        _publish_bytes((json.dumps(data, indent=2) + "\n").encode("utf-8"), meta, "study description")
+                "settings": settings.to_dict(), "signed_logs": True}
+        key = load_site_key(create=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(os_error_message(exc, root, "could not create the study folder")) from None
+        if Path(key.path).resolve().is_relative_to(root.resolve()):
+            raise UserError(f"the site key {key.path} lies inside the study {root}; keep it outside every study "
+                            f"({SITE_KEY_ENV})")
+        signed = sign_document(data, key)
+        AuditLog(root / "readers.jsonl", required=True, what="study log").create()
+        _publish_bytes((json.dumps(signed, indent=2) + "\n").encode("utf-8"), meta, "study description")
         return cls(root)
 
     # -- readers -------------------------------------------------------------------------
 
     @property
     def _readers_log(self) -> AuditLog:
-        return AuditLog(self.root / "readers.jsonl")
+        """The study's log: readers' qualification records and the registration of every case."""
+        return AuditLog(self.root / "readers.jsonl", required=getattr(self, "created_signed", False),
+                        what="study log")
+
+    def _sign_study_json(self) -> None:
+        """Sign an older study's unsigned study.json as found, before its log is first signed
+        (a folder whose log is signed must have signed documents). Call under the study lock."""
+        if self.signed:
+            return
+        meta = self.root / "study.json"
+        signed = sign_document(self.meta, load_site_key(create=True))
+        write_bytes_atomic(meta, (json.dumps(signed, indent=2) + "\n").encode("utf-8"), what="study description")
+        with contextlib.suppress(OSError):
+            os.chmod(meta, 0o444)
+        self.meta, self.signed = signed, True
 
     def add_reader(self, reader: Reader, *, by: str, why: str = "") -> dict:
         """Record (or update: a new record, the old one is kept) a reader's qualification."""
         reader.check()
         by = check_who(by)
         with _lock(self.root, recovered=self._recovered):
+            self._readers_log.records()               # refused when altered, before study.json is signed
+            self._sign_study_json()
             return self._readers_log.append(who=by, role="coordinator", action="reader",
                                             what={**asdict(reader), **self._recovery(self.root)}, why=why)
+
+    def registered_cases(self) -> dict[str, dict]:
+        """{case id: its registration} from the study log (cases created since issue 12)."""
+        key = ("registered", _stat_key(self.root / "readers.jsonl"), _stat_key(self.root / "readers.jsonl.head"))
+        hit = self._checked.get(key)
+        if hit is None:
+            hit = {r["what"]["case"]: r["what"] for r in self._readers_log.records()
+                   if r.get("action") == "case" and isinstance(r.get("what"), dict) and
+                   isinstance(r["what"].get("case"), str)}
+            self._checked[key] = hit
+        return hit
 
     def readers(self) -> dict[str, Reader]:
         out = {}
@@ -712,7 +756,11 @@ class Study:
             if d.is_dir() else []
 
     def _log(self, case_id: str) -> AuditLog:
-        return AuditLog(self.case_dir(case_id) / "audit.jsonl")
+        """The case's audit trail; a case registered in the study log with a signed trail must
+        keep it signed (and its head), so deleting or replacing it is noticed."""
+        reg = self.registered_cases().get(case_id) or {}
+        return AuditLog(self.case_dir(case_id) / "audit.jsonl", required=bool(reg.get("signed_log")),
+                        what="audit trail")
 
     def init_case(self, case_id: str, *, dwi: str | os.PathLike, adc: str | os.PathLike,
                   others: dict[str, str | os.PathLike] | None = None, subject: str | None = None,
@@ -790,7 +838,10 @@ class Study:
                                   "created_by": by, "images": info_images, "brain_volume_ml": brain_ml})
                 _publish_bytes((json.dumps(info, indent=2) + "\n").encode("utf-8"), stage / "case.json",
                                "case description")
-                log = AuditLog(stage / "audit.jsonl")
+                self._readers_log.records()           # the study log must verify before the case is registered
+                self._sign_study_json()
+                log = AuditLog(stage / "audit.jsonl", required=True, what="audit trail")
+                log.create()
                 log.append(who=by, role="coordinator", action="case_init",
                            what={"subject": subject, "session": session,
                                  "images": {k: v["sha256"] for k, v in info_images.items()},
@@ -798,6 +849,9 @@ class Study:
                 for slot, rid in planned.items():
                     log.append(who=by, role="coordinator", action="assign",
                                what={"slot": slot, "reader": rid, "qualification": asdict(quals[slot])}, why=why)
+                self._readers_log.append(who=by, role="coordinator", action="case",
+                                         what={"case": case_id, "case_json_sha256": case_digest(info),
+                                               "signed_log": True}, why=why)
                 d.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     os.rename(stage, d)          # one step; refused when the case folder exists and is not empty
@@ -1612,6 +1666,14 @@ class Study:
         """The whole study: study.json, the reader list and every case (:meth:`verify_case`).
         ``{"ok": bool, "study": {...}, "readers": {...}, "cases": {case: {...}}}``."""
         study = {"problems": [], "notices": []}
+        meta = self.root / "study.json"
+        try:
+            doc = _read_json_object(meta, "study description")
+            problems, notices = check_document(doc, str(meta), required=self._readers_log.is_signed())
+        except UserError as exc:
+            problems, notices = [str(exc)], []
+        study["problems"] += problems
+        study["notices"] += notices
         leftovers = [p for p in (self.root / ".staging").glob("*")] if (self.root / ".staging").is_dir() else []
         study["notices"] += [f"{p}: an interrupted 'case init' (removed by the next case init)" for p in leftovers]
         lv = log_verification(self._readers_log)
@@ -1624,7 +1686,19 @@ class Study:
         cases = {}
         d = self.root / "cases"
         names = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        try:
+            registered = self.registered_cases() if not lv["problems"] else {}
+        except UserError:
+            registered = {}
+        for name in sorted(set(registered) - set(names)):
+            study["problems"].append(f"case {name} is registered in the study log but its folder {d / name} is "
+                                     "missing (deleted or moved); restore it from a backup")
         for name in names:
+            if name not in registered and _ID_RE.match(name) and (d / name / "case.json").exists() and \
+                    not lv["problems"]:
+                note = (f"case {name} is not registered in the study log (created before issue 12, or copied in "
+                        "by hand)")
+                (study["problems"] if self.created_signed else study["notices"]).append(note)
             if not _ID_RE.match(name):
                 study["problems"].append(f"{d / name}: not a valid case id (added by hand?)")
                 continue
@@ -1638,13 +1712,5 @@ class Study:
 
 def log_verification(log: AuditLog) -> dict:
     """``{"problems", "notices", "records"}`` of an audit log (never raises)."""
-    import warnings as _w
-    with _w.catch_warnings(record=True) as seen:
-        _w.simplefilter("always", InputWarning)
-        try:
-            recs = log.records()
-            problems = []
-        except UserError as exc:
-            recs, problems = [], [str(exc)]
-    return {"problems": problems, "notices": [str(w.message) for w in seen if issubclass(w.category, InputWarning)],
-            "records": recs}
+    v = log.verification()
+    return {"problems": list(v.problems), "notices": list(v.notices) + list(v.info), "records": list(v.records)}

@@ -181,7 +181,7 @@ def test_full_workflow_with_dispute_and_arbitration(tmp_path, isles, reader_mask
     doctored["why"] = "rewritten history"
     os.chmod(log, 0o644)
     log.write_text("\n".join(lines[:11] + [json.dumps(doctored)] + lines[12:]) + "\n")
-    with pytest.raises(UserError, match="hash check"):
+    with pytest.raises(UserError, match="fails its SHA-256 chain check"):
         s.state("c0009")
 
 
