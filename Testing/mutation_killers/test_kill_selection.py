@@ -117,6 +117,9 @@ def test_correlation_filter_at_the_threshold():
     assert r == pytest.approx(15 / (5 * math.sqrt(41)), abs=1e-12)
     assert list(CorrelationFilter(threshold=r + 1e-9).fit(X, Y).get_feature_names_out()) == ["P", "Q", "R"]
     assert list(CorrelationFilter(threshold=r - 1e-9).fit(X, Y).get_feature_names_out()) == ["P", "R"]
+    # |r| equal to the threshold is not "above" it
+    assert list(CorrelationFilter(threshold=r).fit(X, Y).get_feature_names_out()) == ["P", "Q", "R"]
+    assert CorrelationFilter().threshold == 0.9  # the paper's |r| > 0.9
     # the same with the more relevant feature in the second column
     Xr = X[["Q", "P", "R"]]
     assert list(CorrelationFilter(threshold=r - 1e-9).fit(Xr, Y).get_feature_names_out()) == ["P", "R"]
@@ -206,3 +209,30 @@ def test_lasso_c_choice_prefers_the_best_mean_auc_and_ties_go_to_the_stronger_pe
     assert sel.C_ == [1e-4, 0.05, 1.0, 10.0][best]
     assert sel.cv_auc_[0] == 0.5  # all-zero coefficients score 0.5 (no ranking)
     assert sel.cv_auc_.max() > 0.7
+
+
+def test_lasso_defaults_and_small_minority_class():
+    sel = LassoSelector()
+    assert (sel.cv, sel.random_state, sel.max_features, sel.Cs) == (5, 0, None, None)
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(10, int), np.ones(10, int)]
+    X = pd.DataFrame(rng.normal(size=(20, 4)), columns=list("abcd"))
+    X["a"] += 2.5 * y
+    fitted = LassoSelector().fit(X, y)  # the default grid: 10 values from 0.01 to 10
+    assert fitted.cv_auc_.shape == (10,) and fitted.C_ in set(np.logspace(-2, 1, 10))
+    assert fitted.support_[0]
+    # 2 cases of the minority class: 2 folds (not more than the class has)
+    y2 = np.r_[np.zeros(18, int), np.ones(2, int)]
+    X2 = X.copy()
+    X2["a"] = rng.normal(size=20) + 3.0 * y2
+    two = LassoSelector(Cs=[1.0, 10.0]).fit(X2, y2)
+    assert two.cv_auc_.shape == (2,)
+
+
+def test_lasso_tie_in_cv_auc_goes_to_the_stronger_penalty():
+    y = np.r_[np.zeros(12, int), np.ones(12, int)]
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame({"a": y * 10.0 + rng.normal(0, 0.1, 24), "b": rng.normal(size=24)})
+    sel = LassoSelector(Cs=[1.0, 10.0], cv=3).fit(X, y)
+    assert list(sel.cv_auc_) == [1.0, 1.0]  # perfectly separated in every fold at both penalties
+    assert sel.C_ == 1.0

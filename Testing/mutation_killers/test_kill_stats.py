@@ -182,6 +182,8 @@ def test_decision_curve_by_hand():
     for bad in ([1.0], [-0.01], [float("nan")], []):
         with pytest.raises(UserError, match="threshold"):
             S.decision_curve(y, p, bad)
+    with pytest.raises(UserError, match=r"must lie in \[0, 1\) \(net benefit is undefined at 1\); got \[1.0, -0.5\]"):
+        S.decision_curve(y, p, [0.5, 1.0, -0.5])
     with pytest.raises(UserError, match="numbers"):
         S.decision_curve(y, p, ["a"])
     assert S.decision_curve(y, p, [0.999])["threshold"] == [0.999]
