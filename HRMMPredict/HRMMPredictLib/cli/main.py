@@ -191,7 +191,8 @@ def deep_options_from_args(a):
 
     dcfg = DeepTrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, val_fraction=a.deep_val_fraction,
                            pretrained_weights=a.weights)
-    return DeepOptions(train=dcfg, device=a.device, fusion_fit=a.fusion_fit, threads=a.threads)
+    return DeepOptions(train=dcfg, device=a.device, fusion_fit=a.fusion_fit, threads=a.threads,
+                       deep_cv=getattr(a, "deep_cv", None))
 
 
 def cmd_train(a) -> int:
@@ -368,12 +369,19 @@ def build_parser():
                         "by you; nothing is downloaded at run time)")
     _threads_option(g)
     g.add_argument("--deep-val-fraction", type=float, default=0.2, metavar="F",
-                   help="share of the training patients held out inside the training set to choose the epoch "
-                        "(default 0.2; e.g. 0.34, a third, with --fusion-fit internal)")
+                   help="share of the training patients held out inside the training set: with --fusion-fit "
+                        "paper they choose the epoch; with internal the network never sees them and the fusion "
+                        "is fitted on them (default 0.2; e.g. 0.34, a third, with --fusion-fit internal)")
     g.add_argument("--fusion-fit", choices=["paper", "internal"], default="paper",
                    help="lesions the fusion selection/classifier are fitted on: paper = all training lesions "
-                        "(their deep features are in-sample for the network: optimistic); internal = the "
-                        "network's internal-validation lesions only (honest, fewer lesions). See docs/fusion.md")
+                        "(their deep features are in-sample for the network: no training estimate without "
+                        "--deep-cv, CV AUC not available, threshold 0.5); internal = the network is trained for "
+                        "a fixed number of epochs without its internal-validation lesions and the fusion is "
+                        "fitted and cross-validated on those (honest, fewer lesions). See docs/fusion.md")
+    g.add_argument("--deep-cv", type=int, default=None, metavar="K",
+                   help="honest out-of-fold estimates of the deep model and the fusion: one network per outer "
+                        "fold (K folds by patient; network, PCA, radiomics selection and fusion refitted per "
+                        "fold; K + 1 trainings: practical on a GPU)")
     add_overwrite(p)
     add_json(p, "the training summary")
     p.set_defaults(func=cmd_train)
