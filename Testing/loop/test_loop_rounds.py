@@ -183,7 +183,8 @@ def test_model_bundle_is_safetensors_with_a_checksummed_manifest(two_rounds):
 
 
 def test_propose_for_other_modules_matches_the_prelabel(two_rounds):
-    from AnnotationQCLib.loop import model
+    # what stroke-lesion candidate --loop-model calls: the shared module, not AnnotationQCLib
+    from ClinicalMRICommonLib import segmentation_model as model
 
     loop = two_rounds["loop"]
     img = loop.read_images("P07")[0]

@@ -1,27 +1,26 @@
-"""The loop's network: training a round, its model bundle, pre-labelling with uncertainty and
-:func:`propose` for other modules (``stroke-lesion candidate --loop-model``).
+"""The loop's network: training a round and pre-labelling the pool with uncertainty.
 
-Built on MONAI: a ``monai.networks.nets`` UNet (default; dropout in every convolution, so
-Monte-Carlo dropout samples the network) or SegResNet; ``DiceCELoss`` (soft Dice + cross
-entropy on the softmax); ``NormalizeIntensityd`` (z-score per case and channel over the
-non-zero voxels), ``SpatialPadd`` + ``RandCropByPosNegLabeld`` (patches centred on lesion and
-on background voxels 1:1), flips on the three axes and random intensity scaling/shifting as
-augmentation; ``sliding_window_inference`` (Gaussian-weighted, 25 % overlap) for validation
-and prediction. The images are used on the case's voxel grid (no resampling to a common
-spacing: the loop's cases come from one protocol).
+The network, its model bundle (safetensors + checksummed manifest), loading and inference
+with uncertainty live in :mod:`ClinicalMRICommonLib.segmentation_model`, which every module
+using a trained loop model reads (``stroke-lesion candidate --loop-model`` calls its
+``propose``); this module trains (and writes the bundle through it) and applies it to the
+loop's pool.
+
+Training is built on MONAI: a ``monai.networks.nets`` UNet (default; dropout in every
+convolution, so Monte-Carlo dropout samples the network) or SegResNet; ``DiceCELoss`` (soft
+Dice + cross entropy on the softmax); ``NormalizeIntensityd`` (z-score per case and channel
+over the non-zero voxels), ``SpatialPadd`` + ``RandCropByPosNegLabeld`` (patches centred on
+lesion and on background voxels 1:1), flips on the three axes and random intensity
+scaling/shifting as augmentation; ``sliding_window_inference`` (Gaussian-weighted, 25 %
+overlap) for validation and prediction. The images are used on the case's voxel grid (no
+resampling to a common spacing: the loop's cases come from one protocol).
 
 Patient-level internal validation (:func:`split_patients`): all cases of a patient are on
 one side. The split is stable: a patient stays on its side in every later round (the train
 record lists both sides), and new patients, taken in the order of a hash of (seed, patient
 id), fill the validation side up to ``val_fraction`` of all patients (at least one patient
 each side). Rounds are therefore compared on the same validation patients plus new ones.
-The round's model is the epoch with the best validation Dice.
-
-Model bundle (``rounds/round-NNN/model/``; the rules of the HRMM bundles): ``model.safetensors``
-(tensors only: no pickle, no code) and ``manifest.json`` with the format, the software
-versions, the network's settings, the sequences and label set, the normalisation, patch
-size, training history and the SHA-256 of every file. Loading checks format, checksums and
-that the weights fit the network, and names what is wrong; the loop's audit trail also holds
+The round's model is the epoch with the best validation Dice; the loop's audit trail holds
 the manifest's own SHA-256, so an edited manifest is found too.
 
 torch and MONAI are imported inside the functions (the Slicer start-up rule).
@@ -32,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -42,76 +40,20 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from ClinicalMRICommonLib import segmentation_model as sm
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import sha256_file, write_json_atomic
 
 from . import ranking
-from .audit import utc_now
 from .store import LoopFolder, round_name
 
-FORMAT = "annotationqc-loop-model"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-WEIGHTS = "model.safetensors"
-NETWORKS = ("unet", "segresnet")
-UNCERTAINTIES = ("mc-dropout", "tta")
-#: test-time augmentations: flips of the (z, y, x) axes of a (N, C, z, y, x) tensor
-TTA_FLIPS = ((), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3), (2, 3, 4))
 DEFAULT_PATCH = {"cpu": 32, "cuda": 96}
 DEFAULT_FEATURES = {"cpu": 8, "cuda": 16}
-NORMALISATION = {"transform": "monai.transforms.NormalizeIntensity", "nonzero": True, "channel_wise": True}
 
-
-def software_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("numpy", "SimpleITK", "torch", "monai", "safetensors", "slicer-clinical-mri"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def select_device(device: str = "auto"):
-    """(torch.device, use AMP). ``auto`` takes a CUDA GPU when there is one."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device {device!r} unknown; use auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available to PyTorch; use --device cpu or auto")
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu"), False
-    return torch.device("cuda"), True
-
-
-def network_settings(name: str, in_channels: int, out_channels: int, features: int, dropout: float = 0.2) -> dict:
-    if name not in NETWORKS:
-        raise UserError(f"network {name!r} unknown; use {' or '.join(NETWORKS)}")
-    if features < 2 or features % 2:
-        raise UserError(f"--features must be an even number >= 2 (got {features})")
-    if name == "unet":
-        kwargs = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": out_channels,
-                  "channels": [features, 2 * features, 4 * features, 8 * features], "strides": [2, 2, 2],
-                  "num_res_units": 1, "dropout": dropout}
-    else:
-        kwargs = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": out_channels,
-                  "init_filters": features, "dropout_prob": dropout, "blocks_down": [1, 2, 2, 4],
-                  "blocks_up": [1, 1, 1], "norm": ["GROUP", {"num_groups": min(8, features)}]}
-    return {"name": name, "kwargs": kwargs, "downsampling": 8}
-
-
-def build_network(settings: dict):
-    from monai.networks.nets import SegResNet, UNet
-
-    kw = dict(settings["kwargs"])
-    if settings["name"] == "unet":
-        return UNet(**kw)
-    if "norm" in kw and isinstance(kw["norm"], list):
-        kw["norm"] = tuple(kw["norm"])
-    return SegResNet(**kw)
+# The shared model's names as this module had them (benchmarks/bench_loop.py, older callers).
+FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS = sm.FORMAT, sm.FORMAT_VERSION, sm.MANIFEST, sm.WEIGHTS
+read_manifest, load_model, propose = sm.read_manifest, sm.load_model, sm.propose
+_normalise, _channels, _infer = sm.normalise, sm.image_channels, sm.sliding_window_probabilities
 
 
 def _patch(patch, device_type: str) -> list[int]:
@@ -128,17 +70,6 @@ def _patch(patch, device_type: str) -> list[int]:
         raise UserError(f"--patch {patch!r}: give one or three sizes, each a multiple of 8 (the network halves the "
                         "patch three times)")
     return parts[::-1]
-
-
-def _normalise(channels: np.ndarray) -> np.ndarray:
-    from monai.transforms import NormalizeIntensity
-
-    t = NormalizeIntensity(nonzero=NORMALISATION["nonzero"], channel_wise=NORMALISATION["channel_wise"])
-    return np.asarray(t(np.asarray(channels, dtype=np.float32)), dtype=np.float32)
-
-
-def _channels(images: list[sitk.Image]) -> np.ndarray:
-    return np.stack([sitk.GetArrayFromImage(im).astype(np.float32) for im in images])
 
 
 def split_patients(patients: list[str], seed: int, val_fraction: float,
@@ -181,15 +112,6 @@ def _dice_labels(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
     return float(np.mean(values))
 
 
-def _infer(net, x, patch, device, amp: bool):
-    import torch
-    from monai.inferers import sliding_window_inference
-
-    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp):
-        logits = sliding_window_inference(x, patch, 4, net, overlap=0.25, mode="gaussian")
-    return torch.softmax(logits.float(), dim=1)
-
-
 # ---------------------------------------------------------------------------------------
 # Training a round
 
@@ -228,16 +150,16 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
     )
     from monai.utils import set_determinism
 
-    dev, amp = select_device(device)
+    dev, amp = sm.select_device(device)
     patch_zyx = _patch(patch, dev.type)
     features = features or DEFAULT_FEATURES[dev.type]
     n_classes = len(loop.labels.get("keys", [None])) + 1
-    settings = network_settings(network, len(loop.sequences), n_classes, features)
+    settings = sm.network_settings(network, len(loop.sequences), n_classes, features)
     round_no = loop.latest_round(state) + 1
 
     def load(s):
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(s["mask"]))).astype(np.uint8)
-        return {"image": _channels(loop.read_images(s["case_id"])), "label": mask[None], "case_id": s["case_id"]}
+        return {"image": sm.image_channels(loop.read_images(s["case_id"])), "label": mask[None], "case_id": s["case_id"]}
 
     train_items = [load(s) for s in standard if s["patient_id"] not in val_patients]
     val_items = [load(s) for s in standard if s["patient_id"] in val_patients]
@@ -262,11 +184,11 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
     loader = DataLoader(Dataset([{k: it[k] for k in keys} for it in train_items], transforms),
                         batch_size=cases_per_batch, shuffle=True, num_workers=0,
                         generator=torch.Generator().manual_seed(seed))
-    net = build_network(settings).to(dev)
+    net = sm.build_network(settings).to(dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    val_inputs = [(torch.as_tensor(_normalise(it["image"]))[None].to(dev), it["label"][0], it["case_id"])
+    val_inputs = [(torch.as_tensor(sm.normalise(it["image"]))[None].to(dev), it["label"][0], it["case_id"])
                   for it in val_items]
     history, best = [], (-1.0, 0, None, {})
     t_all = time.perf_counter()
@@ -289,7 +211,7 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
         net.eval()
         per_case = {}
         for x, truth, cid in val_inputs:
-            pred = _infer(net, x, patch_zyx, dev, amp).argmax(1)[0].cpu().numpy().astype(np.uint8)
+            pred = sm.sliding_window_probabilities(net, x, patch_zyx, dev, amp).argmax(1)[0].cpu().numpy().astype(np.uint8)
             per_case[cid] = _dice_labels(pred, truth, n_classes)
         vd = float(np.mean(list(per_case.values())))
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": vd, "train_seconds": train_s,
@@ -307,178 +229,53 @@ def train_round(loop: LoopFolder, *, epochs: int = 50, device: str = "auto", see
                 "standard_sha256": {s["case_id"]: s["sha256"] for s in standard},
                 "best_epoch": best[1], "val_dice": best[0], "val_dice_per_case": best[3], "history": history,
                 "seconds": seconds, "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in history]))}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": utc_now(),
-                "software": software_versions(), "network": settings, "sequences": loop.sequences,
-                "labels": loop.labels, "n_classes": n_classes, "patch_zyx": patch_zyx, "normalisation": NORMALISATION,
-                "training": training}
+    manifest = {"network": settings, "sequences": loop.sequences, "labels": loop.labels, "n_classes": n_classes,
+                "patch_zyx": patch_zyx, "normalisation": sm.NORMALISATION, "training": training}
     return _commit_round(loop, best[2], manifest, by)
 
 
 def _commit_round(loop: LoopFolder, state_dict: dict, manifest: dict, by: str) -> dict:
-    from safetensors.torch import save_file
-
+    """Under the folder lock: the next round's number, its bundle written by the shared
+    writer (a new folder, never a replaced one), then the train record; a bundle whose
+    record could not be appended is removed again."""
     from .audit import folder_lock
 
-    rounds = loop.folder / "rounds"
-    rounds.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".new-round.", dir=rounds))
-    try:
-        save_file(state_dict, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        with folder_lock(loop.folder):
-            st = loop.state()
-            round_no = loop.latest_round(st) + 1
-            manifest["round"] = round_no
-            manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
-            write_json_atomic(tmp / MANIFEST, manifest)
-            target = loop.model_dir(round_no)
-            if target.exists():
-                raise UserError(f"{target} exists without a record in the loop's audit trail; it is left untouched - "
-                                "move it away and retrain")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-            tr = manifest["training"]
+    with folder_lock(loop.folder):
+        round_no = loop.latest_round(loop.state()) + 1
+        target = loop.model_dir(round_no)
+        if target.exists():
+            raise UserError(f"{target} exists without a record in the loop's audit trail; it is left untouched - "
+                            "move it away and retrain")
+        written = sm.write_bundle(target, state_dict, {**manifest, "round": round_no})
+        tr = manifest["training"]
+        try:
             rec = loop.audit.append("train", by or "loop", {
                 "round": round_no, "model": target.relative_to(loop.folder).as_posix(),
-                "manifest_sha256": sha256_file(target / MANIFEST), "weights_sha256": manifest["files"][WEIGHTS],
+                "manifest_sha256": sha256_file(target / sm.MANIFEST), "weights_sha256": written["files"][sm.WEIGHTS],
                 "network": manifest["network"]["name"], "train_cases": tr["train_cases"], "val_cases": tr["val_cases"],
                 "val_patients": tr["val_patients"], "train_patients": tr["train_patients"],
                 "val_dice": tr["val_dice"], "val_dice_per_case": tr["val_dice_per_case"], "best_epoch": tr["best_epoch"],
                 "epochs": tr["epochs"], "seconds": tr["seconds"], "seconds_per_epoch": tr["seconds_per_epoch"],
                 "device": tr["device"], "amp": tr["amp"], "seed": tr["seed"]})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
     return {"round": round_no, "model": str(target), **{k: rec["data"][k] for k in (
         "val_dice", "best_epoch", "epochs", "seconds", "seconds_per_epoch", "device", "amp", "train_cases",
         "val_cases", "val_dice_per_case")}}
 
 
 # ---------------------------------------------------------------------------------------
-# Loading a model
-
-
-def read_manifest(model_dir: str | os.PathLike, manifest_sha256: str | None = None) -> dict:
-    """The checked manifest of a loop model folder (format, version, every file's checksum)."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise UserError(f"loop model folder not found: {d}")
-    mf = d / MANIFEST
-    if not mf.is_file():
-        raise UserError(f"{d} is not a loop model (no {MANIFEST}); give a rounds/round-NNN/model folder written by "
-                        "'annotation-qc loop train'")
-    if manifest_sha256 is not None and sha256_file(mf) != manifest_sha256:
-        raise UserError(f"model manifest {mf} was altered after training (its checksum differs from the loop's audit "
-                        "trail); restore the original model folder or retrain")
-    try:
-        manifest = json.loads(mf.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"model manifest {mf} is damaged (not JSON); restore the model folder or retrain") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{mf} is not a loop model manifest (format {FORMAT!r} expected)")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"loop model {d} has format version {manifest.get('format_version')}; this software reads "
-                        f"version {FORMAT_VERSION}: retrain the round with this version")
-    files = manifest.get("files") or {}
-    if WEIGHTS not in files:
-        raise UserError(f"model manifest {mf} lists no {WEIGHTS}; the model folder is incomplete - retrain")
-    problems = []
-    for rel, digest in files.items():
-        f = d / rel
-        if not f.is_file():
-            problems.append(f"{rel} is missing")
-        elif sha256_file(f) != digest:
-            problems.append(f"{rel} was altered (checksum differs)")
-    if problems:
-        raise UserError(f"loop model {d} failed its integrity check: {'; '.join(problems)} - restore the original "
-                        "model folder or retrain")
-    return manifest
-
-
-def load_model(model_dir: str | os.PathLike, device: str = "auto", manifest_sha256: str | None = None):
-    """(network in eval mode on its device, manifest, device, use AMP) after the checks of
-    :func:`read_manifest`; weights that do not fit the network are a UserError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    manifest = read_manifest(model_dir, manifest_sha256)
-    dev, amp = select_device(device)
-    weights = Path(model_dir) / WEIGHTS
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"model weights {weights} are not a readable safetensors file ({exc}); restore the model "
-                        "folder or retrain") from None
-    net = build_network(manifest["network"])
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        made = manifest.get("software", {}).get("monai")
-        now = software_versions().get("monai")
-        raise UserError(f"model weights {weights} do not fit the {manifest['network']['name']} network "
-                        f"({str(exc).splitlines()[0][:160]}); made with MONAI {made}, installed {now}: install that "
-                        "version or retrain") from None
-    return net.to(dev).eval(), manifest, dev, amp
-
-
-# ---------------------------------------------------------------------------------------
-# Prediction with uncertainty
-
-
-def _enable_dropout(net) -> int:
-    import torch
-
-    n = 0
-    for m in net.modules():
-        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)):
-            m.train()
-            n += 1
-    return n
+# Pre-labelling the pool
 
 
 def predict(net, manifest: dict, channels: np.ndarray, dev, amp: bool, uncertainty: str = "mc-dropout",
             samples: int = 8) -> dict:
-    """Proposal (label map, the network in eval mode), the voxel-wise variance of the
-    foreground probability over ``samples`` stochastic predictions, and the case statistics
-    (ranking.sample_statistics) plus the diversity descriptor."""
-    import torch
-
-    if uncertainty not in UNCERTAINTIES:
-        raise UserError(f"uncertainty {uncertainty!r} unknown; use {' or '.join(UNCERTAINTIES)}")
-    if samples < 2 or (uncertainty == "tta" and samples > len(TTA_FLIPS)):
-        raise UserError(f"--samples must lie between 2 and {len(TTA_FLIPS) if uncertainty == 'tta' else 'any'} for "
-                        f"{uncertainty} (got {samples})")
-    norm = _normalise(channels)
-    x = torch.as_tensor(norm)[None].to(dev)
-    patch = manifest["patch_zyx"]
-    net.eval()
-    probs = _infer(net, x, patch, dev, amp)
-    proposal = probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
-    fg = []
-    try:
-        if uncertainty == "mc-dropout":
-            if not _enable_dropout(net):
-                raise UserError(f"the {manifest['network']['name']} network has no dropout layer; use --uncertainty tta")
-            for _ in range(samples):
-                fg.append(1.0 - _infer(net, x, patch, dev, amp)[0, 0].cpu().numpy())
-        else:
-            for axes in TTA_FLIPS[:samples]:
-                xi = torch.flip(x, axes) if axes else x
-                p = _infer(net, xi, patch, dev, amp)
-                p = torch.flip(p, axes) if axes else p
-                fg.append(1.0 - p[0, 0].cpu().numpy())
-    finally:
-        net.eval()
-    stats = ranking.sample_statistics(np.stack(fg))
-    stats["descriptor"] = ranking.descriptor(norm, proposal)
-    stats["reason"] = ranking.reason(stats)
-    stats["method"] = uncertainty
-    return {"proposal": proposal, "variance": stats.pop("variance").astype(np.float32), "stats": stats}
-
-
-def _on_grid(array: np.ndarray, reference: sitk.Image, pixel) -> sitk.Image:
-    img = sitk.Cast(sitk.GetImageFromArray(array), pixel)
-    img.CopyInformation(reference)
-    return img
+    """:func:`ClinicalMRICommonLib.segmentation_model.predict` plus the case's diversity
+    descriptor for the queue (ranking.descriptor) in ``stats``."""
+    res = sm.predict(net, manifest, channels, dev, amp, uncertainty, samples)
+    res["stats"]["descriptor"] = ranking.descriptor(res.pop("normalised"), res["proposal"])
+    return res
 
 
 def prelabel(loop: LoopFolder, *, round_no: int | None = None, uncertainty: str = "mc-dropout", samples: int = 8,
@@ -498,7 +295,7 @@ def prelabel(loop: LoopFolder, *, round_no: int | None = None, uncertainty: str 
     if not 1 <= r <= latest:
         raise UserError(f"round {r} does not exist (rounds 1..{latest})")
     train = st["rounds"][r - 1]["data"]
-    net, manifest, dev, amp = load_model(loop.folder / train["model"], device, train["manifest_sha256"])
+    net, manifest, dev, amp = sm.load_model(loop.folder / train["model"], device, train["manifest_sha256"])
     pool = sorted(c for c, v in st["cases"].items() if v["status"] == "pool")
     out_dir = loop.folder / "proposals" / round_name(r)
     if r in st["prelabels"]:
@@ -516,11 +313,11 @@ def prelabel(loop: LoopFolder, *, round_no: int | None = None, uncertainty: str 
         for i, cid in enumerate(pool, start=1):
             t0 = time.perf_counter()
             images = loop.read_images(cid)
-            res = predict(net, manifest, _channels(images), dev, amp, uncertainty, samples)
+            res = predict(net, manifest, sm.image_channels(images), dev, amp, uncertainty, samples)
             prop_path, unc_path = loop.proposal_paths(cid, r)
             p_tmp, u_tmp = tmp / prop_path.name, tmp / unc_path.name
-            sitk.WriteImage(_on_grid(res["proposal"], images[0], sitk.sitkUInt8), str(p_tmp), True)
-            sitk.WriteImage(_on_grid(res["variance"], images[0], sitk.sitkFloat32), str(u_tmp), True)
+            sitk.WriteImage(sm.on_grid(res["proposal"], images[0], sitk.sitkUInt8), str(p_tmp), True)
+            sitk.WriteImage(sm.on_grid(res["variance"], images[0], sitk.sitkFloat32), str(u_tmp), True)
             s = res["stats"]
             entries[cid] = {"proposal": prop_path.relative_to(loop.folder).as_posix(),
                             "proposal_sha256": sha256_file(p_tmp),
@@ -585,44 +382,3 @@ def queue(loop: LoopFolder, n: int, diversity: float = 0.5) -> dict:
                       "round": r, "proposal": e["proposal"], "uncertainty": e["uncertainty"]})
     ranked = ranking.diverse_queue(items, n, diversity)
     return {"round": r, "method": pre["method"], "pool_left": len(items), "diversity": diversity, "queue": ranked}
-
-
-# ---------------------------------------------------------------------------------------
-# Other modules' use: one proposal from a loop model
-
-
-def propose(model_dir: str | os.PathLike, images, *, uncertainty: str = "mc-dropout", samples: int = 8,
-            device: str = "auto") -> dict:
-    """A loop model's proposal for one case. ``images``: a dict sequence -> SimpleITK image
-    (names as the model's sequences, case-insensitive) or a list in the model's sequence
-    order. Images on another grid than the first are resampled onto it (linear; listed in
-    ``warnings``). Returns ``mask`` (UInt8 label map on the first image's grid),
-    ``uncertainty`` (Float32 variance map), ``score``, ``reason``, ``round``, ``sequences``,
-    ``labels`` and ``warnings``."""
-    from ClinicalMRICommonLib.grids import grid_difference, same_grid
-
-    net, manifest, dev, amp = load_model(model_dir, device)
-    seqs = manifest["sequences"]
-    if isinstance(images, dict):
-        by_lower = {str(k).lower(): v for k, v in images.items()}
-        missing = [s for s in seqs if s.lower() not in by_lower]
-        if missing:
-            raise UserError(f"loop model {model_dir} needs the sequence(s) {', '.join(seqs)}; missing: {', '.join(missing)}")
-        ordered = [by_lower[s.lower()] for s in seqs]
-    else:
-        ordered = list(images)
-        if len(ordered) != len(seqs):
-            raise UserError(f"loop model {model_dir} needs {len(seqs)} image(s) ({', '.join(seqs)}); got {len(ordered)}")
-    warnings = []
-    ref = ordered[0]
-    aligned = [ref]
-    for s, im in zip(seqs[1:], ordered[1:]):
-        if not same_grid(im, ref):
-            warnings.append(f"{s} image resampled onto the {seqs[0]} grid ({grid_difference(im, ref)})")
-            im = sitk.Resample(im, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        aligned.append(im)
-    res = predict(net, manifest, _channels(aligned), dev, amp, uncertainty, samples)
-    return {"mask": _on_grid(res["proposal"], ref, sitk.sitkUInt8),
-            "uncertainty": _on_grid(res["variance"], ref, sitk.sitkFloat32),
-            "score": res["stats"]["score"], "reason": res["stats"]["reason"], "round": manifest.get("round"),
-            "sequences": seqs, "labels": manifest["labels"], "warnings": warnings}

@@ -1,7 +1,10 @@
-"""Uncertainty statistics of a proposal and the active-learning queue (numpy only).
+"""Uncertainty statistics of a proposal and the active-learning queue (numpy).
 
-Per case, from T stochastic predictions (Monte-Carlo dropout samples or test-time
-augmentations) of the foreground probability p_t (1 - background probability):
+The statistics are computed by :mod:`ClinicalMRICommonLib.segmentation_model`, the one
+owner of the model's inference (:func:`sample_statistics` and :func:`reason` are its
+functions, under the names the loop uses). Per case, from T stochastic predictions
+(Monte-Carlo dropout samples or test-time augmentations) of the foreground probability p_t
+(1 - background probability):
 
 ``variance`` map
     the voxel-wise variance of p_t over the T predictions (population variance, 0..0.25):
@@ -26,32 +29,12 @@ cosine similarity of the descriptors, so near-identical cases are not all queued
 from __future__ import annotations
 
 import numpy as np
+from ClinicalMRICommonLib.segmentation_model import sample_statistics
+from ClinicalMRICommonLib.segmentation_model import uncertainty_reason as reason
+
+__all__ = ["BLOCKS", "descriptor", "diverse_queue", "reason", "sample_statistics"]
 
 BLOCKS = 4
-
-
-def sample_statistics(probabilities: np.ndarray) -> dict:
-    """Statistics of T foreground-probability maps (T, z, y, x): the variance map and the
-    case score (see the module docstring)."""
-    p = np.asarray(probabilities, dtype=np.float32)
-    t = p.shape[0]
-    variance = p.var(axis=0)
-    masks = p > 0.5
-    sizes = masks.reshape(t, -1).sum(axis=1).astype(np.float64)
-    flat = masks.reshape(t, -1).astype(np.float32)
-    inter = flat @ flat.T
-    dices = []
-    for i in range(t):
-        for j in range(i + 1, t):
-            s = sizes[i] + sizes[j]
-            dices.append(1.0 if s == 0 else 2.0 * inter[i, j] / s)
-    union = masks.any(axis=0)
-    return {"variance": variance,
-            "score": float(1.0 - np.mean(dices)) if dices else 0.0,
-            "mean_pairwise_dice": float(np.mean(dices)) if dices else 1.0,
-            "mean_variance_in_lesion": float(variance[union].mean()) if union.any() else 0.0,
-            "samples": int(t), "empty_samples": int(np.count_nonzero(sizes == 0)),
-            "sample_voxels_mean": float(sizes.mean())}
 
 
 def _block_means(a: np.ndarray, blocks: int = BLOCKS) -> np.ndarray:
@@ -77,18 +60,6 @@ def descriptor(channels: np.ndarray, proposal: np.ndarray) -> list[float]:
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
-
-
-def reason(stats: dict) -> str:
-    """Why a case is (or is not) uncertain, in words."""
-    t = stats["samples"]
-    if stats["empty_samples"] == t:
-        return f"all {t} predictions are empty (the model sees no lesion; uncertainty cannot flag a missed lesion)"
-    text = (f"the {t} predictions outline the lesion differently (mean pairwise Dice "
-            f"{stats['mean_pairwise_dice']:.2f})")
-    if stats["empty_samples"]:
-        text += f"; {stats['empty_samples']} of them find no lesion"
-    return text
 
 
 def diverse_queue(items: list[dict], n: int, weight: float = 0.5) -> list[dict]:
