@@ -6,6 +6,11 @@ a binary file (an Excel workbook, an image, ...); a table saved with ``;`` / tab
 delimiter (said as such, instead of "all columns missing"); duplicate column names (pandas
 would silently rename the second ``x`` to ``x.1``); a header without data rows. A UTF-8 byte
 order mark (Excel's "CSV UTF-8") is accepted.
+
+Identifiers are text: ``str_columns`` reads the named columns (or, with ``True``, every
+column) exactly as written, so the case id ``001`` stays ``"001"`` (not the number 1),
+``1e3`` stays ``"1e3"`` and ``NA`` stays ``"NA"``; an empty cell is ``""``. The other columns
+are read as pandas reads them (numbers, and NaN for empty or "NA" cells).
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ClinicalMRICommonLib.errors import UserError, os_error_message
 
+#: the strings pandas reads as NaN by default (pandas.read_csv, "na_values"), kept for the
+#: columns that are not read as text
+_PANDAS_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+              "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 _OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
 _BINARY_SIGNATURES = {b"PK\x03\x04": "a ZIP file (an Excel .xlsx workbook?)",
                       b"\xd0\xcf\x11\xe0": "an Excel .xls / Office file",
@@ -50,9 +60,12 @@ def _header_line(p: Path, what: str) -> str:
     return text.splitlines()[0] if text.splitlines() else ""
 
 
-def read_csv_table(path: str | os.PathLike, what: str) -> "pd.DataFrame":  # noqa: F821
+def read_csv_table(path: str | os.PathLike, what: str, *,
+                   str_columns: Iterable[str] | bool = ()) -> "pd.DataFrame":  # noqa: F821
     """Read a comma-separated CSV file; UserError naming the file for a missing, unreadable,
-    binary, empty, other-delimiter or duplicate-column table (see the module docstring)."""
+    binary, empty, other-delimiter or duplicate-column table (see the module docstring).
+    ``str_columns``: column names to read as text as written (``True``: all columns; names
+    the table lacks are left to the caller to require)."""
     import pandas as pd
 
     p = Path(path)
@@ -75,8 +88,16 @@ def read_csv_table(path: str | os.PathLike, what: str) -> "pd.DataFrame":  # noq
     if dups:
         raise UserError(f"{what} file {p} has duplicate column names ({', '.join(repr(d) for d in dups[:5])}); "
                         "give every column its own name")
+    if str_columns is True:
+        options = {"dtype": str, "keep_default_na": False}
+    else:
+        wanted = {str(c).strip() for c in str_columns}
+        text = [c for c in columns if c.strip() in wanted]
+        # pandas' default NA strings stay NA in the other columns; the text columns get none
+        options = {"dtype": dict.fromkeys(text, str), "keep_default_na": False,
+                   "na_values": {c: _PANDAS_NA for c in columns if c not in text}} if text else {}
     try:
-        df = pd.read_csv(p, encoding="utf-8-sig")
+        df = pd.read_csv(p, encoding="utf-8-sig", **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what} file {p} could not be read as CSV ({msg[:120]})") from None
@@ -84,6 +105,9 @@ def read_csv_table(path: str | os.PathLike, what: str) -> "pd.DataFrame":  # noq
         raise UserError(os_error_message(exc, p, f"could not read {what}")) from None
     if df.empty:
         raise UserError(f"{what} file {p} has no data rows")
+    if options:
+        text_cols = list(df.columns) if str_columns is True else list(options["dtype"])
+        df[text_cols] = df[text_cols].fillna("")  # cells missing from a short row
     return df
 
 

@@ -180,9 +180,9 @@ def test_verify_manifest_files_names_every_problem(tmp_path):
     with pytest.raises(UserError, match=r"bundle .*b failed its integrity check: a.txt was altered .*; and 2 more "
                                         r"- restore it"):
         sm.verify_manifest_files(folder, {"files": bad}, what="bundle", remedy="restore it")
-    assert sm.manifest_file_problems(folder, {}) == ["the manifest lists no files (its 'files' entry is missing or "
-                                                     "damaged)"]
-    assert sm.manifest_file_problems(folder, ["a.txt"])[0].startswith("the manifest lists no files")
+    empty = "the manifest lists no files (its 'files' entry is missing or damaged)"
+    assert sm.manifest_file_problems(folder, {}) == [empty]
+    assert sm.manifest_file_problems(folder, ["a.txt"]) == [empty]
 
 
 def test_an_unlisted_file_in_a_bundle_is_refused(bundle, tmp_path):

@@ -73,6 +73,34 @@ def test_case_ids_with_leading_zeros_are_kept(tmp_path):
     assert sorted(loop.cases) == ["001", "002"]
 
 
+def test_ids_that_pandas_would_turn_into_numbers_or_nan_are_kept_as_written(tmp_path):
+    """The cases table is read by the shared CSV reader with every column as text: "1e3"
+    (a float to pandas), "NA" (NaN), "010" (10) and a patient "0012" stay what they are."""
+    ids = ["010", "1e3", "NA", "1"]
+    specs = [{"case_id": c, "standard": i < 2} for i, c in enumerate(ids)]
+    csv_path, _ = write_cases(tmp_path / "d", specs)
+    rows = _rows(csv_path)
+    for r in rows:
+        r["patient_id"] = "00" + r["case_id"] if r["case_id"] != "NA" else ""
+    loop, info = LoopFolder.create(tmp_path / "loop", _rewrite_csv(tmp_path / "d" / "ids.csv", rows))
+    assert sorted(loop.cases) == sorted(ids) and (info["standard"], info["pool"]) == (2, 2)
+    assert {c: v["patient_id"] for c, v in loop.cases.items()} == {"010": "00010", "1e3": "001e3", "NA": "NA",
+                                                                  "1": "001"}
+    # the reader itself: text columns as written, the other columns as pandas reads them
+    import pandas as pd
+    from ClinicalMRICommonLib.tables import read_csv_table
+
+    table = tmp_path / "t.csv"
+    table.write_text("case_id,volume,note\n007,1.5,NA\nNA,,x\n1e3,null,\n")
+    df = read_csv_table(table, "t", str_columns=["case_id", "note"])
+    assert df["case_id"].tolist() == ["007", "NA", "1e3"] and df["note"].tolist() == ["NA", "x", ""]
+    pd.testing.assert_series_equal(df["volume"], pd.read_csv(table)["volume"])
+    every = read_csv_table(table, "t", str_columns=True)
+    assert every.to_dict("list") == {"case_id": ["007", "NA", "1e3"], "volume": ["1.5", "", "null"],
+                                     "note": ["NA", "x", ""]}
+    assert read_csv_table(table, "t")["case_id"].tolist()[0] == 7  # the default is unchanged
+
+
 def test_second_sequence_on_another_grid_is_resampled_with_a_warning(tmp_path):
     csv_path, _ = write_cases(tmp_path / "d", [{"case_id": "A", "standard": True}, {"case_id": "B"}],
                               two_sequences=True)

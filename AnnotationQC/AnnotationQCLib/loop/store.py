@@ -34,7 +34,6 @@ Numpy and SimpleITK only; torch/MONAI live in model.py.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import re
@@ -156,23 +155,13 @@ def _publish(image: sitk.Image, final: Path) -> str:
 
 
 def _read_cases_csv(path: Path) -> tuple[list[dict], list[str]]:
-    """Rows (dicts of stripped strings, ids kept as written) and the column names."""
-    if not path.is_file():
-        raise UserError(f"cases file not found: {path}" if not path.exists() else f"cases path {path} is a folder, "
-                        "expected a CSV file")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items()}
-                    for r in reader]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cases file {path} could not be read as CSV ({exc})") from None
-    if not columns:
-        raise UserError(f"cases file {path} is empty; it needs a header row: case_id, image (or image_<sequence>), "
-                        "optional mask and patient_id")
-    if not rows:
-        raise UserError(f"cases file {path} has no data rows")
+    """Rows (dicts of stripped strings: ids kept as written, "001" stays "001") and the
+    column names, through the extension's one CSV reader."""
+    from ClinicalMRICommonLib.tables import read_csv_table
+
+    df = read_csv_table(path, "cases", str_columns=True)
+    columns = [str(c).strip() for c in df.columns]
+    rows = [{k: v.strip() for k, v in zip(columns, values)} for values in df.itertuples(index=False, name=None)]
     return rows, columns
 
 
