@@ -19,6 +19,7 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.grids import resample_mask_to, same_grid
 from ClinicalMRICommonLib.images import read_grid
 from ClinicalMRICommonLib.masks import binary_mask, read_mask
+from ClinicalMRICommonLib.orientation import orientation_of
 
 #: Fewer voxels than this and the texture matrices are meaningless.
 MIN_ROI_VOXELS = 20
@@ -49,8 +50,13 @@ def roi_voxels(mask: sitk.Image | np.ndarray, what: str = "ROI", *, label: int |
 def mask_on_grid(roi: str | os.PathLike | sitk.Image, image: sitk.Image, *, image_what: str = "image",
                  resample: bool = False, min_voxels: int = MIN_ROI_VOXELS) -> tuple[sitk.Image, bool]:
     """``roi`` (a mask file or image) as a UInt8 0/1 mask on ``image``'s grid, and whether it
-    had to be resampled (nearest neighbour, only with ``resample``). A file is read once."""
+    had to be resampled (nearest neighbour, only with ``resample``). A file is read once.
+
+    An ROI on the image's physical grid but stored in another voxel order (flipped or axes
+    permuted, as dcm2niix stores DICOM segmentations) is reordered onto the image's storage
+    exactly (no interpolation, not counted as resampled)."""
     if isinstance(roi, sitk.Image):
+        roi = same_grid_reordered(roi, image)
         resampled = not same_grid(roi, image)
         if resampled:
             if not resample:
@@ -60,5 +66,19 @@ def mask_on_grid(roi: str | os.PathLike | sitk.Image, image: sitk.Image, *, imag
         mask = binary_mask(roi)
         roi_voxels(mask, f"the ROI on the {image_what} grid", min_voxels=min_voxels)
         return mask, resampled
-    resampled = not same_grid(read_grid(roi, "ROI"), image)
+    grid = read_grid(roi, "ROI")
+    if not same_grid(grid, image) and tuple(sorted(grid.GetSize())) == tuple(sorted(image.GetSize())):
+        mask = same_grid_reordered(read_mask(roi, None, what="ROI", min_voxels=min_voxels), image)
+        if same_grid(mask, image):
+            return mask, False
+    resampled = not same_grid(grid, image)
     return read_mask(roi, image, what="ROI", resample=resample, min_voxels=min_voxels), resampled
+
+
+def same_grid_reordered(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """``mask`` with its voxels reordered into ``image``'s storage order when that puts it on
+    ``image``'s grid (the same physical grid stored otherwise); else ``mask`` unchanged."""
+    if same_grid(mask, image) or mask.GetDimension() != 3 or image.GetDimension() != 3:
+        return mask
+    reordered = sitk.DICOMOrient(mask, orientation_of(image))
+    return reordered if same_grid(reordered, image) else mask

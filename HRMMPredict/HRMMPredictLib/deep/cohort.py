@@ -46,7 +46,7 @@ from HRMMPredictLib.roi import MIN_ROI_VOXELS
 from HRMMPredictLib.sequences import CHANNEL_LABELS, SEQUENCES, sequence_label
 
 CACHE_SUBDIR = "stacks_25d"
-STACK_FORMAT = "hrmm-stack25d-v1"          # bump when lesion_stack's output changes for the same inputs
+STACK_FORMAT = "hrmm-stack25d-v2"          # bump when lesion_stack's output changes for the same inputs
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class DeepInputConfig:
     size: int = DEFAULT_SIZE
     intensity: str = "minmax"
     unsharp: tuple[float, int, int] | None = DEFAULT_UNSHARP
-    quarter_turns: int = 1
+    quarter_turns: int = 0              # upright sagittal input: rows S->I, columns A->P
 
     def crop_kwargs(self) -> dict:
         return {"margin": int(self.margin), "size": int(self.size), "intensity": self.intensity,

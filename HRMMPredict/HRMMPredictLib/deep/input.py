@@ -29,21 +29,27 @@ Slice axis (``choose_slice_axis``)
     index axis k, 2 = the first ITK index axis i). Callers may pass ``slice_axis``
     explicitly.
 
-In-plane orientation and the 90 degree rotation
-    Whether "rotate 90 degrees clockwise" makes a picture upright depends on how the
-    pixels happen to be stored (a sagittal slice read from a NIfTI array lies on its side
-    in one layout, upright in another: see the two spine files in ../shared/data/spine).
-    So that every crop gets the same *anatomical* orientation whatever the storage, the
-    slice is first brought into the radiological display orientation from the direction
-    cosines (sagittal: rows superior->inferior, columns anterior->posterior; coronal:
-    rows S->I, columns patient right->left; axial: rows anterior->posterior, columns
-    right->left), only by flips/transposes (no resampling). Then the paper's rotation is
-    applied literally: ``quarter_turns=1`` quarter turn clockwise (``np.rot90(k=-1)``).
-    For a sagittal slice the final crop therefore has rows anterior->posterior and
-    columns inferior->superior: the spine lies horizontally, head to the right. The
-    returned ``orientation`` string says this for every crop; ``quarter_turns=0`` keeps
-    the upright display view. Files without geometry (identity affine) are oriented by
-    what their header claims: consistent from case to case, but not anatomically known.
+Storage order, in-plane orientation and the 90 degree rotation
+    Image and ROI are first put into the extension's canonical orientation
+    (:func:`ClinicalMRICommonLib.orientation.canonical`, ``PIR``: numpy axis 0 the sagittal
+    slice axis running to the patient's right, rows superior->inferior, columns
+    anterior->posterior), so the slice choice (ties: the lowest canonical index, i.e. the
+    most right-hand of equal slices), ``slice_index`` and ``bbox`` are anatomical and the same
+    for every storage order of the file. Files without geometry (unit spacing, identity
+    affine) are used as stored: their anatomy is unknown.
+
+    The slice is then brought into the radiological display orientation from the direction
+    cosines (sagittal: rows superior->inferior, columns anterior->posterior; coronal: rows
+    S->I, columns patient right->left; axial: rows anterior->posterior, columns
+    right->left), only by flips/transposes (no resampling). That *is* the network's input:
+    **upright, rows S->I (head at the top), columns A->P (anterior on the left)** for the
+    sagittal slices of the method. The paper's "rotate 90 degrees clockwise" is the step
+    that turned its PNG exports, which lay on their side as stored, upright; here the
+    upright view comes from the geometry itself, so no further turn is applied
+    (``quarter_turns=0``, the default since preprocessing version 2; version 1 applied one
+    more clockwise turn and gave sideways crops, rows A->P, columns I->S). ``quarter_turns``
+    still adds clockwise turns for experiments; the returned ``orientation`` string states
+    the rows and columns of every crop, and the preview shows them.
 
 Intensity
     Min-max of the crop mapped to 0-255 (the paper). ``intensity="percentile"`` uses the
@@ -74,6 +80,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import atomic_path
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
+from ClinicalMRICommonLib.orientation import canonical
 from HRMMPredictLib.roi import roi_voxels
 from HRMMPredictLib.sequences import CHANNEL_LABELS
 DEFAULT_MARGIN = 5
@@ -186,7 +193,7 @@ def _geometry(arr: np.ndarray, ops: tuple[bool, bool, bool], quarter_turns: int)
 def crop_25d(image: sitk.Image, mask: sitk.Image, margin: int = DEFAULT_MARGIN, size: int = DEFAULT_SIZE, *,
              label: int | None = None, slice_axis: int | None = None, intensity: str = "minmax",
              percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-             unsharp: tuple[float, int, int] | None = DEFAULT_UNSHARP, quarter_turns: int = 1,
+             unsharp: tuple[float, int, int] | None = DEFAULT_UNSHARP, quarter_turns: int = 0,
              what: str = "image") -> dict:
     """The paper's 2.5D crop of one sequence (see the module docstring for every choice).
 
@@ -196,10 +203,11 @@ def crop_25d(image: sitk.Image, mask: sitk.Image, margin: int = DEFAULT_MARGIN, 
     - ``array``: uint8 (size, size), the network input channel;
     - ``roi``: bool (size, size), the ROI pushed through the same crop/orient/rotate/resize
       (bilinear, > 0.5), for previews and checks;
-    - ``slice_axis`` (numpy axis), ``slice_index``, ``slice_axis_rule``, ``plane``,
+    - ``slice_axis`` (numpy axis), ``slice_index`` (both of the canonical array, see the
+      module docstring), ``slice_axis_rule``, ``plane``,
       ``roi_area`` (ROI voxels on the chosen slice);
     - ``bbox``: (row_start, row_stop, col_start, col_stop), half-open, of the crop in the
-      numpy slice ``sitk.GetArrayFromImage(image).take(slice_index, axis=slice_axis)``
+      numpy slice ``sitk.GetArrayFromImage(canonical(image)).take(slice_index, axis=slice_axis)``
       (ROI box + margin, clipped to the image); ``roi_bbox`` the same without the margin;
     - ``orientation``: anatomical directions of the rows and columns of ``array``.
     """
@@ -208,6 +216,8 @@ def crop_25d(image: sitk.Image, mask: sitk.Image, margin: int = DEFAULT_MARGIN, 
     if not same_grid(image, mask):
         raise UserError(f"ROI mask and {what} are on different grids ({grid_difference(mask, image)}); "
                         "resample the ROI onto the image first (nearest neighbour)")
+    if not _geometry_unknown(image):
+        image, mask = canonical(image), canonical(mask)
     arr = sitk.GetArrayViewFromImage(image)
     marr = sitk.GetArrayViewFromImage(mask)
     roi = roi_voxels(marr, f"ROI mask for the {what}", label=label)

@@ -34,9 +34,8 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import json_safe, sha256_file
 from ClinicalMRICommonLib.grids import GRID_TOLERANCE
 from ClinicalMRICommonLib.images import check_finite, read_image
-from ClinicalMRICommonLib.masks import read_mask
 from ClinicalMRICommonLib.orientation import CANONICAL_ORIENTATION, canonical
-from HRMMPredictLib.roi import MIN_ROI_VOXELS, roi_voxels
+from HRMMPredictLib.roi import mask_on_grid, roi_voxels
 from HRMMPredictLib.sequences import SEQUENCES, sequence_label
 
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
@@ -352,7 +351,7 @@ def extract_case_sequence(image_path: str | os.PathLike, roi_path: str | os.Path
     """Read, check and extract one image/ROI pair given by file paths."""
     img = read_image(image_path, what)
     check_finite(img, image_path, what)
-    mask = read_mask(roi_path, img, what="ROI", resample=resample_roi, min_voxels=MIN_ROI_VOXELS)
+    mask, _ = mask_on_grid(roi_path, img, image_what=what, resample=resample_roi)
     return extract_radiomics(img, mask, params, preprocess_cfg, feature_names)
 
 

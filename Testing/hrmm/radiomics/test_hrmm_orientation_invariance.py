@@ -1,0 +1,142 @@
+"""The same lesion gives the same numbers whatever order its files store the voxels in
+(issue 13): every feature of the study's settings (3 x 1197) equal to 1e-6 relative and the
+same probability from a trained bundle, for flips and axis permutations stored as NIfTI and
+NRRD, and for a real DICOM series with its segmentation stored y-flipped (dcm2niix)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.images import read_image
+from HRMMPredictLib.bundle import load_bundle
+from HRMMPredictLib.radiomics.features import (DEFAULT_PARAMS, PreprocessConfig, crop_box, extract_case_sequence,
+                                               load_params, to_canonical)
+from HRMMPredictLib.predict import predict_case
+from HRMMPredictLib.sequences import SEQUENCES
+
+# storage orders (DICOM letters of index axes i, j, k): the synthetic cohort's own PIR, the
+# ITK identity, the NIfTI/dcm2niix RAS, permutations, and two left-handed (mirror) storages
+ORDERS = ("PIR", "LPS", "RAS", "SPR", "IAL", "RIP", "PIL", "ASR")
+RTOL = 1e-6
+
+
+def _resave(src, dst, code):
+    sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(src)), code), str(dst), True)
+    return dst
+
+
+def _stored_lesion(manifest, tmp_path, code, ext):
+    cohort_dir = manifest.parent
+    row = pd.read_csv(manifest).iloc[0]
+    out = {}
+    for col in (*SEQUENCES, "roi"):
+        out[col] = _resave(cohort_dir / row[col], tmp_path / f"{code}_{col}{ext}", code)
+    return out
+
+
+def _assert_same_features(ref: dict, got: dict, what: str):
+    assert list(got) == list(ref), what
+    a, b = np.array(list(ref.values())), np.array(list(got.values()))
+    bad = ~np.isclose(b, a, rtol=RTOL, atol=1e-12)
+    worst = [(k, ref[k], got[k]) for k, m in zip(ref, bad) if m][:5]
+    assert not bad.any(), f"{what}: {int(bad.sum())} feature(s) differ, e.g. {worst}"
+
+
+@pytest.fixture(scope="module")
+def full_params():
+    return load_params(DEFAULT_PARAMS)
+
+
+def test_every_feature_equal_in_every_storage_order(small_cohort, tmp_path, full_params):
+    cfg = PreprocessConfig()
+    ref = None
+    for code in ORDERS:
+        for ext in (".nii.gz", ".nrrd"):
+            files = _stored_lesion(small_cohort, tmp_path, code, ext)
+            if code != "PIR":
+                assert read_image(files["t1"]).GetDirection() != read_image(_stored_lesion(
+                    small_cohort, tmp_path, "PIR", ".nii.gz")["t1"]).GetDirection()
+            feats = {s: extract_case_sequence(files[s], files["roi"], full_params, cfg) for s in SEQUENCES}
+            assert all(len(f) == 1197 for f in feats.values())
+            if ref is None:
+                ref = feats
+                continue
+            for s in SEQUENCES:
+                _assert_same_features(ref[s], feats[s], f"{s} stored {code}{ext}")
+
+
+def test_margins_are_anatomical(small_cohort, tmp_path):
+    """(16, 16, 10) mm = anterior-posterior, superior-inferior, right-left in every storage."""
+    boxes = set()
+    for code in ("PIR", "LPS", "SPR"):
+        files = _stored_lesion(small_cohort, tmp_path, code, ".nii.gz")
+        img, mask = to_canonical(read_image(files["t1"]), read_image(files["roi"]))
+        assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection()) == "PIR"
+        boxes.add(tuple(map(tuple, crop_box(mask, PreprocessConfig()))))
+    assert len(boxes) == 1
+
+
+def test_same_probability_in_every_storage_order(small_cohort, tmp_path, trained_bundle):
+    bundle_dir, _ = trained_bundle
+    probs = {}
+    for code, ext in (("PIR", ".nii.gz"), ("RAS", ".nii.gz"), ("SPR", ".nrrd"), ("LPS", ".nrrd")):
+        files = _stored_lesion(small_cohort, tmp_path, code, ext)
+        res = predict_case({s: files[s] for s in SEQUENCES}, files["roi"], bundle_dir, preview=False)
+        probs[code] = {m: r["probability"] for m, r in res["models"].items()}
+    ref = probs["PIR"]
+    for code, p in probs.items():
+        for m in ref:
+            assert p[m] == pytest.approx(ref[m], rel=1e-9, abs=1e-12), (code, m)
+
+
+def test_roi_stored_in_another_order_is_reordered_not_resampled(small_cohort, tmp_path):
+    row = pd.read_csv(small_cohort).iloc[0]
+    image = small_cohort.parent / row["t1"]
+    roi = _resave(small_cohort.parent / row["roi"], tmp_path / "roi_RAS.nii.gz", "RAS")
+    params = load_params(None)
+    same = extract_case_sequence(image, small_cohort.parent / row["roi"], params, PreprocessConfig())
+    other = extract_case_sequence(image, roi, params, PreprocessConfig())   # no --resample-roi needed
+    _assert_same_features(same, other, "ROI stored RAS")
+
+
+def test_dicom_series_with_y_flipped_segmentation(shared_data, tmp_path, full_params):
+    """A real CT series read from its DICOM folder, its TotalSegmentator label map stored the
+    dcm2niix way (y flipped); label 33 (a vertebra) as ROI; the same image re-saved as NIfTI
+    and NRRD in other orders gives the same 1197 features."""
+    folder = shared_data / "dicom" / "ct_totalsegmentator"
+    seg = sitk.ReadImage(str(folder / "example_seg_dicom.nii.gz"))
+    roi = sitk.Cast(seg == 33, sitk.sitkUInt8)
+    roi_file = tmp_path / "roi_label33.nii.gz"
+    sitk.WriteImage(roi, str(roi_file), True)
+    series = folder / "series"
+    dicom_img = read_image(series)
+    assert dicom_img.GetDirection() != seg.GetDirection()        # the segmentation is stored otherwise
+    cfg = PreprocessConfig()
+    ref = extract_case_sequence(series, roi_file, full_params, cfg)
+    assert len(ref) == 1197
+    for code, ext in (("RAS", ".nii.gz"), ("PIR", ".nrrd"), ("LPI", ".nii.gz")):
+        img_file = tmp_path / f"ct_{code}{ext}"
+        sitk.WriteImage(sitk.DICOMOrient(dicom_img, code), str(img_file), True)
+        _assert_same_features(ref, extract_case_sequence(img_file, roi_file, full_params, cfg), f"CT {code}{ext}")
+
+
+def test_bundle_of_preprocessing_v1_is_refused(trained_bundle, tmp_path):
+    src, _ = trained_bundle
+    old = tmp_path / "old_bundle"
+    shutil.copytree(src, old)
+    mf = old / "manifest.json"
+    man = json.loads(mf.read_text())
+    prep = man["radiomics"]["preprocess"]
+    assert prep["version"] == 2 and prep["orientation"] == "PIR"
+    del prep["version"], prep["orientation"]                     # what v1 bundles recorded
+    mf.write_text(json.dumps(man))
+    with pytest.raises(UserError, match=r"trained with preprocessing v1 \(storage-order dependent\); .*"
+                                        r"retrain with hrmm train"):
+        load_bundle(old)
