@@ -54,7 +54,9 @@ def test_box_slice_bbox_and_shape():
     out = crop_25d(img, roi)
     assert out["slice_axis"] == 0 and "largest spacing" in out["slice_axis_rule"]
     assert out["plane"] == "sagittal"
-    assert out["slice_index"] == 7
+    # slice 7 of this PIL storage (k runs to the left) is slice 12 - 1 - 7 = 4 of the canonical
+    # PIR array (k runs to the right) that slice_index and bbox refer to
+    assert out["slice_index"] == 4
     assert out["roi_area"] == 31 * 31
     assert out["roi_bbox"] == (20, 51, 10, 41)
     assert out["bbox"] == (15, 56, 5, 46)          # expanded by 5 pixels on every side
@@ -76,21 +78,22 @@ def test_box_orientation_is_anatomical_whatever_the_storage():
     anterior-superior marker lands where the documented orientation says."""
     img, roi = _box_case()
     out = crop_25d(img, roi, unsharp=None)
-    assert out["orientation"] == "rows A->P, columns I->S"
-    # quarter turn clockwise of the upright sagittal view: anterior at the top, superior right
+    # the network input is the upright sagittal view: superior at the top, anterior left
+    assert out["orientation"] == "rows S->I, columns A->P"
     peak = np.unravel_index(np.argmax(out["array"]), out["array"].shape)
-    assert peak[0] < 40 and peak[1] > 184, peak
-    upright = crop_25d(img, roi, unsharp=None, quarter_turns=0)
-    assert upright["orientation"] == "rows S->I, columns A->P"
-    peak = np.unravel_index(np.argmax(upright["array"]), upright["array"].shape)
-    assert peak[0] < 40 and peak[1] < 40, peak        # superior at the top, anterior left
-    for code in ("RAI", "LPS", "SPR", "IAL"):
+    assert peak[0] < 40 and peak[1] < 40, peak
+    turned = crop_25d(img, roi, unsharp=None, quarter_turns=1)      # an extra clockwise turn, on request
+    assert turned["orientation"] == "rows A->P, columns I->S"
+    peak = np.unravel_index(np.argmax(turned["array"]), turned["array"].shape)
+    assert peak[0] < 40 and peak[1] > 184, peak       # anterior at the top, superior right
+    for code in ("RAI", "LPS", "SPR", "IAL", "PIR", "RIP"):
         img2, roi2 = sitk.DICOMOrient(img, code), sitk.DICOMOrient(roi, code)
         assert img2.GetSize() != img.GetSize() or img2.GetDirection() != img.GetDirection()
         out2 = crop_25d(img2, roi2, unsharp=None)
         assert out2["orientation"] == out["orientation"]
         np.testing.assert_array_equal(out2["array"], out["array"])
         np.testing.assert_array_equal(out2["roi"], out["roi"])
+        assert (out2["slice_index"], out2["bbox"]) == (out["slice_index"], out["bbox"])   # canonical indices
 
 
 def test_bbox_is_clipped_at_the_image_edge():
@@ -99,11 +102,11 @@ def test_bbox_is_clipped_at_the_image_edge():
     m[3, 0:12, 25:30] = 1                     # touches the top and right edges
     out = crop_25d(_volume(arr), _volume(m))
     assert out["bbox"] == (0, 17, 20, 30)
-    # 17 x 10 crop (rows S->I, columns A->P), ROI touching its top and right; after the
-    # clockwise quarter turn it touches the bottom and right of the picture.
+    # 17 x 10 crop (rows S->I, columns A->P), ROI (rows 0-11, columns 5-9) touching the top
+    # and the right of the upright picture.
     r0, r1, c0, c1 = _bbox(out["roi"])
-    assert (r1, c1) == (224, 224)
-    assert abs(r0 - 5 * 224 / 10) <= 23 and abs(c0 - 5 * 224 / 17) <= 14, (r0, c0)
+    assert (r0, c1) == (0, 224)
+    assert abs(r1 - 12 * 224 / 17) <= 14 and abs(c0 - 5 * 224 / 10) <= 23, (r1, c0)
 
 
 def test_percentile_scaling_and_flat_crop():
@@ -221,9 +224,9 @@ def test_real_lumbar_vertebral_bodies(shared_data):
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "VB2_02_vertebral_bodies_labels_1-7.nii.gz")))
     # This file has an identity affine (geometry lost): the header calls the 76-slice axis
     # "superior", so the crop is oriented as an axial slice: flip rows and columns to reach
-    # rows A->P / columns R->L, then the clockwise quarter turn = one counter-clockwise turn.
+    # rows A->P / columns R->L (a half turn); the file is used as stored (anatomy unknown).
     for lab in (1, 4, 7):
-        out = _check_real_crop(img, labels == lab, lambda a: np.rot90(a, k=1))
+        out = _check_real_crop(img, labels == lab, lambda a: np.rot90(a, k=2))
         assert out["slice_axis"] == 0 and "fewest voxels" in out["slice_axis_rule"]   # the sagittal slices
 
 
@@ -235,7 +238,7 @@ def test_real_cervical_vertebral_body(shared_data):
     body = (vert == 6) & np.isin(sub, (49, 50))          # TPTBox: 49/50 = vertebral corpus (border/inside)
     assert body.sum() > 500
     # PIR storage: a numpy slice along axis 0 is already upright sagittal (rows S->I,
-    # columns A->P); the paper's quarter turn clockwise is all that remains.
-    out = _check_real_crop(img, body, lambda a: np.rot90(a, k=-1))
-    assert out["plane"] == "sagittal" and out["orientation"] == "rows A->P, columns I->S"
+    # columns A->P), which is the network's input as it is.
+    out = _check_real_crop(img, body, lambda a: a)
+    assert out["plane"] == "sagittal" and out["orientation"] == "rows S->I, columns A->P"
     assert "left-right" in out["slice_axis_rule"]
