@@ -90,6 +90,11 @@ def _cmd_icc(args) -> int:
     from ClinicalMRICommonLib.agreement.icc import FORMS, format_icc_table, icc_from_long
 
     df = _read_csv(args.input, "ratings")
+    missing = [f"{c!r} ({o})" for o, c in (("--target", args.target), ("--rater", args.rater),
+                                            ("--rating", args.rating)) if c not in df.columns]
+    if missing:
+        raise UserError(f"ratings file {args.input}: column {', '.join(missing)} not found; its columns are "
+                        f"{', '.join(map(str, df.columns[:12]))}")
     res = icc_from_long(df, args.target, args.rater, args.rating, alpha=args.alpha)
     first = next(iter(res.values()))
     if first["n_dropped"]:
@@ -122,6 +127,14 @@ def _read_binary_mask(path: str, what: str, label: int | None):
     return read_mask(path, what=what, label=label, allow_empty=True)
 
 
+def _same_grid_or_refuse(img, like, what: str, other: str) -> None:
+    from ClinicalMRICommonLib.grids import grid_difference, same_grid
+
+    if not same_grid(img, like):
+        raise UserError(f"{what} is not on the grid of {other} ({grid_difference(img, like)}); resample it onto "
+                        "the same image first (nearest neighbour)")
+
+
 def _cmd_compare(args) -> int:
     from ClinicalMRICommonLib.agreement.segmentation_metrics import (
         EMPTY_MASK_CONVENTION,
@@ -131,6 +144,7 @@ def _cmd_compare(args) -> int:
 
     ref = _read_binary_mask(args.reference, "reference mask", args.label)
     test = _read_binary_mask(args.test, "test mask", args.label)
+    _same_grid_or_refuse(test, ref, f"test mask {args.test}", f"the reference mask {args.reference}")
     res = compare_masks(ref, test, tolerance_mm=args.tolerance_mm)
     if args.lesions:
         res = {**res, "lesions": lesion_detection(ref, test, connectivity=args.connectivity)}
@@ -231,6 +245,8 @@ def _cmd_consensus(args) -> int:
         check_output_path(path, overwrite=args.overwrite, what=option, inputs=args.masks,
                           others=[p for p, o in outputs if o != option])
     masks = [_read_binary_mask(p, f"mask {i}", args.label) for i, p in enumerate(args.masks, start=1)]
+    for i, (m, p) in enumerate(zip(masks[1:], args.masks[1:]), start=2):
+        _same_grid_or_refuse(m, masks[0], f"mask {i} ({p})", f"mask 1 ({args.masks[0]})")
     result: dict = {"method": args.method, "n_readers": len(masks), "out": args.out}
     if args.method == "staple":
         consensus, prob, per_reader = staple(masks, threshold=args.threshold)
@@ -291,7 +307,8 @@ def _cmd_training_submit(args) -> int:
     from .training import TrainingSession
 
     session = TrainingSession.open(args.session)
-    path = session.submit(args.trainee, args.case, read_mask(args.mask, what="trainee mask"))
+    path = session.submit(args.trainee, args.case, read_mask(args.mask, what="trainee mask"),
+                          mask_name=f"trainee mask {args.mask}")
     emit({"trainee": args.trainee, "case": args.case, "mask": str(path)}, args.json, f"submitted {path}")
     return EXIT_OK
 
@@ -424,7 +441,7 @@ def _cmd_study_submit(args) -> int:
     study = ReaderStudy.open(args.study)
     mask = read_mask(args.mask, what="reader mask", allow_empty=True)
     path = study.save_mask(args.reader, args.case, args.sequence, args.content, mask, session=args.session,
-                           final=not args.draft, notes=args.notes or "")
+                           final=not args.draft, notes=args.notes or "", mask_name=f"reader mask {args.mask}")
     what = "draft saved" if args.draft else "submitted"
     emit({"reader": args.reader, "case": args.case, "sequence": args.sequence, "content": args.content,
           "session": args.session, "final": not args.draft, "mask": str(path)}, args.json, f"{what}: {path}")
@@ -537,6 +554,8 @@ def _cmd_quality(args) -> int:
 
     rois = {key: read_mask(getattr(args, key), what=f"{key} ROI")
             for key in ("signal", "background", "tissue") if getattr(args, key)}
+    for key, roi in rois.items():
+        _same_grid_or_refuse(roi, image, f"{key} ROI {getattr(args, key)}", f"the image {args.image}")
     res = snr_cnr(image, rois["signal"], rois["background"], rois.get("tissue"),
                   rayleigh_correction=args.rayleigh)
     if args.json:

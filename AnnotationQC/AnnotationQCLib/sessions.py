@@ -592,8 +592,9 @@ class ReaderStudy:
 
     def save_mask(self, reader_id: str, case_id: str, sequence: str, content: str, mask: sitk.Image,
                   session: str = "first", final: bool = False, notes: str = "",
-                  seconds_spent: float | None = None) -> Path:
-        """Save a reader's mask for one case/sequence/content in a session.
+                  seconds_spent: float | None = None, mask_name: str = "mask") -> Path:
+        """Save a reader's mask for one case/sequence/content in a session (``mask_name`` names
+        it in messages).
 
         The mask must be on the grid of the case's source image for ``sequence`` (whose
         SHA-256 is checked first). Refused: unregistered readers, cases not on the reader's
@@ -612,7 +613,7 @@ class ReaderStudy:
         if not isinstance(mask, sitk.Image):
             raise UserError("mask must be a SimpleITK image")
         if not same_grid(mask, grid):
-            raise UserError(f"mask for case {case_id!r} {sequence} is not on the grid of its source image {src} "
+            raise UserError(f"{mask_name} for case {case_id!r} {sequence} is not on the grid of its source image {src} "
                             f"({grid_difference(mask, grid)}); masks are saved one-to-one with the source image")
         binary = binary_mask(mask)
         with folder_lock(self.folder):
@@ -847,7 +848,7 @@ def study_from_csv(folder: str | os.PathLike, name: str, cases_csv: str | os.Pat
             cid, pid, seq = (check_name(str(row[k]), k.replace("_", " ")) for k in ("case_id", "patient_id", "sequence"))
             img = Path(str(row["image"]))
             img = img if img.is_absolute() else base / img
-            read_grid(img, f"image of case {cid!r} {seq}")
+            read_image(img, f"image of case {cid!r} {seq}")  # every voxel read once: truncated / NaN refused now
             c = cases.setdefault(cid, {"patient_id": pid, "images": {}, "label": None})
             if c["patient_id"] != pid:
                 raise UserError(f"case {cid!r} has two patient ids ({c['patient_id']!r}, {pid!r})")

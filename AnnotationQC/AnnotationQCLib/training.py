@@ -78,7 +78,7 @@ from ClinicalMRICommonLib.files import (
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_grid, read_image
 from ClinicalMRICommonLib.locks import folder_lock
-from ClinicalMRICommonLib.masks import binary_mask
+from ClinicalMRICommonLib.masks import binary_mask, read_mask
 
 from .audit import AUDIT_SIGNED, AuditLog, FolderReport, check_document, inside, os_user, utc_now, write_signed_json
 from .sessions import check_name, mask_name, read_json_document
@@ -353,7 +353,7 @@ class TrainingSession:
                 stem = mask_name(c["patient_id"], c["sequence"], content)[: -len(".nii.gz")]
                 img_path = Path(c["image"]).resolve()
                 image = read_image(img_path, "source image")
-                ref = read_image(c["reference"], "reference mask")
+                ref = read_mask(c["reference"], what="reference mask")  # the one mask policy: 0/1, no soft maps
                 if not same_grid(ref, image):
                     raise UserError(f"reference mask {c['reference']} is not on the grid of {img_path} "
                                     f"({grid_difference(ref, image)})")
@@ -505,16 +505,19 @@ class TrainingSession:
                         "content": c["content"], "image": str(p if p.is_absolute() else (self.folder / p).resolve())})
         return out
 
-    def submit(self, trainee_id: str, case_id: str, mask: sitk.Image, *, by: str | None = None) -> Path:
+    def submit(self, trainee_id: str, case_id: str, mask: sitk.Image, *, by: str | None = None,
+               mask_name: str = "mask") -> Path:
         """Save a trainee's mask for a case (on the case image's grid; stored with the image's
         exact grid, in the image's file format). A submission is never overwritten: of two
-        concurrent submissions exactly one is kept, and a wrong one must be withdrawn first."""
+        concurrent submissions exactly one is kept, and a wrong one must be withdrawn first.
+        ``mask_name`` names the mask in messages (e.g. "mask t1_case1.nii.gz")."""
         c = self._case(case_id)
         check_name(trainee_id, "trainee id", becomes=TRAINEE_BECOMES)
         grid = read_grid(self.image_path(case_id), f"image of case {case_id!r}")
         if not isinstance(mask, sitk.Image) or not same_grid(mask, grid):
             diff = grid_difference(mask, grid) if isinstance(mask, sitk.Image) else "not an image"
-            raise UserError(f"mask for case {case_id!r} is not on the grid of {c['image']} ({diff})")
+            raise UserError(f"{mask_name} for case {case_id!r} is not on the grid of the case's image {c['image']} "
+                            f"({diff}); draw it on that image")
         stored = _on_grid_of(mask, grid)
         if by is not None:
             check_name(by, "--by id", becomes="the name of who submitted in the submission log")

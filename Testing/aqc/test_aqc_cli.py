@@ -72,7 +72,7 @@ def test_icc_bad_input_subprocess(sf_long, tmp_path):
     assert_one_line_error(run("icc", "--input", tmp_path / "missing.csv", "--target", "S", "--rater", "judge",
                               "--rating", "score"), "missing.csv", "not found")
     assert_one_line_error(run("icc", "--input", sf_long, "--target", "S", "--rater", "reader",
-                              "--rating", "score"), "'reader' not found")
+                              "--rating", "score"), "sf_long.csv", "'reader' (--rater) not found")
     const = tmp_path / "const.csv"
     pd.DataFrame({"t": [1, 1, 2, 2, 3, 3], "r": list("ababab"), "y": [3] * 6}).to_csv(const, index=False)
     assert_one_line_error(run("icc", "--input", const, "--target", "t", "--rater", "r", "--rating", "y"),
@@ -111,7 +111,8 @@ def test_compare_json_and_errors(tmp_path):
     assert out["volume_diff_ml"] == pytest.approx(72 * 0.6 * 1.5 * 2.5 / 1000)
     # masks on different grids -> one line, exit 2
     other = write_mask(tmp_path / "other.nii.gz", a, spacing=(1.0, 1.0, 1.0))
-    assert_one_line_error(run("compare", "--reference", ra, "--test", other), "different grids")
+    assert_one_line_error(run("compare", "--reference", ra, "--test", other), "other.nii.gz",
+                          "is not on the grid of the reference mask")
 
 
 def test_compare_in_process_text_lesions_and_missing(tmp_path, capsys):

@@ -46,7 +46,7 @@ def _run(capsys, *args):
 
 
 def _refused(capsys, *args, mentions=()):
-    code, out, err = _run(capsys, *args)
+    code, _, err = _run(capsys, *args)
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, (args, code, err)
     for m in mentions:
@@ -149,6 +149,12 @@ def _recompute(path, i, **fields):
     return prev
 
 
+def _swap(path, i, j):
+    recs = _lines(path)
+    recs[i], recs[j] = recs[j], recs[i]
+    _write(path, recs)
+
+
 TAMPERING = {
     "edited record": (lambda st: _edit(st / "reads.jsonl", 3, role="arbitrator"), "fails its SHA-256 chain check"),
     "chain recomputed without the key": (lambda st: _recompute(st / "reads.jsonl", 3, role="arbitrator"),
@@ -156,12 +162,11 @@ TAMPERING = {
     "last records removed": (lambda st: _write(st / "reads.jsonl", _lines(st / "reads.jsonl")[:-2]),
                              "the last 2 record(s) were removed"),
     "head removed": (lambda st: (st / "reads.jsonl.head").unlink(), "head file reads.jsonl.head is missing"),
-    "records reordered": (lambda st: _write(st / "reads.jsonl", (lambda r: r[:4] + [r[5], r[4]] + r[6:])(
-        _lines(st / "reads.jsonl"))), "records were removed, inserted or reordered"),
+    "records reordered": (lambda st: _swap(st / "reads.jsonl", 4, 5), "records were removed, inserted or reordered"),
     "log removed": (lambda st: ((st / "reads.jsonl").unlink(), (st / "reads.jsonl.head").unlink()),
                     "the log file reads.jsonl is missing"),
-    "unsigned record added": (lambda st: open(st / "reads.jsonl", "a").write(json.dumps(
-        {"event": "reader", "reader_id": "x", "role": "arbitrator"}) + "\n"), "is not signed but follows signed"),
+    "unsigned record added": (lambda st: _write(st / "reads.jsonl", [*_lines(st / "reads.jsonl"), {
+        "event": "reader", "reader_id": "x", "role": "arbitrator"}]), "is not signed but follows signed"),
 }
 
 
@@ -315,8 +320,8 @@ def test_torn_submission_log_and_stale_lock_do_not_block(session, tmp_path, caps
     dead.wait()
     (session / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "time": "2024"}))
     m = _mask(tmp_path / "b.nii.gz", tmp_path / "src" / "P2_T2.nii.gz")
-    code, out, err = _run(capsys, "training-submit", "--session", session, "--trainee", "bob", "--case", "case2",
-                          "--mask", m)
+    code, _, err = _run(capsys, "training-submit", "--session", session, "--trainee", "bob", "--case", "case2",
+                        "--mask", m)
     assert code == 0, err
     code, out, _ = _run(capsys, "training-verify", "--session", session)
     assert code == 0, out
