@@ -197,12 +197,13 @@ def _deep_part(bundle: Bundle, images: dict, mask_for, roi, device: str, say, pr
     p, feats = deep_outputs(net, stack[None], dev, batch_size=1)
     pca = bundle.load_estimator(dman["pca"]["file"])
     comps = pca_frame(pca, feats, ["case"]).iloc[0]
+    orientation = next(iter(info["crops"].values()))["orientation"]
     record = {"device": dev_desc, "size": int(cfg.size), "channels": list(CHANNEL_LABELS),
-              "crops": info["crops"], "preview_png_base64": None, "preview_png": None}
+              "orientation": orientation, "crops": info["crops"], "preview_png_base64": None, "preview_png": None}
     if preview:
-        record["preview_png_base64"] = preview_base64(stack, info["roi"])
+        record["preview_png_base64"] = preview_base64(stack, info["roi"], orientation)
     if preview_path:
-        record["preview_png"] = str(save_preview_png(stack, preview_path, roi=info["roi"]))
+        record["preview_png"] = str(save_preview_png(stack, preview_path, roi=info["roi"], orientation=orientation))
     return record, float(p[0]), {k: float(v) for k, v in comps.items()}
 
 

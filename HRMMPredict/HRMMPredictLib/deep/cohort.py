@@ -144,17 +144,17 @@ def crop_records(crops: Iterable[dict]) -> dict:
     return out
 
 
-def preview_png_bytes(stack: np.ndarray, roi: np.ndarray | None = None) -> bytes:
+def preview_png_bytes(stack: np.ndarray, roi: np.ndarray | None = None, orientation: str | None = None) -> bytes:
     """The :func:`save_preview_png` picture as PNG bytes (for a JSON answer or a panel)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        p = save_preview_png(stack, Path(tmp) / "preview.png", roi=roi)
+        p = save_preview_png(stack, Path(tmp) / "preview.png", roi=roi, orientation=orientation)
         return p.read_bytes()
 
 
-def preview_base64(stack: np.ndarray, roi: np.ndarray | None = None) -> str:
-    return base64.b64encode(preview_png_bytes(stack, roi)).decode("ascii")
+def preview_base64(stack: np.ndarray, roi: np.ndarray | None = None, orientation: str | None = None) -> str:
+    return base64.b64encode(preview_png_bytes(stack, roi, orientation)).decode("ascii")
 
 
 def read_lesion_images(paths: Mapping[str, str | os.PathLike]) -> tuple[dict[str, sitk.Image], sitk.Image]:
@@ -237,7 +237,7 @@ def cohort_stacks(cohort: pd.DataFrame, cache_dir: str | os.PathLike | None, cfg
         if folder:
             p = folder / f"{_safe_name(lid)}_{key[:16]}.png"
             if not p.is_file():
-                save_preview_png(stack, p, roi=roi)
+                save_preview_png(stack, p, roi=roi, orientation=next(iter(crops.values()))["orientation"])
             preview = str(p)
         stacks[i] = stack
         rec = {"lesion_id": lid, "key": key, "preview": preview, "cached": cached}

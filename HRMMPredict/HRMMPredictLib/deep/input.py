@@ -288,17 +288,20 @@ def stack_25d(t1: sitk.Image, t2: sitk.Image, fst2: sitk.Image, mask: sitk.Image
 
 
 def save_preview_png(stack: np.ndarray, path: str | os.PathLike, roi: np.ndarray | None = None,
-                     names: Sequence[str] = CHANNEL_LABELS) -> Path:
+                     names: Sequence[str] = CHANNEL_LABELS, orientation: str | None = None) -> Path:
     """Write a PNG for people: the three channels side by side (grey, named) and their RGB
     composite (R = T1WI, G = T2WI, B = FS-T2WI). ``roi`` (bool, size x size, e.g. the
-    ``roi`` of :func:`crop_25d`) is outlined in red on the grey panels. Written atomically.
+    ``roi`` of :func:`crop_25d`) is outlined in red on the grey panels; ``orientation`` (the
+    crops' ``orientation``, e.g. "rows S->I, columns A->P") is written under the panels.
+    Written atomically.
     """
     stack = np.asarray(stack)
     if stack.ndim != 3 or stack.shape[0] != 3 or stack.dtype != np.uint8:
         raise UserError(f"preview needs a uint8 array of shape (3, H, W), got {stack.dtype} {stack.shape}")
     _, h, w = stack.shape
     gap, top = 4, 14
-    canvas = Image.new("RGB", (4 * w + 3 * gap, h + top), (0, 0, 0))
+    bottom = 14 if orientation else 0
+    canvas = Image.new("RGB", (4 * w + 3 * gap, h + top + bottom), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     edge = None
     if roi is not None:
@@ -319,6 +322,8 @@ def save_preview_png(stack: np.ndarray, path: str | os.PathLike, roi: np.ndarray
         draw.text((k * (w + gap) + 2, 1), str(names[k]), fill=(255, 255, 255))
     canvas.paste(Image.fromarray(np.moveaxis(stack, 0, 2)), (3 * (w + gap), top))
     draw.text((3 * (w + gap) + 2, 1), "RGB", fill=(255, 255, 255))
+    if orientation:
+        draw.text((2, h + top + 1), f"network input: {orientation}", fill=(255, 255, 255))
     final = Path(path)
     with atomic_path(final) as tmp:
         canvas.save(tmp, format="PNG")

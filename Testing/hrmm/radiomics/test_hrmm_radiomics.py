@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.orientation import orientation_of
 from HRMMPredictLib.radiomics import features as rf
 from HRMMPredictLib.sequences import SEQUENCES
 
@@ -111,16 +112,19 @@ def test_preprocess_crops_around_roi_and_corrects_bias():
     img_c, mask_c = rf.preprocess(img, mask, cfg)
     assert img_c.GetSize()[0] < img.GetSize()[0]
     assert int(sitk.GetArrayViewFromImage(mask_c).sum()) == int(sitk.GetArrayViewFromImage(mask).sum())
-    # physical position preserved
-    lo_full, _ = rf.roi_bounding_box(mask)
+    # the crop is in the canonical orientation (PIR), physical position preserved
+    assert orientation_of(img_c) == orientation_of(mask_c) == "PIR" != orientation_of(img)
+    img_k, mask_k = rf.to_canonical(img, mask, cfg)
+    lo_full, _ = rf.roi_bounding_box(mask_k)
     lo_crop, _ = rf.roi_bounding_box(mask_c)
-    p_full = mask.TransformIndexToPhysicalPoint(lo_full)
+    p_full = mask_k.TransformIndexToPhysicalPoint(lo_full)
     p_crop = mask_c.TransformIndexToPhysicalPoint(lo_crop)
     assert np.allclose(p_full, p_crop)
-    # N4 reduces the intensity gradient across the homogeneous background band
-    raw_c, _ = rf.crop_to_roi(img, mask, cfg)
-    a_raw = sitk.GetArrayFromImage(raw_c)
-    a_n4 = sitk.GetArrayFromImage(img_c)
+    # N4 reduces the intensity gradient across the homogeneous background band (compared in
+    # the phantom's own storage order, where the band is [:, :, :5])
+    raw_c, _ = rf.crop_to_roi(img_k, mask_k, cfg)
+    a_raw = sitk.GetArrayFromImage(sitk.DICOMOrient(raw_c, orientation_of(img)))
+    a_n4 = sitk.GetArrayFromImage(sitk.DICOMOrient(img_c, orientation_of(img)))
     def slope(a):
         prof = a[:, :, :5].mean(axis=(0, 2))
         return abs(prof[-1] - prof[0]) / prof.mean()
