@@ -523,6 +523,10 @@ def diffusion_from_images(dwi: sitk.Image, adc: sitk.Image, *, adc_units: str = 
     if not same_grid(dwi, adc):
         raise UserError(f"ADC and DWI are on different grids ({grid_difference(adc, dwi)}); "
                         "they must come from the same acquisition")
+    if np.array_equal(sitk.GetArrayViewFromImage(dwi), sitk.GetArrayViewFromImage(adc)):
+        same = f" ({adc_path})" if adc_path and dwi_path and str(adc_path) == str(dwi_path) else ""
+        raise UserError(f"the ADC map{same} has exactly the DWI's voxels: the same image was given twice; give the "
+                        "ADC map of this DWI")
     if brain is None:
         brain = brain_mask(dwi)
     elif not same_grid(brain, dwi):

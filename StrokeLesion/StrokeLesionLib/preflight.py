@@ -113,22 +113,24 @@ def missing_for_acceptance(study, case_id: str) -> list[dict]:
                                f"or --roi LABELMAP, or --not-measurable \"{nm_hint}\""))
 
     # metadata the export copies from the source sidecars
-    cdir = study.case_dir(case_id)
     for kind, entry in st.info["images"].items():
         meta = {}
-        if entry.get("sidecar"):
+        side = study.case_file(case_id, kind, "sidecar")         # confined and SHA-256 checked
+        if side is not None:
             try:
-                meta = json.loads((cdir / entry["sidecar"]).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
+                meta = json.loads(side.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 meta = {}
+            meta = meta if isinstance(meta, dict) else {}
         miss = [k for k in REQUIRED_ACQ if k not in meta]
         if miss:
             items.append(_item(f"{kind}: sidecar lacks {', '.join(miss)} (acquisition parameters acceptance "
                                "requires)", None,
                                f"the source image {entry.get('source', '')} had no complete JSON sidecar; convert the "
                                "DICOM with dcm2niix (it writes them) and create the case again under a new id"))
+    dwi = study.image_path(case_id, "dwi")                       # an altered DWI is an error, not "no b-value"
     try:
-        read_b_value(study.image_path(case_id, "dwi"))
+        read_b_value(dwi)
     except UserError:
         items.append(_item("dwi: no b-value (DiffusionBValue in the sidecar or a .bval file)", None,
                            "the export needs it: create the case again from a DWI with its dcm2niix sidecar/.bval"))

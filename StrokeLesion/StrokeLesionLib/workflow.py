@@ -631,6 +631,7 @@ class Study:
         self.created_signed = bool(data.get("signed_logs")) and self.signed
         self._checked: dict = {}          # verified files: path -> (size, mtime_ns, sha256)
         self._recovered: dict = {}        # folder -> what _lock recovered (recorded with the next record)
+        self._pending: list[Path] = []    # files published for the record not written yet (_case_lock)
         problems, _ = check_document(data, str(meta), required=self._readers_log.is_signed())
         if problems and check:
             hint = "" if " cannot be checked: " in problems[0] else \
@@ -740,10 +741,30 @@ class Study:
         return {"recovered": info} if info else {}
 
     def _append(self, case_id: str, *, who: str, role: str | None, action: str, what: dict, why: str = "") -> dict:
-        """Append to the case's audit trail (under the case lock), with what the lock recovered."""
+        """Append to the case's audit trail (under the case lock), with what the lock recovered.
+        The files published for this record (``self._pending``) are part of the case from now on."""
         d = self.case_dir(case_id)
-        return self._log(case_id).append(who=who, role=role, action=action, what={**what, **self._recovery(d)},
-                                         why=why)
+        rec = self._log(case_id).append(who=who, role=role, action=action, what={**what, **self._recovery(d)},
+                                        why=why)
+        self._pending.clear()
+        return rec
+
+    @contextlib.contextmanager
+    def _case_lock(self, case_id: str):
+        """The case's lock for a check-write-record section. Files published in it whose record
+        could not be written (a full disk, a damaged log) are removed again, so a failed
+        command leaves the case as it was."""
+        with _lock(self.case_dir(case_id), recovered=self._recovered):
+            self._pending = []
+            try:
+                yield
+            except BaseException:
+                for p in self._pending:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                raise
+            finally:
+                self._pending = []
 
     # -- cases ---------------------------------------------------------------------------
 
@@ -755,10 +776,16 @@ class Study:
         return sorted(p.name for p in d.iterdir() if _ID_RE.match(p.name) and (p / "case.json").exists()) \
             if d.is_dir() else []
 
-    def _log(self, case_id: str) -> AuditLog:
+    def _log(self, case_id: str, *, strict: bool = True) -> AuditLog:
         """The case's audit trail; a case registered in the study log with a signed trail must
-        keep it signed (and its head), so deleting or replacing it is noticed."""
-        reg = self.registered_cases().get(case_id) or {}
+        keep it signed (and its head), so deleting or replacing it is noticed. ``strict=False``
+        (verification): an altered study log is reported elsewhere, not raised here."""
+        try:
+            reg = self.registered_cases().get(case_id) or {}
+        except UserError:
+            if strict:
+                raise
+            reg = {"signed_log": self.created_signed}
         return AuditLog(self.case_dir(case_id) / "audit.jsonl", required=bool(reg.get("signed_log")),
                         what="audit trail")
 
@@ -1017,7 +1044,7 @@ class Study:
         by = check_who(by)
         self.case_info(case_id)
         self._qualified_for(slot, reader_id, {}, case_id)
-        with _lock(self.case_dir(case_id), recovered=self._recovered):
+        with self._case_lock(case_id):
             st = self.state(case_id)
             reader = self._qualified_for(slot, reader_id, st.assignments, case_id)
             if slot in ANNOTATOR_SLOTS and slot in st.annotations:
@@ -1079,6 +1106,7 @@ class Study:
         folder = self.case_dir(case_id) / "masks" / slot
         v, final = _next_version(folder, f"{case_id}_dwi_lesion-{slot}", ".nii.gz")
         _publish_image(img, final, what=f"{slot} mask")
+        self._pending.append(final)
         return final, v
 
     def _rel(self, case_id: str, p: Path) -> str:
@@ -1137,7 +1165,7 @@ class Study:
             ref = self.reference_image(case_id)
             img = _img(np.zeros(sitk.GetArrayViewFromImage(ref).shape, bool), ref)
             flags = {}
-        with _lock(self.case_dir(case_id), recovered=self._recovered):
+        with self._case_lock(case_id):
             st = self.state(case_id)
             if st.status not in ("annotating", "ready_to_compare"):
                 raise UserError(f"case {case_id} is in state {st.status}; the annotations were compared and are "
@@ -1215,7 +1243,7 @@ class Study:
                 lab, _ = connected_components(own, self.settings.lesion_connectivity)
                 what["resolved_on"] = f"{role} v{st.annotations[role][-1]['version']}"
                 what["component"] = int(lab[k, j, i]) or None
-        with _lock(self.case_dir(case_id), recovered=self._recovered):
+        with self._case_lock(case_id):
             return self._append(case_id, who=reader_id, role=role, action="note", what=what)
 
     # -- compare -------------------------------------------------------------------------
@@ -1225,7 +1253,7 @@ class Study:
         by = check_who(by)
         from ClinicalMRICommonLib.agreement.segmentation_metrics import compare_masks, lesion_detection
         self.case_info(case_id)              # an unknown case: a UserError, no empty folder left by the lock
-        with _lock(self.case_dir(case_id), recovered=self._recovered):
+        with self._case_lock(case_id):
             st = self.state(case_id)
             if st.status != "ready_to_compare":
                 missing = [s for s in ANNOTATOR_SLOTS if s not in st.annotations]
@@ -1264,6 +1292,7 @@ class Study:
             cdir = self.case_dir(case_id) / "compare"
             v, map_path = _next_version(cdir, f"{case_id}_dwi_lesionids", ".nii.gz")
             _publish_image(_img(labels, a_img, np.uint16), map_path, what="lesion-id map")
+            self._pending.append(map_path)
             agreement_clean = {k: (None if isinstance(v_, float) and not np.isfinite(v_) else v_)
                                for k, v_ in agreement.items()}
             result = {
@@ -1277,6 +1306,7 @@ class Study:
             }
             cpath = cdir / f"{case_id}_compare_v{v:03d}.json"
             _publish_bytes((json.dumps(json_safe(result), indent=2) + "\n").encode("utf-8"), cpath, "comparison")
+            self._pending.append(cpath)
             rec = self._append(case_id, who=by, role="system", action="compare", what=result,
                                             why="; ".join(reasons) or "within thresholds")
             if not reasons and not self.settings.signoff_agreed:
@@ -1390,7 +1420,7 @@ class Study:
         elif choices or default or edited is not None or not dispute:
             result, decisions, report = self._decide(case_id, st, choices, default, edited, include_new,
                                                      LESION_CHOICES, edited_source=edited_source)
-        with _lock(self.case_dir(case_id), recovered=self._recovered):
+        with self._case_lock(case_id):
             st2 = self.state(case_id)
             if st2.status != st.status or len(st2.records) != len(st.records):
                 raise UserError(f"case {case_id} changed while deciding; run the review again")
@@ -1426,7 +1456,7 @@ class Study:
         result, decisions, report = self._decide(case_id, st, choices, default, edited, include_new,
                                                  ARBITRATION_CHOICES, review_mask=review_mask if uses_review else None,
                                                  edited_source=edited_source)
-        with _lock(self.case_dir(case_id), recovered=self._recovered):
+        with self._case_lock(case_id):
             st2 = self.state(case_id)
             if st2.status != "arbitration" or len(st2.records) != len(st.records):
                 raise UserError(f"case {case_id} changed while deciding; run the arbitration again")
@@ -1491,7 +1521,7 @@ class Study:
                 "reason": rec["reason"], "flagged": rec["flagged"], "flag_reasons": rec["flag_reasons"],
                 "usable": not rec["flagged"], "measured": measured, "snr_source": source["snr"],
                 "cnr_source": source["cnr"], "not_measurable": {k: v for k, v in nm.items() if v}}
-        with _lock(self.case_dir(case_id), recovered=self._recovered):
+        with self._case_lock(case_id):
             return self._append(case_id, who=reader_id, role="quality", action="quality", what=what,
                                              why=rec["reason"])
 
@@ -1600,7 +1630,7 @@ class Study:
         d = self.case_dir(case_id)
         problems: list[str] = []
         notices: list[str] = []
-        log = self._log(case_id)
+        log = self._log(case_id, strict=False)
         lv = log_verification(log)
         problems += [f"audit trail {log.path}: {p}" for p in lv["problems"]]
         notices += [f"audit trail {log.path}: {n}" for n in lv["notices"]]
