@@ -18,21 +18,35 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 
-# Everything imported here needs only numpy, SimpleITK, VTK and MRML (shipped with Slicer).
-# The science (pyradiomics, scikit-learn, torch) runs in a separate process
-# (HRMMPredictLib.slicer.predict_worker) and is imported in Slicer's process only by
-# HRMMPredictLogic.predict (scripting and the module test), never when Slicer starts.
-from ClinicalMRICommonLib import mrml_bridge
+# Start-up imports: the standard library, qt, vtk and slicer, plus standard-library-only
+# helpers (Testing/slicer_layer/test_startup_imports.py checks it). The panel's MRML logic
+# (HRMMPredictLib.slicer.panel_logic and panel_results, ClinicalMRICommonLib.mrml_bridge: numpy,
+# SimpleITK, MRML) is imported on first use. The science (pyradiomics, scikit-learn, torch)
+# runs in a separate process (HRMMPredictLib.slicer.predict_worker) and is imported in
+# Slicer's process only by HRMMPredictLogic.predict (scripting), never when Slicer starts.
+from ClinicalMRICommonLib import panel_support, segment_editor
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.mrml_bridge import (
-    register_layout,
-    segment_editor_node,
-    show_in_views,
-    slice_views_layout_xml,
-)
-from HRMMPredictLib.slicer import packages, panel_logic, panel_results, series_guess
-from HRMMPredictLib.slicer.predict_worker import worker_command
 from ClinicalMRICommonLib.process_runner import ProcessRunner, RunState
+from HRMMPredictLib.slicer import packages, series_guess
+from HRMMPredictLib.slicer.predict_worker import worker_command
+
+
+def _panelLogic():
+    from HRMMPredictLib.slicer import panel_logic
+
+    return panel_logic
+
+
+def _panelResults():
+    from HRMMPredictLib.slicer import panel_results
+
+    return panel_results
+
+
+def _mrmlBridge():
+    from ClinicalMRICommonLib import mrml_bridge
+
+    return mrml_bridge
 
 
 #
@@ -65,7 +79,9 @@ they differ, and the result says so.</li>
 <li>Choose a model bundle folder written by <code>hrmm train</code> (remembered); its date,
 cohort and AUCs are shown.</li>
 <li>Predict. The work runs in a separate process (Slicer stays usable; Cancel stops it). The
-first time, the Python packages it needs are installed after you confirm.</li>
+first time, the Python packages it needs (PyTorch too when the bundle has a deep model) are
+installed with pip after you confirm; nothing is imported into Slicer for that. An already
+installed PyTorch (e.g. a CUDA build from the PyTorch extension) is used as it is.</li>
 </ol>
 The result gives, for each model of the bundle (the fused model first), the probability of
 high risk and the class at the model's stored threshold, each selected feature's value
@@ -168,6 +184,8 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._bundleSummaryCache = {}
         self._summaryDirectory = None
         self._previewLabels = []
+        self._storedResultCache = (None, None)  # ((table ID, table MTime), result)
+        self._layoutManager = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -189,9 +207,9 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previewLabel.hide()
         self.ui.previewFrame.hide()
 
-        # The embedded Segment Editor has its own parameter node (a scene singleton).
-        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene,
-                                                                                 self.SEGMENT_EDITOR_TAG))
+        # The embedded Segment Editor has its own parameter node (a scene singleton, set by
+        # segment_editor.enter/bind); the .ui keeps its selectors visible.
+        segment_editor.setup(self.ui.segmentEditorWidget, slicer.mrmlScene, selectors_visible=True)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -205,11 +223,17 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.guessSeriesButton.connect("clicked(bool)", self.onGuessSeries)
         self.ui.showSeriesButton.connect("clicked(bool)", self.onShowSeries)
         self.ui.createRoiButton.connect("clicked(bool)", self.onCreateRoi)
-        self.ui.modelDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onModelDirectoryChanged)
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        # Side-by-side views are put back to their orientation when another layout is shown.
+        self._layoutManager = slicer.app.layoutManager()
+        if self._layoutManager is not None:
+            self._layoutManager.connect("layoutChanged(int)", self.onLayoutChanged)
 
         self.initializeParameterNode()
+        # Connected only now: while the parameter node is connected to the GUI the field
+        # shows its unset Path() as "." (which would have been remembered as a folder).
+        self.ui.modelDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onModelDirectoryChanged)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -220,23 +244,21 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if runner:
                 runner.close()  # never leave a prediction process behind
         self._removeJobFolder()
-        self.ui.segmentEditorWidget.setActiveEffect(None)
+        if self._layoutManager is not None:
+            self._layoutManager.disconnect("layoutChanged(int)", self.onLayoutChanged)
+        segment_editor.exit(self.ui.segmentEditorWidget)
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
+        segment_editor.enter(self.ui.segmentEditorWidget, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG)
         self.initializeParameterNode()
-        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene,
-                                                                                 self.SEGMENT_EDITOR_TAG))
-        self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.ui.segmentEditorWidget.updateWidgetFromMRML()
         self._updateSegmentEditorFromParameterNode()
         self._probeDevice()
 
     def exit(self) -> None:
         """Called each time the user opens a different module (a running prediction goes on)."""
-        self.ui.segmentEditorWidget.setActiveEffect(None)
-        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
-        self.ui.segmentEditorWidget.removeViewObservations()
+        segment_editor.exit(self.ui.segmentEditorWidget)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -247,16 +269,15 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.runner and self.runner.state == RunState.RUNNING:
             self.runner.cancel()  # its nodes are going away
         self.setParameterNode(None)
-        self.ui.segmentEditorWidget.setSegmentationNode(None)
-        self.ui.segmentEditorWidget.removeViewObservations()
+        segment_editor.release(self.ui.segmentEditorWidget)
+        self._storedResultCache = (None, None)
         self._clearResults()
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
         if self.parent.isEntered:
+            segment_editor.enter(self.ui.segmentEditorWidget, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG)
             self.initializeParameterNode()
-            self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene,
-                                                                                     self.SEGMENT_EDITOR_TAG))
 
     def onNodeAdded(self, caller, event) -> None:
         """A study being loaded: guess the sequences once the loading settles (empty selectors only)."""
@@ -269,9 +290,9 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
         self.setParameterNode(self.logic.getParameterNode())
-        if self._parameterNode and str(self._parameterNode.modelDirectory) in ("", "."):
+        if self._parameterNode and not panel_support.path_is_set(self._parameterNode.modelDirectory):
             last = qt.QSettings().value(self.LAST_MODEL_SETTING)
-            if last and pathlib.Path(last).is_dir():
+            if panel_support.path_is_set(last) and pathlib.Path(last).is_dir():
                 self._parameterNode.modelDirectory = pathlib.Path(last)
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -318,18 +339,22 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGui = True
         try:
             segmentation = self._parameterNode.roiSegmentation
-            if editor.segmentationNode() != segmentation:
-                editor.setSegmentationNode(segmentation)
+            source = None
+            if segmentation and editor.sourceVolumeNode() is None:
+                source = self._drawingVolume()
+            if editor.segmentationNode() != segmentation or source is not None:
+                # editor node, then segmentation, then source volume (the order the logic needs)
+                segment_editor.bind(editor, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG, segmentation, source)
             segmentId = self._parameterNode.roiSegmentId
             if segmentation and segmentId and editor.currentSegmentID() != segmentId:
                 editor.setCurrentSegmentID(segmentId)
-            if segmentation and editor.sourceVolumeNode() is None:
-                source = (self._parameterNode.t2Volume or self._parameterNode.t1Volume
-                          or self._parameterNode.fst2Volume)
-                if source:
-                    editor.setSourceVolumeNode(source)
         finally:
             self._updatingGui = False
+
+    def _drawingVolume(self):
+        """The series the ROI is drawn on: T2WI, else the first selected one."""
+        p = self._parameterNode
+        return (p.t2Volume or p.t1Volume or p.fst2Volume) if p else None
 
     def _updateResultTableViews(self) -> None:
         for view, node in ((self.ui.summaryTableView, self._parameterNode.summaryTable if self._parameterNode else None),
@@ -394,26 +419,30 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             items=", ".join(missing)) if missing else _("Series chosen from their names; check them."))
 
     def onShowSeries(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not show the series."), waitCursor=True):
-            self.logic.showSeriesSideBySide(self._parameterNode, self.LAYOUT_ID)
+        panel_support.run_action(_("Could not show the series."), self.logic.showSeriesSideBySide,
+                                 self._parameterNode, self.LAYOUT_ID)
+
+    def onLayoutChanged(self, layoutId) -> None:
+        """Another layout: the side-by-side's sagittal Red and Green views go back to axial/coronal."""
+        self.logic.layoutChanged(layoutId)
 
     def onCreateRoi(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not create the ROI segment."), waitCursor=True):
-            segmentation, segmentId = self.logic.createRoiSegment(self._parameterNode)
-            self._setRoiInParameterNode(segmentation, segmentId)
-            editor = self.ui.segmentEditorWidget
-            editor.setSegmentationNode(segmentation)
-            editor.setSourceVolumeNode(self._parameterNode.t2Volume or self._parameterNode.t1Volume
-                                       or self._parameterNode.fst2Volume)
-            editor.setCurrentSegmentID(segmentId)
-            self.ui.roiCollapsibleButton.collapsed = False
-            editor.setActiveEffectByName("Paint")
+        panel_support.run_action(_("Could not create the ROI segment."), self._createRoi)
+
+    def _createRoi(self) -> None:
+        segmentation, segmentId = self.logic.createRoiSegment(self._parameterNode)
+        self._setRoiInParameterNode(segmentation, segmentId)
+        editor = self.ui.segmentEditorWidget
+        segment_editor.bind(editor, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG, segmentation, self._drawingVolume())
+        editor.setCurrentSegmentID(segmentId)
+        self.ui.roiCollapsibleButton.collapsed = False
+        editor.setActiveEffectByName("Paint")
 
     # -- model bundle and device -------------------------------------------------------
 
     def onModelDirectoryChanged(self, path) -> None:
         # (may run before the parameter node has the new path: use the signal's)
-        if path and pathlib.Path(path).is_dir():
+        if panel_support.path_is_set(path) and pathlib.Path(path).is_dir():
             qt.QSettings().setValue(self.LAST_MODEL_SETTING, path)
         self._updateModelSummary(path)
 
@@ -423,7 +452,7 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if directory is None:
             directory = self._parameterNode.modelDirectory if self._parameterNode else None
         self._summaryDirectory = str(directory) if directory is not None else None
-        if directory is None or str(directory) in ("", "."):
+        if not panel_support.path_is_set(directory):
             self.ui.modelSummaryLabel.text = _("No model bundle selected.")
             return
         try:
@@ -439,7 +468,9 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "The bundle can be checked once the Python packages are installed (Predict offers to install "
                 "them; missing: {name}).").format(name=exc.name)
         else:
-            self.ui.modelSummaryLabel.text = "\n".join(panel_results.bundle_summary_lines(self._bundleSummary))
+            self.ui.modelSummaryLabel.text = "\n".join(_panelResults().bundle_summary_lines(self._bundleSummary))
+            if panel_support.path_or_none(self.ui.modelDirectoryPathLineEdit.currentPath) == pathlib.Path(directory):
+                panel_support.remember_path(self.ui.modelDirectoryPathLineEdit)  # a verified bundle: into its history
         self._updateDeviceInfo()
         self._updateButtons()
 
@@ -463,7 +494,7 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         info = self._deviceInfo
         if info is None:
             return
-        needsTorch = self._bundleSummary is not None and panel_results.bundle_has_deep_model(self._bundleSummary)
+        needsTorch = self._bundleSummary is not None and _panelResults().bundle_has_deep_model(self._bundleSummary)
         if info.get("gpu"):
             text = _("GPU found: {gpu}.").format(gpu=info["gpu"])
         else:
@@ -515,8 +546,9 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self.runner.state.busy:
             return
-        with slicer.util.tryWithErrorDisplay(_("Prediction could not start."), waitCursor=True):
-            self._startPrediction()
+        ok, _started = panel_support.run_action(_("Prediction could not start."), self._startPrediction)
+        if not ok and not self.runner.state.busy:
+            self._removeJobFolder()  # nothing runs in it
         self._updateButtons()
 
     def _startPrediction(self) -> None:
@@ -524,7 +556,7 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if reason:
             raise UserError(reason)
         # The packages first (the bundle's model kinds decide which), then the bundle's checks.
-        self.logic.ensurePythonPackages(panel_results.manifest_model_kinds(self._parameterNode.modelDirectory))
+        self.logic.ensurePythonPackages(_panelResults().manifest_model_kinds(self._parameterNode.modelDirectory))
         if self._deviceInfo is not None and not self._deviceInfo.get("torch") and importlib.util.find_spec("torch"):
             self._deviceInfo = None  # PyTorch was just installed: ask again what it finds
             self._probeDevice()
@@ -610,13 +642,21 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- results -----------------------------------------------------------------------
 
     def _storedResult(self):
+        """The result kept in the summary table, parsed once per change of the table (it is
+        asked for on every poll of a running prediction; the JSON carries the previews)."""
         table = self._parameterNode.summaryTable if self._parameterNode else None
         if table is None or table.GetScene() is None:
             return None
+        key = (table.GetID(), table.GetMTime())  # SetAttribute and new rows modify the node
+        cachedKey, cached = self._storedResultCache
+        if key == cachedKey:
+            return cached
         try:
-            return panel_logic.result_from_table_node(table)
+            result = _panelLogic().result_from_table_node(table)
         except UserError:
-            return None
+            result = None
+        self._storedResultCache = (key, result)
+        return result
 
     def _showStoredResult(self) -> None:
         """Show the result kept in the summary table (e.g. after the scene was reloaded)."""
@@ -637,6 +677,7 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setPreviews([])
 
     def _showResult(self, result) -> None:
+        panel_results = _panelResults()
         lines = panel_results.result_lines(result)
         self.ui.resultLabel.text = "\n".join(lines)
         self.ui.warningsLabel.text = "\n".join(_("Warning: {text}").format(text=w) for w in result.get("warnings", []))
@@ -671,8 +712,8 @@ class HRMMPredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if pathlib.Path(path).suffix.lower() not in (".json", ".csv"):
             path += ".json"
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
-            panel_results.export_result(result, path)
+        ok, _saved = panel_support.run_action(_("Export failed."), _panelResults().export_result, result, path)
+        if ok:
             self._showStatus(_("Saved {path}").format(path=path))
 
 
@@ -695,6 +736,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self._panelLayout = None  # the side-by-side layout, once shown
 
     def getParameterNode(self):
         return HRMMPredictParameterNode(super().getParameterNode())
@@ -708,19 +750,21 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
                 missing.append(label)
         if not parameterNode.roiSegmentation or not parameterNode.roiSegmentId:
             missing.append(_("ROI segment"))
-        directory = parameterNode.modelDirectory
-        if str(directory) in ("", ".") or not pathlib.Path(directory).is_dir():
+        directory = panel_support.path_or_none(parameterNode.modelDirectory)
+        if directory is None or not directory.is_dir():
             missing.append(_("model bundle folder"))
         if not missing:
             return ""
         return _("Select: {items}.").format(items=", ".join(missing))
 
     def volumesByKey(self, parameterNode) -> dict:
-        return {"t1": parameterNode.t1Volume, "t2": parameterNode.t2Volume, "fst2": parameterNode.fst2Volume}
+        """``{"t1": node, "t2": node, "fst2": node}`` (HRMMPredictLib.slicer.panel_logic.volumes_by_key)."""
+        return _panelLogic().volumes_by_key(parameterNode)
 
-    def readCase(self, parameterNode, progress=None) -> "panel_logic.CaseImages":
-        """The three sequences as SimpleITK images and the ROI exported onto each one's grid."""
-        return panel_logic.case_images_from_nodes(
+    def readCase(self, parameterNode, progress=None):
+        """The three sequences as SimpleITK images and the ROI exported onto each one's grid
+        (a HRMMPredictLib.slicer.panel_logic.CaseImages)."""
+        return _panelLogic().case_images_from_nodes(
             self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
             labels=self.LABELS, progress=progress)
 
@@ -731,7 +775,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         description) with HRMMPredictLib.slicer.series_guess; only empty fields unless ``overwrite``.
         Returns role -> SeriesGuess or None."""
         guesses = series_guess.guess_sequences(descriptions)
-        fields = {"t1": "t1Volume", "t2": "t2Volume", "fst2": "fst2Volume"}
+        fields = _panelLogic().SEQUENCE_FIELDS
         wasModifying = parameterNode.StartModify()
         try:
             for role, guess in guesses.items():
@@ -745,19 +789,25 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         return guesses
 
     def showSeriesSideBySide(self, parameterNode, layoutId: int) -> None:
-        """T1WI | T2WI | FS-T2WI in three linked sagittal views."""
-        layoutManager = slicer.app.layoutManager()
-        register_layout(layoutManager.layoutLogic().GetLayoutNode(), layoutId,
-                        slice_views_layout_xml(orientation="Sagittal"))
-        layoutManager.setLayout(layoutId)
-        assignment = {}
-        for view, node in zip(("Red", "Yellow", "Green"), self.volumesByKey(parameterNode).values()):
-            if node:
-                assignment[view] = {"background": node, "orientation": "Sagittal"}
+        """T1WI | T2WI | FS-T2WI in three linked sagittal views (the existing Red, Yellow and
+        Green slice nodes are oriented: a layout description's orientation only reaches views
+        the layout logic creates; :meth:`layoutChanged` puts them back)."""
+        pl = _panelLogic()
+        assignment = pl.side_by_side_assignment(self.volumesByKey(parameterNode))
         if not assignment:
             raise UserError(_("Select the series first."))
-        show_in_views(slicer.mrmlScene, assignment)
+        if self._panelLayout is None or self._panelLayout.layout_id != int(layoutId):
+            self._panelLayout = pl.panel_layout(layoutId)
+        layoutManager = slicer.app.layoutManager()
+        self._panelLayout.show(layoutManager.layoutLogic().GetLayoutNode(), slicer.mrmlScene, assignment)
         slicer.util.resetSliceViews()
+
+    def layoutChanged(self, layoutId: int) -> list:
+        """After a layout switch (``layoutChanged(int)``): the views the side-by-side re-oriented
+        go back to their default orientation; returns them."""
+        if self._panelLayout is None:
+            return []
+        return self._panelLayout.layout_changed(slicer.mrmlScene, layoutId)
 
     def createRoiSegment(self, parameterNode):
         """A new segmentation with an empty "ROI" segment on the T2WI grid (or the first
@@ -765,7 +815,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         reference = parameterNode.t2Volume or parameterNode.t1Volume or parameterNode.fst2Volume
         if not reference:
             raise UserError(_("Select the series first: the ROI is drawn on one of them."))
-        return panel_logic.create_roi_segment(reference, scene=slicer.mrmlScene)
+        return _panelLogic().create_roi_segment(reference, scene=slicer.mrmlScene)
 
     # -- model bundle and packages
 
@@ -779,51 +829,18 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
 
     def ensurePythonPackages(self, modelKinds=("radiomics",)) -> None:
         """Install what the prediction process needs, after the user's confirmation (first
-        use only; nothing is installed when everything is there). PyTorch comes from the
-        PyTorch extension (PyTorchUtils: the CUDA build matching the driver) when it is
-        installed; the rest from PyPI with slicer.packaging.pip_ensure (Slicer 5.12+) or
-        slicer.util.pip_install."""
-        importlib.invalidate_caches()
-        needed = packages.requirements_for(modelKinds)
-        missing = packages.missing_requirements(needed)
-        if not missing:
-            return
-        torchMissing = [m for m in missing if m.requirement == packages.TORCH]
-        others = [m for m in missing if m.requirement != packages.TORCH]
-        if torchMissing:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                PyTorchUtils = None
-            if PyTorchUtils is not None:
-                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                if torchLogic.installTorch(askConfirmation=True,
-                                           torchVersionRequirement=packages.TORCH.spec[len("torch"):]) is None:
-                    raise UserError(_("PyTorch was not installed; the bundle's deep model needs it."))
-            else:  # plain PyPI wheel: CUDA on Linux, CPU-only on Windows and macOS
-                others = torchMissing + others
-        if others:
-            specs = [m.requirement.spec for m in others]
-            packaging = getattr(slicer, "packaging", None)
-            if packaging is not None and hasattr(packaging, "pip_ensure"):
-                try:
-                    packaging.pip_ensure(specs, requester=self.REQUESTER)
-                except RuntimeError as exc:  # declined
-                    raise UserError(_("The Python packages were not installed ({reason}).").format(reason=exc))
-            else:
-                if not slicer.util.confirmOkCancelDisplay(
-                        _("HRMM Predict needs these Python packages, which are not installed yet. Install them "
-                          "now? (This needs a network connection and may take several minutes.)"),
-                        _("{requester} - Install Python Packages").format(requester=self.REQUESTER),
-                        detailedText="\n".join(str(m) for m in others)):
-                    raise UserError(_("The Python packages were not installed (declined)."))
-                with slicer.util.WaitCursor():
-                    slicer.util.pip_install(specs)
-        importlib.invalidate_caches()
-        still = packages.missing_requirements(needed)
-        if still:
-            raise UserError(_("Still missing after installation: {items}. Restart Slicer and try again.").format(
-                items=", ".join(str(m) for m in still)))
+        use only; nothing is installed when everything is there), with the extension's one
+        installer (ClinicalMRICommonLib.slicer_packages: ``slicer.packaging.pip_ensure`` on
+        Slicer 5.12+, confirmation + ``slicer.util.pip_install`` on 5.10, never in testing
+        mode). PyTorch is installed the same way, with pip, and is never imported into
+        Slicer's process (PyTorchUtilsLogic.installTorch would import it there): the deep
+        model and the GPU probe run in the worker process. An installed PyTorch that meets
+        the bound (e.g. the CUDA build the PyTorch extension installed) is kept as it is;
+        PyPI's wheel is a CUDA build on Linux and CPU-only on Windows and macOS."""
+        from ClinicalMRICommonLib import slicer_packages
+
+        slicer_packages.ensure_packages(packages.requirements_for(modelKinds), self.REQUESTER,
+                                        _("predict with this model bundle"))
 
     # -- prediction
 
@@ -846,14 +863,14 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         reason = self.missingInputs(parameterNode)
         if reason:
             raise UserError(reason)
-        return panel_logic.write_prediction_request(
+        return _panelLogic().write_prediction_request(
             self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
             parameterNode.modelDirectory, folder, device=parameterNode.device.value, progress=progress)
 
     def importResult(self, parameterNode, resultPath) -> dict:
         """Fill the result tables from the worker's result file; returns the result."""
         self.ensureResultTables(parameterNode)
-        return panel_logic.import_prediction_result(resultPath, parameterNode.summaryTable,
+        return _panelLogic().import_prediction_result(resultPath, parameterNode.summaryTable,
                                                     parameterNode.featureTable)
 
     def predictInBackground(self, parameterNode, folder, runner=None, timeout=600.0, progress=None) -> dict:
@@ -888,7 +905,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
             raise UserError(reason)
         self.ensureResultTables(parameterNode)
         logging.info("HRMMPredict: predicting with model bundle %s", parameterNode.modelDirectory)
-        return panel_logic.predict_from_nodes(
+        return _panelLogic().predict_from_nodes(
             self.volumesByKey(parameterNode), parameterNode.roiSegmentation, parameterNode.roiSegmentId,
             parameterNode.modelDirectory, device=parameterNode.device.value,
             summary_table=parameterNode.summaryTable, feature_table=parameterNode.featureTable, progress=progress)
@@ -933,11 +950,11 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
                                 sitk.sitkLinear, t1.GetOrigin(), (0.5, 0.5, t1.GetSpacing()[2]), t1.GetDirection(),
                                 0.0, t1.GetPixelID())
         nodes = {
-            "t1": mrml_bridge.sitk_to_volume_node(finerT1, "3: t1_tse_sag", scene=slicer.mrmlScene),
-            "t2": mrml_bridge.sitk_to_volume_node(case["t2"], "4: T2 TSE SAG", scene=slicer.mrmlScene),
-            "fst2": mrml_bridge.sitk_to_volume_node(case["fst2"], "5: t2_tirm_sag", scene=slicer.mrmlScene),
+            "t1": _mrmlBridge().sitk_to_volume_node(finerT1, "3: t1_tse_sag", scene=slicer.mrmlScene),
+            "t2": _mrmlBridge().sitk_to_volume_node(case["t2"], "4: T2 TSE SAG", scene=slicer.mrmlScene),
+            "fst2": _mrmlBridge().sitk_to_volume_node(case["fst2"], "5: t2_tirm_sag", scene=slicer.mrmlScene),
         }
-        labelmap = mrml_bridge.sitk_to_volume_node(case["roi"], "roi", scene=slicer.mrmlScene, labelmap=True)
+        labelmap = _mrmlBridge().sitk_to_volume_node(case["roi"], "roi", scene=slicer.mrmlScene, labelmap=True)
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ROI")
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
         slicer.mrmlScene.RemoveNode(labelmap)
@@ -1079,7 +1096,7 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
             expected = json.loads(cli.stdout)
             for key in ("model", "probability", "class", "threshold", "models", "features", "warnings"):
                 self.assertEqual(panel[key], expected[key], key)
-            rows = mrml_bridge.table_node_to_rows(parameterNode.summaryTable)
+            rows = _mrmlBridge().table_node_to_rows(parameterNode.summaryTable)
             self.assertEqual(rows[0]["model"], expected["model"])
             self.assertEqual(rows[0]["probability"], expected["probability"])
         finally:

@@ -23,7 +23,7 @@ voxels) raises :class:`ClinicalMRICommonLib.errors.UserError` with a one-line me
 node and saying what to do.
 
 The generic segment, view, layout and Segment Editor helpers of the three panels live here
-(used by AnnotationQCLib.panel_logic, StrokeLesionLib.panel_logic, HRMMPredictLib.mrml_bridge
+(used by AnnotationQCLib.panel_logic, StrokeLesionLib.panel_logic, HRMMPredictLib.slicer.panel_logic
 and the module files).
 """
 

@@ -2,12 +2,13 @@
 panel does the asking and installing).
 
 Slicer ships numpy, SimpleITK and VTK. The rest is installed on first use, after the user
-confirms, never when Slicer starts: with ``slicer.packaging.pip_ensure`` (Slicer 5.12+) or
-``slicer.util.pip_install`` (earlier). PyTorch is not in :data:`REQUIREMENTS`: the right
-build (CUDA or CPU) depends on the computer, so the panel installs it through the PyTorch
-extension (``PyTorchUtils``) when that is installed, which picks the CUDA build that matches
-the driver (light-the-torch). The lower bounds are those of the project's pyproject.toml
-(a test keeps them in step).
+confirms, never when Slicer starts, by :func:`ClinicalMRICommonLib.slicer_packages.ensure_packages`
+(``slicer.packaging.pip_ensure`` on Slicer 5.12+, ``slicer.util.pip_install`` on 5.10).
+PyTorch (:data:`TORCH`, only for bundles with a deep model) goes the same way: pip, without
+importing it into Slicer's process (the PyTorch extension's ``installTorch`` imports torch
+there; the deep model and the GPU probe run in the worker process only). A torch that is
+already installed and meets the bound (e.g. the CUDA build the PyTorch extension chose) is
+kept. The lower bounds are those of the project's pyproject.toml (a test keeps them in step).
 
 This module holds HRMMPredict's requirement sets only; the requirement type and the check
 (:func:`ClinicalMRICommonLib.slicer_packages.missing_requirements`: ``find_spec`` for the

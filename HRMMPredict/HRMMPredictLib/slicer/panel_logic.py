@@ -20,6 +20,7 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import json_safe
 from ClinicalMRICommonLib.grids import same_grid
 from ClinicalMRICommonLib.mrml_bridge import (
+    PanelLayout,
     require_in_scene,
     results_to_table_node,
     segment_to_sitk_mask,
@@ -31,17 +32,50 @@ from HRMMPredictLib.slicer.predict_worker import add_case_info, write_request
 from HRMMPredictLib.sequences import SEQUENCE_LABELS
 
 __all__ = [
+    "LAYOUT_VIEWS",
     "RESULT_ATTRIBUTE",
+    "SEQUENCE_FIELDS",
     "CaseImages",
     "case_images_from_nodes",
     "create_roi_segment",
     "import_prediction_result",
+    "panel_layout",
     "predict_from_nodes",
     "prediction_summary_rows",
     "result_from_table_node",
+    "side_by_side_assignment",
+    "volumes_by_key",
     "write_prediction_request",
     "write_result_tables",
 ]
+
+
+# ---------------------------------------------------------------------------------------
+# The panel's parameter node -> the library's sequence keys
+
+#: sequence key (HRMMPredictLib.sequences) -> the HRMMPredict parameter-node field holding its volume
+SEQUENCE_FIELDS = {"t1": "t1Volume", "t2": "t2Volume", "fst2": "fst2Volume"}
+#: the side-by-side views, in the order of SEQUENCE_FIELDS: T1WI | T2WI | FS-T2WI
+LAYOUT_VIEWS = ("Red", "Yellow", "Green")
+
+
+def volumes_by_key(parameter_node) -> dict[str, object]:
+    """``{"t1": node, "t2": node, "fst2": node}`` from the panel's parameter node (each
+    sequence key from its own field; None where nothing is selected)."""
+    return {key: getattr(parameter_node, name) for key, name in SEQUENCE_FIELDS.items()}
+
+
+def panel_layout(layout_id: int) -> PanelLayout:
+    """The side-by-side layout: three sagittal slice views (Red, Yellow, Green), put back to
+    their default orientation once the user switches to another layout."""
+    return PanelLayout(layout_id, LAYOUT_VIEWS, "Sagittal")
+
+
+def side_by_side_assignment(volumes: Mapping[str, object]) -> dict:
+    """Which volume goes into which view (T1WI Red, T2WI Yellow, FS-T2WI Green); views of
+    unselected sequences are left out."""
+    return {view: {"background": volumes.get(key), "orientation": "Sagittal"}
+            for view, key in zip(LAYOUT_VIEWS, SEQUENCE_FIELDS) if volumes.get(key) is not None}
 
 
 # ---------------------------------------------------------------------------------------

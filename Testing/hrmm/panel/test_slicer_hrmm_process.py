@@ -26,7 +26,7 @@ from ClinicalMRICommonLib.process_runner import (
 )
 from HRMMPredictLib.slicer.predict_worker import REQUEST_NAME, read_request, worker_command
 
-SRC = Path(__file__).resolve().parents[3]  # the project (Testing/hrmm/slicer/this file)
+SRC = Path(__file__).resolve().parents[3]  # the project (Testing/hrmm/panel/this file)
 LIB_PATHS = [str(SRC / "HRMMPredict"), str(SRC / "ClinicalMRICommon")]
 TIMEOUT = 30.0
 

@@ -30,7 +30,7 @@ from HRMMPredictLib.slicer.panel_results import (
 )
 from HRMMPredictLib.slicer.series_guess import guess_sequences, role_scores
 
-ROOT = Path(__file__).resolve().parents[3]  # the project (Testing/hrmm/slicer/this file)
+ROOT = Path(__file__).resolve().parents[3]  # the project (Testing/hrmm/panel/this file)
 
 
 # ---------------------------------------------------------------------------------------
