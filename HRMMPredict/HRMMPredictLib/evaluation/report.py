@@ -1,24 +1,26 @@
 """Model evaluation across cohorts and its human-readable report.
 
 :func:`evaluate_models` computes, for every set (training, validation, external ...) and
-every model, the statistics of :mod:`HRMMPredictLib.evaluation.stats`: AUC with DeLong CI and ROC
-points, classification metrics at the threshold fixed on training data (Wilson CIs),
-calibration (reliability curve, Brier, slope, calibration-in-the-large, Hosmer-Lemeshow)
-and the decision curve; and per set the paired DeLong test for every pair of models.
+every model the set has probabilities for, the statistics of
+:mod:`HRMMPredictLib.evaluation.stats`: AUC with DeLong CI and ROC points, classification
+metrics and the 2x2 confusion table at the threshold fixed on training data (Wilson CIs),
+calibration (reliability curve, Brier, slope, calibration-in-the-large, Hosmer-Lemeshow on
+the same groups as the curve) and the decision curve; and per set the paired DeLong test
+for every pair of models, with Holm-adjusted p-values. Statistics that a set is too small
+or too degenerate to estimate carry ``not_estimable`` (the reason) next to their raw values;
+the report prints the reason instead of the numbers (rules: :data:`ESTIMABILITY_RULES`).
 
-:func:`write_evaluation_report` writes ``index.html`` (one self-contained file: PNG plots
-embedded as base64, inline CSS, no scripts, no network resources) and ``metrics.json``
-(the same numbers, strict JSON with null for undefined values), each atomically.
+:func:`write_evaluation_report` writes ``index.html`` (one self-contained page built with
+:mod:`ClinicalMRICommonLib.report`: PNG plots embedded, inline CSS, no scripts, no network
+resources) and ``metrics.json`` (the same numbers, strict JSON with null for undefined
+values), each atomically.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import html
-import io
 import itertools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -30,9 +32,39 @@ from ClinicalMRICommonLib.files import json_safe, write_text_atomic
 
 from . import stats
 
-__all__ = ["evaluate_models", "thresholds_from_training", "write_evaluation_report", "DEFINITIONS"]
+__all__ = ["evaluate_models", "thresholds_from_training", "write_evaluation_report", "build_report",
+           "DEFINITIONS", "ESTIMABILITY_RULES", "MIN_PER_CLASS_CI", "MIN_PER_CLASS_CALIBRATION",
+           "MIN_PER_GROUP", "MAX_ABS_SLOPE", "MAX_SLOPE_SE", "DCA_PLOT_RANGE", "feature_class"]
 
 REQUIRED_COLUMNS = ("label", "patient_id", "lesion_id")
+
+#: AUC CIs and DeLong tests need at least this many lesions of EACH class.
+MIN_PER_CLASS_CI = 5
+#: Calibration slope / intercept need at least this many lesions of each class.
+MIN_PER_CLASS_CALIBRATION = 10
+#: Lesions per calibration group (reliability curve and Hosmer-Lemeshow share the groups).
+MIN_PER_GROUP = 10
+#: A fitted calibration slope beyond this magnitude, or with a larger standard error, is
+#: near-separation, not a calibration estimate.
+MAX_ABS_SLOPE = 10.0
+MAX_SLOPE_SE = 5.0
+#: Lesions per class below which a set is called small (a warning).
+SMALL_SET_PER_CLASS = 10
+#: Threshold probabilities shown on the decision-curve plot (all of 0..0.99 are in metrics.json).
+DCA_PLOT_RANGE = (0.0, 0.6)
+
+ESTIMABILITY_RULES = {
+    "auc_ci": f"AUC 95% CI and the paired DeLong test: at least {MIN_PER_CLASS_CI} lesions of each class and a "
+              "DeLong variance above 0 (a variance of 0 - every positive above every negative, or both models "
+              "identical - gives a CI of zero width, which is not an interval estimate).",
+    "calibration": f"Calibration slope and calibration-in-the-large: at least {MIN_PER_CLASS_CALIBRATION} lesions "
+                   "of each class, a logistic fit that converges (no separation), and a slope with "
+                   f"|slope| <= {MAX_ABS_SLOPE:g} and SE <= {MAX_SLOPE_SE:g} (beyond that the fit is "
+                   "near-separation).",
+    "groups": f"Reliability curve and Hosmer-Lemeshow use the same quantile groups: g = min(10, floor(n / "
+              f"{MIN_PER_GROUP})) so each group has about {MIN_PER_GROUP} lesions or more (ties can merge "
+              "groups); Hosmer-Lemeshow needs at least 3 realised groups (df = groups - 2 >= 1).",
+}
 
 DEFINITIONS = {
     "unit": "Every statistic is computed per lesion (one row per lesion). Lesions of one patient are "
@@ -40,21 +72,22 @@ DEFINITIONS = {
     "auc": "ROC AUC; 95% CI = AUC +/- 1.96 SE from the DeLong variance (midranks for ties), clipped to "
            "[0, 1] as in R pROC.",
     "delong": "Paired DeLong test of AUC(A) - AUC(B) on the same lesions: Z, two-sided p, 95% CI of the "
-              "difference.",
+              "difference; Holm-adjusted p over the comparisons of one set.",
     "threshold": "Positive if predicted probability >= threshold. Each model's threshold was fixed on "
                  "training data (Youden J) and is not re-optimised on any other set.",
     "proportions": "Sensitivity, specificity, accuracy, PPV and NPV with Wilson score 95% CIs.",
-    "calibration_curve": "Observed fraction of positives against mean predicted probability in bins at the "
-                         "quantiles of the predictions (duplicates removed), each with a Wilson 95% CI.",
+    "calibration_curve": "Observed fraction of positives against mean predicted probability in groups at the "
+                         "quantiles of the predictions (the Hosmer-Lemeshow groups), each with a Wilson 95% CI.",
     "brier": "Brier score: mean of (p - y)^2 (0 is perfect; 0.25 is an uninformative 0.5 prediction).",
     "calibration_slope": "Slope b of the logistic recalibration logit(P(y=1)) = a + b logit(p) (ideal 1; "
                          "below 1: predictions too extreme).",
     "calibration_intercept": "Calibration-in-the-large: a with b fixed at 1, logit(p) as offset (ideal 0; "
                              "above 0: risks under-estimated). p clipped to [1e-8, 1-1e-8].",
     "hosmer_lemeshow": "Hosmer-Lemeshow test with R ResourceSelection hoslem.test grouping (quantile cut "
-                       "points, unique breaks), df = realised groups - 2.",
+                       "points, unique breaks), df = realised groups - 2, on the calibration curve's groups.",
     "dca": "Net benefit NB = TP/n - FP/n * pt/(1-pt), treating when predicted risk >= pt; treat-all and "
            "treat-none for reference (R dcurves conventions).",
+    **{f"not_estimable_{k}": v for k, v in ESTIMABILITY_RULES.items()},
 }
 
 
@@ -91,7 +124,7 @@ def _optional(fn, *args, **kwargs) -> dict:
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc), "not_estimable": str(exc)}
 
 
 def thresholds_from_training(train, models: Sequence[str]) -> dict:
@@ -100,19 +133,92 @@ def thresholds_from_training(train, models: Sequence[str]) -> dict:
     return {m: stats.youden_threshold(y, probs[m], name=f"training model '{m}'")["threshold"] for m in models}
 
 
+def calibration_groups(n: int) -> int:
+    """The number of quantile groups of the reliability curve and Hosmer-Lemeshow:
+    min(10, floor(n / MIN_PER_GROUP)), at least 1."""
+    return int(max(1, min(10, n // MIN_PER_GROUP)))
+
+
+def _class_rule(n_pos: int, n_neg: int, need: int, what: str) -> str | None:
+    if min(n_pos, n_neg) < need:
+        return (f"{n_pos} positive and {n_neg} negative lesions; {what} needs at least {need} of each class")
+    return None
+
+
+def _auc_estimability(auc: dict) -> str | None:
+    rule = _class_rule(auc["n_positive"], auc["n_negative"], MIN_PER_CLASS_CI, "a CI")
+    if rule:
+        return rule
+    if auc["se"] <= 0.0:
+        return (f"DeLong variance is 0 (AUC {auc['auc']:.3f}: every positive ranked above every negative, "
+                "or the reverse); a zero-width interval is not an estimate")
+    return None
+
+
+def _delong_estimability(d: dict, n_pos: int, n_neg: int) -> str | None:
+    rule = _class_rule(n_pos, n_neg, MIN_PER_CLASS_CI, "the DeLong test")
+    if rule:
+        return rule
+    if d["se_diff"] <= 0.0:
+        return ("the variance of the AUC difference is 0 (both models rank the lesions identically or both "
+                "separate them perfectly); no test is possible")
+    return None
+
+
+def _recalibration(y: np.ndarray, p: np.ndarray, label: str) -> dict:
+    rec = _optional(stats.calibration_slope_intercept, y, p, name=label)
+    rule = _class_rule(int(y.sum()), int(y.size - y.sum()), MIN_PER_CLASS_CALIBRATION, "a calibration slope")
+    if rule is None and "error" in rec:
+        rule = f"no calibration fit: {rec['error']}"
+    if rule is None:
+        se = (rec["slope_ci95"][1] - rec["slope_ci95"][0]) / (2 * stats.Z95)
+        if abs(rec["slope"]) > MAX_ABS_SLOPE or se > MAX_SLOPE_SE:
+            rule = (f"slope {rec['slope']:.1f} with SE {se:.1f} is outside the plausible range "
+                    f"(|slope| <= {MAX_ABS_SLOPE:g}, SE <= {MAX_SLOPE_SE:g}): near-separation")
+    if rule:
+        rec["not_estimable"] = rule
+    return rec
+
+
+def _hosmer_lemeshow(y: np.ndarray, p: np.ndarray, g: int, label: str) -> dict:
+    if g < 3:
+        return {"not_estimable": f"{y.size} lesions give {g} group(s) of at least {MIN_PER_GROUP}; the test "
+                                 "needs at least 3 groups", "g_requested": int(g)}
+    return _optional(stats.hosmer_lemeshow, y, p, g, name=label)
+
+
+def holm_adjust(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm step-down adjusted p-values (None stays None and does not count)."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    k = len(order)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (k - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
+
+
 def evaluate_models(sets: Mapping[str, "object"], models: Sequence[str], thresholds: Mapping[str, float], *,
                     dca_thresholds: Iterable[float] | None = None, calibration_bins: int | None = None,
-                    calibration_strategy: str = "quantile", hl_groups: int = 10) -> dict:
+                    calibration_strategy: str = "quantile", hl_groups: int | None = None,
+                    set_models: Mapping[str, Sequence[str]] | None = None,
+                    unavailable: Mapping[str, Mapping[str, str]] | None = None,
+                    descriptions: Mapping[str, str] | None = None) -> dict:
     """Every statistic for every set and model.
 
     ``sets``: set name -> DataFrame with ``label`` (0/1), ``patient_id``, ``lesion_id`` and one
     probability column per model. ``thresholds``: model -> threshold fixed on training data.
+    ``set_models``: set -> the models that set has probabilities for (default: all);
+    ``unavailable``: set -> model -> why it has none (shown as "not available: reason");
+    ``descriptions``: set -> what its probabilities are (e.g. "apparent (resubstitution)").
     Returns a JSON-ready dict ``{"models", "thresholds", "set_order", "sets": {name: {"summary",
-    "models": {model: {...}}, "delong": [...]}}, "checks", "options", "definitions"}``.
-    Calibration slope/intercept and Hosmer-Lemeshow that are undefined for a set (perfect
-    separation, too few distinct predictions) carry ``{"error": reason}`` instead.
-    ``calibration_bins=None`` picks about 10 lesions per reliability bin (3 to 10 bins), so
-    small validation sets do not show 10 bins of 5 lesions each.
+    "models": {model: {...}}, "unavailable", "delong": [...]}}, "checks", "warnings",
+    "options", "definitions", "rules"}``.
+    Statistics a set cannot estimate (rules: :data:`ESTIMABILITY_RULES`) keep their raw values
+    and carry ``not_estimable``: the reason. ``calibration_bins`` / ``hl_groups`` None: the
+    shared groups :func:`calibration_groups` (about 10 lesions each).
     """
     models = [str(m) for m in models]
     if not models:
@@ -131,49 +237,80 @@ def evaluate_models(sets: Mapping[str, "object"], models: Sequence[str], thresho
         thr[m] = t
     grid = list(np.round(np.arange(100) / 100.0, 2)) if dca_thresholds is None else list(dca_thresholds)
     grid = stats.decision_curve([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], grid)["threshold"]  # validates the grid
+    set_models = dict(set_models or {})
+    unavailable = {str(k): dict(v) for k, v in (unavailable or {}).items()}
+    descriptions = dict(descriptions or {})
 
     out_sets: dict = {}
     patients: dict[str, set] = {}
     lesions: dict[str, set] = {}
+    warnings: list[str] = []
     for name, df in sets.items():
         name = str(name)
-        y, probs = _check_set(name, df, models)
+        here = [m for m in models if m in set(map(str, set_models.get(name, models)))]
+        unknown = [str(m) for m in set_models.get(name, models) if str(m) not in models]
+        if unknown:
+            raise UserError(f"set '{name}' names model(s) {', '.join(unknown)} that are not evaluated")
+        if not here:
+            raise UserError(f"set '{name}' has no model to evaluate")
+        y, probs = _check_set(name, df, here)
         pid = df["patient_id"].astype(str)
         patients[name] = set(pid)
         lesions[name] = set(zip(pid, df["lesion_id"].astype(str)))
         per_patient = pid.value_counts()
-        summary = {"lesions": int(y.size), "patients": int(pid.nunique()), "positives": int(y.sum()),
-                   "negatives": int(y.size - y.sum()), "prevalence": float(y.mean()),
-                   "max_lesions_per_patient": int(per_patient.max())}
-        bins = int(calibration_bins) if calibration_bins else int(min(10, max(3, y.size // 10)))
-        summary["calibration_bins"] = bins
+        n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+        groups = int(calibration_bins) if calibration_bins else calibration_groups(int(y.size))
+        g_hl = int(hl_groups) if hl_groups else groups
+        summary = {"lesions": int(y.size), "patients": int(pid.nunique()), "positives": n_pos,
+                   "negatives": n_neg, "prevalence": float(y.mean()),
+                   "max_lesions_per_patient": int(per_patient.max()),
+                   "calibration_bins": groups, "hosmer_lemeshow_groups": g_hl,
+                   "description": str(descriptions.get(name, ""))}
+        if min(n_pos, n_neg) < SMALL_SET_PER_CLASS:
+            warnings.append(f"small set: '{name}' has {n_pos} positive and {n_neg} negative lesions "
+                            f"(under {SMALL_SET_PER_CLASS} of a class); its estimates are very uncertain and "
+                            "statistics below the report's minimum counts are marked not estimable")
         res_models = {}
-        for m in models:
+        for m in here:
             p = probs[m]
             try:
                 label = f"set '{name}' model '{m}'"
+                auc = stats.roc_auc_delong(y, p, name=label)
+                why = _auc_estimability(auc)
+                if why:
+                    auc["ci_not_estimable"] = why
                 res_models[m] = {
-                    "auc": stats.roc_auc_delong(y, p, name=label),
+                    "auc": auc,
                     "roc": stats.roc_curve_points(y, p, name=label),
                     "threshold": thr[m],
                     "classification": stats.classification_metrics(y, p, thr[m], name=label),
                     "calibration": {
-                        "curve": stats.calibration_curve(y, p, bins, calibration_strategy, name=label),
+                        "curve": stats.calibration_curve(y, p, groups, calibration_strategy, name=label),
                         "brier": stats.brier_score(y, p, name=label),
-                        "recalibration": _optional(stats.calibration_slope_intercept, y, p, name=label),
-                        "hosmer_lemeshow": _optional(stats.hosmer_lemeshow, y, p, hl_groups, name=label),
+                        "recalibration": _recalibration(y, p, label),
+                        "hosmer_lemeshow": _hosmer_lemeshow(y, p, g_hl, label),
                     },
                     "dca": stats.decision_curve(y, p, grid, name=label),
+                    "distinct_probabilities": int(np.unique(p).size),
                 }
             except UserError as exc:
                 msg = str(exc)
                 raise UserError(msg if msg.startswith("set '") else f"set '{name}' model '{m}': {msg}") from None
         delong = []
-        for a, b in itertools.combinations(models, 2):
+        for a, b in itertools.combinations(here, 2):
             r = stats.delong_paired(y, probs[a], probs[b], names=(f"set '{name}' model '{a}'",
                                                                   f"set '{name}' model '{b}'"))
-            delong.append({"model_a": a, "model_b": b, **r})
-        out_sets[name] = {"summary": summary, "models": res_models, "delong": delong}
+            d = {"model_a": a, "model_b": b, **r}
+            why = _delong_estimability(r, n_pos, n_neg)
+            if why:
+                d["not_estimable"] = why
+            delong.append(d)
+        adj = holm_adjust([None if "not_estimable" in d else d["p"] for d in delong])
+        for d, pa in zip(delong, adj):
+            d["p_holm"] = pa
+        gone = {m: unavailable.get(name, {}).get(m, "no probabilities for this set") for m in models
+                if m not in here}
+        out_sets[name] = {"summary": summary, "models": res_models, "unavailable": gone, "delong": delong}
 
     overlap = {}
     for a, b in itertools.combinations(list(patients), 2):
@@ -182,14 +319,25 @@ def evaluate_models(sets: Mapping[str, "object"], models: Sequence[str], thresho
         common = sorted(patients[a] & patients[b])
         if common:
             overlap[f"{a} & {b}"] = common
+    for pair, ids in overlap.items():
+        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+        warnings.insert(0, f"patient overlap: {len(ids)} patient(s) appear in both {pair} ({shown}); their "
+                           "results are not independent of training")
+    multi = [s for s in out_sets if out_sets[s]["summary"]["max_lesions_per_patient"] > 1]
+    if multi:
+        warnings.append("several lesions per patient in " + ", ".join(multi) + ": statistics are per lesion and "
+                        "treat lesions as independent, so CIs may be too narrow")
     return json_safe({
         "models": models,
         "thresholds": thr,
         "set_order": list(out_sets),
         "sets": out_sets,
         "checks": {"patients_in_several_sets": overlap},
+        "warnings": warnings,
         "options": {"calibration_bins": calibration_bins, "calibration_strategy": calibration_strategy,
-                    "hosmer_lemeshow_groups": int(hl_groups), "dca_thresholds": grid},
+                    "hosmer_lemeshow_groups": hl_groups, "dca_thresholds": grid,
+                    "dca_plot_range": list(DCA_PLOT_RANGE)},
+        "rules": dict(ESTIMABILITY_RULES),
         "definitions": dict(DEFINITIONS),
     })
 
@@ -198,10 +346,18 @@ def evaluate_models(sets: Mapping[str, "object"], models: Sequence[str], thresho
 # Plots (matplotlib, Agg, no pyplot global state)
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+#: Line styles and markers per model, so curves that coincide stay distinguishable (also in grey print).
+_LINES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1))]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 def _colors(models: Sequence[str]) -> dict:
     return {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(models)}
+
+
+def _look(models: Sequence[str]) -> dict:
+    return {m: {"color": _PALETTE[i % len(_PALETTE)], "ls": _LINES[i % len(_LINES)],
+                "marker": _MARKERS[i % len(_MARKERS)]} for i, m in enumerate(models)}
 
 
 def _figure(n_panels: int, height: float = 4.0, width_per: float = 4.1):
@@ -212,14 +368,8 @@ def _figure(n_panels: int, height: float = 4.0, width_per: float = 4.1):
     return fig, list(axes)
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=11, loc="left")
+    ax.set_title(title, fontsize=10.5, loc="left")
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.tick_params(labelsize=8)
@@ -230,75 +380,112 @@ def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 def _set_title(ev: dict, s: str) -> str:
     sm = ev["sets"][s]["summary"]
-    return f"{s.capitalize()} (n = {sm['lesions']}, {sm['positives']} positive)"
+    return f"{s} (n = {sm['lesions']}, {sm['positives']} pos.)"
 
 
-def _plot_roc(ev: dict, colors: dict) -> str:
+def _offsets(curves: dict, scale: float) -> dict:
+    """A small offset for every curve that (nearly) coincides with an earlier one, so both stay
+    visible: curves compared on a common x grid (step-wise, as ROC and net-benefit curves are)."""
+    grid = np.linspace(0.0, 1.0, 201)
+    sampled = {}
+    for m, (x, y) in curves.items():
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        order = np.argsort(x, kind="mergesort")
+        xs, ys = x[order], y[order]
+        idx = np.clip(np.searchsorted(xs, grid, side="right") - 1, 0, max(xs.size - 1, 0))
+        sampled[m] = ys[idx] if xs.size else np.zeros_like(grid)
+    out: dict = {}
+    done: list = []
+    for m in curves:
+        k = sum(1 for o in done if np.nanmax(np.abs(sampled[o] - sampled[m])) < 0.02)
+        out[m] = k * scale
+        done.append(m)
+    return out
+
+
+def _auc_label(m: str, a: dict) -> str:
+    if a.get("ci_not_estimable"):
+        return f"{m}: {a['auc']:.3f} (CI n.e.)"
+    return f"{m}: {a['auc']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f})"
+
+
+def _plot_roc(ev: dict, look: dict):
     sets = ev["set_order"]
     fig, axes = _figure(len(sets))
     for ax, s in zip(axes, sets):
         ax.plot([0, 1], [0, 1], ls="--", color="#999999", lw=0.8)
-        for m in ev["models"]:
-            r = ev["sets"][s]["models"][m]
-            a = r["auc"]
-            lab = f"{m}: {a['auc']:.3f} ({a['ci95'][0]:.3f}–{a['ci95'][1]:.3f})"
-            ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=colors[m], lw=1.8, label=lab, drawstyle="default")
+        res = ev["sets"][s]["models"]
+        curves = {m: (res[m]["roc"]["fpr"], res[m]["roc"]["tpr"]) for m in ev["models"] if m in res}
+        off = _offsets(curves, 0.012)
+        for m, (x, y) in curves.items():
+            r, lk, o = res[m], look[m], off[m]
+            ax.plot(np.asarray(x) + o, np.asarray(y) - o, color=lk["color"], ls=lk["ls"], lw=1.8,
+                    label=_auc_label(m, r["auc"]) + (" (offset: coincides)" if o else ""))
             c = r["classification"]
             sens, spec = c["sensitivity"]["value"], c["specificity"]["value"]
             if sens is not None and spec is not None:
-                ax.plot([1 - spec], [sens], marker="o", ms=5, color=colors[m], mec="white", mew=0.8)
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
+                ax.plot([1 - spec + o], [sens - o], marker=lk["marker"], ms=6, color=lk["color"], mec="white",
+                        mew=0.8, ls="none")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
         ax.set_aspect("equal")
         _style(ax, _set_title(ev, s), "1 - specificity", "Sensitivity")
-        ax.legend(loc="lower right", fontsize=7.5, title="AUC (95% CI)", title_fontsize=7.5, frameon=True,
+        ax.legend(loc="lower right", fontsize=7, title="AUC (95% CI)", title_fontsize=7, frameon=True,
                   framealpha=0.9)
-    return _png(fig)
+    return fig
 
 
-def _plot_calibration(ev: dict, colors: dict) -> str:
+def _plot_calibration(ev: dict, look: dict):
     sets = ev["set_order"]
     fig, axes = _figure(len(sets))
     for ax, s in zip(axes, sets):
         ax.plot([0, 1], [0, 1], ls="--", color="#999999", lw=0.8, label="ideal")
-        for m in ev["models"]:
-            cal = ev["sets"][s]["models"][m]["calibration"]
-            cur = cal["curve"]
-            x = np.asarray(cur["mean_predicted"], dtype=float)
-            yv = np.asarray(cur["observed"], dtype=float)
-            rec = cal["recalibration"]
-            slope = f", slope {rec['slope']:.2f}" if rec.get("slope") is not None else ""
-            ax.plot(x, yv, color=colors[m], lw=1.5, marker="o", ms=4.5, mec="white", mew=0.7, alpha=0.95,
-                    label=f"{m} (Brier {cal['brier']:.3f}{slope})")
+        res = ev["sets"][s]["models"]
+        curves = {m: (res[m]["calibration"]["curve"]["mean_predicted"], res[m]["calibration"]["curve"]["observed"])
+                  for m in ev["models"] if m in res}
+        off = _offsets(curves, 0.012)
+        for m, (x, yv) in curves.items():
+            cal, lk, o = res[m]["calibration"], look[m], off[m]
+            ax.plot(np.asarray(x, dtype=float) + o, np.asarray(yv, dtype=float) - o, color=lk["color"], ls=lk["ls"],
+                    lw=1.5, marker=lk["marker"], ms=4.5, mec="white", mew=0.7, alpha=0.95,
+                    label=f"{m} (Brier {cal['brier']:.3f})")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_aspect("equal")
         bins = ev["sets"][s]["summary"].get("calibration_bins")
-        _style(ax, _set_title(ev, s) + (f", {bins} bins" if bins else ""), "Mean predicted probability",
+        _style(ax, _set_title(ev, s) + (f", {bins} group(s)" if bins else ""), "Mean predicted probability",
                "Observed fraction positive")
-        ax.legend(loc="lower right", fontsize=7.5, frameon=True, framealpha=0.9)
-    return _png(fig)
+        ax.legend(loc="upper left", fontsize=7, frameon=True, framealpha=0.9)
+    return fig
 
 
-def _plot_dca(ev: dict, colors: dict) -> str:
+def _plot_dca(ev: dict, look: dict, plot_range=DCA_PLOT_RANGE):
     sets = ev["set_order"]
+    lo, hi = float(plot_range[0]), float(plot_range[1])
     fig, axes = _figure(len(sets))
     for ax, s in zip(axes, sets):
-        first = ev["sets"][s]["models"][ev["models"][0]]["dca"]
+        res = ev["sets"][s]["models"]
+        first = res[next(m for m in ev["models"] if m in res)]["dca"]
         t = np.asarray(first["threshold"], dtype=float)
+        keep = (t >= lo) & (t <= hi)
         prev = float(first["prevalence"])
         ta = np.asarray([np.nan if v is None else v for v in first["treat_all"]], dtype=float)
-        ax.plot(t, ta, color="#7f7f7f", lw=1.2, label="Treat all")
-        ax.plot(t, np.zeros_like(t), color="#000000", lw=1.2, label="Treat none")
-        for m in ev["models"]:
-            d = ev["sets"][s]["models"][m]["dca"]
-            ax.plot(d["threshold"], d["net_benefit"], color=colors[m], lw=1.8, label=m)
-        top = prev * 1.15 + 0.01
-        ax.set_ylim(-max(0.05, 0.3 * prev), top)
-        ax.set_xlim(float(t.min()), float(t.max()))
+        ax.plot(t[keep], ta[keep], color="#7f7f7f", lw=1.4, label="Treat all")
+        ax.plot(t[keep], np.zeros(int(keep.sum())), color="#000000", lw=1.0, label="Treat none")
+        curves = {m: (np.asarray(res[m]["dca"]["threshold"])[keep], np.asarray(res[m]["dca"]["net_benefit"])[keep])
+                  for m in ev["models"] if m in res}
+        off = _offsets(curves, 0.006)
+        for m, (x, y) in curves.items():
+            lk = look[m]
+            ax.plot(x, y + off[m], color=lk["color"], ls=lk["ls"], lw=1.8, label=m)
+        top = prev * 1.15 + 0.02
+        # treat-all falls below 0 after pt = prevalence; keep it visible down to -prevalence/2
+        ax.set_ylim(-max(0.05, 0.5 * prev), top)
+        ax.set_xlim(lo, hi)
         _style(ax, _set_title(ev, s), "Threshold probability", "Net benefit")
-        ax.legend(loc="upper right", fontsize=7.5, frameon=True, framealpha=0.9)
-    return _png(fig)
+        ax.legend(loc="upper right", fontsize=7, frameon=True, framealpha=0.9)
+    return fig
 
 
 def _feature_value(f: dict) -> tuple[float | None, str]:
@@ -309,7 +496,11 @@ def _feature_value(f: dict) -> tuple[float | None, str]:
     return None, ""
 
 
-def _plot_features(name: str, feats: list[dict], color: str, top: int = 25) -> str | None:
+def _short(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "..."
+
+
+def _plot_features(name: str, feats: list[dict], color: str, top: int = 25):
     vals = [(str(f.get("name", "?")), *_feature_value(f)) for f in feats]
     vals = [v for v in vals if v[1] is not None and np.isfinite(v[1])]
     if not vals:
@@ -331,139 +522,103 @@ def _plot_features(name: str, feats: list[dict], color: str, top: int = 25) -> s
     _style(ax, f"{name}: {kind}s" + (f" (top {top} by magnitude)" if len(feats) > top else ""), kind, "")
     ax.grid(True, axis="x", color="#e5e5e5", linewidth=0.6)
     ax.grid(False, axis="y")
-    return _png(fig)
+    return fig
 
 
-def _short(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
+def feature_class(name: str) -> str:
+    """The pyradiomics feature class of an extracted feature name
+    ``<sequence>_<image type>_<class>_<feature>`` (e.g. ``t1_wavelet-LLH_glcm_Contrast`` -> glcm)."""
+    parts = str(name).split("_")
+    return parts[2] if len(parts) >= 4 else "other"
+
+
+def _plot_icc(agreement: dict):
+    classes = agreement["classes"]
+    names = list(classes)
+    kinds = [k for k in ("inter", "intra") if any(classes[c].get(k) for c in names)]
+    if not names or not kinds:
+        return None
+    fig, axes = _figure(1, height=3.8, width_per=max(5.5, 0.9 * len(names) + 1.5))
+    ax = axes[0]
+    width = 0.36
+    colors = {"inter": "#1f77b4", "intra": "#ff7f0e"}
+    for j, k in enumerate(kinds):
+        data = [np.asarray(classes[c].get(k) or [np.nan], dtype=float) for c in names]
+        data = [d[np.isfinite(d)] if np.isfinite(d).any() else np.asarray([np.nan]) for d in data]
+        pos = np.arange(len(names)) + (j - (len(kinds) - 1) / 2) * width
+        bp = ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, showfliers=True,
+                        flierprops={"markersize": 2, "alpha": 0.4})
+        for b in bp["boxes"]:
+            b.set_facecolor(colors[k])
+            b.set_alpha(0.55)
+        ax.plot([], [], color=colors[k], lw=6, alpha=0.55,
+                label={"inter": "inter-reader (reader 1 vs 2)", "intra": "intra-reader (repeat)"}[k])
+    thr = agreement.get("threshold")
+    if thr is not None:
+        ax.axhline(float(thr), color="#9b1c1c", ls="--", lw=1, label=f"threshold {float(thr):.2f}")
+    ax.set_xticks(np.arange(len(names)))
+    ax.set_xticklabels([f"{c}\n(n={classes[c]['n']})" for c in names], fontsize=7.5)
+    ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.02)
+    _style(ax, "Reader agreement per feature class", "", "ICC")
+    ax.legend(loc="lower left", fontsize=7, frameon=True, framealpha=0.9)
+    return fig
+
+
+def _plot_funnel(steps: list[dict]):
+    if not steps:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.6, 0.6 + 0.42 * len(steps)), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    n = [s["features"] for s in steps][::-1]
+    labels = [s["label"] for s in steps][::-1]
+    ax.barh(range(len(n)), n, color="#1f4e79", height=0.6)
+    ax.set_xscale("log")
+    for i, v in enumerate(n):
+        ax.text(v, i, f" {v}", va="center", fontsize=8)
+    ax.set_yticks(range(len(n)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlim(0.8, max(n) * 3)
+    _style(ax, "Feature selection funnel (training lesions only)", "features kept (log scale)", "")
+    ax.grid(False, axis="y")
+    return fig
+
+
+def _plot_lasso(path: dict):
+    """Coefficient path and CV curve over log10(C) (or lambda) from the bundle's record."""
+    try:
+        cs = np.asarray(path["C"], dtype=float)
+        coefs = {str(k): np.asarray(v, dtype=float) for k, v in path["coefficients"].items()}
+        mean = np.asarray(path["cv_mean"], dtype=float)
+        se = np.asarray(path.get("cv_se") or np.zeros_like(mean), dtype=float)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if cs.size < 2 or mean.size != cs.size or any(v.size != cs.size for v in coefs.values()):
+        return None
+    fig, (a1, a2) = _figure(2, height=3.6, width_per=4.6)
+    x = np.log10(cs)
+    for k, v in coefs.items():
+        a1.plot(x, v, lw=1)
+    chosen = path.get("chosen_C")
+    for ax in (a1, a2):
+        if chosen:
+            ax.axvline(math.log10(float(chosen)), color="#9b1c1c", ls="--", lw=1)
+    _style(a1, "LASSO coefficient path", "log10 C (inverse penalty)", "coefficient")
+    a2.errorbar(x, mean, yerr=se, fmt="o-", ms=3, lw=1, color="#1f4e79", ecolor="#999999")
+    _style(a2, "Cross-validation curve", "log10 C", str(path.get("cv_metric", "CV score")))
+    return fig
 
 
 # ---------------------------------------------------------------------------------------
-# HTML
-
-_CSS = """
-:root { --ink:#1d2330; --muted:#5b6472; --line:#d9dee5; --soft:#f4f6f9; --accent:#1f4e79; --warn:#8a5300; }
-* { box-sizing: border-box; }
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
-       margin: 0; background: #fff; line-height: 1.45; font-size: 14px; }
-main { max-width: 1260px; margin: 0 auto; padding: 28px 32px 48px; }
-header { border-bottom: 3px solid var(--accent); padding-bottom: 10px; margin-bottom: 18px; }
-h1 { font-size: 24px; margin: 0 0 4px; color: var(--accent); }
-h2 { font-size: 18px; margin: 30px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 15px; margin: 18px 0 6px; }
-p.sub, .muted { color: var(--muted); margin: 2px 0; }
-nav { font-size: 13px; margin: 8px 0 0; }
-nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
-table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { background: var(--soft); font-weight: 600; white-space: nowrap; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tbody tr:nth-child(even) td { background: #fafbfc; }
-td .ci { color: var(--muted); font-size: 12px; }
-td .cnt { color: var(--muted); font-size: 11px; display: block; }
-figure { margin: 8px 0 18px; }
-figure img { max-width: 100%; height: auto; display: block; }
-figcaption { color: var(--muted); font-size: 12.5px; margin-top: 4px; max-width: 980px; }
-.note { background: var(--soft); border-left: 4px solid var(--accent); padding: 8px 12px; margin: 10px 0;
-        font-size: 13px; }
-.warn { background: #fff6e5; border-left: 4px solid #e0a100; color: var(--warn); padding: 8px 12px; margin: 10px 0;
-        font-size: 13px; }
-.sig { font-weight: 600; }
-dl.defs { display: grid; grid-template-columns: 190px 1fr; gap: 4px 14px; font-size: 13px; }
-dl.defs dt { font-weight: 600; } dl.defs dd { margin: 0; color: var(--muted); }
-.grid2 { display: flex; flex-wrap: wrap; gap: 0 40px; }
-code { font-size: 12px; background: var(--soft); padding: 1px 4px; border-radius: 3px; word-break: break-all; }
-footer { margin-top: 36px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
-@media print {
-  main { max-width: none; padding: 0; }
-  body { font-size: 11px; }
-  nav { display: none; }
-  h2 { break-after: avoid; }
-  figure, table, .note, .warn { break-inside: avoid; }
-  tbody tr:nth-child(even) td, th { background: none; }
-}
-"""
-
-
-def _e(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _f(x, d: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
-
-
-def _p(p) -> str:
-    if p is None:
-        return "–"
-    return "&lt; 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _ci(ci, d: int = 3, pct: bool = False) -> str:
-    if not ci:
-        return ""
-    if pct:
-        return f'<span class="ci">({100 * ci[0]:.1f}–{100 * ci[1]:.1f})</span>'
-    sep = " to " if min(ci) < 0 else "–"  # "-0.13–-0.01" would read as a range of negatives badly
-    return f'<span class="ci">({_f(ci[0], d)}{sep}{_f(ci[1], d)})</span>'
-
-
-def _prop_cell(pr: dict) -> str:
-    if pr["value"] is None:
-        return f'<td class="num">–<span class="cnt">{pr["numerator"]}/{pr["denominator"]}</span></td>'
-    return (f'<td class="num">{100 * pr["value"]:.1f}% {_ci(pr["ci95"], pct=True)}'
-            f'<span class="cnt">{pr["numerator"]}/{pr["denominator"]}</span></td>')
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], num_cols: Iterable[int] = ()) -> str:
-    nums = set(num_cols)
-    head = "".join(f'<th class="num">{_e(h)}</th>' if i in nums else f"<th>{_e(h)}</th>"
-                   for i, h in enumerate(headers))
-    body = []
-    for r in rows:
-        cells = []
-        for i, c in enumerate(r):
-            if isinstance(c, str) and c.startswith("<td"):
-                cells.append(c)
-            else:
-                cells.append(f'<td class="num">{c}</td>' if i in nums else f"<td>{c}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _img(b64: str, alt: str, caption: str) -> str:
-    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{_e(alt)}">'
-            f"<figcaption>{caption}</figcaption></figure>")
-
-
-def _flatten(d, prefix: str = "") -> list[tuple[str, object]]:
-    out = []
-    if isinstance(d, Mapping):
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, Mapping) and v:
-                out.extend(_flatten(v, key))
-            else:
-                out.append((key, v))
-    return out
-
-
-def _val(v) -> str:
-    if isinstance(v, (dict, list, tuple)):
-        return f"<code>{_e(json.dumps(json_safe(v)))}</code>"
-    if isinstance(v, float):
-        return _e(f"{v:.6g}")
-    return _e(v)
-
-
-def _kv_table(d: Mapping, headers: Sequence[str] = ("Setting", "Value")) -> str:
-    return _table(list(headers), [(f"<code>{_e(k)}</code>", _val(v)) for k, v in _flatten(d)])
-
+# The page (ClinicalMRICommonLib.report: one template and stylesheet for the extension)
 
 _DEF_LABELS = {"unit": "Unit of analysis", "auc": "AUC and CI", "delong": "DeLong test", "threshold": "Threshold",
                "proportions": "Proportions", "calibration_curve": "Calibration curve", "brier": "Brier score",
                "calibration_slope": "Calibration slope", "calibration_intercept": "Calibration intercept",
-               "hosmer_lemeshow": "Hosmer-Lemeshow", "dca": "Decision curve"}
+               "hosmer_lemeshow": "Hosmer-Lemeshow", "dca": "Decision curve",
+               "not_estimable_auc_ci": "Not estimable: AUC CI", "not_estimable_calibration":
+               "Not estimable: calibration", "not_estimable_groups": "Calibration groups"}
 
 
 def _check_evaluation(ev) -> None:
@@ -475,60 +630,134 @@ def _check_evaluation(ev) -> None:
     for s in ev["set_order"]:
         if s not in ev["sets"]:
             raise UserError(f"evaluation lists set '{s}' in set_order but has no results for it")
+        res = ev["sets"][s].get("models", {})
+        gone = ev["sets"][s].get("unavailable", {}) or {}
         for m in ev["models"]:
-            if m not in ev["sets"][s].get("models", {}):
+            if m not in res and m not in gone:
                 raise UserError(f"evaluation has no results for model '{m}' in set '{s}'")
 
 
-def _render(ev: dict) -> str:
-    models, sets = ev["models"], ev["set_order"]
-    colors = _colors(models)
-    title = ev.get("title") or "HRMMPredict — model evaluation"
-    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"]
-    sect = [("summary", "Summary"), ("cohort", "Cohort"), ("roc", "ROC"), ("metrics", "Metrics"),
-            ("calibration", "Calibration"), ("dca", "Decision curves"), ("delong", "DeLong"),
-            ("features", "Features"), ("settings", "Settings"), ("methods", "Methods")]
-    has = {"cohort": bool(ev.get("cohort")), "features": bool(ev.get("features")),
-           "settings": bool(ev.get("settings") or ev.get("versions"))}
-    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in sect if has.get(a, True))
-    parts.append(f"<header><h1>{_e(title)}</h1><p class='sub'>Models: {_e(', '.join(models))} · "
-                 f"sets: {_e(', '.join(sets))} · generated {_e(now)}</p><nav>{nav}</nav></header>")
+def _f(x, d: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
 
-    # warnings
-    overlap = (ev.get("checks") or {}).get("patients_in_several_sets") or {}
-    for pair, ids in overlap.items():
-        shown = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
-        parts.append(f"<div class='warn'><b>Patient overlap:</b> {len(ids)} patient(s) appear in both "
-                     f"{_e(pair)} ({_e(shown)}). Their results are not independent of training.</div>")
-    multi = [s for s in sets if ev["sets"][s]["summary"].get("max_lesions_per_patient", 1) > 1]
-    if multi:
-        parts.append("<div class='note'>Some patients contribute several lesions ("
-                     + _e(", ".join(multi)) + "). Statistics are per lesion; confidence intervals assume "
-                     "independent lesions and may be too narrow.</div>")
+
+def _p(p) -> str:
+    if p is None:
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _ne(reason: str):
+    from ClinicalMRICommonLib.report import Cell
+
+    return Cell("not estimable", muted=True, title=reason, sub=reason)
+
+
+def _auc_cell(a: dict):
+    from ClinicalMRICommonLib.report import Cell
+
+    if a.get("ci_not_estimable"):
+        return Cell(a["auc"], digits=3, ci="(CI not estimable)", title=a["ci_not_estimable"])
+    return Cell(a["auc"], digits=3, ci=a["ci95"])
+
+
+def _na(reason: str):
+    from ClinicalMRICommonLib.report import Cell
+
+    return Cell("not available", muted=True, sub=reason, title=reason)
+
+
+def _prop_cell(pr: dict):
+    from ClinicalMRICommonLib.report import Cell
+
+    return Cell(pr["value"], ci=pr["ci95"], pct=True, sub=f"{pr['numerator']}/{pr['denominator']}")
+
+
+def _model_cell(m: str, look: dict):
+    from ClinicalMRICommonLib.report import Cell
+
+    return Cell(m, bold=True, color=look[m]["color"])
+
+
+def evaluation_title(ev: Mapping) -> str:
+    title = ev.get("title") or "HRMMPredict — model evaluation"
+    if (ev.get("data_source") or {}).get("synthetic") and "synthetic" not in title.lower():
+        title += " — SYNTHETIC DATA"
+    return title
+
+
+def build_report(ev: dict):
+    """The evaluation page as a :class:`ClinicalMRICommonLib.report.Report`."""
+    from ClinicalMRICommonLib.report import Cell, Report
+
+    models, sets = ev["models"], ev["set_order"]
+    look = _look(models)
+    src = ev.get("data_source") or {}
+    rep = Report(evaluation_title(ev),
+                 subtitle=f"Models: {', '.join(models)} · sets: {', '.join(sets)}",
+                 footer="Generated by HRMMPredictLib.evaluation.report. The numbers are in metrics.json beside "
+                        "this page. Research use only.")
+    if src.get("synthetic"):
+        rep.banner("warning", "SYNTHETIC DATA: these models were trained and evaluated on generated images "
+                              f"({src.get('text', 'synthetic cohort')}). The numbers show the pipeline working; "
+                              "they say nothing about clinical accuracy.")
+    rep.banner("info", "Research use only: not a medical device, not for diagnosis or treatment decisions.")
+    for w in ev.get("warnings") or []:
+        rep.top.warning(w)
 
     # summary
-    parts.append("<h2 id='summary'>Summary</h2>")
-    hdr = ["Set", "Lesions", "Positive"] + [f"AUC {m}" for m in models]
+    s = rep.section("summary", "Summary")
+    src_txt = src.get("text") or "not recorded"
+    s.text(f"Data source: {src_txt}.", lead="SYNTHETIC DATA." if src.get("synthetic") else None)
+    hdr = ["Set", "What the probabilities are", "Lesions", "Positive"] + [f"AUC {m}" for m in models]
     rows = []
-    for s in sets:
-        sm = ev["sets"][s]["summary"]
-        r = [_e(s), str(sm["lesions"]), f"{sm['positives']} ({100 * sm['prevalence']:.0f}%)"]
+    for name in sets:
+        blk = ev["sets"][name]
+        sm = blk["summary"]
+        r = [name, sm.get("description") or "", sm["lesions"], f"{sm['positives']} ({100 * sm['prevalence']:.0f}%)"]
         for m in models:
-            a = ev["sets"][s]["models"][m]["auc"]
-            r.append(f"{_f(a['auc'])} {_ci(a['ci95'])}")
+            r.append(_auc_cell(blk["models"][m]["auc"]) if m in blk["models"] else _na(blk["unavailable"][m]))
         rows.append(r)
-    parts.append(_table(hdr, rows, num_cols=range(1, len(hdr))))
-    thr_txt = ", ".join(f"{_e(m)} {_f(ev['thresholds'][m], 3)}" for m in models) if "thresholds" in ev else ""
-    if thr_txt:
-        parts.append(f"<p class='muted'>Decision thresholds fixed on the training set: {thr_txt}.</p>")
+    s.table(hdr, rows, num_cols=range(2, len(hdr)))
+    if "thresholds" in ev:
+        s.text("Decision thresholds fixed on the training set: "
+               + ", ".join(f"{m} {_f(ev['thresholds'][m], 3)}" for m in models) + ".", muted=True)
+    shown = " ".join(ev.get("warnings") or [])
+    for note in ev.get("probability_notes") or []:
+        if note not in shown:
+            s.note(note, lead="Coarse probabilities:")
+
+    # model card + checklist
+    card = ev.get("model_card")
+    if card:
+        c = rep.section("model-card", "Model card")
+        for key, label in (("intended_use", "Intended use."), ("population", "Population."),
+                           ("data_source", "Data source."), ("outcome", "Outcome.")):
+            if card.get(key):
+                c.text(card[key], lead=label)
+        if card.get("sizes"):
+            c.heading("Sizes")
+            c.table(["Split", "Patients", "Lesions", "Positive", "Negative"],
+                    [[r.get("split"), r.get("patients"), r.get("lesions"), r.get("positives"), r.get("negatives")]
+                     for r in card["sizes"]], num_cols=[1, 2, 3, 4])
+        if card.get("fitted"):
+            c.heading("What was fitted on what")
+            c.table(["Model", "Kind", "Fitted on", "Threshold", "Out-of-fold (cross-validated) estimate"],
+                    [[f["model"], f["kind"], f["fitted_on"], f["threshold_rule"], f["cv"]] for f in card["fitted"]])
+        if card.get("limitations"):
+            c.heading("Limitations")
+            c.bullets(card["limitations"])
+        c.note("Research use only. Not a medical device; not validated for clinical decisions.", kind="warning")
+    checklist = ev.get("checklist")
+    if checklist:
+        c = rep.section("checklist", "Reporting checklist (TRIPOD+AI style)")
+        c.table(["Item", "Status", "Where / what"],
+                [[i["item"], Cell(i["status"], bold=i["status"] != "reported"), i["where"]] for i in checklist])
 
     # cohort
     if ev.get("cohort"):
         rows_in = list(ev["cohort"])
-        keys = []
+        keys: list = []
         for r in rows_in:
             keys.extend(k for k in r if k not in keys)
         hdr = [k.replace("_", " ").capitalize() for k in keys]
@@ -537,118 +766,182 @@ def _render(ev: dict) -> str:
             hdr.append("% positive")
         rows = []
         for r in rows_in:
-            row = [_e(r.get(k, "")) for k in keys]
+            row = [r.get(k, "") for k in keys]
             if add_pct:
                 tot = r.get("lesions") or (r.get("positives", 0) + r.get("negatives", 0))
                 row.append(f"{100 * r['positives'] / tot:.1f}%" if tot else "–")
             rows.append(row)
         numeric = [i for i, k in enumerate(keys) if all(isinstance(r.get(k), (int, float)) for r in rows_in)]
-        parts.append("<h2 id='cohort'>Cohort</h2>" + _table(hdr, rows, num_cols=numeric + ([len(keys)] if add_pct
-                                                                                             else [])))
+        rep.section("cohort", "Cohort").table(hdr, rows, num_cols=numeric + ([len(keys)] if add_pct else []))
 
     # ROC
-    parts.append("<h2 id='roc'>Discrimination: ROC curves</h2>")
-    parts.append(_img(_plot_roc(ev, colors), "ROC curves",
-                      "ROC curve of each model per set; legend: AUC with DeLong 95% CI. Dots mark the operating "
-                      "point at the threshold fixed on the training set."))
+    r_ = rep.section("roc", "Discrimination: ROC curves")
+    r_.figure(_plot_roc(ev, look), alt="ROC curves",
+              caption="ROC curve of each model per set (line style and marker per model; a curve identical to an "
+                      "earlier one is drawn with a small offset and says so in the legend); legend: AUC with DeLong "
+                      "95% CI (n.e.: not estimable). Markers: the operating point at the training threshold.")
 
-    # metrics
-    parts.append("<h2 id='metrics'>Metrics at the training threshold</h2>")
+    # metrics and confusion tables
+    mt = rep.section("metrics", "Metrics at the training threshold")
     hdr = ["Set", "Model", "AUC (95% CI)", "Threshold", "Sensitivity", "Specificity", "Accuracy", "PPV", "NPV"]
     rows = []
-    for s in sets:
+    for name in sets:
+        blk = ev["sets"][name]
         for m in models:
-            r = ev["sets"][s]["models"][m]
+            if m not in blk["models"]:
+                rows.append([name, _model_cell(m, look), _na(blk["unavailable"][m]), "", "", "", "", "", ""])
+                continue
+            r = blk["models"][m]
             c = r["classification"]
-            rows.append([_e(s), f"<b style='color:{colors[m]}'>{_e(m)}</b>",
-                         f"{_f(r['auc']['auc'])} {_ci(r['auc']['ci95'])}", _f(r["threshold"], 3),
+            rows.append([name, _model_cell(m, look), _auc_cell(r["auc"]), Cell(r["threshold"], digits=3),
                          _prop_cell(c["sensitivity"]), _prop_cell(c["specificity"]), _prop_cell(c["accuracy"]),
                          _prop_cell(c["ppv"]), _prop_cell(c["npv"])])
-    parts.append(_table(hdr, rows, num_cols=range(2, len(hdr))))
-    parts.append("<p class='muted'>Proportions with Wilson 95% CIs; small numbers are counts "
-                 "(numerator/denominator). Positive if predicted probability &ge; threshold.</p>")
+    mt.table(hdr, rows, num_cols=range(2, len(hdr)))
+    mt.text("Proportions with Wilson 95% CIs; small numbers are counts (numerator/denominator). Positive if "
+            "predicted probability >= threshold.", muted=True)
+    mt.heading("Confusion tables", detail="(at the stored threshold)")
+    conf = mt.columns(1)[0]
+    for name in sets:
+        blk = ev["sets"][name]
+        for m in models:
+            if m not in blk["models"]:
+                continue
+            k = blk["models"][m]["classification"]["counts"]
+            tp, fp, tn, fn = k["tp"], k["fp"], k["tn"], k["fn"]
+            conf.table(["", "Predicted +", "Predicted −", "Total"],
+                       [["Observed +", tp, fn, tp + fn], ["Observed −", fp, tn, fp + tn],
+                        ["Total", tp + fp, fn + tn, tp + fp + tn + fn]],
+                       num_cols=[1, 2, 3], caption=f"{name} · {m}", compact=True)
 
     # calibration
-    parts.append("<h2 id='calibration'>Calibration</h2>")
-    parts.append(_img(_plot_calibration(ev, colors), "Calibration curves",
-                      "Observed fraction of positives against mean predicted probability in quantile bins of "
-                      "the predictions. Points on the dashed line are perfectly calibrated; each bin's Wilson "
-                      "95% CI is in metrics.json."))
-    hdr = ["Set", "Model", "Brier", "Slope (95% CI)", "Intercept, CITL (95% CI)", "Hosmer-Lemeshow χ²", "df", "p"]
+    cb = rep.section("calibration", "Calibration")
+    cb.figure(_plot_calibration(ev, look), alt="Calibration curves",
+              caption="Observed fraction of positives against mean predicted probability in the quantile groups "
+                      "that the Hosmer-Lemeshow test uses (about 10 lesions or more each). Points on the dashed "
+                      "line are perfectly calibrated; each group's Wilson 95% CI is in metrics.json.")
+    hdr = ["Set", "Model", "Brier", "Slope (95% CI)", "Intercept, CITL (95% CI)", "Groups",
+           "Hosmer-Lemeshow χ²", "df", "p"]
     rows = []
-    for s in sets:
+    for name in sets:
+        blk = ev["sets"][name]
         for m in models:
-            cal = ev["sets"][s]["models"][m]["calibration"]
+            if m not in blk["models"]:
+                continue
+            cal = blk["models"][m]["calibration"]
             rec, hl = cal["recalibration"], cal["hosmer_lemeshow"]
-            if "error" in rec:
-                sl = ic = f"<span class='muted' title='{_e(rec['error'])}'>undefined</span>"
+            if rec.get("not_estimable"):
+                sl = ic = _ne(rec["not_estimable"])
             else:
-                sl = f"{_f(rec['slope'], 2)} {_ci(rec['slope_ci95'], 2)}"
-                ic = f"{_f(rec['intercept'], 2)} {_ci(rec['intercept_ci95'], 2)}"
-            if "error" in hl:
-                hls = [f"<span class='muted' title='{_e(hl['error'])}'>undefined</span>", "", ""]
+                sl = Cell(rec["slope"], digits=2, ci=rec["slope_ci95"])
+                ic = Cell(rec["intercept"], digits=2, ci=rec["intercept_ci95"])
+            groups = len(cal["curve"]["n"])
+            if hl.get("not_estimable"):
+                hls = [_ne(hl["not_estimable"]), "", ""]
             else:
-                hls = [_f(hl["chi2"], 2), str(hl["df"]), _p(hl["p"])]
-            rows.append([_e(s), f"<b style='color:{colors[m]}'>{_e(m)}</b>", _f(cal["brier"]), sl, ic, *hls])
-    parts.append(_table(hdr, rows, num_cols=range(2, len(hdr))))
+                hls = [Cell(hl["chi2"], digits=2), hl["df"], _p(hl["p"])]
+            rows.append([name, _model_cell(m, look), Cell(cal["brier"], digits=3), sl, ic, groups, *hls])
+    cb.table(hdr, rows, num_cols=range(2, len(hdr)))
+    cb.text(ESTIMABILITY_RULES["calibration"] + " " + ESTIMABILITY_RULES["groups"], muted=True)
 
     # DCA
-    parts.append("<h2 id='dca'>Clinical usefulness: decision curves</h2>")
-    parts.append(_img(_plot_dca(ev, colors), "Decision curves",
-                      "Net benefit against threshold probability; a model is useful where its curve lies above "
-                      "both treat-all (grey) and treat-none (black)."))
+    lo, hi = (ev.get("options") or {}).get("dca_plot_range") or DCA_PLOT_RANGE
+    rep.section("dca", "Clinical usefulness: decision curves").figure(
+        _plot_dca(ev, look, (lo, hi)), alt="Decision curves",
+        caption=f"Net benefit against threshold probability from {100 * lo:.0f}% to {100 * hi:.0f}% (the range in "
+                "which one would act on a high-risk prediction; the full 0-99% grid is in metrics.json). A model "
+                "is useful where its curve lies above both treat-all (grey) and treat-none (black).")
 
     # DeLong
-    parts.append("<h2 id='delong'>Comparison of AUCs (paired DeLong test)</h2>")
+    dl = rep.section("delong", "Comparison of AUCs (paired DeLong test)")
     rows = []
-    for s in sets:
-        for d in ev["sets"][s]["delong"]:
-            sig = d["p"] is not None and d["p"] < 0.05
-            ptxt = f"<span class='sig'>{_p(d['p'])}</span>" if sig else _p(d["p"])
-            rows.append([_e(s), f"{_e(d['model_a'])} vs {_e(d['model_b'])}", _f(d["auc_a"]), _f(d["auc_b"]),
-                         f"{_f(d['diff'])} {_ci(d['diff_ci95'])}", _f(d["z"], 2), ptxt])
+    for name in sets:
+        for d in ev["sets"][name]["delong"]:
+            pair = f"{d['model_a']} vs {d['model_b']}"
+            if d.get("not_estimable"):
+                rows.append([name, pair, Cell(d["auc_a"], digits=3), Cell(d["auc_b"], digits=3),
+                             _ne(d["not_estimable"]), "", "", ""])
+                continue
+            rows.append([name, pair, Cell(d["auc_a"], digits=3), Cell(d["auc_b"], digits=3),
+                         Cell(d["diff"], digits=3, ci=d["diff_ci95"]), Cell(d["z"], digits=2),
+                         Cell(_p(d["p"]), bold=d["p"] is not None and d["p"] < 0.05), _p(d.get("p_holm"))])
     if rows:
-        parts.append(_table(["Set", "Comparison", "AUC A", "AUC B", "Difference (95% CI)", "Z", "p"], rows,
-                            num_cols=range(2, 7)))
-        parts.append("<p class='muted'>Two-sided p; bold where p &lt; 0.05. Difference = AUC A − AUC B.</p>")
+        n_tests = sum(1 for name in sets for d in ev["sets"][name]["delong"] if not d.get("not_estimable"))
+        dl.table(["Set", "Comparison", "AUC A", "AUC B", "Difference (95% CI)", "Z", "p", "p (Holm, per set)"],
+                 rows, num_cols=range(2, 8))
+        dl.note(f"Multiplicity: this table holds {n_tests} estimable test(s). The p column is unadjusted (bold "
+                f"where p < 0.05): with {n_tests} tests at the 0.05 level about {0.05 * n_tests:.1f} false "
+                "positive(s) are expected by chance alone. The Holm column adjusts within each set; sets share "
+                "lesions (apparent and cross-validated training), so they are not independent either. "
+                "Difference = AUC A − AUC B.")
+        dl.text(ESTIMABILITY_RULES["auc_ci"], muted=True)
     else:
-        parts.append("<p class='muted'>Only one model: no comparison.</p>")
+        dl.text("Only one model: no comparison.", muted=True)
 
-    # features
-    if ev.get("features"):
-        parts.append("<h2 id='features'>Selected features</h2>")
-        for m, feats in ev["features"].items():
+    # features, funnel, reader agreement, LASSO
+    if ev.get("features") or ev.get("selection") or ev.get("reader_agreement"):
+        ft = rep.section("features", "Features and their selection")
+        sel = ev.get("selection") or {}
+        for fam, steps in (sel.get("funnels") or {}).items():
+            ft.heading(f"Selection funnel: {fam}")
+            fig = _plot_funnel(steps)
+            cols = ft.columns(2)
+            if fig is not None:
+                cols[0].figure(fig, alt=f"{fam} selection funnel",
+                               caption="Features kept after each step, fitted on the training lesions only.")
+            cols[1].table(["Step", "Features kept"], [[s_["label"], s_["features"]] for s_ in steps], num_cols=[1])
+            for miss in sel.get("not_recorded", {}).get(fam, []):
+                cols[1].text(miss, muted=True)
+        ra = ev.get("reader_agreement")
+        if ra:
+            ft.heading("Reader agreement (ICC) per feature class")
+            fig = _plot_icc(ra)
+            if fig is not None:
+                ft.figure(fig, alt="ICC per feature class",
+                          caption=f"{ra.get('form', 'ICC')} of every extracted feature between reader 1 and reader "
+                                  "2 (inter) and reader 1's repeat (intra) on the training lesions; features below "
+                                  "the threshold are removed.")
+            ft.table(["Class", "Features", "Median inter", "Median intra", "Kept"],
+                     [[k, v["n"], Cell(v.get("inter_median"), digits=3), Cell(v.get("intra_median"), digits=3),
+                       v.get("kept", "–")] for k, v in ra["classes"].items()], num_cols=[1, 2, 3, 4])
+        lasso = sel.get("lasso") or {}
+        if lasso.get("path"):
+            fig = _plot_lasso(lasso["path"])
+            if fig is not None:
+                ft.heading("LASSO")
+                ft.figure(fig, alt="LASSO path", caption="Coefficient path and cross-validation curve; the dashed "
+                                                         "line marks the chosen penalty.")
+        elif lasso.get("missing"):
+            ft.note(lasso["missing"], lead="LASSO path:")
+        for m, feats in (ev.get("features") or {}).items():
             feats = list(feats or [])
-            parts.append(f"<h3>{_e(m)} <span class='muted'>({len(feats)} features)</span></h3>")
-            png = _plot_features(str(m), feats, colors.get(m, _PALETTE[0]))
+            ft.heading(f"Selected features: {m}", detail=f"({len(feats)} features)")
             ranked = sorted(feats, key=lambda f: -abs(_feature_value(f)[0] or 0.0))
             rows = []
             for i, f in enumerate(ranked, 1):
                 v, kind = _feature_value(f)
-                rows.append([str(i), f"<code>{_e(f.get('name', '?'))}</code>", _e(kind or "–"), _f(v, 4)])
-            parts.append("<div class='grid2'>")
-            if png:
-                parts.append(_img(png, f"{m} features", "Coefficients (on standardised features) or "
-                                  "importances; grey bars are negative coefficients."))
-            parts.append("<div>" + _table(["#", "Feature", "Kind", "Value"], rows, num_cols=[0, 3]) + "</div></div>")
+                rows.append([i, Cell(f.get("name", "?"), code=True), kind or "–", Cell(v, digits=4)])
+            cols = ft.columns(2)
+            fig = _plot_features(str(m), feats, look.get(m, {"color": _PALETTE[0]})["color"])
+            if fig is not None:
+                cols[0].figure(fig, alt=f"{m} features", caption="Coefficients (on standardised features) or "
+                                                                 "importances; grey bars are negative coefficients.")
+            cols[1].table(["#", "Feature", "Kind", "Value"], rows, num_cols=[0, 3])
 
     # settings and versions
     if ev.get("settings") or ev.get("versions"):
-        parts.append("<h2 id='settings'>Settings and versions</h2><div class='grid2'>")
+        st = rep.section("settings", "Settings and versions")
+        cols = st.columns(2)
         if ev.get("settings"):
-            parts.append("<div><h3>Settings</h3>" + _kv_table(ev["settings"]) + "</div>")
+            cols[0].heading("Settings")
+            cols[0].kv(ev["settings"])
         if ev.get("versions"):
-            parts.append("<div><h3>Versions</h3>" + _kv_table(ev["versions"], ("Component", "Version")) + "</div>")
-        parts.append("</div>")
+            cols[1].heading("Versions")
+            cols[1].kv(ev["versions"], ("Component", "Version"))
 
-    # methods
     defs = ev.get("definitions") or DEFINITIONS
-    parts.append("<h2 id='methods'>Methods</h2><dl class='defs'>"
-                 + "".join(f"<dt>{_e(_DEF_LABELS.get(k, k.replace('_', ' ').capitalize()))}</dt><dd>{_e(v)}</dd>"
-                           for k, v in defs.items()) + "</dl>")
-    parts.append(f"<footer>Generated by HRMMPredictLib.evaluation.report on {_e(now)}. The numbers are in "
-                 "<code>metrics.json</code> beside this page.</footer></main></body></html>")
-    return "\n".join(parts)
+    rep.section("methods", "Methods").definitions(
+        {_DEF_LABELS.get(k, k.replace("_", " ").capitalize()): v for k, v in defs.items()})
+    return rep
 
 
 def write_evaluation_report(out_dir: str | Path, evaluation: dict) -> Path:
@@ -657,7 +950,9 @@ def write_evaluation_report(out_dir: str | Path, evaluation: dict) -> Path:
 
     ``evaluation``: the dict of :func:`evaluate_models`, optionally with ``features``
     (model -> [{"name", "coefficient" or "importance"}]), ``cohort`` (rows with split,
-    patients, lesions, positives, negatives), ``settings``, ``versions`` and ``title``.
+    patients, lesions, positives, negatives), ``settings``, ``versions``, ``title``,
+    ``data_source`` ({"text", "synthetic"}), ``model_card``, ``checklist``, ``selection``,
+    ``reader_agreement`` and ``probability_notes`` (see :mod:`.evaluate`).
     """
     _check_evaluation(evaluation)
     out = Path(out_dir)
@@ -668,7 +963,7 @@ def write_evaluation_report(out_dir: str | Path, evaluation: dict) -> Path:
     except OSError as exc:
         raise UserError(f"cannot create report folder {out} ({exc.strerror or exc})") from None
     clean = json_safe(dict(evaluation))
-    page = _render(clean)
+    page = build_report(clean).render()
     write_text_atomic(out / "metrics.json", json.dumps(clean, indent=1, allow_nan=False) + "\n")
     index = out / "index.html"
     write_text_atomic(index, page)

@@ -36,7 +36,9 @@ def test_evaluate_bundle_report_and_metrics(trained_bundle, small_cohort, extern
     assert res["models"][0] == "radiomics"
     # the training cohort itself is recognised, not evaluated twice
     assert any("training cohort" in n for n in res["notes"])
-    assert set(metrics["sets"]) == {"training", "training (cross-validated)", "validation", "cohort"}
+    assert set(metrics["sets"]) == {"training (apparent)", "training (cross-validated)", "validation", "cohort"}
+    assert "resubstitution" in metrics["sets"]["training (apparent)"]["summary"]["description"]
+    assert "apparent (resubstitution)" in html
     man = json.loads((path / "manifest.json").read_text())
     preds = pd.read_csv(path / "training" / "predictions.csv")
     val = preds[preds["split"] == "validation"]
@@ -53,6 +55,21 @@ def test_evaluate_bundle_report_and_metrics(trained_bundle, small_cohort, extern
     ext = metrics["sets"]["cohort"]
     assert ext["summary"]["lesions"] == len(pd.read_csv(external_cohort))
     assert len(metrics["sets"]["validation"]["delong"]) == 1  # one pair of models
+    # --json / the returned result: every AUC with its CI (or why there is none), metrics with CIs
+    for s, per_model in res["results"].items():
+        for m, r in per_model.items():
+            a = metrics["sets"][s]["models"][m]["auc"]
+            assert r["auc"] == a["auc"]
+            assert (r["auc_ci95"] is None) == bool(a.get("ci_not_estimable"))
+            assert r["sensitivity"]["ci95"] == metrics["sets"][s]["models"][m]["classification"]["sensitivity"]["ci95"]
+    # the terminal gets the page's warnings: this cohort has patients with several lesions and small sets
+    assert res["warnings"] == metrics["warnings"]
+    assert any(w.startswith("small set: 'validation'") for w in res["warnings"])
+    assert any("several lesions per patient" in w for w in res["warnings"])
+    import html as html_mod
+
+    for w in res["warnings"]:
+        assert w in html_mod.unescape(html)
 
 
 def test_external_probabilities_are_predict_case(trained_bundle, external_cohort):

@@ -87,8 +87,13 @@ def test_files_exist_and_metrics_json_equals_stats(built):
             cal = r["calibration"]
             assert cal["brier"] == stats.brier_score(y, p)
             assert cal["curve"] == stats.calibration_curve(y, p, block["summary"]["calibration_bins"])
-            assert cal["recalibration"] == stats.calibration_slope_intercept(y, p)
-            assert cal["hosmer_lemeshow"] == stats.hosmer_lemeshow(y, p, 10)
+            rec = {k: v for k, v in cal["recalibration"].items() if k != "not_estimable"}
+            assert rec == stats.calibration_slope_intercept(y, p)
+            # the reliability curve and Hosmer-Lemeshow share their groups (about 10 lesions each)
+            g = block["summary"]["hosmer_lemeshow_groups"]
+            assert g == block["summary"]["calibration_bins"] == min(10, len(df) // 10)
+            assert cal["hosmer_lemeshow"] == stats.hosmer_lemeshow(y, p, g)
+            assert [grp["n"] for grp in cal["hosmer_lemeshow"]["groups"]] == cal["curve"]["n"]
             dca = stats.decision_curve(y, p, [i / 100 for i in range(100)])
             assert r["dca"]["net_benefit"] == pytest.approx(dca["net_benefit"], abs=1e-15)
             assert r["dca"]["treat_all"] == pytest.approx(dca["treat_all"], abs=1e-15)
@@ -98,6 +103,11 @@ def test_files_exist_and_metrics_json_equals_stats(built):
             ref = stats.delong_paired(y, df[d["model_a"]], df[d["model_b"]])
             for k in ("auc_a", "auc_b", "diff", "z", "p", "diff_ci95"):
                 assert d[k] == ref[k], (s, d["model_a"], d["model_b"], k)
+        # Holm: the smallest p times the number of tests, monotone
+        ps = sorted(d["p"] for d in block["delong"])
+        holm = sorted(d["p_holm"] for d in block["delong"])
+        assert holm[0] == pytest.approx(min(1.0, 3 * ps[0]))
+        assert holm == sorted(holm) and all(h >= p for h, p in zip(holm, ps))
     assert metrics["checks"]["patients_in_several_sets"] == {}
     assert metrics["features"]["radiomics"][1]["coefficient"] == 1.2
     # ~10 lesions per reliability bin: 50 validation lesions -> 5 bins
@@ -132,7 +142,7 @@ def test_report_escapes_html_and_warns_about_patient_overlap(tmp_path):
     assert ev["checks"]["patients_in_several_sets"]["training & validation"]
     ev["settings"] = {"note": "<b>bold</b> & more"}
     page = report.write_evaluation_report(tmp_path, ev).read_text(encoding="utf-8")
-    assert "Patient overlap" in page
+    assert "patient overlap: " in page and any(w.startswith("patient overlap") for w in ev["warnings"])
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in page and "<b>bold</b>" not in page
     assert ev["sets"]["training"]["models"]["deep"]["dca"]["threshold"] == [0.1, 0.2, 0.3]
 
@@ -146,8 +156,11 @@ def test_perfect_separation_is_reported_not_fatal(tmp_path):
     r = ev["sets"]["validation"]["models"]["fusion"]
     assert r["auc"]["auc"] == 1.0
     assert "separate" in r["calibration"]["recalibration"]["error"]
+    assert "no calibration fit" in r["calibration"]["recalibration"]["not_estimable"]
+    # AUC 1 on every lesion: DeLong variance 0, so no 1.000-1.000 interval is printed
+    assert "DeLong variance is 0" in r["auc"]["ci_not_estimable"]
     page = report.write_evaluation_report(tmp_path, ev).read_text(encoding="utf-8")
-    assert "undefined" in page
+    assert "not estimable" in page and "1.000–1.000" not in page
     strict_json(tmp_path / "metrics.json")
 
 
