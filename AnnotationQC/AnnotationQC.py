@@ -30,6 +30,12 @@ def _panelLogic():
     return panel_logic
 
 
+def _reviewLogic():
+    from AnnotationQCLib.loop import review_logic
+
+    return review_logic
+
+
 #
 # AnnotationQC
 #
@@ -164,6 +170,7 @@ class AnnotationQCParameterNode:
     iccThreshold; results in iccTable and iccClassTable.
     Training: trainingFolder, trainingCasesFile, trainingName, traineeId; results in trainingTable.
     Quality: qualityVolume, qualityRois, rayleighCorrection, qualityGrade, qualityLikert, qualityReason.
+    Pre-annotation review: loopFolder, loopReader, loopRejectReason.
     """
 
     studyFolder: pathlib.Path
@@ -200,6 +207,9 @@ class AnnotationQCParameterNode:
     qualityGrade: QualityGrade = QualityGrade.NONE
     qualityLikert: QualityLikert = QualityLikert.NONE
     qualityReason: str = ""
+    loopFolder: pathlib.Path
+    loopReader: str = ""
+    loopRejectReason: str = ""
 
 
 #
@@ -230,6 +240,7 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.trainingSession = None
         self.trainingReading = None
         self.qualityMeasurement = None
+        self.review = None          # review_logic.Review open in the Segment Editor
         self.segmentEditorWidget = None
         self._tooltips = {}
 
@@ -269,6 +280,10 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.qualityCreateRoisButton.connect("clicked(bool)", self.onQualityCreateRois)
         self.ui.qualityMeasureButton.connect("clicked(bool)", self.onQualityMeasure)
         self.ui.qualityRecordButton.connect("clicked(bool)", self.onQualityRecord)
+        self.ui.reviewNextButton.connect("clicked(bool)", self.onReviewNext)
+        self.ui.reviewAcceptButton.connect("clicked(bool)", self.onReviewAccept)
+        self.ui.reviewRedrawButton.connect("clicked(bool)", self.onReviewRedraw)
+        self.ui.reviewRejectButton.connect("clicked(bool)", self.onReviewReject)
 
         self.initializeParameterNode()
         # connected after the parameter node: its first GUI update must not open a session
@@ -293,7 +308,7 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
         segment_editor.release(self.segmentEditorWidget)
-        self.reading = self.trainingReading = None
+        self.reading = self.trainingReading = self.review = None
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -350,6 +365,12 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                      _("Choose a training session folder and enter your trainee id."))
         self._enable(self.ui.trainingSubmitButton, self.trainingReading is not None, _("Load a training case first."))
         self._enable(self.ui.trainingReportButton, trainingReady, _("Choose a training session and a trainee id."))
+        if self._parameterNode:
+            p = self._parameterNode
+            actions = self.logic.reviewActions(p, self.review)
+            for key, button in (("next", self.ui.reviewNextButton), ("accept", self.ui.reviewAcceptButton),
+                                ("redraw", self.ui.reviewRedrawButton), ("reject", self.ui.reviewRejectButton)):
+                self._enable(button, *actions[key])
 
     def _enable(self, button, enabled, whyNot) -> None:
         """Enable a button or say in its tooltip why it is disabled (the .ui tooltip otherwise)."""
@@ -359,17 +380,23 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         button.enabled = bool(enabled)
         button.toolTip = self._tooltips[name] if enabled else whyNot
 
-    def _bindEditor(self, segmentation, volume) -> None:
-        """Show the series and bind the Segment Editor to the segmentation (segmentation first)."""
+    def _bindEditor(self, segmentation, volume, layers=True) -> None:
+        """Show the series and bind the Segment Editor to the segmentation (segmentation first).
+        ``layers`` False: the views keep the layers the logic set (the review's heat map)."""
         segment_editor.bind(self.segmentEditorWidget, slicer.mrmlScene, self.SEGMENT_EDITOR_TAG, segmentation, volume)
         self.ui.segmentEditorFrame.setVisible(True)
-        slicer.util.setSliceViewerLayers(background=volume, foreground=None, label=None, fit=True)
+        self.ui.readingCollapsibleButton.collapsed = False  # the embedded editor is in the Reading section
+        if layers:
+            slicer.util.setSliceViewerLayers(background=volume, foreground=None, label=None, fit=True)
+        else:
+            slicer.util.resetSliceViews()
 
     def _closeOpenReadings(self) -> None:
         """Only one case is in the scene at a time (so nothing of the previous case stays visible)."""
         self.segmentEditorWidget.setSegmentationNode(None)
         self.logic.closeReadings(self.reading, self.trainingReading)
-        self.reading = self.trainingReading = None
+        self.logic.closeReview(self.review)
+        self.reading = self.trainingReading = self.review = None
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -550,6 +577,58 @@ class AnnotationQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.qualityMeasurement = None
         self.refreshCaseList()
 
+    # ---- pre-annotation review ----------------------------------------------------------
+
+    def onReviewNext(self) -> None:
+        if self.review is not None and not slicer.util.confirmOkCancelDisplay(
+                _("Close case {case} without a decision? Your edits of it are discarded.").format(
+                    case=self.review.case_id)):
+            return
+        self._closeOpenReadings()
+        ok, review = panel_support.run_action(_("No case could be opened for review."), self.logic.openReview,
+                                              self._parameterNode)
+        if ok:
+            self.review = review
+            panel_support.remember_path(self.ui.loopPathLineEdit)
+            self._bindEditor(review.segmentation_node, review.volume_nodes[0], layers=False)
+            self.ui.reviewCaseLabel.text = self.logic.reviewText(review)
+            self.ui.reviewStatusLabel.text = ""
+        self._updateButtonStates()
+
+    def onReviewAccept(self) -> None:
+        ok, record = panel_support.run_action(_("The review could not be recorded; the standard set is unchanged."),
+                                              self.logic.acceptReview, self._parameterNode, self.review)
+        if ok:
+            self._finishReview(self.logic.decisionText(self.review, record))
+
+    def onReviewRedraw(self) -> None:
+        if not slicer.util.confirmOkCancelDisplay(_("Clear the proposal's segments and draw case {case} from "
+                                                    "scratch?").format(case=self.review.case_id)):
+            return
+        ok, _unused = panel_support.run_action(_("The segments could not be cleared."), self.logic.startRedraw,
+                                               self.review, wait_cursor=False)
+        if ok:
+            self.ui.reviewStatusLabel.text = _("Segments cleared: draw the case in the Segment Editor, then Accept.")
+        self._updateButtonStates()
+
+    def onReviewReject(self) -> None:
+        if not slicer.util.confirmOkCancelDisplay(_("Reject the proposal of case {case}? It is sent back to be drawn "
+                                                    "from scratch.").format(case=self.review.case_id)):
+            return
+        ok, record = panel_support.run_action(_("The rejection could not be recorded."), self.logic.rejectReview,
+                                              self._parameterNode, self.review)
+        if ok:
+            self._parameterNode.loopRejectReason = ""
+            self._finishReview(self.logic.decisionText(self.review, record))
+
+    def _finishReview(self, text) -> None:
+        """The decision is recorded: the case leaves the scene, the panel says what happened."""
+        self._closeOpenReadings()
+        self.ui.segmentEditorFrame.setVisible(False)
+        self.ui.reviewCaseLabel.text = ""
+        self.ui.reviewStatusLabel.text = text
+        self._updateButtonStates()
+
 
 #
 # AnnotationQCLogic
@@ -654,6 +733,34 @@ class AnnotationQCLogic(ScriptedLoadableModuleLogic):
         return _panelLogic().measure_snr_cnr(parameterNode.qualityVolume, parameterNode.qualityRois,
                                              rayleigh_correction=parameterNode.rayleighCorrection)
 
+    # pre-annotation review (AnnotationQCLib.loop.review_logic)
+    def reviewActions(self, parameterNode, review) -> dict:
+        p = parameterNode
+        return _reviewLogic().panel_actions(p.loopFolder, p.loopReader, review, p.loopRejectReason)
+
+    def openReview(self, parameterNode):
+        return _reviewLogic().open_review(parameterNode.loopFolder, scene=slicer.mrmlScene)
+
+    def reviewText(self, review) -> str:
+        return _reviewLogic().review_text(review)
+
+    def acceptReview(self, parameterNode, review) -> dict:
+        return _reviewLogic().accept_review(review, parameterNode.loopReader.strip())
+
+    def startRedraw(self, review) -> None:
+        _reviewLogic().start_redraw(review)
+
+    def rejectReview(self, parameterNode, review) -> dict:
+        p = parameterNode
+        return _reviewLogic().reject_review(review, p.loopReader.strip(), p.loopRejectReason.strip())
+
+    def decisionText(self, review, record) -> str:
+        return _reviewLogic().decision_text(review, record)
+
+    def closeReview(self, review) -> None:
+        if review is not None:
+            _reviewLogic().close_review(review)
+
     def recordQuality(self, parameterNode, study, caseId, sequence, measurement) -> dict:
         p = parameterNode
         pl = _panelLogic()
@@ -687,7 +794,7 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
     def runTest(self):
         for test in (self.test_PathFieldsUnset, self.test_LoginOpenSaveSubmit, self.test_CompareTwoBoxes,
                      self.test_IccFromTwoTables, self.test_IccFromReaderStudy, self.test_TrainingSession,
-                     self.test_QualityRoisMeasureRecord):
+                     self.test_QualityRoisMeasureRecord, self.test_PreAnnotationReview):
             self.setUp()
             test()
 
@@ -762,6 +869,10 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
         with self.assertRaisesRegex(UserError, "choose the reader study folder"):
             logic.login(parameterNode.studyFolder, "r1", "annotator")
         self.assertIsNone(logic.openTrainingSession("."))
+        self.assertEqual(str(parameterNode.loopFolder), ".")
+        self.assertFalse(logic.reviewActions(parameterNode, None)["next"][0])
+        with self.assertRaisesRegex(UserError, "choose the loop folder first"):
+            logic.openReview(parameterNode)
         self.delayDisplay("Test passed")
 
     def test_LoginOpenSaveSubmit(self):
@@ -939,4 +1050,61 @@ class AnnotationQCTest(ScriptedLoadableModuleTest):
         record = logic.recordQuality(parameterNode, study, "c1", "FLAIR", m)
         self.assertTrue(record["flagged"])
         self.assertEqual(logic.caseRows(study, "r1", "first"), [])  # the flagged series is not offered
+        self.delayDisplay("Test passed")
+
+    def test_PreAnnotationReview(self):
+        self.delayDisplay("Pre-annotation review: Next case, Accept unchanged, Next case, Reject with a reason")
+        import importlib.util
+
+        missing = [m for m in ("torch", "monai", "safetensors") if importlib.util.find_spec(m) is None]
+        if missing:
+            logging.warning("AnnotationQCTest: review test skipped, packages not installed: %s", ", ".join(missing))
+            self.delayDisplay("Skipped: the loop's model needs " + ", ".join(missing))
+            return
+        import numpy as np
+        import SimpleITK as sitk
+
+        from AnnotationQCLib.loop import model
+        from AnnotationQCLib.loop.store import LoopFolder
+
+        folder = self._folder()
+        rng = np.random.default_rng(0)
+        rows = []
+        for i in range(5):
+            array = rng.normal(100.0, 8.0, (24, 24, 24)).astype(np.float32)
+            lesion = np.zeros(array.shape, np.uint8)
+            lesion[6 + i:14 + i, 8:16, 5:13] = 1
+            image = sitk.GetImageFromArray(array + 60.0 * lesion)
+            sitk.WriteImage(image, os.path.join(folder, f"L{i}.nii.gz"))
+            mask = ""
+            if i < 3:  # the standard set; L3 and L4 are the pool
+                truth = sitk.GetImageFromArray(lesion)
+                truth.CopyInformation(image)
+                sitk.WriteImage(truth, os.path.join(folder, f"L{i}_mask.nii.gz"))
+                mask = f"L{i}_mask.nii.gz"
+            rows.append({"case_id": f"L{i}", "image": f"L{i}.nii.gz", "mask": mask})
+        self._writeCsv(os.path.join(folder, "cases.csv"), rows)
+        loop, _summary = LoopFolder.create(os.path.join(folder, "loop"), os.path.join(folder, "cases.csv"))
+        model.train_round(loop, epochs=2, device="cpu", seed=0, patch=16)
+        model.prelabel(loop, samples=2, device="cpu")
+        logic = AnnotationQCLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.loopFolder = pathlib.Path(loop.folder)
+        self.assertTrue(logic.reviewActions(parameterNode, None)["next"][0])
+        review = logic.openReview(parameterNode)
+        self.assertIn(review.case_id, ("L3", "L4"))
+        self.assertIn("model proposal, round 1", review.segmentation_node.GetName())
+        self.assertFalse(logic.reviewActions(parameterNode, review)["accept"][0])  # no reader id yet
+        parameterNode.loopReader = "expert-1"
+        record = logic.acceptReview(parameterNode, review)
+        self.assertEqual((record["verdict"], record["changed_fraction"], record["by"]), ("accepted", 0.0, "expert-1"))
+        self.assertTrue(logic.decisionText(review, record).startswith(f"{review.case_id} accepted as proposed"))
+        logic.closeReview(review)
+        review = logic.openReview(parameterNode)
+        self.assertFalse(logic.reviewActions(parameterNode, review)["reject"][0])  # no reason yet
+        parameterNode.loopRejectReason = "lesion missed"
+        record = logic.rejectReview(parameterNode, review)
+        self.assertEqual(record["reason"], "lesion missed")
+        logic.closeReview(review)
+        self.assertEqual(LoopFolder(loop.folder).state()["cases"][review.case_id]["status"], "redraw")
         self.delayDisplay("Test passed")

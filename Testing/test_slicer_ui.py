@@ -384,3 +384,54 @@ def test_path_fields_with_history_record_it(module):
     if problems and module == "HRMMPredict":
         pytest.xfail("HRMMPredict.py is changed by its owner later: " + "; ".join(problems))
     assert not problems, f"{module}.py:\n  " + "\n  ".join(problems)
+
+
+# --------------------------------------------------------------------------------------
+# AnnotationQC's "Pre-annotation review" section (issue 16)
+
+#: widget -> (class, parameter-node field or None)
+REVIEW_WIDGETS = {
+    "loopPathLineEdit": ("ctkPathLineEdit", "loopFolder"),
+    "loopReaderLineEdit": ("QLineEdit", "loopReader"),
+    "reviewReasonLineEdit": ("QLineEdit", "loopRejectReason"),
+    "reviewNextButton": ("QPushButton", None),
+    "reviewAcceptButton": ("QPushButton", None),
+    "reviewRedrawButton": ("QPushButton", None),
+    "reviewRejectButton": ("QPushButton", None),
+    "reviewCaseLabel": ("QLabel", None),
+    "reviewStatusLabel": ("QLabel", None),
+}
+
+
+def test_annotationqc_review_section_has_its_widgets_fields_and_handlers(qapp):
+    path = ROOT / "AnnotationQC" / "Resources" / "UI" / "AnnotationQC.ui"
+    section = next(w for w in ui_xml(path).iter("widget") if w.get("name") == "reviewCollapsibleButton")
+    assert section.get("class") == "ctkCollapsibleButton"
+    assert section.find("property[@name='text']").findtext("string") == "Pre-annotation review"
+    inside = {w.get("name"): w for w in section.iter("widget")}
+    fields, _enums = _parameter_fields("AnnotationQC")
+    source = module_source("AnnotationQC")
+    for name, (cls, field) in REVIEW_WIDGETS.items():
+        assert name in inside, f"{name} is not in the review section"
+        assert inside[name].get("class") == cls, f"{name} is a {inside[name].get('class')}, expected {cls}"
+        props = {p.get("name"): p for p in inside[name].findall("property")}
+        if field is not None:
+            assert props["SlicerParameterName"].findtext("string") == field
+            assert field in fields
+        if cls == "QPushButton":
+            handler = re.search(rf'ui\.{name}\.connect\("clicked\(bool\)", self\.(on\w+)\)', source)
+            assert handler, f"{name} is not connected in AnnotationQC.py"
+            assert re.search(rf"\n    def {handler.group(1)}\(self\)", source), f"{handler.group(1)} is not defined"
+        if cls == "QLabel":
+            assert props["wordWrap"].findtext("bool") == "true"  # the reason can be long
+    folder = {p.get("name"): p for p in inside["loopPathLineEdit"].findall("property")}
+    filters = folder["filters"].findtext("set")
+    assert "ctkPathLineEdit::Dirs" in filters and "ctkPathLineEdit::Files" not in filters
+    assert folder["settingKey"].findtext("string") == "AnnotationQC/LoopFolder"
+    assert _unannotated(fields["loopFolder"]) in ("pathlib.Path", "Path")
+    # loaded with Qt: the widgets sit inside the section (collapsing it hides them)
+    widget, _ = load_ui(path)
+    box = widget.findChild(QtWidgets.QWidget, "reviewCollapsibleButton")
+    for name in REVIEW_WIDGETS:
+        child = widget.findChild(QtWidgets.QWidget, name)
+        assert child is not None and box.isAncestorOf(child), name

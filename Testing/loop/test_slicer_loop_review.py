@@ -6,8 +6,10 @@ redraw and reject, each checked against the loop's files and records."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +49,13 @@ def prelabelled(tmp_path_factory):
     csv_path, truths = write_cases(root / "data", specs, seed=7)
     loop, _ = LoopFolder.create(root / "loop", csv_path)
     _train_and_prelabel(loop, 12)
-    return loop, truths
+    pristine = root / "pristine"  # before any review: for the tests that work on a copy
+    shutil.copytree(loop.folder, pristine)
+    return loop, truths, pristine
 
 
 def test_open_the_next_case_with_its_proposal_and_uncertainty(prelabelled, mrml_scene):  # noqa: F811
-    loop, _ = prelabelled
+    loop, _, _ = prelabelled
     first = rl.next_case(loop.folder)
     review = rl.open_review(loop.folder, scene=mrml_scene.scene)
     assert review.case_id == first["case_id"] and review.why == first["why"] and review.round == 1
@@ -75,8 +79,62 @@ def test_open_the_next_case_with_its_proposal_and_uncertainty(prelabelled, mrml_
     assert mrml_scene.scene.GetNodeByID(seg.GetID()) is None
 
 
+def test_panel_decisions_buttons_and_texts_through_four_reviews(prelabelled, mrml_scene, tmp_path):  # noqa: F811
+    """What the panel's buttons may do at each step (AnnotationQC.py only wires them) and what
+    it says, on a copy of the loop: accepted, corrected, redrawn and rejected."""
+    _, truths, pristine = prelabelled
+    folder = tmp_path / "loop"
+    shutil.copytree(pristine, folder)
+    scene = mrml_scene.scene
+    no_case = "Take a case with Next case first."
+    assert rl.panel_actions(Path("."), "", None) == {"next": (False, "Choose the loop folder first."),
+                                                     "accept": (False, no_case), "redraw": (False, no_case),
+                                                     "reject": (False, no_case)}
+    assert rl.panel_actions(folder, "", None)["next"] == (True, "Choose the loop folder first.")
+    texts = {}
+    for step in ("accepted", "corrected", "redrawn", "rejected"):
+        first = rl.next_case(folder)
+        review = rl.open_review(folder, scene=scene)
+        assert review.case_id == first["case_id"]
+        text = rl.review_text(review)
+        assert text.startswith(f"Case {review.case_id}, proposal of round 1: {first['why']}.")
+        assert f"uncertainty {first['score']:.3f}" in text
+        actions = rl.panel_actions(folder, " ", review, "")
+        assert actions["accept"] == (False, "Enter your reader id first.") and actions["redraw"][0]
+        assert actions["reject"] == (False, "Enter your reader id first.")
+        actions = rl.panel_actions(folder, "expert1", review, "  ")
+        assert actions["accept"][0] and actions["reject"] == (False, "Give the reason for rejecting the proposal.")
+        assert rl.panel_actions(folder, "expert1", review, "merged")["reject"][0]
+        truth = sitk.ReadImage(str(truths[review.case_id]))
+        if step == "corrected":
+            set_segment_mask(review.segmentation_node, review.segments[1], truth)
+        if step == "redrawn":
+            rl.start_redraw(review)
+            assert rl.panel_actions(folder, "expert1", review)["redraw"] == (
+                False, "The segments were cleared already: draw the case, then Accept.")
+            set_segment_mask(review.segmentation_node, review.segments[1], truth)
+        if step == "rejected":
+            record = rl.reject_review(review, "expert1", "two lesions merged")
+        else:
+            record = rl.accept_review(review, "expert1")
+            assert record["verdict"] == step
+        texts[step] = (review.case_id, record, rl.decision_text(review, record))
+        rl.close_review(review)
+    case, rec, text = texts["accepted"]
+    assert text == (f"{case} accepted as proposed (Dice 1.000 with the proposal, 0.0% of the labelled voxels changed); "
+                    "it joins the standard set.")
+    for step, word in (("corrected", "corrected"), ("redrawn", "redrawn from scratch")):
+        case, rec, text = texts[step]
+        assert 0 < rec["changed_fraction"] < 1
+        assert text == (f"{case} {word} (Dice {rec['dice']:.3f} with the proposal, {rec['changed_fraction']:.1%} of "
+                        "the labelled voxels changed); it joins the standard set.")
+    case, rec, text = texts["rejected"]
+    assert text == f"{case} rejected (two lesions merged): it is to be drawn from scratch and left the queue."
+    assert LoopFolder(folder).state()["cases"][case]["status"] == "redraw"
+
+
 def test_accept_unchanged_corrected_redrawn_and_reject(prelabelled, mrml_scene):  # noqa: F811
-    loop, truths = prelabelled
+    loop, truths, _ = prelabelled
     scene = mrml_scene.scene
     pool = sorted(c for c, v in loop.state()["cases"].items() if v["status"] == "pool")
     a, b, c, d = pool[:4]
@@ -147,3 +205,28 @@ def test_review_logic_imports_no_torch_monai_or_pandas():
                          cwd=str(ROOT))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().replace("'", '"')) == []
+
+
+def test_the_review_runs_without_torch_monai_or_pandas(prelabelled, tmp_path):
+    """A stock Slicer has no torch, MONAI or pandas: the whole review (queue, open, accept,
+    reject) runs in a process where importing them fails."""
+    folder = tmp_path / "loop"
+    shutil.copytree(prelabelled[2], folder)
+    code = textwrap.dedent(f"""
+        import sys
+        for m in ("torch", "monai", "pandas", "safetensors"):
+            sys.modules[m] = None  # import fails
+        sys.path.insert(0, {str(ROOT / "Testing")!r})
+        from slicer_harness import SlicerCoreScene
+        from AnnotationQCLib.loop import review_logic as rl
+        scene = SlicerCoreScene().scene
+        review = rl.open_review({str(folder)!r}, scene=scene)
+        print(rl.accept_review(review, "expert1")["verdict"])
+        rl.close_review(review)
+        review = rl.open_review({str(folder)!r}, scene=scene)
+        print(rl.reject_review(review, "expert1", "unusable")["reason"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                         cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["accepted", "unusable"]

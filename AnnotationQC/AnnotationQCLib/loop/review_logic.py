@@ -15,6 +15,9 @@ The expert corrects the segments in the Segment Editor, then:
 - :func:`reject_review` - sends the case back to be drawn from scratch later;
 - :func:`close_review` - removes the case's nodes.
 
+The panel's decisions live here too: which of its buttons can act and why not
+(:func:`panel_actions`), and the texts it shows (:func:`review_text`, :func:`decision_text`).
+
 Every number and record comes from :class:`~AnnotationQCLib.loop.store.LoopFolder`; the
 Slicer application and slicer-core run this the same way (Testing/loop/test_slicer_loop_review.py).
 
@@ -232,3 +235,46 @@ def close_review(review: Review) -> None:
     for node in review.nodes():
         if node is not None and node.GetScene() is not None:
             node.GetScene().RemoveNode(node)
+
+
+# ---------------------------------------------------------------------------------------
+# The panel's decisions (AnnotationQC.py only wires widgets to these)
+
+
+def panel_actions(loop_folder, reader: str, review: Review | None, reason: str = "") -> dict[str, tuple[bool, str]]:
+    """For each button of the "Pre-annotation review" section (``next``, ``accept``,
+    ``redraw``, ``reject``): (enabled, why not). Next case needs a loop folder; the decisions
+    need an open case and the reader id; Redraw is done once per case; Reject needs a
+    reason (it is recorded in the audit trail)."""
+    from ClinicalMRICommonLib.panel_support import path_is_set
+
+    no_case = "Take a case with Next case first."
+    actions = {"next": (path_is_set(loop_folder), "Choose the loop folder first.")}
+    if review is None:
+        return {**actions, "accept": (False, no_case), "redraw": (False, no_case), "reject": (False, no_case)}
+    who = bool(str(reader or "").strip())
+    need_reader = "Enter your reader id first."
+    actions["accept"] = (who, need_reader)
+    actions["redraw"] = (not review.redrawn, "The segments were cleared already: draw the case, then Accept.")
+    actions["reject"] = (who and bool(str(reason or "").strip()),
+                         need_reader if not who else "Give the reason for rejecting the proposal.")
+    return actions
+
+
+def review_text(review: Review) -> str:
+    """What the panel says about an open case: id, round, uncertainty score and why."""
+    why = review.why or f"uncertainty {review.score:.3f}"
+    return (f"Case {review.case_id}, proposal of round {review.round}: {why}. Correct the segments in the Segment "
+            "Editor (the uncertainty is the heat map over the image), then Accept, Redraw or Reject.")
+
+
+def decision_text(review: Review, record: dict) -> str:
+    """What the panel says after Accept or Reject (from the audit record's data)."""
+    case = review.case_id
+    if "verdict" not in record:  # a reject record
+        return f"{case} rejected ({record.get('reason') or 'no reason given'}): it is to be drawn from scratch and left the queue."
+    verdict = record["verdict"]  # every review has a proposal, so Dice and changed fraction are recorded
+    changed = (f"Dice {record['dice']:.3f} with the proposal, {record['changed_fraction']:.1%} of the labelled "
+               "voxels changed")
+    what = {"accepted": "accepted as proposed", "corrected": "corrected", "redrawn": "redrawn from scratch"}[verdict]
+    return f"{case} {what} ({changed}); it joins the standard set."
