@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import atomic_path, sha256_file, verify_image_file
+from ClinicalMRICommonLib.files import atomic_path, clean_stale_temps, sha256_file, verify_image_file
 from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_grid, read_image
 from ClinicalMRICommonLib.locks import folder_lock
@@ -425,17 +425,20 @@ class ReaderStudy:
                 rep.problems.append("labels.json is missing (it was deleted); restore it")
         else:
             rep.add_document(check_document(labels, "labels.json", required=signed, key_path=self.key_path))
-        self._cross_check(rep, vr.records, strict)
-        if files:
+        shaped = self._cross_check(rep, vr.records, strict)
+        if files and shaped:
             self._check_files(rep, vr.records)
         return rep
 
-    def _cross_check(self, rep: FolderReport, events: list[dict], strict: bool) -> None:
+    def _cross_check(self, rep: FolderReport, events: list[dict], strict: bool) -> bool:
+        """Adds the cross-check problems; False when study.json is not even shaped like a study."""
         meta_readers = self.meta.get("readers") or {}
         meta_cases = self.meta.get("cases") or {}
-        if not isinstance(meta_readers, dict) or not isinstance(meta_cases, dict):
-            rep.problems.append("study.json's readers or cases are not JSON objects: it was edited")
-            return
+        if not isinstance(meta_readers, dict) or not isinstance(meta_cases, dict) or \
+                not all(isinstance(c, dict) and isinstance(c.get("images"), dict) for c in meta_cases.values()):
+            rep.problems.append("study.json's readers or cases are not shaped as this version writes them: it was "
+                                "edited")
+            return False
         logged_readers, logged_cases = {}, {}
         for i, e in enumerate(events, start=1):
             kind = e.get("event")
@@ -490,6 +493,7 @@ class ReaderStudy:
             if cid not in meta_cases:
                 rep.notices.append(f"case {cid!r} is registered in reads.jsonl but missing from study.json (an "
                                    "interrupted command); add it again")
+        return True
 
     def _check_files(self, rep: FolderReport, events: list[dict]) -> None:
         latest: dict[str, dict] = {}
@@ -646,6 +650,7 @@ class ReaderStudy:
                 verify_image_file(tmp, binary, final=path, what="mask")
                 self._append({**record, "sha256": sha256_file(tmp)})
 
+            clean_stale_temps(path.parent)  # leftovers of a killed save (their writer is gone)
             replacing = path.exists()  # an own draft (checked above)
             with atomic_path(path, what="mask", verify=verify_and_log, exclusive=not replacing,
                              exists_message=f"{self._rel(path)} was already submitted; nothing was replaced") as tmp:

@@ -68,6 +68,7 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import (
     atomic_path,
     check_output_path,
+    clean_stale_temps,
     json_safe,
     sha256_file,
     verify_image_file,
@@ -225,7 +226,9 @@ class TrainingSession:
         self._images: dict[str, sitk.Image] = {}
         self.version = 1 if self.meta["format"] == FORMAT_V1 else 2
         stored = self.meta.get("criteria") or {}
-        if not isinstance(stored, dict) or not isinstance(self.meta.get("cases"), dict):
+        cases = self.meta.get("cases")
+        if not isinstance(stored, dict) or not isinstance(cases, dict) or \
+                not all(isinstance(c, dict) for c in cases.values()):
             raise UserError(f"{self.folder / 'session.json'} has no valid criteria or cases: it was edited")
         self.criteria = {**{k: None for k in DEFAULT_CRITERIA}, "icc_form": "ICC(A,1)", **stored}
         self._log = AuditLog(self.folder / "submissions.jsonl", "submission log", key_path=key_path,
@@ -527,6 +530,7 @@ class TrainingSession:
                                 f"({self.trainee_mask_path(trainee_id, case_id)}); submissions are never overwritten "
                                 "- withdraw it first (annotation-qc training-withdraw) to submit again")
             path = self._new_submission_path(trainee_id, case_id)
+            clean_stale_temps(path.parent)  # leftovers of a killed submission (their writer is gone)
             if path.exists():
                 raise UserError(f"{path} exists but is not recorded as a submission (left over from an interrupted "
                                 "command?); it is left untouched - move it away and submit again")

@@ -220,6 +220,14 @@ def test_a_replaced_mask_is_not_scored(study, tmp_path, capsys):
     assert code == 1 and "mask of 'r2'" in out and "was changed after it was saved" in out
 
 
+def test_a_study_json_of_the_wrong_shape_is_a_verdict_not_a_traceback(study, capsys):
+    meta = json.loads((study / "study.json").read_text())
+    meta["cases"], meta["readers"] = list(meta["cases"]), ["r1"]
+    (study / "study.json").write_text(json.dumps(meta))
+    code, out, err = _run(capsys, "study", "verify", "--study", study)
+    assert code == 1 and "not shaped as this version writes them" in out and "Traceback" not in err
+
+
 def test_a_save_record_pointing_outside_is_noticed(study, capsys):
     recs = _lines(study / "reads.jsonl")
     i = next(i for i, r in enumerate(recs) if r["event"] == "save")
@@ -377,3 +385,39 @@ def test_two_final_study_saves_at_the_same_moment_one_wins(study, tmp_path):
 
     saves = [e for e in ReaderStudy.open(study).events() if e["event"] == "save" and e["reader_id"] == "rev"]
     assert len(saves) == 1 and saves[0]["final"]
+
+
+_KILLED_WRITER = """
+import sys, time
+import SimpleITK as sitk
+from AnnotationQCLib.training import TrainingSession
+
+real = sitk.WriteImage
+def slow(img, path, *args):          # the write starts, then the process is killed in the middle
+    real(img, path, *args)
+    print("writing", flush=True)
+    time.sleep(600)
+sitk.WriteImage = slow
+TrainingSession.open(sys.argv[1]).submit("kim", "case4", sitk.ReadImage(sys.argv[2]))
+"""
+
+
+def test_a_submission_killed_during_the_write_leaves_nothing_that_blocks(session, tmp_path):
+    import signal
+
+    mask = _mask(tmp_path / "k.nii.gz", tmp_path / "src" / "P4_T2.nii.gz")
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(session), str(mask)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing", child.stderr.read()
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    kim = session / "trainees" / "kim"
+    assert (session / ".lock").exists() and [p.name for p in kim.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in kim.iterdir() if not p.name.startswith(".")]   # nothing published, nothing logged
+    res = _race([["training-submit", "--session", session, "--trainee", "kim", "--case", "case4", "--mask", mask]])
+    assert res[0][0] == 0, res
+    assert not [p for p in kim.iterdir() if p.name.startswith(".tmp")]   # the leftover is cleaned up
+    assert not (session / ".lock").exists()
+    s = TrainingSession.open(session)
+    assert s.verify().ok and ("kim", "case4") in s.submissions()
+

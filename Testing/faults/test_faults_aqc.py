@@ -306,8 +306,16 @@ def _folder_kind(ws, kind, what):
         return ws / "src"
     folder = ws / what
     text = (folder / doc).read_text()
-    (folder / doc).write_text(text[: len(text) // 2] if kind == "damaged description" else
-                              text.replace('"format": "annotationqc-', '"format": "other-'))
+    if kind == "wrong types":
+        d = json.loads(text)
+        d["cases"] = list(d["cases"])
+        d["readers" if what == "study" else "criteria"] = ["r1"]
+        text = json.dumps(d)
+    elif kind == "damaged description":
+        text = text[: len(text) // 2]
+    else:
+        text = text.replace('"format": "annotationqc-', '"format": "other-')
+    (folder / doc).write_text(text)
     return folder
 
 
@@ -333,9 +341,11 @@ STUDY_COMMANDS = {
     "feature-icc --study": lambda ws, s: ["feature-icc", "--study", s, "--reader-a", "r1", "--reader-b", "qa",
                                           "--out", ws / "out/icc.csv"],
 }
-FOLDER_KINDS = ["missing folder", "a file", "not a study or session", "damaged description", "other format"]
+FOLDER_KINDS = ["missing folder", "a file", "not a study or session", "damaged description", "other format",
+                "wrong types"]
+# (study verify reports a study.json of the wrong shape as ALTERED, exit 1: a verdict, not a refusal)
 FOLDER_ROWS = [(c, k, "session") for c in SESSION_COMMANDS for k in FOLDER_KINDS] + \
-              [(c, k, "study") for c in STUDY_COMMANDS for k in FOLDER_KINDS]
+              [(c, k, "study") for c in STUDY_COMMANDS for k in FOLDER_KINDS if (c, k) != ("study verify", "wrong types")]
 
 
 @pytest.mark.parametrize(("command", "kind", "what"), FOLDER_ROWS, ids=[f"{c}-{k}" for c, k, _ in FOLDER_ROWS])
