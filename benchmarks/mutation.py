@@ -93,6 +93,31 @@ def top_level_definition(tree: ast.Module, line: int) -> str:
     return "<module>"
 
 
+def annotation_spans(tree: ast.Module) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions of every type annotation, where ``from __future__ import
+    annotations`` keeps them unevaluated strings: a mutant there (``str | None`` ->
+    ``str + None``) cannot change what the code does, so it is left out as equivalent."""
+    future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and
+                 any(a.name == "annotations" for a in n.names) for n in tree.body)
+    if not future:
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        anns = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            anns = [x.annotation for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]
+                    if x is not None and x.annotation is not None] + ([node.returns] if node.returns else [])
+        elif isinstance(node, ast.AnnAssign):
+            anns = [node.annotation]
+        spans += [((x.lineno, x.col_offset), (x.end_lineno, x.end_col_offset)) for x in anns]
+    return spans
+
+
+def in_spans(spans, pos: tuple[int, int]) -> bool:
+    return any(start <= tuple(pos) < end for start, end in spans)
+
+
 def test_command(tests: list[str]) -> str:
     # -x: the first failure is enough to kill a mutant; no cache: the copy is thrown away
     return " ".join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests])
@@ -121,6 +146,7 @@ def mutants_for(name: str, mod: dict, settings: dict, db_path: Path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     excluded = [re.compile(p) for p in settings.get("exclude_operators", [])]
     wanted = set(mod.get("definitions", [])) or None
+    spans = annotation_spans(tree)
     db = WorkDB(str(db_path), WorkDB.Mode.create)
     init([path], db, {})
     keep, skip = [], []
@@ -128,7 +154,8 @@ def mutants_for(name: str, mod: dict, settings: dict, db_path: Path):
         m = item.mutations[0]
         op = m.operator_name.split("/")[-1]
         definition = top_level_definition(tree, m.start_pos[0])
-        if any(rx.search(op) for rx in excluded) or (wanted is not None and definition not in wanted):
+        if any(rx.search(op) for rx in excluded) or (wanted is not None and definition not in wanted) \
+                or in_spans(spans, m.start_pos):
             skip.append(item.job_id)
         else:
             keep.append(item)
@@ -153,9 +180,12 @@ def run_module(name: str, mod: dict, settings: dict, args, workdir: Path, previo
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
     current = list(mod["tests"])
-    full = current + [k for k in mod.get("killers", []) if Path(k.split("::")[0]).exists()]
+    # the killers first: they are quick and aimed at the survivors, and -x stops at the first failure
+    full = [k for k in mod.get("killers", []) if Path(k.split("::")[0]).exists()] + current
     first = current if args.tests in ("current", "both") else full
     print(f"\n== {name}: {mod['path']}", flush=True)
+    if set(full) == set(current):
+        full = current
     if previous is not None:
         return rerun_survivors(name, mod, settings, full, workdir, previous)
     try:
@@ -220,10 +250,17 @@ def rerun_survivors(name: str, mod: dict, settings: dict, full: list[str], workd
     rows = [dict(r) for r in previous["rows"]]
     todo = [r for r in rows if r["before"] == "survived"]
     print(f"   re-running {len(todo)} survivors of the earlier run with {len(full)} test files", flush=True)
-    for r in todo:
-        res = mutate_and_test(by_key[(r["operator"], r["occurrence"])].mutations, test_command(full), timeout)
+    for i, r in enumerate(todo, 1):
+        item = by_key.get((r["operator"], r["occurrence"]))
+        if item is None:  # left out by a filter added since (an annotation mutant): equivalent
+            r["before"] = r["after"] = "excluded"
+            continue
+        res = mutate_and_test(item.mutations, test_command(full), timeout)
         r["after"] = ("killed" if res.test_outcome == TestOutcome.KILLED else
                       "survived" if res.test_outcome == TestOutcome.SURVIVED else "incompetent")
+        if i % 10 == 0 or i == len(todo):
+            print(f"   {i}/{len(todo)} re-run, {sum(x['after'] == 'survived' for x in todo[:i])} still survive",
+                  flush=True)
     out = {k: v for k, v in previous.items() if k not in ("rows",)}
     out.update(tests="both", tests_after=full, rows=rows, **scores(rows))
     return out
@@ -247,6 +284,7 @@ def scores(rows: list[dict]) -> dict:
         out[f"survived_{phase}"] = s
         out[f"score_{phase}"] = (100.0 * k / (k + s)) if k + s else None
     out["incompetent"] = sum(r["before"] in ("incompetent", "no-mutation") for r in rows)
+    out["excluded"] = sum(r["before"] == "excluded" for r in rows)
     return out
 
 

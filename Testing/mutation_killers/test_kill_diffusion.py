@@ -265,3 +265,56 @@ def test_candidate_parameter_edges_refused(kwargs, match):
                                     {"shine_through_adc_mm2s": 620e-6}])
 def test_candidate_parameter_edges_accepted(kwargs):
     assert cand.CandidateParams(**kwargs).check() is not None
+
+
+def test_stated_plain_mm2s_is_not_detection():
+    vals = np.full((3, 4, 5), 30.0)  # fits no window: only stated units can use it
+    u = dif.detect_adc_units(image(vals), brain_all(), "mm2/s")
+    assert (u.units, u.detected, u.factor_to_mm2s, u.brain_median_mm2s) == ("mm2/s", False, 1.0, 30.0)
+
+
+# ---------------------------------------------------------------------------------------
+# brain mask
+
+
+def test_brain_mask_of_a_box_is_the_box_without_its_edges():
+    """Otsu separates the box (100) from the background (0); the opening with the 6-neighbour
+    cross removes the box's 12 edges (no cross fits around an edge voxel inside the box); the
+    hole filling restores nothing outside. A NaN voxel counts as background."""
+    arr = np.zeros((12, 12, 12))
+    arr[2:10, 2:10, 2:10] = 100.0
+    arr[0, 0, 0] = np.nan
+    expected = np.zeros(arr.shape, bool)
+    expected[2:10, 2:10, 2:10] = True
+    for z in (2, 9):
+        for y in (2, 9):
+            expected[z, y, 2:10] = False
+            expected[z, 2:10, y] = False
+            expected[2:10, z, y] = False
+    m = dif.brain_mask(image(arr))
+    assert m.GetPixelID() == sitk.sitkUInt8 and m.GetOrigin() == (10.0, -20.0, 5.0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(m) > 0, expected)
+
+
+def test_brain_mask_keeps_the_largest_part_and_fills_holes():
+    arr = np.zeros((16, 16, 24))
+    arr[2:14, 2:14, 2:14] = 1.5       # the brain (values near 1: a NaN must not read as 1), with
+    arr[6:9, 6:9, 6:9] = 0.0          # a dark hole (a ventricle) well inside
+    arr[5:9, 5:9, 17:22] = 1.5        # a smaller bright part elsewhere (scalp, eyes)
+    arr[6:9, 6:9, 14:16] = np.nan     # NaN beside the brain stays out
+    m = sitk.GetArrayFromImage(dif.brain_mask(image(arr))) > 0
+    assert m[7, 7, 7] and m[3, 3, 5]          # the hole is filled, the brain kept
+    assert not m[6, 6, 19]                    # the smaller part is dropped
+    assert not m[7, 7, 14] and not m[7, 7, 15]  # the NaN voxels are not brain
+    assert not m[2, 2, 2]                     # an edge of the box is opened away
+
+
+def test_brain_mask_refusals():
+    with pytest.raises(UserError, match="constant or empty"):
+        dif.brain_mask(image(np.full((5, 5, 5), 7.0)))
+    with pytest.raises(UserError, match="constant or empty"):
+        dif.brain_mask(image(np.full((5, 5, 5), np.nan)))
+    one = np.zeros((7, 7, 7))
+    one[3, 3, 3] = 100.0  # a single bright voxel does not survive the opening
+    with pytest.raises(UserError, match="no voxel above the Otsu threshold"):
+        dif.brain_mask(image(one))
