@@ -34,6 +34,7 @@ from ClinicalMRICommonLib.audit import (  # noqa: F401  (re-exported for Annotat
     AuditLog,
     Verification,
     check_document,
+    inside_folder,
     os_user,
     record_hash,
     utc_now,
@@ -48,19 +49,8 @@ __all__ = ["AUDIT_SIGNED", "AuditLog", "ChainedLog", "FolderReport", "inside", "
 AUDIT_SIGNED = "hmac-sha256"
 
 
-def inside(folder: Path, relative, what: str) -> Path:
-    """``folder / relative`` when it stays inside ``folder`` (no absolute path, no ``..``
-    leading out, no symbolic link pointing out); UserError naming ``what`` otherwise."""
-    rel = str(relative or "")
-    p = Path(rel)
-    if not rel or p.is_absolute() or p.drive:
-        raise UserError(f"{what} {rel!r} is not a path inside {folder}: the record was edited")
-    full = folder / p
-    try:
-        full.resolve().relative_to(folder.resolve())
-    except ValueError:
-        raise UserError(f"{what} {rel!r} points outside {folder}: the record was edited") from None
-    return full
+#: Paths named by records and documents stay inside the folder (the extension's one rule).
+inside = inside_folder
 
 
 @dataclass

@@ -87,8 +87,8 @@ from . import __version__
 from .errors import InputWarning, UserError, os_error_message
 
 __all__ = ["SIGNED_SINCE", "SITE_KEY_ENV", "AuditLog", "SiteKey", "Verification", "canonical_json", "check_document",
-           "default_site_key_path", "load_site_key", "os_user", "record_hash", "sign_document", "site_key_path",
-           "utc_now", "write_signed_json"]
+           "default_site_key_path", "inside_folder", "load_site_key", "os_user", "record_hash", "sign_document",
+           "site_key_path", "utc_now", "write_signed_json"]
 
 #: Environment variable naming the site key file.
 SITE_KEY_ENV = "CLINICALMRI_SITE_KEY_FILE"
@@ -271,6 +271,24 @@ def _check_outside(key: SiteKey, folder: Path) -> None:
         return
     raise UserError(f"the site key {key.path} lies inside {folder}, the folder it protects; move it outside "
                     f"(e.g. {default_site_key_path()}) and set {SITE_KEY_ENV}")
+
+
+def inside_folder(folder: str | os.PathLike, relative, what: str) -> Path:
+    """``folder / relative`` for a path a certified record or document names (a mask, a
+    reference, a copied image), when it stays inside ``folder``: no absolute path, no ``..``
+    leading out, no symbolic link pointing out; UserError naming ``what`` otherwise (the record
+    was edited: e.g. ``../../x`` must never be read or exported)."""
+    folder = Path(folder)
+    rel = str(relative or "")
+    p = Path(rel)
+    if not rel or p.is_absolute() or p.drive:
+        raise UserError(f"{what} {rel[:200]!r} is not a path inside {folder}: the record was edited")
+    full = folder / p
+    try:
+        full.resolve().relative_to(folder.resolve())
+    except ValueError:
+        raise UserError(f"{what} {rel[:200]!r} points outside {folder}: the record was edited") from None
+    return full
 
 
 # ---------------------------------------------------------------------------------------

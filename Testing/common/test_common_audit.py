@@ -12,12 +12,12 @@ import subprocess
 import sys
 
 import pytest
-
 from ClinicalMRICommonLib.audit import (
     SIGNED_SINCE,
     SITE_KEY_ENV,
     AuditLog,
     check_document,
+    inside_folder,
     load_site_key,
     record_hash,
     sign_document,
@@ -253,3 +253,16 @@ def test_appends_from_two_processes_keep_one_chain(tmp_path, key_file):
     v = log.verify()
     assert v.ok and not v.notices, v.problems
     assert len(v.records) == 30 and sorted(r["by"] for r in v.records).count("a") == 15
+
+
+def test_paths_named_by_records_stay_inside_the_folder(tmp_path):
+    (tmp_path / "study" / "readers").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert inside_folder(tmp_path / "study", "readers/r1.nii.gz", "mask") == tmp_path / "study/readers/r1.nii.gz"
+    for bad in ("../../x", "/etc/passwd", "readers/../../elsewhere/x", ""):
+        with pytest.raises(UserError, match="the record was edited"):
+            inside_folder(tmp_path / "study", bad, "mask")
+    (tmp_path / "study" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="points outside"):
+        inside_folder(tmp_path / "study", "link/x.nii.gz", "mask")
+
