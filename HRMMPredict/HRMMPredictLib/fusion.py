@@ -13,28 +13,39 @@ Pipeline (the paper's "fusion model"; docs/hrmm_method.md and docs/fusion.md):
    regression, thresholds by Youden on out-of-fold probabilities:
    :func:`HRMMPredictLib.radiomics.model.train_radiomics_models` itself, with ``name="fusion"``.
 
+Everything the fusion depends on is refitted wherever it is estimated: a
+:class:`FusionEstimator` starts from ALL radiomics features of the lesions it is fitted
+on, runs the radiomics selection (reader-agreement ICC, z-score, Mann-Whitney, |r| pruning,
+mRMR, LASSO) on those lesions, adds the deep components and runs the fusion selection and
+the classifier. Cross-validating it therefore refits the radiomics selection inside every
+fold (selecting the radiomics inputs once on all training lesions and then
+cross-validating the fusion on the same lesions gave a fusion CV AUC of 0.61-0.69 with
+pure noise in place of the deep components on no-signal cohorts).
+
 Which lesions the supervised fusion steps are fitted on (``fusion_fit``):
 
 ``"paper"`` (default, what the paper does)
-    all training lesions. Their deep features come from a network trained on those same
-    lesions, so they separate the classes far better than they will on new lesions: the
-    fusion selection favours the deep components and the classifier trusts them, and the
-    fusion's cross-validated AUC and Youden threshold are optimistic (the pipeline is
-    refitted per fold, the network is not). The held-out validation set stays honest.
-``"internal"`` (the honest variant, no extra training cost)
-    only the lesions of the network's internal validation split (carved out of the
-    training set for epoch selection; the network never fitted its weights on them, so
-    their deep features are out-of-sample). PCA is still fitted on all training lesions
-    (unsupervised; the projection of the held-out lesions is then honest). The price is a
-    small fitting set (about ``val_fraction`` of the training lesions): raise the deep
-    model's ``val_fraction`` (e.g. 0.34: the split uses ``round(1 / fraction)``
-    folds, so a third of the training patients) for this mode. Their only remaining optimism is
-    that they chose the epoch.
+    all training lesions; the network is trained on them as well (its epoch chosen on its
+    internal-validation split). Their deep features are in-sample for the network, so
+    without ``deep_cv`` no training estimate of the fusion (or of the network) is
+    reported: ``cv_auc`` is null with ``cv_unavailable_reason`` "deep features are
+    in-sample", the thresholds are a fixed 0.5, and the held-out validation set speaks.
+``"internal"``
+    the network is trained for a fixed schedule (all epochs, the last one kept: no epoch
+    is chosen on any lesion) on the fit part of its internal split; the fusion is fitted
+    only on the internal-validation lesions, which the network never saw, so their deep
+    features are out-of-sample and the fusion's cross-validation over them (radiomics
+    selection refitted per fold) is honest. PCA is fitted on all training lesions
+    (unsupervised). The price is a small fitting set (about ``val_fraction`` of the
+    training lesions): raise it (e.g. 0.34: a third of the training patients).
 
-Out-of-fold deep features (a network per cross-validation fold) were not implemented:
-five extra trainings are hours on a CPU, and features of different networks do not share
-a coordinate system, so a PCA/classifier fitted on a mix of them would not apply to the
-final network's features (docs/fusion.md).
+``deep_cv = K`` (``hrmm train --deep-cv K``, practical on a GPU): the whole procedure
+(network, deep features, PCA, radiomics selection, fusion) is run once per outer fold of
+the training lesions (K folds by patient) and applied to the held-out fold: honest
+out-of-fold probabilities of the network and of the fusion for every training lesion,
+from which their CV AUC and Youden thresholds come. Each fold's features are projected
+with that fold's own PCA and fused by that fold's own fusion, so no coordinate system is
+mixed; the final models are the procedure run once more on all training lesions.
 """
 
 from __future__ import annotations
@@ -53,11 +64,12 @@ PCA_MAX_COMPONENTS = 256
 MIN_INTERNAL_PATIENTS = 3     # per class, for fusion fit "internal"
 DEEP_FEATURE_PREFIX = "deep_pc"
 FUSION_FIT_MODES = {
-    "paper": "all training lesions (the paper's method; their deep features are in-sample for the network, "
-             "so the fusion's cross-validated AUC and threshold are optimistic)",
-    "internal": "the deep network's internal-validation lesions only (out-of-sample deep features; the network "
-                "never fitted its weights on them, it only chose its epoch on them)",
+    "paper": "all training lesions (the paper's method; their deep features are in-sample for the network, so "
+             "a training estimate needs --deep-cv K: one network per outer fold)",
+    "internal": "the deep network's internal-validation lesions only (the network is trained for a fixed number "
+                "of epochs on the other training lesions and never sees them: out-of-sample deep features)",
 }
+IN_SAMPLE_REASON = "deep features are in-sample"
 
 
 @dataclass
@@ -78,6 +90,7 @@ class DeepOptions:
     pca_components: int = PCA_MAX_COMPONENTS
     threads: int | None = None
     inference_batch_size: int = 32
+    deep_cv: int | None = None                # K: one network per outer fold (honest deep/fusion estimates)
 
     def __post_init__(self):
         if self.train is None and self.enabled:
@@ -92,6 +105,8 @@ class DeepOptions:
             raise UserError(f"fusion fit {self.fusion_fit!r} is not known; use {' or '.join(FUSION_FIT_MODES)}")
         if int(self.pca_components) < 1:
             raise UserError(f"the number of PCA components must be >= 1, got {self.pca_components}")
+        if self.deep_cv is not None and int(self.deep_cv) < 2:
+            raise UserError(f"--deep-cv must be >= 2 folds, got {self.deep_cv}")
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.fusion_fit == "internal" and self.train.val_fraction <= 0:
@@ -113,7 +128,8 @@ class DeepOptions:
         if self.enabled:
             d.update({"train": self.train.to_dict(), "input": self.input.to_dict(), "device": self.device,
                       "fusion_fit": self.fusion_fit, "pca_components": int(self.pca_components),
-                      "threads": self.threads, "inference_batch_size": int(self.inference_batch_size)})
+                      "threads": self.threads, "inference_batch_size": int(self.inference_batch_size),
+                      "deep_cv": None if self.deep_cv is None else int(self.deep_cv)})
         return d
 
 
@@ -224,10 +240,93 @@ def fusion_config(cfg, y: np.ndarray, groups: np.ndarray, fusion_fit: str):
     return replace(cfg, cv_folds=folds)
 
 
+class FusionEstimator:
+    """The whole supervised fusion procedure as one estimator, so that cross-validating it
+    refits every step inside each fold.
+
+    ``fit(X, y)``: ``X`` holds, per lesion (index: lesion id), every radiomics feature
+    (``radiomics_columns``) and the deep components (``deep_pc*``). The radiomics
+    selection (the radiomics model's own steps, ICC filter included when reader tables
+    are given) is fitted on these rows; its selected features plus the components go
+    through the selection again (no ICC step) and into the classifier (``kind``).
+    ``groups``: lesion id -> patient id (LASSO's inner folds).
+    """
+
+    def __init__(self, cfg, kind: str, radiomics_columns, reader2=None, repeat=None, groups=None):
+        self.cfg = cfg
+        self.kind = kind
+        self.radiomics_columns = list(radiomics_columns)
+        self.reader2 = reader2
+        self.repeat = repeat
+        self.groups = groups
+
+    def fit(self, X: pd.DataFrame, y):
+        from sklearn.pipeline import Pipeline
+
+        from HRMMPredictLib.radiomics.model import _selection_summary, build_pipeline, classifiers, selection_steps
+
+        y = np.asarray(y).astype(int)
+        Xr = X[self.radiomics_columns]
+        rad = Pipeline(selection_steps(self.cfg, self.reader2, self.repeat, self.groups)).fit(Xr, y)
+        self.radiomics_summary_ = _selection_summary(rad, Xr)
+        self.radiomics_selected_ = list(self.radiomics_summary_["selected"])
+        self.components_ = [c for c in X.columns if is_deep_feature(c)]
+        Xf = X[self.radiomics_selected_ + self.components_]
+        self.pipe_ = build_pipeline(self.cfg, classifiers(self.cfg)[self.kind], groups=self.groups).fit(Xf, y)
+        self.summary_ = _selection_summary(Pipeline(self.pipe_.steps[:-1]), Xf)
+        self.y_fit_ = y
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.pipe_.predict_proba(X[self.radiomics_selected_ + self.components_])
+
+    def clone(self) -> "FusionEstimator":
+        return FusionEstimator(self.cfg, self.kind, self.radiomics_columns, self.reader2, self.repeat, self.groups)
+
+    def to_fitted(self, X_fit: pd.DataFrame, name: str):
+        """The fitted model in the bundle's form (selected features, their z-score, the classifier)."""
+        from HRMMPredictLib.radiomics.model import FittedRadiomicsModel, _importances, range_stats
+
+        selected = list(self.summary_["selected"])
+        scaler = self.pipe_.named_steps["zscore"]
+        names = list(scaler.feature_names_in_)
+        idx = [names.index(f) for f in selected]
+        # the same classifier refitted on the plain z-score array prediction uses (identical fit:
+        # same rows, values and seed), so the stored estimator carries no column names
+        from sklearn.base import clone
+
+        mean, scale = scaler.mean_[idx], scaler.scale_[idx]
+        Z = (X_fit[selected].to_numpy(dtype=float) - mean) / scale
+        clf = clone(self.pipe_.named_steps["clf"]).fit(Z, self.y_fit_)
+        return FittedRadiomicsModel(
+            name=name, classifier_kind=self.kind, features=selected, mean=mean, scale=scale,
+            classifier=clf, threshold=0.5, train_stats=range_stats(X_fit[selected]), cv_auc=None,
+            cv_oof=pd.Series(np.nan, index=X_fit.index), importances=_importances(clf, selected),
+            oof_honest=False)
+
+
+def fusion_cross_validated_proba(est: FusionEstimator, X: pd.DataFrame, y, groups, folds: int, seed: int,
+                                 progress: Callable[[str], None] | None = None) -> np.ndarray:
+    """Out-of-fold probabilities of the whole fusion procedure (radiomics selection
+    included), folds by patient."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(y).astype(int)
+    oof = np.full(len(y), np.nan)
+    for k, (tr, te) in enumerate(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+                                 .split(X, y, groups)):
+        if progress:
+            progress(f"fusion cross-validation fold {k + 1}/{folds} (radiomics selection refitted)")
+        oof[te] = est.clone().fit(X.iloc[tr], y[tr]).predict_proba(X.iloc[te])[:, 1]
+    return oof
+
+
 def train_fusion_models(X_fusion: pd.DataFrame, y: np.ndarray, groups: np.ndarray, cfg, fusion_fit: str = "paper",
                         progress: Callable[[str], None] | None = None):
-    """Fit the fusion models on the rows given (chosen by ``fusion_fit``, see the module
-    docstring) with the radiomics training function itself. Returns (models, selection)."""
+    """Fit selection + classifiers on a fusion table whose radiomics columns were chosen
+    beforehand (a building block and its tests; ``hrmm train`` uses
+    :class:`FusionEstimator`, which refits the radiomics selection too). Returns (models,
+    selection)."""
     from HRMMPredictLib.radiomics.model import train_radiomics_models
 
     y = np.asarray(y).astype(int)

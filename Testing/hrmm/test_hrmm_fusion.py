@@ -87,7 +87,8 @@ def test_fused_bundle_records_three_models(fused_bundle):
     # PCA: min(256, n_train - 1) components
     n_train = int(is_train.sum())
     assert man["deep"]["pca"]["n_components"] == min(256, n_train - 1) == summary["deep"]["pca_components"]
-    # fusion: the radiomics model's selected features + the components, fitted (paper) on all training lesions
+    # fusion: radiomics selection (refitted on the fusion's rows: here all training lesions, so the radiomics
+    # model's) + the components, fitted (paper) on all training lesions
     fu = man["fusion"]
     assert fu["fit"] == "paper" and fu["deep_features_in_sample"] is True and fu["n_fit_lesions"] == n_train
     assert fu["radiomics_inputs"] == summary["selected_features"]
@@ -96,7 +97,8 @@ def test_fused_bundle_records_three_models(fused_bundle):
     for name in ("fusion", "fusion_logistic"):
         feats = [f["name"] for f in man["models"][name]["features"]]
         assert feats == fu["selected"] and set(feats) <= allowed
-        assert preds.loc[is_train, f"{name}_cv"].notna().all() and preds.loc[~is_train, f"{name}_cv"].isna().all()
+        # fit 'paper' without deep_cv: deep features in-sample, so no (leaky) out-of-fold column or CV AUC
+        assert f"{name}_cv" not in preds.columns and man["models"][name]["cv_auc"] is None
     assert "deep_cv" not in preds.columns  # the network has no out-of-fold probability for its own fit lesions
     b = load_bundle(path).summary()
     assert b["primary_model"] == "fusion" and b["deep"]["pca_components"] == fu["deep_components"]

@@ -184,6 +184,7 @@ class FittedRadiomicsModel:
     cv_auc_ci: list | None = None          # DeLong 95 % CI of cv_auc
     oof_honest: bool = True                # every fitted step (tuning included) refitted per outer fold
     cv_rule: str = ""
+    cv_unavailable_reason: str | None = None
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         missing = [f for f in self.features if f not in X.columns]
@@ -267,13 +268,13 @@ def train_radiomics_models(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, c
             say(f"nested cross-validation of the tuned {kind} model ({cfg.cv_folds} outer folds; tuning and "
                 "selection refitted inside each)")
             oof = _nested_tuned_oof(cfg, X, y, groups, reader2, repeat, say)
-            rule = (f"{cfg.cv_folds}-fold by patient, nested: hyperparameters tuned and selection refitted inside "
-                    "each outer fold's training part")
+            rule = (f"the training lesions ({cfg.cv_folds}-fold by patient, nested: hyperparameters tuned and "
+                    "selection refitted inside each outer fold's training part)")
         else:
             say(f"cross-validating the {kind} model ({cfg.cv_folds} folds, selection refitted per fold)")
             pipe = build_pipeline(cfg, clone(clf), reader2, repeat, gmap)
             oof = cross_validated_proba(pipe, X, y, groups, cfg.cv_folds, cfg.seed, say)
-            rule = f"{cfg.cv_folds}-fold by patient, selection refitted per fold"
+            rule = f"the training lesions ({cfg.cv_folds}-fold by patient, selection refitted per fold)"
         cv_res = auc_or_none(y, oof)
         cv_auc, threshold = _cv_auc(y, oof), youden_or_none(y, oof)
         threshold = 0.5 if threshold is None else threshold
