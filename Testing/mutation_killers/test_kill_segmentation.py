@@ -254,3 +254,25 @@ def test_consensus_input_checks():
     with pytest.raises(UserError, match="mask 1 has 2 components per voxel"):
         C.majority_vote([vec, rs[0]])
     assert math.isfinite(float(sitk.GetArrayFromImage(C.vote_count(rs)).max()))
+
+
+def test_empty_reference_with_a_test_mask():
+    a = zeros()
+    a[2, 2, 2:4] = 1
+    m = compare_masks(img(zeros()), img(a))
+    assert (m["dice"], m["jaccard"], m["surface_dice"]) == (0.0, 0.0, 0.0)
+    assert math.isnan(m["hd95_mm"]) and math.isnan(m["assd_mm"])
+    assert m["volume_diff_ml"] == pytest.approx(2 * 0.8 * 1.0 * 2.0 / 1000)
+
+
+def test_lesion_report_extra_lesion_after_a_touching_one():
+    """Component numbering follows the array order: here the touching test component is
+    label 1 and the extra one label 2, the other way round from test_lesion_report_by_hand."""
+    ref, test = zeros(), zeros()
+    ref[1, 1, 1:3] = 1
+    test[1, 1, 2:4] = 1   # touches the reference: label 1
+    test[6, 8, 8] = 1     # extra: label 2
+    r = lesion_report(img(ref), img(test))
+    assert (r["matched"], r["extra"]) == (1, 1)
+    assert [e["slices"] for e in r["extra_lesions"]] == [[6, 6]]
+    assert r["extra_lesions"][0]["id"] == 2
