@@ -5,7 +5,7 @@
 Columns: ``patient_id, lesion_id, label`` (1 = HRMM, 0 = SRMM), one image path per
 sequence (``t1, t2, fst2``, :data:`HRMMPredictLib.sequences.SEQUENCES`) and the ROI ``roi``,
 optionally the second reads ``roi_reader2, roi_repeat``. Paths are relative to the
-manifest's folder (absolute paths are accepted too). Every problem is reported at once, with
+manifest's folder (absolute paths are accepted too); an image may be a DICOM series folder. Every problem is reported at once, with
 the CSV row number (the header is row 1), so a user fixes the file in one go.
 """
 
@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.grids import grid_difference
-from ClinicalMRICommonLib.images import read_grid
+from ClinicalMRICommonLib.errors import InputWarning, UserError
+from ClinicalMRICommonLib.grids import Grid, grid_difference, same_grid
+from ClinicalMRICommonLib.images import read_grid, read_image
 from ClinicalMRICommonLib.masks import read_mask
-from HRMMPredictLib.roi import ROI_KINDS
-from HRMMPredictLib.sequences import SEQUENCES
+from HRMMPredictLib.roi import ROI_KINDS, mask_on_grid, roi_warnings, same_file_warnings, same_grid_reordered
+from HRMMPredictLib.sequences import SEQUENCES, sequence_label
 
 IMAGE_COLUMNS = SEQUENCES
 ROI_COLUMNS = ROI_KINDS
@@ -99,32 +100,63 @@ def load_cohort_manifest(path: str | os.PathLike, check_images: bool = True,
 
 
 def _check_row_images(row: int, r: pd.Series, rois: list[str]) -> list[str]:
+    """Every image read in full (so truncated, NaN/infinite, vector and single-slice images are
+    refused here, not half-way through an extraction), every ROI checked on its image's grid
+    (an ROI stored in another voxel order of the same physical grid is accepted); warnings
+    (InputWarning) for the same file given twice and for ROIs touching the edge of the field
+    of view or covering most of it."""
+    from HRMMPredictLib.radiomics.features import require_volume
+
     problems = []
     grids = {}
+    images = {}
+    labels = {c: sequence_label(c) for c in IMAGE_COLUMNS}
+    for w in same_file_warnings({c: r.get(c, "") for c in IMAGE_COLUMNS}, labels):
+        warnings.warn(f"row {row}: {w}", InputWarning, stacklevel=3)
+    image_files = {os.path.realpath(r[c]): c for c in IMAGE_COLUMNS if r.get(c, "")}
     for col in IMAGE_COLUMNS + tuple(rois):
         val = r.get(col, "")
         if not val:
             continue
         f = Path(val)
-        if not f.is_file():
+        if not f.exists():
             problems.append(f"row {row}: {col} file not found: {f}")
             continue
+        if col in rois and os.path.realpath(f) in image_files:
+            problems.append(f"row {row}: {col} is the {image_files[os.path.realpath(f)]} image file {f}; give the "
+                            "ROI mask (label map) file")
+            continue
         try:
-            grids[col] = read_grid(f, col)  # the header only
+            if col in IMAGE_COLUMNS:
+                img = read_image(f, f"{col} image")   # whole file: truncation, NaN, vector images
+                require_volume(img, f"{col} image {f}")
+                images[col] = img
+                grids[col] = Grid.of(img)
+            else:
+                grids[col] = read_grid(f, col)  # the header only; the voxels are read below
         except UserError as exc:
             problems.append(f"row {row}: {exc}")
     ref_col = next((c for c in IMAGE_COLUMNS if c in grids), None)
     if ref_col:
         for col, g in grids.items():
             diff = grid_difference(g, grids[ref_col]) if col != ref_col else ""
+            if diff and col in rois and same_grid(same_grid_reordered(g.image(), grids[ref_col].image()),
+                                                  grids[ref_col]):
+                continue                     # the same physical grid in another storage order
             if diff:
                 problems.append(f"row {row}: {col} is on a different grid than {ref_col} ({diff})")
     for col in rois:
-        if col in grids:
-            try:
+        if col not in grids or any(p.startswith(f"row {row}: {col} is on a different grid") for p in problems):
+            continue
+        try:
+            if ref_col in images:
+                mask, _ = mask_on_grid(r[col], images[ref_col], image_what=f"{ref_col} image", min_voxels=1)
+                for w in roi_warnings(mask, f"{ref_col} image"):
+                    warnings.warn(f"row {row}: {col}: {w}", InputWarning, stacklevel=3)
+            else:
                 read_mask(r[col], what=col)  # refuses an empty mask (the one mask reader)
-            except UserError as exc:
-                problems.append(f"row {row}: {exc}")
+        except UserError as exc:
+            problems.append(f"row {row}: {exc}")
     return problems
 
 

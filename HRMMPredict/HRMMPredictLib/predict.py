@@ -27,8 +27,8 @@ from ClinicalMRICommonLib.images import check_finite, read_image
 from HRMMPredictLib.bundle import Bundle, load_bundle
 from HRMMPredictLib.fusion import DEEP_FEATURE_PREFIX, is_deep_feature
 from HRMMPredictLib.radiomics.features import (PreprocessConfig, extract_radiomics, load_params,
-                                               split_sequence_feature)
-from HRMMPredictLib.roi import mask_on_grid
+                                               require_current_preprocessing, require_volume, split_sequence_feature)
+from HRMMPredictLib.roi import mask_on_grid, same_file_warnings
 from HRMMPredictLib.sequences import CHANNEL_LABELS, SEQUENCES, sequence_label
 
 ImageLike = "str | os.PathLike | sitk.Image"
@@ -39,8 +39,9 @@ def _as_image(x, what: str) -> tuple[sitk.Image, str]:
         return x, what
     if x is None or x == "":
         raise UserError(f"{what} is missing; give all three sequences (T1WI, T2WI, FS-T2WI)")
-    img = read_image(x, what)
+    img = read_image(x, what)   # a file or a DICOM series folder
     check_finite(img, x, what)
+    require_volume(img, f"{what} {x}")
     return img, str(x)
 
 
@@ -69,6 +70,7 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
     man = bundle.manifest
     sequences = man.get("sequences", list(SEQUENCES))
     params = load_params(bundle.params_path)
+    require_current_preprocessing(man["radiomics"].get("preprocess"), str(bundle.path))
     prep = PreprocessConfig.from_dict(man["radiomics"].get("preprocess"))
     table_models = {k: v for k, v in man["models"].items() if v.get("kind") in ("radiomics", "fusion")}
     deep_models = {k: v for k, v in man["models"].items() if v.get("kind") == "deep"}
@@ -82,7 +84,11 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
                 needed[seq].append(feat)
 
     loaded = {seq: _as_image(images.get(seq), f"{sequence_label(seq)} image") for seq in sequences}
-    warnings = []
+    warnings = same_file_warnings({s: images.get(s) for s in sequences}, {s: sequence_label(s) for s in sequences})
+    if not isinstance(roi, (Mapping, sitk.Image)) and roi:
+        for s in sequences:
+            if isinstance(images.get(s), (str, os.PathLike)) and os.path.realpath(images[s]) == os.path.realpath(roi):
+                raise UserError(f"the ROI file {roi} is the {sequence_label(s)} image; give the ROI mask (label map)")
     masks: dict[str, sitk.Image] = {}
     by_grid: dict[Grid, tuple[sitk.Image, bool]] = {}   # one ROI given: read once per grid
 
@@ -112,7 +118,8 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
         img, _src = loaded[seq]
         mask = mask_for(seq)
         say(f"extracting {len(needed[seq])} feature(s) from {sequence_label(seq)}")
-        feats = extract_radiomics(img, mask, params, prep, feature_names=needed[seq])
+        feats = extract_radiomics(img, mask, params, prep, feature_names=needed[seq],
+                                  on_warning=lambda m: _note(warnings, m))
         for k, v in feats.items():
             values[f"{seq}_{k}"] = v
     timings["radiomics_s"] = time.perf_counter() - t0
@@ -173,6 +180,12 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
     if deep_input is not None:
         out["deep_input"] = deep_input
     return out
+
+
+def _note(warnings: list[str], message: str) -> None:
+    """One warning per problem, not one per sequence (the three share the ROI)."""
+    if message not in warnings:
+        warnings.append(message)
 
 
 def _deep_part(bundle: Bundle, images: dict, mask_for, roi, device: str, say, preview: bool,

@@ -82,3 +82,60 @@ def same_grid_reordered(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
         return mask
     reordered = sitk.DICOMOrient(mask, orientation_of(image))
     return reordered if same_grid(reordered, image) else mask
+
+
+#: An ROI covering more than this fraction of the field of view is not one vertebral body.
+MAX_ROI_FRACTION = 0.5
+
+# numpy axes of the canonical PIR array: k (slices) runs left -> right, j superior -> inferior,
+# i anterior -> posterior
+_EDGE_NAMES = (("left", "right"), ("superior", "inferior"), ("anterior", "posterior"))
+
+
+def roi_warnings(mask: sitk.Image, image_what: str = "image") -> list[str]:
+    """What a user should know about an ROI on an image's grid (empty list: nothing):
+
+    - it touches the edge of the field of view (named anatomically: the lesion may be cut
+      off, and the crop margin is then smaller on that side);
+    - it covers more than :data:`MAX_ROI_FRACTION` of the field of view (an intensity image
+      or a body mask given as the ROI, not the lesion's ROI)."""
+    from ClinicalMRICommonLib.orientation import canonical
+
+    arr = sitk.GetArrayFromImage(canonical(mask)) != 0   # a copy: the reordered image is a temporary
+    out = []
+    n = int(arr.sum())
+    if n and n > MAX_ROI_FRACTION * arr.size:
+        out.append(f"the ROI covers {100.0 * n / arr.size:.0f}% of the {image_what}'s field of view: is an intensity "
+                   "image or a body mask given as the ROI? Give the lesion's ROI (largest involved vertebral body)")
+    edges = []
+    for axis, (low, high) in enumerate(_EDGE_NAMES):
+        if arr.shape[axis] < 2:
+            continue
+        if np.take(arr, 0, axis=axis).any():
+            edges.append(low)
+        if np.take(arr, -1, axis=axis).any():
+            edges.append(high)
+    if edges and not out:
+        out.append(f"the ROI touches the {', '.join(edges)} edge(s) of the {image_what}'s field of view: the lesion may "
+                   "be cut off and the crop margin is smaller there; check the ROI and the field of view")
+    return out
+
+
+def same_file_warnings(paths: dict[str, object], labels: dict[str, str] | None = None) -> list[str]:
+    """Warnings for the same file (or DICOM folder) given for two inputs (``paths``: input key
+    -> path; non-paths such as in-memory images are ignored)."""
+    seen: dict[str, str] = {}
+    out = []
+    for key, p in paths.items():
+        if not isinstance(p, (str, os.PathLike)) or not str(p):
+            continue
+        try:
+            real = os.path.realpath(p)
+        except OSError:
+            continue
+        name = (labels or {}).get(key, key)
+        if real in seen:
+            out.append(f"the same file {p} is given for {seen[real]} and {name}: each sequence needs its own image")
+        else:
+            seen[real] = name
+    return out

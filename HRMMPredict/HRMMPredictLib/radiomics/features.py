@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,12 +31,12 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from ClinicalMRICommonLib.errors import UserError
+from ClinicalMRICommonLib.errors import InputWarning, UserError
 from ClinicalMRICommonLib.files import json_safe, sha256_file
 from ClinicalMRICommonLib.grids import GRID_TOLERANCE
 from ClinicalMRICommonLib.images import check_finite, read_image
 from ClinicalMRICommonLib.orientation import CANONICAL_ORIENTATION, canonical
-from HRMMPredictLib.roi import mask_on_grid, roi_voxels
+from HRMMPredictLib.roi import mask_on_grid, roi_voxels, roi_warnings
 from HRMMPredictLib.sequences import SEQUENCES, sequence_label
 
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
@@ -218,21 +219,43 @@ def to_canonical(image: sitk.Image, mask: sitk.Image | None = None,
     if cfg.version < 2:
         raise UserError(f"preprocessing v{cfg.version} (storage-order dependent) is no longer supported; "
                         "retrain with hrmm train")
+    require_volume(image)
     image = canonical(image, cfg.orientation)
     return image if mask is None else (image, canonical(mask, cfg.orientation))
 
 
-def preprocess(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig | None = None) -> tuple[sitk.Image, sitk.Image]:
+def require_volume(image: sitk.Image, what: str = "image") -> None:
+    """Refuse a single-slice image (or one voxel thick along any axis): N4 and 3-D texture
+    need a volume (a single-slice series gave N4's 'Zero-valued spacing' error)."""
+    size = tuple(image.GetSize())
+    if image.GetDimension() != 3 or min(size) < 2:
+        shown = " x ".join(str(s) for s in size)
+        raise UserError(f"{what} has a single slice (size {shown}); the radiomics features and N4 need a 3-D "
+                        "volume: give the whole series (all its slices)")
+
+
+def preprocess(image: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig | None = None,
+               on_warning: Callable[[str], None] | None = None) -> tuple[sitk.Image, sitk.Image]:
     """Canonical orientation, crop to ROI + anatomical margin, then N4. Used identically for
-    training and prediction."""
+    training and prediction. What the user should know about the ROI (it touches the edge of
+    the field of view, covers most of it) goes to ``on_warning`` (default: an InputWarning)."""
     cfg = cfg or PreprocessConfig()
     image, mask = to_canonical(image, mask, cfg)
+    for w in roi_warnings(mask):
+        _warn(w, on_warning)
     img_c, mask_c = crop_to_roi(image, mask, cfg)
     if cfg.n4:
         img_c = n4_correct(img_c, cfg)
     else:
         img_c = sitk.Cast(img_c, sitk.sitkFloat32)
     return img_c, mask_c
+
+
+def _warn(message: str, on_warning: Callable[[str], None] | None) -> None:
+    if on_warning is not None:
+        on_warning(message)
+    else:
+        warnings.warn(message, InputWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +286,8 @@ def _feature_values(result: Mapping) -> "OrderedDict[str, float]":
 def extract_radiomics(image: sitk.Image, mask: sitk.Image, params: Mapping | None = None,
                      preprocess_cfg: PreprocessConfig | None = None,
                      feature_names: Iterable[str] | None = None,
-                     diagnostics: bool = False, already_preprocessed: bool = False) -> "OrderedDict[str, float]":
+                     diagnostics: bool = False, already_preprocessed: bool = False,
+                     on_warning: Callable[[str], None] | None = None) -> "OrderedDict[str, float]":
     """Extract radiomics features of one image/ROI pair.
 
     With ``feature_names`` only those features are computed (grouped by image type so each
@@ -272,7 +296,7 @@ def extract_radiomics(image: sitk.Image, mask: sitk.Image, params: Mapping | Non
     """
     params = dict(params) if params is not None else load_params(None)
     if not already_preprocessed:
-        image, mask = preprocess(image, mask, preprocess_cfg)
+        image, mask = preprocess(image, mask, preprocess_cfg, on_warning)
     if feature_names is None:
         ex = _make_extractor(params)
         ex.settings["additionalInfo"] = bool(diagnostics)
@@ -347,12 +371,14 @@ def _selective_params(params: Mapping, wanted: Sequence[str]) -> list[dict]:
 
 def extract_case_sequence(image_path: str | os.PathLike, roi_path: str | os.PathLike, params: Mapping,
                           preprocess_cfg: PreprocessConfig, feature_names: Iterable[str] | None = None,
-                          resample_roi: bool = False, what: str = "image") -> "OrderedDict[str, float]":
-    """Read, check and extract one image/ROI pair given by file paths."""
+                          resample_roi: bool = False, what: str = "image",
+                          on_warning: Callable[[str], None] | None = None) -> "OrderedDict[str, float]":
+    """Read, check and extract one image/ROI pair given by file paths (DICOM series folders too)."""
     img = read_image(image_path, what)
     check_finite(img, image_path, what)
+    require_volume(img, f"{what} {image_path}")
     mask, _ = mask_on_grid(roi_path, img, image_what=what, resample=resample_roi)
-    return extract_radiomics(img, mask, params, preprocess_cfg, feature_names)
+    return extract_radiomics(img, mask, params, preprocess_cfg, feature_names, on_warning=on_warning)
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,7 +386,15 @@ def extract_case_sequence(image_path: str | os.PathLike, roi_path: str | os.Path
 
 
 def file_sha256(path: str | os.PathLike, _cache: dict = {}) -> str:  # noqa: B006 - per-process memo
+    """SHA-256 of a file's content; of a folder (a DICOM series): of its files' relative
+    names and contents, in sorted order."""
     p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        h = hashlib.sha256(b"folder\0")
+        for f in files:
+            h.update(f.relative_to(p).as_posix().encode() + b"\0" + file_sha256(f).encode() + b"\0")
+        return h.hexdigest()
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _cache:
@@ -398,8 +432,9 @@ def _run_task(args) -> tuple[int, dict | None, str | None]:
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
+        # the ROI warnings were given once, in the main process, by the manifest's validation
         feats = extract_case_sequence(task.image, task.roi, params, PreprocessConfig.from_dict(cfg_dict),
-                                      what=f"{sequence_label(task.sequence)} image")
+                                      what=f"{sequence_label(task.sequence)} image", on_warning=lambda m: None)
     except UserError as exc:
         return idx, None, f"{task.lesion_id} {task.sequence} {task.roi_kind}: {exc}"
     if cache_file:
