@@ -163,3 +163,23 @@ def test_demo_layout_report_says_synthetic_and_has_model_card(trained_bundle, sm
     assert detect_data_source(load_bundle(path))["how"] == "not recorded"
     given = detect_data_source(load_bundle(path), "Site A, 2019-2023 (retrospective)")
     assert given == {"text": "Site A, 2019-2023 (retrospective)", "synthetic": False, "how": "given with --data-source"}
+
+
+def test_deep_model_does_not_drop_the_honest_estimate(fused_bundle, tmp_path):
+    """The issue's headline: with a deep model (no out-of-fold probabilities) the radiomics
+    models' cross-validated results stay; deep and the in-sample-deep fusion say why not."""
+    path, _ = fused_bundle
+    res = evaluate_bundle(path, tmp_path / "r", data_source="synthetic test cohort")
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    cv = metrics["sets"]["training (cross-validated)"]
+    assert "radiomics" in cv["models"] and "deep" not in cv["models"]
+    assert cv["unavailable"]["deep"]
+    preds = pd.read_csv(path / "training" / "predictions.csv")
+    tr = preds[preds["split"] == "train"]
+    from HRMMPredictLib.evaluation import stats
+
+    assert cv["models"]["radiomics"]["auc"]["auc"] == pytest.approx(
+        stats.roc_auc_delong(tr["label"], tr["radiomics_cv"])["auc"])
+    assert any(w.startswith("no honest cross-validated estimate for deep") for w in res["warnings"])
+    page = html_mod.unescape((tmp_path / "r" / "index.html").read_text(encoding="utf-8"))
+    assert "not available" in page and res["title"].endswith("SYNTHETIC DATA")
