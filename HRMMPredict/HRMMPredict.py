@@ -27,7 +27,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTabl
 from ClinicalMRICommonLib import panel_support, segment_editor
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.process_runner import ProcessRunner, RunState
-from HRMMPredictLib.slicer import packages, series_guess
+from HRMMPredictLib.slicer import series_guess
 from HRMMPredictLib.slicer.predict_worker import worker_command
 
 
@@ -41,6 +41,12 @@ def _panelResults():
     from HRMMPredictLib.slicer import panel_results
 
     return panel_results
+
+
+def _packages():
+    from HRMMPredictLib.slicer import packages  # importlib.metadata: not at start-up
+
+    return packages
 
 
 def _mrmlBridge():
@@ -839,7 +845,7 @@ class HRMMPredictLogic(ScriptedLoadableModuleLogic):
         PyPI's wheel is a CUDA build on Linux and CPU-only on Windows and macOS."""
         from ClinicalMRICommonLib import slicer_packages
 
-        slicer_packages.ensure_packages(packages.requirements_for(modelKinds), self.REQUESTER,
+        slicer_packages.ensure_packages(_packages().requirements_for(modelKinds), self.REQUESTER,
                                         _("predict with this model bundle"))
 
     # -- prediction
@@ -1036,7 +1042,7 @@ class HRMMPredictTest(ScriptedLoadableModuleTest):
         """Train a tiny radiomics bundle on a generated cohort, then predict one case through
         the panel's worker process and with ``hrmm predict``: the same numbers. Needs the
         Python packages (never installed by a test: Slicer's testing mode skips pip_ensure)."""
-        missing = packages.missing_requirements()
+        missing = _packages().missing_requirements()
         if missing:  # testing mode never installs packages; say so in the test log
             logging.warning("HRMMPredictTest: prediction test skipped, packages not installed: %s",
                             ", ".join(str(m) for m in missing))

@@ -128,15 +128,25 @@ def check_finite(img: sitk.Image, path: str | os.PathLike, what: str = "image") 
 
 
 def read_grid(path: str | os.PathLike, what: str = "image", *, dims: int | tuple | None = 3,
-              scalar: bool = True) -> Grid:
+              scalar: bool = True, components: bool = False):
     """The grid of an image file or DICOM series folder from its header(s), without reading
     its voxels; the header checks of :func:`read_image` (pixdim, an uncompressed file's size,
-    dimension, scalar voxels, direction) apply."""
+    dimension, scalar voxels, direction) apply.
+
+    With ``components=True`` the result is ``(grid, number of components per voxel)``, so a
+    caller that accepts vector images here (``scalar=False``, e.g. a validation that reports
+    every problem at once) can still refuse or report them up front (1 for a scalar image; a
+    DICOM series folder: ``SamplesPerPixel`` of its series, e.g. 3 for RGB)."""
     p = _existing(path, what)
+    n_components = 1
     if p.is_dir():
         from .dicom import series_grid
 
         grid = series_grid(p, what)
+        n_components = _dicom_samples_per_pixel(p)
+        if scalar and n_components != 1:
+            raise UserError(f"{what} {p} has {n_components} components per voxel (a colour DICOM series); "
+                            "expected a scalar (grey-value) image")
     else:
         _check_not_empty(p, what)
         nifti = _nifti_header(p, what, scan=False)
@@ -150,11 +160,27 @@ def read_grid(path: str | os.PathLike, what: str = "image", *, dims: int | tuple
         except RuntimeError as exc:
             raise _read_failure(p, exc, what, nifti) from None
         grid = Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
-        if scalar and r.GetNumberOfComponents() != 1:
-            raise UserError(f"{what} {p} has {r.GetNumberOfComponents()} components per voxel (a vector or RGB "
+        n_components = int(r.GetNumberOfComponents())
+        if scalar and n_components != 1:
+            raise UserError(f"{what} {p} has {n_components} components per voxel (a vector or RGB "
                             f"image, size {' x '.join(map(str, grid.size))}); expected a scalar (grey-value) image")
     check_image(grid, p, what, dims=dims, scalar=False)
-    return grid
+    return (grid, n_components) if components else grid
+
+
+def _dicom_samples_per_pixel(folder: Path) -> int:
+    """SamplesPerPixel (0028,0002) of the first DICOM file in ``folder`` (1 when absent)."""
+    import pydicom
+
+    for f in sorted(folder.iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["SamplesPerPixel"])
+        except Exception:  # noqa: BLE001 - not a DICOM file: look at the next one
+            continue
+        return int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    return 1
 
 
 # ---------------------------------------------------------------------------------------

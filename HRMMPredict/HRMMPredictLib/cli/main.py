@@ -137,6 +137,25 @@ def cmd_validate(a) -> int:
     return EXIT_OK
 
 
+def _check_params_file(path) -> None:
+    """A --params file must be a UTF-8 text (YAML) file: a binary file is refused in one line
+    before pyradiomics' loader sees it (the loader itself reads only text)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_file():
+        try:
+            with open(p, "rb") as f:
+                head = f.read(1 << 20)
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"radiomics parameter file {p} is not a text (YAML) file; give the pyradiomics "
+                            "parameter file (.yaml)") from None
+        if b"\0" in head:
+            raise UserError(f"radiomics parameter file {p} is not a text (YAML) file (it holds NUL bytes); give "
+                            "the pyradiomics parameter file (.yaml)")
+
+
 def cmd_extract(a) -> int:
     import pandas as pd
 
@@ -146,6 +165,7 @@ def cmd_extract(a) -> int:
     from HRMMPredictLib.roi import MIN_ROI_VOXELS
 
     out = check_output_path(a.out, overwrite=a.overwrite, what="--out", inputs=[a.image, a.mask, a.params])
+    _check_params_file(a.params)
     params = rf.load_params(a.params)
     img = read_image(a.image, "image")
     check_finite(img, a.image)
@@ -169,6 +189,7 @@ def cmd_extract_cohort(a) -> int:
     files = {kind: out / f"features_{kind}.csv" for kind in kinds}
     for f in files.values():  # refused before the extraction, not after it
         check_output_path(f, overwrite=a.overwrite, what="feature table", inputs=[a.manifest, a.params])
+    _check_params_file(a.params)
     params = rf.load_params(a.params)
     cache = a.cache or default_cache_dir(a.manifest)
     tables = rf.extract_cohort(cohort, cache, params, rf.PreprocessConfig(), roi_kinds=kinds, n_jobs=a.jobs,
@@ -199,6 +220,7 @@ def cmd_train(a) -> int:
     from HRMMPredictLib.radiomics.model import RadiomicsTrainConfig
     from HRMMPredictLib.training import format_training_summary, train_bundle
 
+    _check_params_file(a.params)
     cfg = RadiomicsTrainConfig(seed=a.seed, validation_fraction=a.validation_fraction,
                                icc_threshold=a.icc_threshold, mrmr_k=a.mrmr_k, tune=a.tune)
     t0 = time.perf_counter()
@@ -242,11 +264,14 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_info(a) -> int:
-    from HRMMPredictLib.bundle import load_bundle
+    from HRMMPredictLib.bundle import verify_bundle
     from HRMMPredictLib.slicer.panel_results import bundle_summary_lines
 
-    summary = load_bundle(a.model).summary()
-    emit(summary, a.json, "\n".join([f"Model bundle {summary['path']} (checksums and versions checked)"]
+    # the full verification of loading (schema, every file's checksum, nothing unlisted or
+    # outside, versions) plus every estimator loaded with the strict allow-list
+    summary = verify_bundle(a.model).summary()
+    emit(summary, a.json, "\n".join([f"Model bundle {summary['path']} (manifest, checksums, models and versions "
+                                      "checked)"]
                                     + bundle_summary_lines(summary)))
     return EXIT_OK
 
