@@ -29,8 +29,8 @@ one-volume .bval (the b-value) and a zero .bvec, the way dcm2niix writes isotrop
 images; ``dwi_suffix="trace"`` writes it with BIDS 1.11's ``_trace`` suffix instead.
 
 Privacy: sidecars pass through deid.clean_sidecar (Basic Profile table) and then keep only
-the keys the BIDS schema defines (bidsschematools; a shipped snapshot of the same list where
-it is missing) plus :data:`SIDECAR_ALLOW_LIST`; NIfTI header extensions are removed and the
+the keys the BIDS schema defines (bidsschematools' list, shipped in bids_schema_keys with its
+version) plus :data:`SIDECAR_ALLOW_LIST`; NIfTI header extensions are removed and the
 headers' free-text fields (descrip, aux_file, intent_name; dcm2niix writes acquisition times
 there) are blanked; gzip streams carry no file name and no time stamp; the export report
 lists everything removed. Age and sex appear in participants.tsv only with
@@ -181,18 +181,13 @@ SIDECAR_ALLOW_LIST = ("DiffusionBValue", "ImageType")
 
 
 def bids_metadata_keys() -> tuple[frozenset, str]:
-    """(the metadata keys the BIDS schema defines, where the list comes from): the installed
-    ``bidsschematools`` schema, else the snapshot shipped in bids_schema_keys (same source,
-    version named)."""
-    try:
-        import bidsschematools
-        from bidsschematools import schema as bschema
-    except ImportError:
-        from .bids_schema_keys import METADATA_KEYS, SOURCE
-        return METADATA_KEYS, SOURCE + " (shipped list; bidsschematools is not installed)"
-    s = bschema.load_schema()
-    keys = frozenset(v["name"] for v in s.objects.metadata.values())
-    return keys, f"bidsschematools {bidsschematools.__version__} (BIDS {s.bids_version}, schema {s.schema_version})"
+    """(the metadata keys the BIDS schema defines, where the list comes from): the list of
+    ``bidsschematools`` (BIDS 1.11, the version the export declares) shipped in
+    bids_schema_keys, so the export needs no schema package at run time (a stock Slicer) and a
+    newer schema package cannot change it unnoticed; a test checks that the list equals the
+    installed ``bidsschematools`` schema's."""
+    from .bids_schema_keys import METADATA_KEYS, SOURCE
+    return METADATA_KEYS, SOURCE
 
 
 def bids_sidecar(meta: dict, keep_pc: bool) -> tuple[dict, dict]:

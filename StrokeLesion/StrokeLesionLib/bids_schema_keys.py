@@ -2,10 +2,10 @@
 2.0.1 (BIDS 1.11.2, schema 2.0.1): the names of
 ``schema.objects.metadata``.
 
-:func:`StrokeLesionLib.bids.bids_metadata_keys` reads them from the installed
-``bidsschematools`` and falls back to this snapshot where the package is missing (a stock
-Slicer); ``Testing/stroke/test_stroke_integrity.py`` checks that the snapshot equals the
-installed schema's list. Regenerate it with::
+:func:`StrokeLesionLib.bids.bids_metadata_keys` uses this list, so the export needs no schema
+package at run time (a stock Slicer) and a newer schema package cannot change what is kept
+unnoticed; ``Testing/stroke/test_stroke_integrity.py`` checks that it equals the installed
+``bidsschematools`` schema's list (a test dependency). Regenerate it with::
 
     python -c "from bidsschematools import schema; print(sorted({v['name'] for v in schema.load_schema().objects.metadata.values()}))"
 """

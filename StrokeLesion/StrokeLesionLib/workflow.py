@@ -11,18 +11,28 @@ unless the study switches sign-off off.
 
 Storage (everything beside the masks, plain files)::
 
-    STUDY/study.json                      thresholds and settings (written once)
-    STUDY/readers.jsonl                   reader qualification records (append-only)
-    STUDY/cases/<case>/case.json          the case: subject, session, images + SHA-256
+    STUDY/study.json                      thresholds and settings (written once; signed)
+    STUDY/readers.jsonl (+ .head)         the study log: reader qualification records and the
+                                          registration of every case (append-only, signed)
+    STUDY/cases/<case>/case.json          the case: subject, session, images, sidecars, gradient
+                                          tables + SHA-256 (its digest is in the case_init record)
     STUDY/cases/<case>/images/            copies of the source images and sidecars
-    STUDY/cases/<case>/audit.jsonl        audit trail: seq, ts (UTC), who, role, action, what, why,
-                                          prev/hash (SHA-256 chain: edits to history are detected)
+    STUDY/cases/<case>/audit.jsonl (+ .head)  audit trail: seq, ts (UTC), who (reader id), os_user,
+                                          host, role, action, what, why, prev/hash (SHA-256 chain),
+                                          key_id/sig (HMAC with the site key); the head file
+                                          records the count and last hash (a cut tail shows)
     STUDY/cases/<case>/masks/<slot>/<case>_dwi_lesion-<slot>_v001.nii.gz   every version kept
     STUDY/cases/<case>/compare/           comparison results and the lesion-id map, versioned
 
-Nothing is overwritten: new files are written to a temporary name and hard-linked to a
-fresh versioned name (the link fails if the name exists), then made read-only; the audit
-log only grows. State is never stored separately: it is replayed from the audit log.
+The logs are ClinicalMRICommonLib.audit's (the site key lives outside the study, see there).
+Every command verifies what it reads: the logs, case.json against its case_init record, the
+recorded paths (confined to the case folder) and the SHA-256 of every image and mask it
+uses; :meth:`Study.verify_study` (``stroke-lesion verify``) lists every problem at once.
+
+Nothing is overwritten: new files go through the verified atomic writer (temporary file,
+fsync, read back, then linked to a fresh versioned name: the link fails if the name exists),
+then made read-only; the audit log only grows. A file published for a record that could not
+be written is removed again. State is never stored separately: it is replayed from the log.
 
 Blinding is enforced by this API (listings for an annotator show neither the other
 annotator's masks nor notes nor the comparison until the case is final). The files

@@ -557,6 +557,31 @@ def test_full_disk(tmp_path, images, full_disk):
     survived("annotate after the disk was full again has space", ok, detail)
 
 
+def test_annotate_whatever_the_free_space(tmp_path, images, full_disk):
+    """From 0 bytes free up to enough: annotate either is refused and leaves the study as it
+    was, or saves the mask and its record and the study verifies (a head file that could not
+    be updated is a notice, repaired by the next change); never a success without the mask."""
+    from StrokeLesionLib.workflow import Study
+    study = sp.copy_study(sp.build_study(tmp_path / "template", images, until="created").root,
+                          full_disk.path / "study")
+    for leave in (2048, 4096, 8192, 12288, 16384, 20480, 28672, 40960):
+        full_disk.empty()
+        full_disk.fill(leave)
+        before = fl.snapshot([study])
+        n = len(Study(study).state("c1").records)
+        res = run(["annotate", study, "c1", "--reader", "ann1", "--mask", images["mask"]], watch=[study])
+        if res.rc == 0:
+            full_disk.empty()
+            st = Study(study).state("c1")
+            ok, detail = verify_ok(study)
+            saved = st.annotations["annotatorA"][-1]
+            survived(f"annotate with {leave} bytes free: saved", ok and len(st.records) == n + 1 and
+                     (study / "cases" / "c1" / saved["file"]).stat().st_size > 0, detail + res.stderr)
+        else:
+            refused(res, f"annotate with {leave} bytes free: refused", existing=[study], no_temps_in=[study])
+            assert fl.snapshot([study]) == before
+
+
 def test_read_only_study(tmp_path, images, read_only_dir):
     study = sp.copy_study(sp.build_study(tmp_path / "template", images, until="created").root,
                           read_only_dir.path / "study")

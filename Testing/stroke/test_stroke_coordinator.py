@@ -288,7 +288,7 @@ def test_case_import_from_a_folder_and_a_csv(tmp_path, isles, capsys):
     assert out.startswith("imported 1, skipped 0 (already in the study), refused 3 case(s)")
     assert "refused p2" in out and "missing.nii.gz" in out
     assert "refused p3" in out and "junior does not qualify" in out
-    assert "refused p4" in out and "fits none of the known ADC units" in out     # the DWI given as the ADC
+    assert "refused p4" in out and "the same image was given twice" in out     # the DWI given as the ADC
     assert sorted(s.case_ids()) == ["p1", CASE]
     assert not any((s.root / "cases" / c).exists() for c in ("p2", "p3", "p4"))
     assert s.state("p1").assignments == {"annotatorA": "ann1", "annotatorB": "ann2", "reviewer": "rev1"}

@@ -271,11 +271,17 @@ def test_export_strips_identifiers_and_redacts_the_audit_trail(final_study, imag
 
 
 def test_the_shipped_bids_key_list_is_the_installed_schema():
-    pytest.importorskip("bidsschematools", reason="bidsschematools is not installed")
+    bst = pytest.importorskip("bidsschematools", reason="bidsschematools (a test dependency) is not installed")
+    from bidsschematools import schema
+
     from StrokeLesionLib.bids import bids_metadata_keys
-    from StrokeLesionLib.bids_schema_keys import METADATA_KEYS, SOURCE
+    s = schema.load_schema()
     keys, source = bids_metadata_keys()
-    assert keys == METADATA_KEYS and source == SOURCE, "regenerate bids_schema_keys.py (see its docstring)"
+    assert keys == frozenset(v["name"] for v in s.objects.metadata.values()), \
+        "regenerate StrokeLesionLib/bids_schema_keys.py (see its docstring)"
+    assert source == f"bidsschematools {bst.__version__} (BIDS {s.bids_version}, schema {s.schema_version})"
+    assert {"MagneticFieldStrength", "EchoTime", "RepetitionTime", "Units"} <= keys
+    assert not {"PatientName", "ProcedureStepDescription", "DiffusionBValue"} & keys
 
 
 def test_uncompressed_nii_dwi_exports_its_bval(tmp_path, site_key, capsys):
