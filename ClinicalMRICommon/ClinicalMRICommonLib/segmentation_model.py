@@ -232,27 +232,24 @@ def manifest_file_problems(folder: str | os.PathLike, files, exclude: tuple[str,
     is well): a listed file missing, altered (checksum differs), outside the folder (an
     absolute path, ``..``, or a link leading out), a damaged entry, or a file in the folder
     that the manifest does not list (``exclude`` aside: the manifest itself)."""
+    from .audit import inside_folder  # the extension's one path-confinement rule
+
     root = Path(folder)
     if not isinstance(files, dict) or not files:
         return ["the manifest lists no files (its 'files' entry is missing or damaged)"]
-    base = root.resolve()
     problems, listed = [], set()
     for rel, digest in files.items():
-        parts = str(rel).replace("\\", "/").split("/")
-        if (not isinstance(rel, str) or not rel or rel.startswith("/") or re.match(r"^[A-Za-z]:", rel)
-                or ".." in parts or "" in parts):
-            problems.append(f"{rel!r} is not a path inside the folder")
+        listed.add(str(rel))  # named once, as listed, even when it is refused
+        try:
+            f = inside_folder(root, rel if isinstance(rel, str) else "", "file")
+        except UserError:
+            problems.append(f"{rel!r} is not a path inside the folder (absolute, '..' or a link leading out)")
             continue
-        f = root / rel
-        listed.add(Path(rel).as_posix())
+        listed.add(f.relative_to(root).as_posix())
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             problems.append(f"{rel} has no valid SHA-256 in the manifest")
-        elif not (f.is_file() or f.is_symlink()):
-            problems.append(f"{rel} is missing")
-        elif base not in f.resolve().parents:
-            problems.append(f"{rel} lies outside the folder (a link to {f.resolve()})")
         elif not f.is_file():
-            problems.append(f"{rel} is missing (a broken link)")
+            problems.append(f"{rel} is missing")
         elif sha256_file(f) != digest:
             problems.append(f"{rel} was altered (checksum differs)")
     for p in sorted(root.rglob("*")):

@@ -173,9 +173,9 @@ def test_verify_manifest_files_names_every_problem(tmp_path):
     bad = {**files, "../outside.txt": sha256_file(tmp_path / "outside.txt"), "/etc/hostname": "0" * 64,
            "link.txt": sha256_file(tmp_path / "outside.txt"), "c.txt": "not-a-digest"}
     problems = sm.manifest_file_problems(folder, bad)
+    outside = "is not a path inside the folder (absolute, '..' or a link leading out)"
     assert problems == ["a.txt was altered (checksum differs)", "models/m.bin is missing",
-                        "'../outside.txt' is not a path inside the folder", "'/etc/hostname' is not a path inside the folder",
-                        f"link.txt lies outside the folder (a link to {(tmp_path / 'outside.txt').resolve()})",
+                        f"'../outside.txt' {outside}", f"'/etc/hostname' {outside}", f"'link.txt' {outside}",
                         "c.txt has no valid SHA-256 in the manifest", "extra.csv is not listed in the manifest"]
     with pytest.raises(UserError, match=r"bundle .*b failed its integrity check: a.txt was altered .*; and 2 more "
                                         r"- restore it"):
