@@ -16,16 +16,15 @@ from the extension's one tamper-evident log, :mod:`ClinicalMRICommonLib.audit`.
 What this can and cannot prove: see :mod:`ClinicalMRICommonLib.audit` and
 docs/annotation_qc.md ("Tamper evidence").
 
-:class:`ChainedLog` is the former SHA-256-only log, kept unchanged for the active-learning
-loop (``AnnotationQCLib/loop/audit.py``) until it switches to ``AuditLog``; reader studies and
-training sessions no longer use it.
+The former SHA-256-only ``ChainedLog`` is gone: the active-learning loop
+(``AnnotationQCLib/loop/audit.py``) uses ``AuditLog`` too, and folders it wrote are read as
+old unsigned logs.
 
 Standard library only (the Slicer start-up rule).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +40,8 @@ from ClinicalMRICommonLib.audit import (  # noqa: F401  (re-exported for Annotat
     write_signed_json,
 )
 from ClinicalMRICommonLib.errors import InputWarning, UserError
-from ClinicalMRICommonLib.files import append_jsonl, read_jsonl
 
-__all__ = ["AUDIT_SIGNED", "AuditLog", "ChainedLog", "FolderReport", "inside", "os_user", "record_hash", "utc_now"]
+__all__ = ["AUDIT_SIGNED", "AuditLog", "FolderReport", "inside", "os_user", "record_hash", "utc_now"]
 
 #: ``"audit"`` of a folder made by a version that signs (every log and document signed).
 AUDIT_SIGNED = "hmac-sha256"
@@ -97,48 +95,3 @@ class FolderReport:
     def as_dict(self) -> dict:
         return {"folder": str(self.folder), "kind": self.kind, "ok": self.ok, "problems": list(self.problems),
                 "notices": list(self.notices), "info": list(self.info)}
-
-
-class ChainedLog:
-    """The former AnnotationQC log (SHA-256 chain, no signature, no head), kept for the
-    active-learning loop until it moves to :class:`ClinicalMRICommonLib.audit.AuditLog`.
-
-    ``required``: every record must be chained. Without it unchained records are accepted
-    as they are, and the chained records that follow must still chain among themselves."""
-
-    def __init__(self, path: str | os.PathLike, what: str, required: bool = True):
-        self.path = Path(path)
-        self.what = what
-        self.required = required
-        self.torn_tail = False
-
-    def records(self) -> list[dict]:
-        """The records, the chain verified (UserError naming the first broken line). A torn
-        last line (an interrupted write, never a complete record) is ignored (``torn_tail``)."""
-        recs, torn = read_jsonl(self.path, self.what, return_torn=True)
-        self.torn_tail = torn is not None
-        prev, chained = "", False
-        for i, rec in enumerate(recs, start=1):
-            if "hash" in rec or self.required or chained:
-                if rec.get("prev") != prev or rec.get("hash") != record_hash(rec):
-                    raise UserError(f"{self.path} record {i} fails its SHA-256 chain check; the {self.what} was "
-                                    "altered after it was written (restore it from a backup)")
-                prev, chained = rec["hash"], True
-        return recs
-
-    def append(self, record: dict) -> dict:
-        """Append one record (call under ``ClinicalMRICommonLib.locks.folder_lock``); returns it
-        with its chain fields."""
-        import json
-
-        recs = self.records()
-        last = next((r["hash"] for r in reversed(recs) if "hash" in r), "")
-        rec = json.loads(json.dumps(record))  # plain JSON values, so the hash is reproducible
-        rec.update(seq=len(recs) + 1, time=rec.get("time") or utc_now(), os_user=os_user(), prev=last)
-        rec["hash"] = record_hash(rec)
-        with warnings.catch_warnings():
-            if self.torn_tail:  # already known from records(): cutting it off is expected
-                warnings.simplefilter("ignore", InputWarning)
-            append_jsonl(self.path, rec, self.what)
-        self.torn_tail = False
-        return rec
