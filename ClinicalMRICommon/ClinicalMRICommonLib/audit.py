@@ -86,7 +86,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputWarning, UserError, os_error_message
 
-__all__ = ["SIGNED_SINCE", "SITE_KEY_ENV", "AuditLog", "SiteKey", "Verification", "canonical_json", "check_document",
+__all__ = ["DOCUMENT_SIGNATURE", "SIGNED_SINCE", "SITE_KEY_ENV", "AuditLog", "SiteKey", "Verification", "canonical_json", "check_document",
            "default_site_key_path", "inside_folder", "load_site_key", "os_user", "record_hash", "sign_document",
            "site_key_path", "utc_now", "write_signed_json"]
 
