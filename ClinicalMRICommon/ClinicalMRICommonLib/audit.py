@@ -86,9 +86,9 @@ from pathlib import Path
 from . import __version__
 from .errors import InputWarning, UserError, os_error_message
 
-__all__ = ["DOCUMENT_SIGNATURE", "SIGNED_SINCE", "SITE_KEY_ENV", "AuditLog", "SiteKey", "Verification", "canonical_json", "check_document",
-           "default_site_key_path", "inside_folder", "load_site_key", "os_user", "record_hash", "sign_document",
-           "site_key_path", "utc_now", "write_signed_json"]
+__all__ = ["DOCUMENT_SIGNATURE", "SIGNED_SINCE", "SITE_KEY_ENV", "AuditLog", "SiteKey", "Verification",
+           "canonical_json", "check_document", "default_site_key_path", "inside_folder", "load_site_key", "os_user",
+           "record_hash", "sign_document", "site_key_path", "utc_now", "write_signed_json"]
 
 #: Environment variable naming the site key file.
 SITE_KEY_ENV = "CLINICALMRI_SITE_KEY_FILE"
@@ -547,9 +547,10 @@ class AuditLog:
                           f"(before version {SIGNED_SINCE}) and frozen as found when signing began at record "
                           f"{signed_from}")
         elif unsigned and self.required:
-            v.problems.append(f"{'record' if len(unsigned) == 1 else 'records'} {unsigned[0]}"
-                              f"{'' if len(unsigned) == 1 else '-' + str(unsigned[-1])} {'is' if len(unsigned) == 1 else 'are'} "
-                              "not signed although this folder signs its logs: added or edited outside the tool")
+            one = len(unsigned) == 1
+            span = f"record {unsigned[0]} is" if one else f"records {unsigned[0]}-{unsigned[-1]} are"
+            v.problems.append(f"{span} not signed although this folder signs its logs: added or edited outside the "
+                              "tool")
         elif unsigned:
             span = f"record {unsigned[0]}" if len(unsigned) == 1 else f"records {unsigned[0]}-{unsigned[-1]}"
             v.notices.append(f"{span} of {self.path.name} {'is' if len(unsigned) == 1 else 'are'} unsigned (created "
