@@ -438,7 +438,8 @@ def build_parser():
     add_json(p, "the report's paths and every set's AUCs")
     p.set_defaults(func=cmd_evaluate)
 
-    p = add_command(sub, "info", "show a model bundle's summary (after checking its checksums and versions)")
+    p = add_command(sub, "info", "verify a model bundle as loading does (manifest schema, every file's checksum, "
+                                 "nothing unlisted or outside, the models, package versions) and show its summary")
     p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model bundle folder")
     add_json(p, "the bundle summary")
     p.set_defaults(func=cmd_info)
