@@ -322,14 +322,15 @@ def test_deid_overlays_file_meta_and_secondary_captures(tmp_path, capsys):
     rc, out, err = cli(capsys, "deid", "dicom", src, tmp_path / "out", "--json")
     assert rc == 0, err
     rep = json.loads(out)
-    assert rep["overlay_curve_groups_removed"] == ["6000"] and rep["file_meta_removed"] == ["SourceApplicationEntityTitle"]
+    assert rep["overlay_curve_groups_removed"] == ["6000"]
+    assert rep["file_meta_removed"] == ["SourceApplicationEntityTitle"]
     clean = pydicom.dcmread(str(tmp_path / "out" / "a.dcm"))
     assert 0x60000022 not in clean and "SourceApplicationEntityTitle" not in clean.file_meta
     assert b"XIJING" not in (tmp_path / "out" / "a.dcm").read_bytes() and b"Zhang" not in \
         (tmp_path / "out" / "a.dcm").read_bytes()
     # a secondary capture that may show the patient: refused like burned-in text, no partial output folder
-    for flags in ({"RecognizableVisualFeatures": "YES"}, {"RecognizableVisualFeatures": "YES", "BurnedInAnnotation": "NO"},
-                  {}):
+    for flags in ({"RecognizableVisualFeatures": "YES"},
+                  {"RecognizableVisualFeatures": "YES", "BurnedInAnnotation": "NO"}, {}):
         sc = pydicom.dcmread(str(src / "a.dcm"))
         sc.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
         del sc.BurnedInAnnotation
