@@ -360,7 +360,7 @@ def _look(models: Sequence[str]) -> dict:
                 "marker": _MARKERS[i % len(_MARKERS)]} for i, m in enumerate(models)}
 
 
-def _figure(n_panels: int, height: float = 4.0, width_per: float = 4.1):
+def _figure(n_panels: int, height: float = 4.25, width_per: float = 4.1):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(1, n_panels) * width_per, height), dpi=110, layout="constrained")
