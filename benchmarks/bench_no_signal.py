@@ -211,7 +211,10 @@ def main(argv=None) -> int:
         results.append(r)
         y, tr = cohort["label"].to_numpy(), (split == "train").to_numpy()
         sizes.append((int(y[tr].sum()), int((1 - y[tr]).sum()), int(y[~tr].sum()), int((1 - y[~tr]).sum())))
-        print(f"seed {seed}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        print(f"seed {seed}: done ({time.perf_counter() - t0:.0f} s) " + json.dumps(
+            {k: [v.get("cv_auc"), v.get("validation_auc")] for k, v in r.items()}, default=str), file=sys.stderr)
+        (root / "no_signal_results.json").write_text(json.dumps({"per_seed": results, "sizes": sizes}, indent=1,
+                                                                default=str))   # so far: a long run can be cut
     table = summarise(results)
     n1, n0, v1, v0 = np.mean(sizes, axis=0)
     band_cv = 3 * null_sd(round(n1), round(n0)) / math.sqrt(a.seeds)

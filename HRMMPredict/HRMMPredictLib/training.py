@@ -126,6 +126,10 @@ def _classifier_entries(writer, prefix: str, kind_label: str, models: dict, X_al
             **estimate_fields(m.cv_auc if has_oof else None, m.cv_auc_ci if has_oof else None, has_oof,
                               m.cv_unavailable_reason),
             "cv_column": f"{name}{cv_suffix}" if has_oof else None,
+            # which training lesions the out-of-fold column covers: all, or (fusion fit 'internal') the
+            # network's internal-validation lesions only (NaN on the others)
+            "cv_covers": None if not has_oof else
+            "training" if m.cv_oof.reindex(ids)[is_train].notna().all() else "internal_validation",
             "validation_auc": auc_or_none(y_all[~is_train], p_all[~is_train]),
             "importances": m.importances,
             "hyperparameters": m.classifier.get_params(deep=False) if kind == "extratrees" else

@@ -281,6 +281,8 @@ def test_fusion_fit_internal_end_to_end(small_cohort, small_params, small_config
     assert "fusion_cv" not in preds.columns
     for name in ("fusion", "fusion_logistic"):
         assert man["models"][name]["cv_column"] == f"{name}_internal"
+        assert man["models"][name]["cv_covers"] == "internal_validation"
+        assert man["models"][name]["oof_probabilities_honest"] is True
         assert (preds[f"{name}_internal"].notna().to_numpy() == internal).all()
         assert "internal-validation lesions" in man["models"][name]["threshold_rule"]
     # the fusion's z-score parameters are the internal lesions' means, not the training set's

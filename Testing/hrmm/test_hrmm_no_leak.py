@@ -143,7 +143,7 @@ def test_deep_cv_gives_honest_out_of_fold_estimates(small_cohort, small_params, 
     assert sum(f["n_test"] for f in folds["per_fold"]) == tr.sum()
     for name in ("deep", "fusion", "fusion_logistic"):
         m = man["models"][name]
-        assert m["cv_column"] == f"{name}_cv" and m["oof_probabilities_honest"] is True
+        assert m["cv_column"] == f"{name}_cv" and m["oof_probabilities_honest"] is True and m["cv_covers"] == "training"
         oof = preds[f"{name}_cv"].to_numpy()
         assert np.isfinite(oof[tr]).all() and np.isnan(oof[~tr]).all()
         y = preds["label"].to_numpy()
