@@ -112,3 +112,20 @@ def shared_data() -> Path:
 
 # Session fixtures shared by several test files (a small trained HRMM model).
 from hrmm_fixtures import fused_bundle, small_cohort, small_config, small_params, trained_bundle  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_site_key(tmp_path_factory):
+    """Every test signs study, session and loop folders with a site key of its own (in the test
+    session's temporary folder), never with the key of the user running the tests
+    (``~/.config/clinicalmri/site.key``); subprocesses of the installed commands inherit it."""
+    from ClinicalMRICommonLib.audit import SITE_KEY_ENV
+
+    path = tmp_path_factory.mktemp("site_key") / "site.key"
+    old = os.environ.get(SITE_KEY_ENV)
+    os.environ[SITE_KEY_ENV] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(SITE_KEY_ENV, None)
+    else:
+        os.environ[SITE_KEY_ENV] = old

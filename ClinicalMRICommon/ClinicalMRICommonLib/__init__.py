@@ -8,6 +8,8 @@ start-up does not load SimpleITK or pandas through it):
 - ``images``, ``masks``, ``grids``: image input with its checks, binary masks, voxel grids;
 - ``dicom``: DICOM series folders (one series per folder); ``orientation``: the canonical voxel
   order (PIR: sagittal slices stay the slice axis);
+- ``audit``: the one tamper-evident log (SHA-256 chain, site-key HMAC signature, signed head),
+  signed documents, the site key;
 - ``locks``: the one lock of the three tools and exclusive (exactly-one-wins) publication;
 - ``files``: the atomic writer, SHA-256, strict JSON, JSON-lines logs;
 - ``tables``: CSV tables with one-line errors;
