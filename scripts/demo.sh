@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/hrmm demo --out "${DEMO_OUT:-demo_output}" "$@"
+# --overwrite: a second run replaces the previous demo output (never any user data: the demo
+# folder holds only what the demo itself generated)
+exec .venv/bin/hrmm demo --out "${DEMO_OUT:-demo_output}" --overwrite "$@"
