@@ -57,7 +57,18 @@ def cmd_candidate(args) -> int:
                              dwi_percentile=args.dwi_percentile, min_size_ml=args.min_size_ml,
                              shine_through_adc_mm2s=args.shine_through_adc).check()
     check_threshold_mm2s(args.refine_adc_limit)
-    names = ("out", "refined_out", "shine_through_out", "eadc_out", "brain_out")
+    loop_manifest = None
+    if args.loop_out and not args.loop_model:
+        raise UserError("--loop-out needs --loop-model DIR (the trained loop model whose candidate it holds)")
+    if args.loop_model:
+        from ClinicalMRICommonLib.segmentation_model import read_manifest
+        loop_manifest = read_manifest(args.loop_model)      # the cheap check, before any image is read
+        seqs = [str(s).lower() for s in loop_manifest["sequences"]]
+        if sorted(seqs) != ["adc", "dwi"]:
+            raise UserError(f"loop model {args.loop_model} was trained on the sequence(s) "
+                            f"{', '.join(loop_manifest['sequences'])}; stroke-lesion candidate needs a model trained "
+                            "on dwi and adc (an 'annotation-qc loop' with image_dwi,image_adc)")
+    names = ("out", "refined_out", "shine_through_out", "eadc_out", "brain_out", "loop_out")
     given = {n: getattr(args, n) for n in names if getattr(args, n)}
     checked = {n: check_output_path(p, overwrite=args.overwrite, what="--" + n.replace("_", "-"),
                                     inputs=[args.dwi, args.adc], others=[q for m, q in given.items() if m != n])
@@ -88,6 +99,12 @@ def cmd_candidate(args) -> int:
     summary.update({k: str(v) for k, v in extra.items()})
     summary["adc_pair_checks"] = case.pair_check.get("checks", [])
     summary["warnings"] = list(case.warnings)
+    loop = None
+    if loop_manifest is not None:
+        loop = _loop_candidate(args, case, res.mask, extra.get("loop_out"))
+        summary["loop_candidate"] = loop
+        summary["adc_threshold_candidate"] = {"volume_ml": summary["volume_ml"], "n_lesions": summary["n_lesions"],
+                                              "out": str(out)}
     u = case.units
     text = (f"ADC units: {u.units} ({'detected' if u.detected else 'stated'}; brain median {u.brain_median_raw:.4g})\n"
             f"step 1, candidate: ADC < {params.adc_threshold_mm2s * 1e6:g} x 10^-6 mm2/s AND {summary['dwi_rule']} "
@@ -102,9 +119,55 @@ def cmd_candidate(args) -> int:
         text += (f"\nstep 2, refined on DWI ({r['mode']}): seeds of step 1 grown into DWI > {r['dwi_threshold']:.4g} "
                  f"with ADC < {r['adc_limit_mm2s'] * 1e6:g} x 10^-6 mm2/s: {r['volume_ml']:.3f} mL "
                  f"(+{r['added_ml']:.3f} mL), {r['n_lesions']} lesion(s)\nwrote {r['out']}")
+    if loop is not None:
+        text += "\n" + _side_by_side(summary, loop)
     text += "".join(f"\nwarning: {w}" for w in case.warnings)
+    if loop is not None:
+        text += "".join(f"\nwarning: loop model: {w}" for w in loop["warnings"])
     emit(summary, args.json, text)
     return 0
+
+
+def _loop_candidate(args, case, adc_mask, loop_out) -> dict:
+    """The trained loop model's candidate on the same DWI/ADC pair (ADC in mm2/s, as the
+    threshold candidate sees it), its agreement with the ADC-threshold candidate, written to
+    --loop-out when given."""
+    import numpy as np
+    import SimpleITK as sitk
+    from ClinicalMRICommonLib.segmentation_model import propose
+
+    res = propose(args.loop_model, {"dwi": case.dwi, "adc": case.adc_mm2s}, device=args.device)
+    mask = sitk.Cast(res["mask"] > 0, sitk.sitkUInt8)
+    mask.CopyInformation(case.dwi)
+    loop_arr = sitk.GetArrayViewFromImage(mask) > 0
+    adc_arr = sitk.GetArrayViewFromImage(adc_mask) > 0
+    voxel_ml = float(np.prod(case.dwi.GetSpacing())) / 1000.0
+    cc = sitk.ConnectedComponent(mask, True)
+    n_lesions = int(sitk.GetArrayViewFromImage(cc).max()) if loop_arr.any() else 0
+    both = int((loop_arr & adc_arr).sum())
+    total = int(loop_arr.sum()) + int(adc_arr.sum())
+    out = {"model": str(args.loop_model), "round": res["round"], "score": float(res["score"]),
+           "reason": res["reason"], "method": res["method"], "volume_ml": float(loop_arr.sum()) * voxel_ml,
+           "n_lesions": n_lesions, "dice_vs_adc_threshold": (2.0 * both / total) if total else 1.0,
+           "overlap_ml": both * voxel_ml, "warnings": list(res["warnings"])}
+    if loop_out is not None:
+        write_image_atomic(mask, loop_out)
+        out["out"] = str(loop_out)
+    return out
+
+
+def _side_by_side(summary: dict, loop: dict) -> str:
+    rows = [("", "ADC threshold", "loop model"),
+            ("volume (mL)", f"{summary['volume_ml']:.3f}", f"{loop['volume_ml']:.3f}"),
+            ("lesions", str(summary["n_lesions"]), str(loop["n_lesions"])),
+            ("file", str(summary["out"]), loop.get("out", "(not written; --loop-out)"))]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = [f"candidates side by side (loop model {loop['model']}, round {loop['round']}):"]
+    lines += [f"  {a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
+    lines.append(f"  agreement: Dice {loop['dice_vs_adc_threshold']:.3f}, overlap {loop['overlap_ml']:.3f} mL; "
+                 f"loop model uncertainty {loop['score']:.3f} ({loop['reason']})")
+    return "\n".join(lines)
 
 
 def cmd_metrics(args) -> int:
@@ -643,6 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shine-through-out", help="also write the T2 shine-through mask here")
     c.add_argument("--eadc-out", help="also write eADC = exp(-b*ADC) here")
     c.add_argument("--brain-out", help="also write the brain mask here (a name different from --out)")
+    c.add_argument("--loop-model", metavar="DIR",
+                   help="also propose a candidate with a trained pre-annotation loop model (a rounds/round-NNN/model "
+                        "folder of an 'annotation-qc loop' with image_dwi,image_adc) and report it beside the "
+                        "ADC-threshold one")
+    c.add_argument("--loop-out", metavar="MASK",
+                   help="write the loop model's candidate here (NIfTI, on the DWI grid); needs --loop-model")
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the loop model runs: auto (default: a CUDA GPU when PyTorch sees one), cpu or cuda")
     add_overwrite(c)
     add_json(c, "a summary")
     c.set_defaults(func=cmd_candidate)
