@@ -406,10 +406,7 @@ def test_loop_accept_bad_mask(ws, kind):
             "redrawn"], existing=[ws / "loop"], no_temps_in=[ws], mentions=[bad.name])
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param("loop init", marks=pytest.mark.xfail(strict=True, reason="loop init records any --by id (300 "
-                                                      "characters accepted); the fix belongs to AnnotationQCLib/loop")),
-    "loop accept", "loop reject"])
+@pytest.mark.parametrize("command", ["loop init", "loop accept", "loop reject"])
 def test_loop_long_reader_id(ws, command):
     argv = {"loop init": ["loop", "init", "--folder", ws / "newloop", "--cases", ws / "src/loop_cases.csv"],
             "loop accept": ["loop", "accept", "--folder", ws / "loop", "--case", "L4", "--mask",

@@ -63,6 +63,33 @@ def test_init_bad_input(tmp_path, capsys):
     assert not (tmp_path / "L").exists()
 
 
+def test_every_reader_id_follows_the_64_character_rule(small, tmp_path, capsys):
+    """--by of every loop command (init, train, prelabel, import, accept, reject) is one id of
+    AnnotationQC's one rule (sessions.check_name): a 300-character id is refused with one
+    line before anything is written, and the library refuses it too."""
+    from AnnotationQCLib.loop.store import LoopFolder
+    from ClinicalMRICommonLib.errors import UserError
+
+    loop, csv_path, truths = small
+    long_id = "r" * 300
+    before = (loop / "audit.jsonl").read_bytes()
+    for argv in (["init", "--folder", str(tmp_path / "L2"), "--cases", str(csv_path)],
+                 ["train", "--folder", str(loop), "--epochs", "1", "--device", "cpu"],
+                 ["prelabel", "--folder", str(loop), "--device", "cpu"],
+                 ["import", "--folder", str(loop), "--masks", str(tmp_path / "data")],
+                 ["accept", "--folder", str(loop), "--case", "P1", "--mask", str(truths["P1"]), "--verdict", "redrawn"],
+                 ["reject", "--folder", str(loop), "--case", "P1", "--reason", "x"]):
+        assert run_loop_cli(argv + ["--by", long_id]) == 2, argv
+        line = _one_error(capsys, "--by", "at most 64 characters", "(300 characters)")
+        assert len(line) < 400, line
+    assert not (tmp_path / "L2").exists()
+    assert (loop / "audit.jsonl").read_bytes() == before
+    with pytest.raises(UserError, match="at most 64 characters"):
+        LoopFolder.create(tmp_path / "L3", csv_path, by=long_id)
+    assert not (tmp_path / "L3").exists()
+    assert run_loop_cli(["init", "--folder", str(tmp_path / "L4"), "--cases", str(csv_path), "--by", "r" * 64]) == 0
+
+
 def test_train_prelabel_queue_bad_input(small, tmp_path, capsys):
     loop, _, _ = small
     assert run_loop_cli(["train", "--folder", str(loop), "--epochs", "1", "--device", "cpu"]) == 2

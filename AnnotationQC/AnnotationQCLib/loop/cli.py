@@ -195,6 +195,11 @@ def run_loop(args: argparse.Namespace) -> int:
     if not cmd:
         args.loop_parser.print_help()
         return 0
+    if str(getattr(args, "by", "") or "").strip():
+        # every reader id of the loop follows the one id rule (AnnotationQCLib.sessions.check_name)
+        from ..sessions import check_name
+
+        args.by = check_name(str(args.by).strip(), "reader id (--by)", becomes="the reader recorded in the audit trail")
     if cmd == "init":
         _, info = LoopFolder.create(args.folder, args.cases, sequence=args.sequence, labels=args.labels,
                                     content=args.content, by=args.by)

@@ -221,6 +221,8 @@ class LoopFolder:
         if labels not in LABEL_MODES:
             raise UserError(f"label set {labels!r} unknown; use one of {', '.join(LABEL_MODES)}")
         check_name(sequence, "sequence name")
+        if str(by).strip():
+            by = check_name(str(by).strip(), "reader id (--by)", becomes="the reader recorded in the audit trail")
         if labels == "binary":
             label_info = {"mode": "binary", "content": check_name(content, "content")}
         else:
