@@ -188,7 +188,7 @@ def test_extract_onto_a_full_disk(tmp_path, full_disk):
 def test_predict_refuses_bad_t1(tmp_path, case, trained_bundle, kind):
     bundle, _ = trained_bundle
     bad = fl.make(kind, tmp_path)
-    res = run_hrmm(_predict_argv(case, bundle, t1=bad), watch=[bundle])
+    res = run_hrmm(_predict_argv(case, bundle, t1=bad), watch=[bundle, *case.values()])
     refused(res, inputs=_inputs(bad, *case.values()) + [bundle], no_temps_in=[tmp_path])
 
 
@@ -196,7 +196,7 @@ def test_predict_refuses_bad_t1(tmp_path, case, trained_bundle, kind):
 def test_predict_refuses_bad_roi(tmp_path, case, trained_bundle, kind):
     bundle, _ = trained_bundle
     bad = fl.make(kind, tmp_path)
-    res = run_hrmm(_predict_argv(case, bundle, roi=bad), watch=[bundle])
+    res = run_hrmm(_predict_argv(case, bundle, roi=bad), watch=[bundle, *case.values()])
     refused(res, inputs=_inputs(bad, *case.values()) + [bundle], no_temps_in=[tmp_path])
 
 
@@ -277,7 +277,7 @@ def test_predict_keeps_an_existing_preview(tmp_path, case, trained_bundle):
 def test_predict_bad_image_in_a_real_process(tmp_path, case, trained_bundle):
     bundle, _ = trained_bundle
     bad = fl.make("4-D image", tmp_path)
-    res = fl.run_tool(["hrmm"] + _predict_argv(case, bundle, fst2=bad), watch=[bundle])
+    res = fl.run_tool(["hrmm"] + _predict_argv(case, bundle, fst2=bad), watch=[bundle, *case.values()])
     refused(res, inputs=[bad, *case.values(), bundle], no_temps_in=[tmp_path])
 
 
