@@ -14,10 +14,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.grids import grid_difference, same_grid
 from ClinicalMRICommonLib.images import read_image
 from ClinicalMRICommonLib.quality import grade_series, make_record
 
@@ -44,24 +40,6 @@ def record_quality(study_folder: str | os.PathLike, case_id: str, sequence: str,
     return rec
 
 
-def _read_roi_labelmap(path, image):
-    """The ROI label map of ``quality grade --roi-labelmap``: on the series' grid, whole labels
-    0-3 only, with signal (1) and background (2) voxels; UserError naming the file otherwise."""
-    labels = read_image(path, "ROI label map")
-    if not same_grid(labels, image):
-        raise UserError(f"ROI label map {path} is not on the grid of the series ({grid_difference(labels, image)}); "
-                        "draw the ROIs on the series being graded")
-    values = np.unique(sitk.GetArrayViewFromImage(labels))
-    odd = [v for v in values.tolist() if v not in (0, 1, 2, 3)]
-    if odd:
-        raise UserError(f"ROI label map {path} holds values other than 0-3 (e.g. {odd[0]:g}); it must label signal 1, "
-                        "background 2 and optionally tissue 3")
-    missing = [name for lab, name in ((1, "signal (1)"), (2, "background (2)")) if lab not in values]
-    if missing:
-        raise UserError(f"ROI label map {path} has no {' and no '.join(missing)} voxels; label both")
-    return labels
-
-
 def grade(study_folder: str | os.PathLike, case_id: str, sequence: str, rater: str, *, scale: str, score: int,
           roi_labelmap: str | os.PathLike | None = None, snr: float | None = None, cnr: float | None = None,
           reason: str = "", min_snr: float | None = None, min_cnr: float | None = None,
@@ -75,8 +53,9 @@ def grade(study_folder: str | os.PathLike, case_id: str, sequence: str, rater: s
     image = labels = None
     if roi_labelmap is not None:
         image = read_image(src, f"{sequence} image of case {case_id!r}")
-        labels = _read_roi_labelmap(roi_labelmap, image)
+        labels = read_image(roi_labelmap, "ROI label map")
+    # the label map's checks (grid, labels 0-3, signal and background) are the common measurement's
     rec = grade_series(case_id, sequence, rater, scale=scale, score=score, image=image, roi_labelmap=labels,
                        snr=snr, cnr=cnr, reason=reason, min_snr=min_snr, min_cnr=min_cnr,
-                       rayleigh_correction=rayleigh_correction)
+                       rayleigh_correction=rayleigh_correction, roi_name=roi_labelmap)
     return _append(study, rec)

@@ -96,11 +96,51 @@ def snr_cnr(image: sitk.Image, signal: sitk.Image, background: sitk.Image, tissu
     return out
 
 
-def snr_cnr_from_labelmap(image: sitk.Image, labelmap: sitk.Image, signal: int = 1, background: int = 2,
-                          tissue: int | None = 3, rayleigh_correction: bool = False) -> dict:
-    """:func:`snr_cnr` with the ROIs as labels of one label map (as exported from a Slicer
-    segmentation). A missing tissue label gives no CNR."""
+#: the labels an ROI label map may hold: 0 unlabelled, 1 signal, 2 background, 3 tissue
+ROI_LABELS = (0, 1, 2, 3)
+
+
+def check_roi_labelmap(labelmap: sitk.Image, image: sitk.Image, name: str | os.PathLike | None = None, *,
+                       signal: int = 1, background: int = 2, tissue: int | None = 3) -> np.ndarray:
+    """The label array of an ROI label map after the checks every SNR/CNR measurement makes:
+    on the series' grid, whole labels 0-3 only (and the labels asked for), with signal and
+    background voxels. ``name``: the user's file, named in every error."""
+    what = f"ROI label map {name}" if name is not None else "ROI label map"
+    if not isinstance(labelmap, sitk.Image):
+        raise UserError(f"{what} must be a SimpleITK image")
+    if labelmap.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{what} has {labelmap.GetNumberOfComponentsPerPixel()} components per voxel; export the "
+                        "segmentation as one label map (labels 1 signal, 2 background, 3 tissue)")
+    if not same_grid(labelmap, image):
+        raise UserError(f"{what} is not on the grid of the series ({grid_difference(labelmap, image)}); "
+                        "draw the ROIs on the series being graded")
     lab = sitk.GetArrayFromImage(labelmap)
+    values = np.unique(lab)
+    allowed = set(ROI_LABELS) | {signal, background} | ({tissue} if tissue is not None else set())
+    odd = [v for v in values.tolist() if v not in allowed]
+    if odd:
+        raise UserError(f"{what} holds values other than 0-3 (e.g. {odd[0]:g}); it must label signal {signal}, "
+                        f"background {background}" + (f" and optionally tissue {tissue}" if tissue is not None else ""))
+    missing = [f"{role} ({lab_v})" for lab_v, role in ((signal, "signal"), (background, "background"))
+               if lab_v not in values]
+    if missing:
+        raise UserError(f"{what} has no {' and no '.join(missing)} voxels; label both")
+    return lab
+
+
+def snr_cnr_from_labelmap(image: sitk.Image, labelmap: sitk.Image | str | os.PathLike, signal: int = 1,
+                          background: int = 2, tissue: int | None = 3, rayleigh_correction: bool = False,
+                          name: str | os.PathLike | None = None) -> dict:
+    """:func:`snr_cnr` with the ROIs as labels of one label map (as exported from a Slicer
+    segmentation), checked first by :func:`check_roi_labelmap` (grid, labels 0-3, signal and
+    background present). ``labelmap`` may be the file itself (read and named in errors) or
+    an image (``name``: its file, for the errors). A missing tissue label gives no CNR."""
+    if isinstance(labelmap, (str, os.PathLike)):
+        from .images import read_image
+
+        name = labelmap if name is None else name
+        labelmap = read_image(labelmap, "ROI label map")
+    lab = check_roi_labelmap(labelmap, image, name, signal=signal, background=background, tissue=tissue)
 
     def roi(v):
         m = sitk.GetImageFromArray((lab == v).astype(np.uint8))
@@ -176,12 +216,13 @@ def grade_series(case_id: str, sequence: str, rater: str, *, scale: str, score: 
                  image: sitk.Image | None = None, roi_labelmap: sitk.Image | None = None,
                  snr: float | None = None, cnr: float | None = None, reason: str = "",
                  min_snr: float | None = None, min_cnr: float | None = None,
-                 rayleigh_correction: bool = False, time: datetime | None = None) -> dict:
+                 rayleigh_correction: bool = False, time: datetime | None = None,
+                 roi_name: str | os.PathLike | None = None) -> dict:
     """The grading core shared by AnnotationQC (``annotation-qc quality grade``) and
     StrokeLesion (``stroke-lesion quality``): one series' record on ``scale`` ("cns": grade
     1-3; "stroke": Likert 1-5, see :data:`SCALES`), with SNR/CNR either given or measured from
     ``roi_labelmap`` on ``image`` (labels 1 signal, 2 background, 3 tissue;
-    :func:`snr_cnr_from_labelmap`), flagged by :func:`make_record`'s rule. The record gains
+    :func:`snr_cnr_from_labelmap`; ``roi_name``: its file, named in errors), flagged by :func:`make_record`'s rule. The record gains
     ``scale`` and ``measured`` (the full measurement, or None)."""
     if scale not in SCALES:
         raise UserError(f"quality scale {scale!r} unknown; use {' or '.join(SCALES)}")
@@ -195,7 +236,7 @@ def grade_series(case_id: str, sequence: str, rater: str, *, scale: str, score: 
             raise UserError("give SNR/CNR values or an ROI label map to measure them, not both")
         if image is None:
             raise UserError("measuring SNR/CNR from an ROI label map needs the graded image")
-        measured = snr_cnr_from_labelmap(image, roi_labelmap, rayleigh_correction=rayleigh_correction)
+        measured = snr_cnr_from_labelmap(image, roi_labelmap, rayleigh_correction=rayleigh_correction, name=roi_name)
         snr, cnr = measured["snr"], measured["cnr"]
     field = SCALES[scale]["field"]
     rec = make_record(case_id, sequence, rater, **{field: int(score)}, reason=reason, snr=snr, cnr=cnr,
