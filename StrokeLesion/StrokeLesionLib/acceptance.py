@@ -30,7 +30,6 @@ dataset's distributions of lesion volume, lesion count and A-vs-B Dice, a thumbn
 from __future__ import annotations
 
 import csv
-import html
 import json
 import os
 import re
@@ -386,87 +385,81 @@ def write_report(report: dict, out_dir: str | os.PathLike, *, overwrite: bool = 
     return jp, hp
 
 
-def _img_tag(png: bytes, alt: str) -> str:
-    import base64
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-
-
 def _case_label(sess: dict) -> str:
     return f"sub-{sess['subject']} ses-{sess['session']}"
 
 
+#: colour of a check's result (the report's own palette: passed green, warning amber, failed red)
+_SEVERITY_COLOUR = {"ok": "#1a7f37", "warning": "#b54708", "error": "#b42318"}
+
+
+def _check_rows(checks) -> list[list]:
+    from ClinicalMRICommonLib.report import Cell
+    return [[c["category"], Cell(c["severity"], color=_SEVERITY_COLOUR[c["severity"]]), c["message"],
+             c.get("fix", "")] for c in checks]
+
+
+CHECK_HEADERS = ["check", "result", "detail", "fix"]
+
+
 def render_html(report: dict, *, pictures: bool = True) -> str:
-    """The dataset quality report: verdict and summary; every failed check first, each with
-    its fix; the dataset's distributions (lesion volume, lesion count, A-vs-B Dice; cases to
-    look at again named); which quality numbers were measured, entered or not measurable;
-    per case a thumbnail of the consensus (and A/B outlines) on the DWI, with its row-by-row
-    checks folded below (<details>). ``pictures=False`` leaves the images out."""
-    e = html.escape
+    """The dataset quality report (one page of ClinicalMRICommonLib.report, the extension's
+    one template): verdict and summary; every failed check first, each with its fix; the
+    dataset's distributions (lesion volume, lesion count, A-vs-B Dice; cases to look at again
+    named); which quality numbers were measured, entered or not measurable; per case a
+    thumbnail of the consensus (and A/B outlines) on the DWI, with its row-by-row checks
+    folded below (<details>). ``pictures=False`` leaves the images out."""
+    from ClinicalMRICommonLib.report import Cell, Report
+
     s = report["summary"]
     no_pictures = ""
     if pictures:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:   # e.g. a Slicer without it: the report without pictures
-            pictures, no_pictures = False, "<p>(pictures need matplotlib: pip install matplotlib)</p>"
+            pictures, no_pictures = False, "(pictures need matplotlib: pip install matplotlib)"
     verdict = "ACCEPTED" if report["accepted"] else "NOT ACCEPTED"
-    colour = "#1a7f37" if report["accepted"] else "#b42318"
-    sev_col = {"ok": "#1a7f37", "warning": "#b54708", "error": "#b42318"}
+    rep = Report("Dataset quality report", subtitle=f"Dataset: {report['dataset']}",
+                 status=("passed" if report["accepted"] else "failed", verdict),
+                 meta=[f"Checked: {report['checked']}"],
+                 footer="Written by 'stroke-lesion accept' (StrokeLesionLib.acceptance); every number is in "
+                        "acceptance_report.json beside this page.")
+    rep.section("summary", "Summary").table(
+        ["sessions", "passed", "consensus masks", "lesions (26-connected)", "total lesion volume (mL)",
+         "mean Dice A vs B", "consensus decided by"],
+        [[s["sessions"], s["sessions_passed"], s["consensus_masks"], s["total_lesions"],
+          Cell(s["total_consensus_volume_ml"], digits=3), Cell(s["mean_reader_dice"], digits=3),
+          ", ".join(f"{k}: {v}" for k, v in s["decided_by"].items()) or "-"]], num_cols=range(6))
 
-    def rows(checks):
-        out = []
-        for c in checks:
-            out.append(f"<tr><td>{e(c['category'])}</td><td style='color:{sev_col[c['severity']]}'>"
-                       f"{e(c['severity'])}</td><td>{e(c['message'])}</td><td>{e(c.get('fix', ''))}</td></tr>")
-        return "\n".join(out)
-
-    head = "<tr><th>check</th><th>result</th><th>detail</th><th>fix</th></tr>"
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Dataset quality report</title>",
-        ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f2f2f2}"
-         ".case{display:inline-block;vertical-align:top;margin:0 1em 1em 0;max-width:330px}"
-         "details{margin:0.3em 0 1em 0}</style></head><body>"),
-        "<h1>Dataset quality report</h1>",
-        f"<p>Dataset: <code>{e(report['dataset'])}</code><br>Checked: {e(report['checked'])}</p>",
-        f"<h2 style='color:{colour}'>{verdict}</h2>",
-        ("<table><tr><th>sessions</th><th>passed</th><th>consensus masks</th><th>lesions (26-connected)</th>"
-         "<th>total lesion volume (mL)</th><th>mean Dice A vs B</th><th>consensus decided by</th></tr>"),
-        (f"<tr><td>{s['sessions']}</td><td>{s['sessions_passed']}</td><td>{s['consensus_masks']}</td>"
-         f"<td>{s['total_lesions']}</td><td>{s['total_consensus_volume_ml']:.3f}</td>"
-         f"<td>{'-' if s['mean_reader_dice'] is None else format(s['mean_reader_dice'], '.3f')}</td>"
-         f"<td>{e(', '.join(f'{k}: {v}' for k, v in s['decided_by'].items()) or '-')}</td></tr></table>"),
-    ]
     # 1. failures first, each with its fix (errors, then warnings)
     fails = [("dataset", c) for c in report["dataset_checks"] if not c["ok"]]
     fails += [(_case_label(x), c) for x in report["sessions"] for c in x["checks"] if not c["ok"]]
     fails.sort(key=lambda t: 0 if t[1]["severity"] == "error" else 1)
     n_err = sum(1 for _, c in fails if c["severity"] == "error")
-    parts.append(f"<h2>What fails ({n_err} error(s), {len(fails) - n_err} warning(s))</h2>")
+    f = rep.section("fails", f"What fails ({n_err} error(s), {len(fails) - n_err} warning(s))")
     if fails:
-        parts.append("<table><tr><th>where</th><th>result</th><th>problem</th><th>fix</th></tr>")
-        for where, c in fails:
-            parts.append(f"<tr><td>{e(where)}</td><td style='color:{sev_col[c['severity']]}'>{e(c['severity'])}</td>"
-                         f"<td>{e(c['message'])}</td><td>{e(c.get('fix', ''))}</td></tr>")
-        parts.append("</table>")
+        f.table(["where", "result", "problem", "fix"],
+                [[where] + row[1:] for (where, _), row in zip(fails, _check_rows([c for _, c in fails]))])
     else:
-        parts.append("<p>Nothing: every check passed.</p>")
+        f.text("Nothing: every check passed.")
     if "validator" in report:
         v = report["validator"]
-        parts.append(f"<p>bids-validator-deno: {v['n_errors']} error(s); warnings: {e(', '.join(v['warnings']))}</p>")
+        f.text(f"bids-validator-deno: {v['n_errors']} error(s); warnings: {', '.join(v['warnings'])}")
 
     # 2. the dataset at a glance
     sessions = report["sessions"]
     vols = {_case_label(x): x["info"].get("consensus_volume_ml") for x in sessions if x["info"].get("consensus")}
     counts = {_case_label(x): x["info"].get("consensus_lesions") for x in sessions if x["info"].get("consensus")}
     dices = {_case_label(x): x["info"].get("reader_dice") for x in sessions if x["info"].get("reader_dice") is not None}
-    parts.append("<h2>Distributions across the dataset</h2>" + no_pictures)
+    d = rep.section("distributions", "Distributions across the dataset")
+    if no_pictures:
+        d.text(no_pictures, muted=True)
     if pictures:
         from .report_figures import LOW_DICE, TUKEY_K, distributions_png
         png, marks = distributions_png(vols, counts, dices)
-        parts.append(_img_tag(png, "lesion volume, lesion count and Dice A vs B per case"))
         look = sorted({k for v in marks.values() for k in v})
-        parts.append(f"<p>One dot per case. Red and named: outside Tukey's fences (quartiles -/+ {TUKEY_K:g} IQR; "
-                     f"Dice also below {LOW_DICE:g}). Cases to look at again: {e(', '.join(look) or 'none')}.</p>")
+        d.figure(png, alt="lesion volume, lesion count and Dice A vs B per case",
+                 caption=f"One dot per case. Red and named: outside Tukey's fences (quartiles -/+ {TUKEY_K:g} IQR; "
+                         f"Dice also below {LOW_DICE:g}). Cases to look at again: {', '.join(look) or 'none'}.")
     # 3. where the quality numbers come from
     tally: dict[str, int] = {}
     for x in sessions:
@@ -474,38 +467,31 @@ def render_html(report: dict, *, pictures: bool = True) -> str:
             for k, src in nums.items():
                 tally[f"{k.upper()} {src}"] = tally.get(f"{k.upper()} {src}", 0) + 1
     if tally:
-        parts.append("<h2>Quality numbers</h2><p>" + e(", ".join(f"{k}: {v}" for k, v in sorted(tally.items())))
-                     + " (per series; measured from ROIs, entered by a reader, or not measurable with a "
-                       "reason).</p>")
+        rep.section("quality", "Quality numbers").text(
+            ", ".join(f"{k}: {v}" for k, v in sorted(tally.items()))
+            + " (per series; measured from ROIs, entered by a reader, or not measurable with a reason).")
 
     # 4. per case: thumbnail, then the row-by-row checks folded
-    parts.append("<h2>Cases</h2>")
-    for sess in sessions:
+    cases = rep.section("cases", "Cases")
+    for sess, col in zip(sessions, cases.columns(len(sessions)) if sessions else []):
         label = _case_label(sess)
-        state = "passed" if sess["passed"] else "FAILED"
         info = sess["info"]
-        parts.append(f"<div class='case'><h3 style='color:{'#1a7f37' if sess['passed'] else '#b42318'}'>"
-                     f"{e(label)}: {state}</h3>")
+        col.heading(f"{label}: {'passed' if sess['passed'] else 'FAILED'}")
         files = info.get("files") or {}
         if pictures and files.get("dwi"):
             from .report_figures import case_thumbnail_png
             try:
                 png = case_thumbnail_png(files["dwi"], files.get("consensus"), files.get("annotatorA"),
                                          files.get("annotatorB"), title=label)
-                parts.append(_img_tag(png, f"{label}: consensus and A/B outlines on the DWI"))
+                col.figure(png, alt=f"{label}: consensus and A/B outlines on the DWI")
             except Exception as exc:  # noqa: BLE001 - an unreadable image is already a failed check
-                parts.append(f"<p>(no picture: {e(str(exc)[:100])})</p>")
+                col.text(f"(no picture: {str(exc)[:100]})", muted=True)
         if info.get("consensus"):
             dice = "" if info.get("reader_dice") is None else f"; Dice A vs B {info['reader_dice']:.3f}"
-            parts.append(f"<p>consensus: {info['consensus_volume_ml']:.3f} mL, {info['consensus_lesions']} "
-                         f"lesion(s){dice}; decided by {e(str(info.get('decided_by') or '-'))}</p>")
+            col.text(f"consensus: {info['consensus_volume_ml']:.3f} mL, {info['consensus_lesions']} "
+                     f"lesion(s){dice}; decided by {info.get('decided_by') or '-'}")
         nbad = sum(1 for c in sess["checks"] if not c["ok"])
-        parts.append(f"<details><summary>{len(sess['checks'])} checks ({nbad} not ok)</summary><table>{head}")
-        parts.append(rows(sess["checks"]))
-        parts.append("</table></details></div>")
-    parts.append(f"<h2>Dataset checks</h2><details><summary>{len(report['dataset_checks'])} checks</summary>"
-                 f"<table>{head}")
-    parts.append(rows(report["dataset_checks"]))
-    parts.append("</table></details>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+        col.details(f"{len(sess['checks'])} checks ({nbad} not ok)").table(CHECK_HEADERS, _check_rows(sess["checks"]))
+    rep.section("dataset-checks", "Dataset checks").details(f"{len(report['dataset_checks'])} checks").table(
+        CHECK_HEADERS, _check_rows(report["dataset_checks"]))
+    return rep.render()

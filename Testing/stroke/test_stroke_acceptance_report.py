@@ -82,7 +82,7 @@ def datasets(study):
 
 def _pngs(text: str) -> list[Image.Image]:
     return [Image.open(io.BytesIO(base64.b64decode(m)))
-            for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)]
+            for m in re.findall(r"src=[\'\"]data:image/png;base64,([A-Za-z0-9+/=]+)[\'\"]", text)]
 
 
 def test_quality_number_sources_reach_scans_tsv_and_acceptance(datasets):
@@ -129,6 +129,9 @@ def test_report_failures_first_with_fixes_pictures_and_folded_checks(datasets, t
     assert "no annotatorB mask</td><td>annotatorB has not saved a mask" in html
     assert html.count("<details>") == 3 and "checks (0 not ok)" in html   # 2 cases + dataset, folded
     assert "SNR not measurable: 2" not in html and "SNR not measurable: 1" in html
+    # the extension's one report page (ClinicalMRICommonLib.report): its banner, navigation and sections
+    assert '<div class="status status-failed">NOT ACCEPTED</div>' in html
+    assert '<nav><a href="#summary">Summary</a>' in html and '<section id="cases">' in html
     pngs = _pngs(html)
     assert len(pngs) == 3                                                 # distributions + 2 thumbnails
     assert pngs[0].size[0] > 2 * pngs[0].size[1]                          # the three panels side by side
