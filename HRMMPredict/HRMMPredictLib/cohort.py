@@ -150,7 +150,8 @@ def _check_row_images(row: int, r: pd.Series, rois: list[str]) -> list[str]:
             continue
         try:
             if ref_col in images:
-                mask, _ = mask_on_grid(r[col], images[ref_col], image_what=f"{ref_col} image", min_voxels=1)
+                mask, _ = mask_on_grid(r[col], images[ref_col], image_what=f"{ref_col} image", min_voxels=1,
+                                       what=col)
                 for w in roi_warnings(mask, f"{ref_col} image"):
                     warnings.warn(f"row {row}: {col}: {w}", InputWarning, stacklevel=3)
             else:

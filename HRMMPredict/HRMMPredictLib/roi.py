@@ -48,7 +48,7 @@ def roi_voxels(mask: sitk.Image | np.ndarray, what: str = "ROI", *, label: int |
 
 
 def mask_on_grid(roi: str | os.PathLike | sitk.Image, image: sitk.Image, *, image_what: str = "image",
-                 resample: bool = False, min_voxels: int = MIN_ROI_VOXELS) -> tuple[sitk.Image, bool]:
+                 resample: bool = False, min_voxels: int = MIN_ROI_VOXELS, what: str = "ROI") -> tuple[sitk.Image, bool]:
     """``roi`` (a mask file or image) as a UInt8 0/1 mask on ``image``'s grid, and whether it
     had to be resampled (nearest neighbour, only with ``resample``). A file is read once.
 
@@ -66,13 +66,13 @@ def mask_on_grid(roi: str | os.PathLike | sitk.Image, image: sitk.Image, *, imag
         mask = binary_mask(roi)
         roi_voxels(mask, f"the ROI on the {image_what} grid", min_voxels=min_voxels)
         return mask, resampled
-    grid = read_grid(roi, "ROI")
+    grid = read_grid(roi, what)
     if not same_grid(grid, image) and tuple(sorted(grid.GetSize())) == tuple(sorted(image.GetSize())):
-        mask = same_grid_reordered(read_mask(roi, None, what="ROI", min_voxels=min_voxels), image)
+        mask = same_grid_reordered(read_mask(roi, None, what=what, min_voxels=min_voxels), image)
         if same_grid(mask, image):
             return mask, False
     resampled = not same_grid(grid, image)
-    return read_mask(roi, image, what="ROI", resample=resample, min_voxels=min_voxels), resampled
+    return read_mask(roi, image, what=what, resample=resample, min_voxels=min_voxels), resampled
 
 
 def same_grid_reordered(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
