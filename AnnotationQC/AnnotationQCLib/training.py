@@ -56,7 +56,6 @@ made before signing are read, reported as unsigned, and signed at their next cha
 from __future__ import annotations
 
 import contextlib
-import html
 import math
 import os
 from collections.abc import Callable
@@ -765,7 +764,7 @@ class TrainingSession:
                                 title=f"{cid} ({row['sequence']}): Dice {row['dice']:.3f}")
             row["overlay"], row["overlay_full"], row["overlay_slices"] = zoom.name, full.name, shown
         write_json_atomic(out / "report.json", json_safe(report))
-        write_text_atomic(out / "report.html", report_html(report))
+        write_text_atomic(out / "report.html", report_html(report, out))
         report["files"] = {"json": str(out / "report.json"), "html": str(out / "report.html")}
         return report
 
@@ -1043,118 +1042,120 @@ def _f(v, nd=3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
 
 
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.l,th.l{text-align:left}
-.pass{color:#1a7f37}.fail{color:#b42318}figure{display:inline-block;margin:6px;vertical-align:top}
-img{max-width:560px;border:1px solid #ddd}li{margin:.2em 0}"""
-
-
 def _criteria_text(crit: dict) -> str:
-    parts = [f"mean Dice &ge; {crit['dice']:.2f}"]
+    parts = [f"mean Dice \u2265 {crit['dice']:.2f}"]
     if crit.get("min_case_dice") is not None:
-        parts.append(f"Dice of every case &ge; {crit['min_case_dice']:.2f}")
+        parts.append(f"Dice of every case \u2265 {crit['min_case_dice']:.2f}")
     if crit.get("feature_error") is not None:
-        parts.append(f"median relative feature error of every case &le; {crit['feature_error']:.2f}")
+        parts.append(f"median relative feature error of every case \u2264 {crit['feature_error']:.2f}")
     if crit.get("icc") is not None:
-        parts.append(f"median {html.escape(crit['icc_form'])} of radiomics features &ge; {crit['icc']:.2f}")
+        parts.append(f"median {crit['icc_form']} of radiomics features \u2265 {crit['icc']:.2f}")
     return "; ".join(parts) + "; all cases submitted"
 
 
-def report_html(report: dict) -> str:
-    """A self-contained HTML page of a training report (overlays referenced by file name)."""
-    e = html.escape
+def _verdict(passed: bool):
+    from ClinicalMRICommonLib.report import Cell
+
+    return Cell("PASSED" if passed else "NOT PASSED", bold=True, color="#1a7f37" if passed else "#b42318")
+
+
+def report_html(report: dict, folder: str | os.PathLike | None = None) -> str:
+    """A self-contained HTML page of a training report (one page of ClinicalMRICommonLib.report,
+    the extension's one template): the PASSED / NOT PASSED banner with its reasons, what to
+    practise, the per-case and per-lesion tables and the overlays, embedded from ``folder``
+    (where :meth:`TrainingSession.write_report` wrote them; the full-size overlay stays
+    beside the page)."""
+    from ClinicalMRICommonLib.report import Cell, Report
+
     ov = report["overall"]
     verdict = "PASSED" if ov["passed"] else "NOT PASSED"
-    cls = "pass" if ov["passed"] else "fail"
+    rep = Report(f"Training report: {report['trainee']}", subtitle=f"Session {report['session']}, {report['created']}",
+                 status=("passed" if ov["passed"] else "failed", verdict),
+                 footer="Written by AnnotationQC's training session; every number is in report.json beside this page.")
+    v = rep.section("verdict", "Verdict")
+    v.bullets(ov["reasons"] or ["all criteria met"])
+    v.text(f"Criteria: {_criteria_text(report['criteria'])}.")
+    icc = ov["feature_icc"]
+    v.text(f"Cases submitted {ov['cases_submitted']} / {ov['cases_total']}; mean Dice {_f(ov['mean_dice'])} "
+           f"(min {_f(ov['min_dice'])}); lesions missed {ov['lesions_missed']}, extra {ov['lesions_extra']}; "
+           f"median relative feature error {_f(ov['median_feature_error'])}; feature {icc['form']} over the cases "
+           f"(for information{'; a criterion of this session' if icc['criterion'] else ''}): median "
+           f"{_f(icc['median'])} ({icc['interpretation']}).")
+    rep.section("practise", "What to practise").bullets(ov["hints"] or ["no systematic error found"])
+    if ov.get("notes") or report.get("warnings"):
+        n = rep.section("notes", "Notes")
+        if ov.get("notes"):
+            n.bullets(ov["notes"])
+        for w in report.get("warnings", []):
+            n.warning(w, lead="Session warning:")
     rows = []
     for c in report["cases"]:
         les, fe = c["lesions"], c.get("features") or {}
-        rows.append(
-            f"<tr><td class=l>{e(c['case_id'])}</td><td class=l>{e(c['sequence'])}</td><td class=l>{e(c['site'])}</td>"
-            f"<td>{_f(c['dice'])}</td><td>{_f(c['hd95_mm'], 2)}</td><td>{_f(c['assd_mm'], 2)}</td>"
-            f"<td>{_f(c['volume_ref_ml'])}</td><td>{_f(c['volume_test_ml'])}</td>"
-            f"<td>{_f(c['over_ml'])}</td><td>{_f(c['under_ml'])}</td><td class=l>{e(c['tendency'])}</td>"
-            f"<td>{les['matched']}/{les['n_reference']}</td><td>{les['missed']}</td><td>{les['extra']}</td>"
-            f"<td>{_f(fe.get('median_error'))}</td><td>{'yes' if c['dice_pass'] else 'no'}</td></tr>")
+        rows.append([c["case_id"], c["sequence"], c["site"], _f(c["dice"]), _f(c["hd95_mm"], 2), _f(c["assd_mm"], 2),
+                     _f(c["volume_ref_ml"]), _f(c["volume_test_ml"]), _f(c["over_ml"]), _f(c["under_ml"]),
+                     c["tendency"], f"{les['matched']}/{les['n_reference']}", les["missed"], les["extra"],
+                     _f(fe.get("median_error")), "yes" if c["dice_pass"] else "no"])
+    rep.section("cases", "Per case").table(
+        ["case", "sequence", "site", "Dice", "HD95 mm", "ASSD mm", "ref mL", "trainee mL", "over mL", "under mL",
+         "tendency", "lesions found", "missed", "extra", "feature error", "Dice pass"], rows,
+        num_cols=[3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14])
     lesion_rows = []
     for c in report["cases"]:
         for kind, items in (("missed", [x for x in c["lesions"]["reference_lesions"] if not x["detected"]]),
                             ("extra", c["lesions"]["extra_lesions"])):
             for x in items:
-                ras = ", ".join(f"{v:.1f}" for v in x["centroid_ras"])
-                lesion_rows.append(f"<tr><td class=l>{e(c['case_id'])}</td><td class=l>{kind}</td>"
-                                   f"<td>{x['voxels']}</td><td>{_f(x['volume_ml'], 4)}</td><td>({ras})</td>"
-                                   f"<td>{x['slices'][0]}&ndash;{x['slices'][1]}</td></tr>")
-    lesion_table = ("<table><tr><th class=l>case</th><th class=l>lesion</th><th>voxels</th><th>mL</th>"
-                    "<th>centre RAS (mm)</th><th>slices k</th></tr>" + "".join(lesion_rows) + "</table>"
-                    if lesion_rows else "<p>No missed or extra lesions.</p>")
-    figs = "".join(
-        f"<figure><a href='{e(c['overlay_full'])}'><img src='{e(c['overlay'])}' alt='overlay {e(c['case_id'])}'></a>"
-        f"<figcaption>{e(c['case_id'])}: Dice {_f(c['dice'])}, {e(c['tendency'])} "
-        f"(<a href='{e(c['overlay_full'])}'>full size</a>)<br>{'<br>'.join(e(h) for h in c['hints'])}</figcaption>"
-        f"</figure>" for c in report["cases"] if c.get("overlay"))
-    icc = ov["feature_icc"]
-    reasons = "".join(f"<li>{e(r)}</li>" for r in ov["reasons"]) or "<li>all criteria met</li>"
-    hints = "".join(f"<li>{e(h)}</li>" for h in ov["hints"]) or "<li>no systematic error found</li>"
-    notes = "".join(f"<li>{e(n)}</li>" for n in ov.get("notes", []))
-    warnings = "".join(f"<li>{e(w)}</li>" for w in report.get("warnings", []))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Training report {e(report['trainee'])}</title>
-<style>{_CSS}</style></head>
-<body><h1>Training report: {e(report['trainee'])}</h1>
-<p>Session <b>{e(report['session'])}</b>, {e(report['created'])}</p>
-<h2 class={cls}>{verdict}</h2><ul>{reasons}</ul>
-<p>Criteria: {_criteria_text(report['criteria'])}.</p>
-<h2>What to practise</h2><ul>{hints}</ul>
-<p>Cases submitted {ov['cases_submitted']} / {ov['cases_total']}; mean Dice {_f(ov['mean_dice'])}
-(min {_f(ov['min_dice'])}); lesions missed {ov['lesions_missed']}, extra {ov['lesions_extra']};
-median relative feature error {_f(ov['median_feature_error'])}; feature {e(icc['form'])} over the cases
-(for information{'; a criterion of this session' if icc['criterion'] else ''}): median {_f(icc['median'])}
-({e(icc['interpretation'])}).</p>
-{f'<h3>Notes</h3><ul>{notes}</ul>' if notes else ''}
-{f'<h3>Session warnings</h3><ul>{warnings}</ul>' if warnings else ''}
-<h2>Per case</h2><table><tr><th class=l>case</th><th class=l>sequence</th><th class=l>site</th><th>Dice</th>
-<th>HD95 mm</th><th>ASSD mm</th><th>ref mL</th><th>trainee mL</th><th>over mL</th><th>under mL</th>
-<th class=l>tendency</th><th>lesions found</th><th>missed</th><th>extra</th><th>feature error</th>
-<th>Dice pass</th></tr>{''.join(rows)}</table>
-<h2>Missed and extra lesions</h2>{lesion_table}
-<h2>Where the trainee over- or under-segments</h2>
-<p>Per case: the slice with the largest annotated area and the slice with the most disagreement, zoomed
-to the lesion (click for the full slice). <span style="color:rgb(30,200,30)">green</span>: agree,
-<span style="color:rgb(230,30,30)">red</span>: trainee only (over-segmented),
-<span style="color:rgb(30,80,240)">blue</span>: reference only (under-segmented).</p>{figs}
-</body></html>
-"""
+                ras = ", ".join(f"{q:.1f}" for q in x["centroid_ras"])
+                lesion_rows.append([c["case_id"], kind, x["voxels"], _f(x["volume_ml"], 4), f"({ras})",
+                                    f"{x['slices'][0]}\u2013{x['slices'][1]}"])
+    les = rep.section("lesions", "Missed and extra lesions")
+    if lesion_rows:
+        les.table(["case", "lesion", "voxels", "mL", "centre RAS (mm)", "slices k"], lesion_rows, num_cols=[2, 3])
+    else:
+        les.text("No missed or extra lesions.")
+    o = rep.section("overlays", "Where the trainee over- or under-segments")
+    o.text("Per case: the slice with the largest annotated area and the slice with the most disagreement, zoomed "
+           "to the lesion (the full slice is the _overlay_full.png file beside this page). Green: agree; red: "
+           "trainee only (over-segmented); blue: reference only (under-segmented).")
+    shown = [c for c in report["cases"] if c.get("overlay")]
+    for c, col in zip(shown, o.columns(len(shown)) if shown else []):
+        caption = f"{c['case_id']}: Dice {_f(c['dice'])}, {c['tendency']} (full size: {c['overlay_full']})"
+        png = Path(folder) / c["overlay"] if folder is not None else None
+        if png is not None and png.is_file():
+            col.figure(png.read_bytes(), alt=f"overlay {c['case_id']}", caption=caption)
+        else:
+            col.text(f"{caption}; overlay file {c['overlay']}", muted=True)
+        if c["hints"]:
+            col.bullets(c["hints"])
+    return rep.render()
 
 
 def summary_html(summ: dict) -> str:
-    """The session summary as one HTML page: trainee x case Dice / HD95 / lesions missed,
-    pass/fail and the hardest cases."""
-    e = html.escape
+    """The session summary as one HTML page (ClinicalMRICommonLib.report): trainee x case
+    Dice / HD95 / lesions missed, PASSED / NOT PASSED per trainee and the hardest cases."""
+    from ClinicalMRICommonLib.report import Cell, Report
+
     cases = summ["cases"]
-    head = "".join(f"<th>{e(c)}<br>Dice / HD95 / missed</th>" for c in cases)
+    n_pass = sum(1 for t in summ["trainees"].values() if t["passed"])
+    n = len(summ["trainees"])
+    rep = Report(f"Training summary: {summ['session']}", subtitle=f"{summ['created']}",
+                 status=("passed" if n_pass == n else "failed", f"{n_pass} of {n} trainee(s) PASSED"),
+                 footer="Written by AnnotationQC's training session; the numbers are in summary.json and summary.csv.")
     body = []
     for t, v in summ["trainees"].items():
         cells = []
         for c in cases:
             r = next(x for x in summ["table"] if x["trainee"] == t and x["case_id"] == c)
-            cells.append(f"<td>{_f(r['dice'])} / {_f(r['hd95_mm'], 1)} / {r['lesions_missed']}</td>"
-                         if r["submitted"] else "<td>not submitted</td>")
-        verdict = "<span class=pass>PASSED</span>" if v["passed"] else "<span class=fail>NOT PASSED</span>"
-        body.append(f"<tr><td class=l>{e(t)}</td>{''.join(cells)}<td>{_f(v['mean_dice'])}</td>"
-                    f"<td class=l>{verdict}</td><td class=l>{'<br>'.join(e(r) for r in v['reasons'])}</td></tr>")
-    hard = "".join(f"<tr><td class=l>{e(h['case_id'])}</td><td class=l>{e(h['site'])}</td><td>{_f(h['mean_dice'])}</td>"
-                   f"<td>{_f(h['min_dice'])}</td><td>{h['below_dice_threshold']} / {h['trainees']}</td>"
-                   f"<td>{h['lesions_missed']}</td></tr>" for h in summ["hardest_cases"])
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Training summary {e(summ['session'])}</title>
-<style>{_CSS}</style></head>
-<body><h1>Training summary: {e(summ['session'])}</h1><p>{e(summ['created'])}. Criteria:
-{_criteria_text(summ['criteria'])}.</p>
-<h2>Trainees x cases</h2><table><tr><th class=l>trainee</th>{head}<th>mean Dice</th><th class=l>verdict</th>
-<th class=l>reasons</th></tr>{''.join(body)}</table>
-<h2>Hardest cases</h2><p>Cases by mean Dice over the trainees who submitted them (lowest first).</p>
-<table><tr><th class=l>case</th><th class=l>site</th><th>mean Dice</th><th>min Dice</th>
-<th>below the Dice threshold</th><th>lesions missed (all trainees)</th></tr>{hard}</table>
-</body></html>
-"""
+            cells.append(f"{_f(r['dice'])} / {_f(r['hd95_mm'], 1)} / {r['lesions_missed']}"
+                         if r["submitted"] else Cell("not submitted", muted=True))
+        body.append([t, *cells, _f(v["mean_dice"]), _verdict(v["passed"]), "; ".join(v["reasons"])])
+    tc = rep.section("trainees", "Trainees x cases")
+    tc.text(f"Criteria: {_criteria_text(summ['criteria'])}.")
+    tc.table(["trainee", *[f"{c} Dice / HD95 / missed" for c in cases], "mean Dice", "verdict", "reasons"], body,
+             num_cols=range(1, len(cases) + 2))
+    hard = rep.section("hardest", "Hardest cases")
+    hard.text("Cases by mean Dice over the trainees who submitted them (lowest first).")
+    hard.table(["case", "site", "mean Dice", "min Dice", "below the Dice threshold", "lesions missed (all trainees)"],
+               [[h["case_id"], h["site"], _f(h["mean_dice"]), _f(h["min_dice"]),
+                 f"{h['below_dice_threshold']} / {h['trainees']}", h["lesions_missed"]] for h in summ["hardest_cases"]],
+               num_cols=[2, 3, 4, 5])
+    return rep.render()

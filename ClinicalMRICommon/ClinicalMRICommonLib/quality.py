@@ -236,7 +236,8 @@ def grade_series(case_id: str, sequence: str, rater: str, *, scale: str, score: 
             raise UserError("give SNR/CNR values or an ROI label map to measure them, not both")
         if image is None:
             raise UserError("measuring SNR/CNR from an ROI label map needs the graded image")
-        measured = snr_cnr_from_labelmap(image, roi_labelmap, rayleigh_correction=rayleigh_correction, name=roi_name)
+        measured = snr_cnr_from_labelmap(image, roi_labelmap, rayleigh_correction=rayleigh_correction,
+                                         name=roi_name)
         snr, cnr = measured["snr"], measured["cnr"]
     field = SCALES[scale]["field"]
     rec = make_record(case_id, sequence, rater, **{field: int(score)}, reason=reason, snr=snr, cnr=cnr,

@@ -120,9 +120,19 @@ def test_good_trainee_passes(session, tmp_path):
     out = session.folder / "reports" / "alice"
     data = json.loads((out / "report.json").read_text())
     assert data["overall"]["passed"] is True
-    assert "PASSED" in (out / "report.html").read_text()
-    for c in session.case_ids:
+    page = (out / "report.html").read_text()
+    # the extension's one report page (ClinicalMRICommonLib.report): the verdict banner, every
+    # case's row, and each zoomed overlay embedded (the same bytes as the file beside it)
+    assert '<div class="status status-passed">PASSED</div>' in page and "NOT PASSED" not in page
+    import base64
+    import re
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == len(session.case_ids)
+    for c, b64 in zip(session.case_ids, embedded):
         assert (out / f"{c}_overlay.png").read_bytes()[:4] == b"\x89PNG"
+        assert base64.b64decode(b64) == (out / f"{c}_overlay.png").read_bytes()
+        assert f"<td>{c}</td>" in page and f"full size: {c}_overlay_full.png" in page
+    assert f"<td>{rep['cases'][0]['dice']:.3f}</td>" in page.replace('<td class="num">', "<td>")
     # a submission is never overwritten
     before = session.trainee_mask_path("alice", "case1").read_bytes()
     with pytest.raises(UserError, match="already submitted"):
@@ -145,6 +155,9 @@ def test_under_segmenting_trainee_fails(session):
         assert row["tendency"] == "under-segments" and row["over_ml"] == 0
     # the overlay shows the under-segmentation (blue), and no over-segmentation (red)
     session.write_report("bob")
+    page = (session.folder / "reports" / "bob" / "report.html").read_text()
+    assert '<div class="status status-failed">NOT PASSED</div>' in page
+    assert "1 of 5 cases not submitted: case5" in page and "under-segments" in page
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(session.folder / "reports" / "bob" / "case1_overlay.png")))
     rgb = png.astype(int)
     blue = (rgb[..., 2] > rgb[..., 0] + 80) & (rgb[..., 2] > rgb[..., 1] + 80)
@@ -290,7 +303,10 @@ def test_training_cli(tmp_path, cases, capsys):
     assert summ["hardest_cases"][0]["mean_dice"] <= summ["hardest_cases"][-1]["mean_dice"]
     csv_rows = pd.read_csv(folder / "summary" / "summary.csv")
     assert list(csv_rows.columns[:4]) == ["trainee", "case_id", "submitted", "dice"] and len(csv_rows) == 5
-    assert "Hardest cases" in (folder / "summary" / "summary.html").read_text()
+    summary_page = (folder / "summary" / "summary.html").read_text()
+    assert "Hardest cases" in summary_page
+    assert '<div class="status status-passed">1 of 1 trainee(s) PASSED' in summary_page
+    assert "<b>PASSED</b>" in summary_page
     assert main(["training-summary", "--session", str(folder)]) == 2
     assert "already exists" in capsys.readouterr().err
     short = tmp_path / "short.csv"
