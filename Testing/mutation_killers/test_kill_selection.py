@@ -236,3 +236,25 @@ def test_lasso_tie_in_cv_auc_goes_to_the_stronger_penalty():
     sel = LassoSelector(Cs=[1.0, 10.0], cv=3).fit(X, y)
     assert list(sel.cv_auc_) == [1.0, 1.0]  # perfectly separated in every fold at both penalties
     assert sel.C_ == 1.0
+
+
+def test_mrmr_never_picks_a_feature_twice():
+    """With E = h6 added and k = 5 the fifth pick is B_copy: 1/3 - (0 + 1 + 0.149 + 0)/4 = 0.046
+    beats E (0). B itself would score the same (and win the tie) if it stayed available."""
+    X = mrmr_example()
+    X["E"] = H[:, 5]
+    order = list(X.columns[MRMRSelector(k=5).fit(X, Y).order_])
+    assert order == ["A", "B", "C", "D", "B_copy"]
+
+
+def test_negative_correlations_count_by_their_size():
+    X = np.column_stack([H[:, 0], -H[:, 0], H[:, 1] - 0.5 * H[:, 0]])
+    c = _corrcoef(X)
+    assert c[0, 1] == pytest.approx(-1.0, abs=1e-12)
+    assert c[0, 2] == pytest.approx(-0.5 / math.sqrt(1.25), abs=1e-12)
+
+
+def test_mann_whitney_p_of_a_column_with_nan_is_one():
+    X = np.column_stack([np.r_[1.0, 2, 3, np.nan, 5, 6, 7, 8], H[:, 0]])
+    p = mann_whitney_p(X, Y)
+    assert p[0] == 1.0 and p[1] < 0.05
