@@ -1513,7 +1513,7 @@ class Study:
                 raise UserError("give SNR/CNR values or an ROI label map to measure them, not both")
             img = read_image(self.image_path(case_id, series), series.upper())
             try:
-                measured = snr_cnr_from_labelmap(img, read_image(roi_labelmap, "ROI label map"))
+                measured = snr_cnr_from_labelmap(img, roi_labelmap)
             except UserError as exc:
                 if "no noise" not in str(exc):
                     raise
