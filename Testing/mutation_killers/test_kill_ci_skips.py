@@ -30,6 +30,12 @@ def test_skips_without_cuda():
 def test_skips_without_gpu_later_in_words():
     pytest.skip("the GPU path is not available here (no CUDA device)")
 
+def test_skips_with_no_cuda_gpu_here():
+    pytest.skip("no CUDA GPU here: the GPU path (AMP) is not run")
+
+def test_skips_mentioning_gpu_for_another_reason():
+    pytest.skip("GPU driver log is too long")
+
 @pytest.mark.xfail(reason="known limitation", strict=True)
 def test_known_failure():
     assert False
@@ -83,10 +89,10 @@ def test_locally_skips_stay_skips_with_their_reason(tiny_suite):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "needs the frobnicator" in res.stdout
     assert "no_such_module_for_the_ci_rule_test" in res.stdout
-    assert "2 passed, 5 skipped, 1 xfailed" in res.stdout
+    assert "2 passed, 7 skipped, 1 xfailed" in res.stdout
     missing = run(suite, ci=False, shared=data.parent / "absent")
     assert missing.returncode == 0, missing.stdout
-    assert "reference data folder" in missing.stdout and "1 passed, 6 skipped, 1 xfailed" in missing.stdout
+    assert "reference data folder" in missing.stdout and "1 passed, 8 skipped, 1 xfailed" in missing.stdout
 
 
 def test_ci_fails_unexpected_skips_and_keeps_the_allowed_ones(tiny_suite):
@@ -96,11 +102,13 @@ def test_ci_fails_unexpected_skips_and_keeps_the_allowed_ones(tiny_suite):
     assert res.returncode == 1, out + res.stderr
     assert "FAILED test_plain.py::test_skips_for_no_good_reason" in out
     assert "skip not allowed in CI (CI=true): needs the frobnicator" in out
+    assert "FAILED test_plain.py::test_skips_mentioning_gpu_for_another_reason" in out
+    assert "no CUDA GPU here" in out and "FAILED test_plain.py::test_skips_with_no_cuda_gpu_here" not in out
     # the allowed reasons stay skips; xfail is not a skip
     assert "CUDA not available on this machine" in out
     assert "the GPU path is not available here" in out
     assert "Slicer application not available" in out
-    assert "2 passed" in out and "1 xfailed" in out and "4 skipped" in out and "1 failed" in out
+    assert "2 passed" in out and "1 xfailed" in out and "5 skipped" in out and "2 failed" in out
     # a module skipped at import is not a test report: it is listed and the run fails
     assert "CI: skipped modules (not allowed in CI)" in out
     assert "test_missing_module.py: could not import 'no_such_module_for_the_ci_rule_test'" in out
