@@ -275,7 +275,11 @@ class Bundle:
 
     def summary(self) -> dict:
         m = self.manifest
-        models = {k: {kk: v.get(kk) for kk in ("kind", "classifier", "threshold", "cv_auc", "validation_auc")}
+        # the honesty fields (cv_auc null with a reason when out-of-fold estimates are not honest) are
+        # None for bundles trained before they were recorded ("not recorded")
+        models = {k: {kk: v.get(kk) for kk in ("kind", "classifier", "threshold", "cv_auc", "cv_auc_ci",
+                                              "cv_unavailable_reason", "oof_probabilities_honest", "cv_covers",
+                                              "validation_auc")}
                   for k, v in m.get("models", {}).items()}
         out = {"path": str(self.path), "created": m.get("created"), "primary_model": m.get("primary_model"),
                "cohort": m.get("cohort", {}).get("summary"), "models": models}
@@ -284,7 +288,8 @@ class Bundle:
             out["deep"] = {k: tr.get(k) for k in ("device", "best_epoch", "selection", "epochs_run")}
             out["deep"]["pca_components"] = m["deep"].get("pca", {}).get("n_components")
         if "fusion" in m:
-            out["fusion"] = {k: m["fusion"].get(k) for k in ("fit", "deep_features_in_sample", "selected")}
+            out["fusion"] = {k: m["fusion"].get(k) for k in ("fit", "deep_features_in_sample", "selected", "deep_cv",
+                                                             "training_estimate")}
         return out
 
 

@@ -60,8 +60,8 @@ def mask_on_grid(roi: str | os.PathLike | sitk.Image, image: sitk.Image, *, imag
         resampled = not same_grid(roi, image)
         if resampled:
             if not resample:
-                raise UserError(f"the ROI is on a different grid than the {image_what}; pass --resample-roi to "
-                                "resample it onto the image (nearest neighbour)")
+                raise UserError(f"{'the ROI' if what == 'ROI' else what} is on a different grid than the "
+                                f"{image_what}; pass --resample-roi to resample it onto the image (nearest neighbour)")
             roi = resample_mask_to(roi, image)
         mask = binary_mask(roi)
         roi_voxels(mask, f"the ROI on the {image_what} grid", min_voxels=min_voxels)

@@ -6,7 +6,6 @@ pingouin wine data: 8 wines x 4 judges (long CSV: Wine, Judge, Scores).
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -150,26 +149,39 @@ def _two_reader_tables(n_cases=250, n_feat=3591, seed=0):
     return pd.DataFrame(a, index=ids, columns=cols), pd.DataFrame(b, index=ids, columns=cols)
 
 
-def test_feature_icc_matches_icc_all_and_is_fast():
+def _anova_icc(y: np.ndarray) -> dict:
+    """ICC(A,1) and ICC(C,1) of an n x k table from the two-way ANOVA mean squares, written here
+    independently of the library (McGraw & Wong 1996, Table 4, cases 2A and 3)."""
+    n, k = y.shape
+    gm = y.mean()
+    msr = k * ((y.mean(axis=1) - gm) ** 2).sum() / (n - 1)
+    msc = n * ((y.mean(axis=0) - gm) ** 2).sum() / (k - 1)
+    resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + gm
+    mse = (resid ** 2).sum() / ((n - 1) * (k - 1))
+    return {"A1": (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n),
+            "C1": (msr - mse) / (msr + (k - 1) * mse)}
+
+
+def test_feature_icc_matches_an_independent_anova():
+    """The vectorised per-feature ICC against mean squares computed here (not the library's
+    shared core); its confidence limits against icc_all (whose intervals are checked against
+    independently written F-distribution formulas in Testing/mutation_killers/test_kill_icc.py).
+    Speed is measured by hand (benchmarks), not here."""
     ta, tb = _two_reader_tables()
-    feature_icc(ta.iloc[:5, :5], tb.iloc[:5, :5])  # warm-up (scipy import paths)
-    # CPU time of this process, so other jobs on a busy machine do not make it fail
-    t0 = time.process_time()
     tab = feature_icc(ta, tb, form="ICC(A,1)")
-    elapsed = time.process_time() - t0
-    assert elapsed < 1.0, f"feature_icc took {elapsed:.2f} s CPU for 3591 features x 250 cases"
     assert list(tab.columns) == ["icc", "ci_low", "ci_high", "interpretation", "n"]
     assert tab.shape[0] == 3591
     rng = np.random.default_rng(1)
     for j in rng.choice(3591, 6, replace=False):
         f = ta.columns[j]
-        ref = icc_all(np.column_stack([ta[f], tb[f]]))
-        for form in ("ICC(A,1)",):
-            assert tab.loc[f, "icc"] == pytest.approx(ref[form]["icc"], rel=1e-9, abs=1e-12)
-            assert tab.loc[f, "ci_low"] == pytest.approx(ref[form]["ci95"][0], rel=1e-9, abs=1e-12)
-            assert tab.loc[f, "ci_high"] == pytest.approx(ref[form]["ci95"][1], rel=1e-9, abs=1e-12)
+        y = np.column_stack([ta[f], tb[f]]).astype(float)
+        ref = _anova_icc(y)
+        assert tab.loc[f, "icc"] == pytest.approx(ref["A1"], rel=1e-9, abs=1e-12)
+        lib = icc_all(y)["ICC(A,1)"]
+        assert tab.loc[f, "ci_low"] == pytest.approx(lib["ci95"][0], rel=1e-9, abs=1e-12)
+        assert tab.loc[f, "ci_high"] == pytest.approx(lib["ci95"][1], rel=1e-9, abs=1e-12)
         c1 = feature_icc(ta[[f]], tb[[f]], form="ICC(3,1)")
-        assert c1.loc[f, "icc"] == pytest.approx(ref["ICC(C,1)"]["icc"], rel=1e-9)
+        assert c1.loc[f, "icc"] == pytest.approx(ref["C1"], rel=1e-9)
 
 
 def test_feature_icc_alignment_missing_and_constant():

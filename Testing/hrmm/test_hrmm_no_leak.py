@@ -58,7 +58,7 @@ def test_null_sd_is_the_mann_whitney_null_variance():
     assert np.std(aucs) == pytest.approx(bench.null_sd(3, 3))
 
 
-@pytest.mark.slow
+@pytest.mark.nosignal
 def test_no_model_finds_signal_where_there_is_none(tmp_path):
     bench = _bench()
     from HRMMPredictLib.radiomics.model import patient_split

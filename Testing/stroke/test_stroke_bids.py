@@ -204,11 +204,11 @@ def test_acceptance(exported, tmp_path):
     import sys
     from pathlib import Path
     exe = Path(sys.executable).with_name("stroke-lesion")
-    if exe.exists():
-        p = subprocess.run([str(exe), "accept", str(ok)], capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stdout + p.stderr
-        assert p.stdout.startswith("ACCEPTED: 1/1 session(s) pass; 1 consensus mask(s), 18 lesion(s), 4.184 mL")
-        assert (tmp_path / "ok-acceptance" / "acceptance_report.html").exists()
+    assert exe.exists(), f"{exe}: the stroke-lesion console script is not installed (pip install -e .)"
+    p = subprocess.run([str(exe), "accept", str(ok)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("ACCEPTED: 1/1 session(s) pass; 1 consensus mask(s), 18 lesion(s), 4.184 mL")
+    assert (tmp_path / "ok-acceptance" / "acceptance_report.html").exists()
 
     # each kind of defect is caught
     sub = ok / "sub-strokecase0009" / "ses-0001"

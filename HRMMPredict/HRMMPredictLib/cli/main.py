@@ -162,14 +162,18 @@ def cmd_extract(a) -> int:
     from ClinicalMRICommonLib.images import check_finite, read_image
     from ClinicalMRICommonLib.masks import read_mask
     from HRMMPredictLib.radiomics import features as rf
-    from HRMMPredictLib.roi import MIN_ROI_VOXELS
+    from HRMMPredictLib.roi import MIN_ROI_VOXELS, mask_on_grid
 
     out = check_output_path(a.out, overwrite=a.overwrite, what="--out", inputs=[a.image, a.mask, a.params])
     _check_params_file(a.params)
     params = rf.load_params(a.params)
     img = read_image(a.image, "image")
     check_finite(img, a.image)
-    mask = read_mask(a.mask, img, what="mask", resample=a.resample_roi, min_voxels=MIN_ROI_VOXELS, label=a.label)
+    # the mask's values checked (and --label chosen) first, then put on the image's grid: an ROI on the
+    # same physical grid stored in another voxel order is reordered exactly (roi.mask_on_grid)
+    roi = a.mask if a.label is None else read_mask(a.mask, what="mask", min_voxels=MIN_ROI_VOXELS, label=a.label)
+    mask, _ = mask_on_grid(roi, img, image_what="image", resample=a.resample_roi, min_voxels=MIN_ROI_VOXELS,
+                           what="mask" if a.label is None else f"mask file {a.mask}")
     t0 = time.perf_counter()
     feats = rf.extract_radiomics(img, mask, params, rf.PreprocessConfig(n4=not a.no_n4), diagnostics=a.diagnostics)
     _step(f"{sum(1 for k in feats if not k.startswith('diagnostics_'))} features in {time.perf_counter() - t0:.1f} s")
@@ -252,7 +256,9 @@ def cmd_evaluate(a) -> int:
     from HRMMPredictLib.evaluation.evaluate import evaluate_bundle
 
     res = evaluate_bundle(a.model, a.out, a.manifest or (), progress=_step, bar=_progress_bar("predicting"),
-                          overwrite=a.overwrite)
+                          overwrite=a.overwrite, data_source=a.data_source)
+    for w in res.get("warnings", ()):  # the same warnings as the report's
+        print(f"warning: {w}", file=sys.stderr)
     lines = [f"Report: {res['report']}"] + [
         f"  {set_name:<28} " + "  ".join(f"{m} AUC {v:.3f}" for m, v in aucs.items())
         for set_name, aucs in res["sets"].items()]
@@ -354,7 +360,7 @@ def build_parser():
     p.set_defaults(func=cmd_validate)
 
     p = add_command(sub, "extract", "radiomics features of one image + mask -> one CSV row")
-    p.add_argument("--image", required=True, metavar="IMAGE", help="image file (NIfTI, NRRD, MHA)")
+    p.add_argument("--image", required=True, metavar="IMAGE", help="image file (NIfTI, NRRD, MHA) or DICOM series folder")
     p.add_argument("--mask", required=True, metavar="MASK", help="ROI mask on the image's grid (any non-zero voxel)")
     _params_option(p)
     p.add_argument("--out", required=True, metavar="CSV", help="output CSV (one row, one column per feature)")
@@ -434,8 +440,11 @@ def build_parser():
                    help="cohort manifest to evaluate besides the bundle's own training/validation split "
                         "(e.g. an external cohort); repeatable")
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (index.html, metrics.json)")
+    p.add_argument("--data-source", metavar="TEXT", default=None,
+                   help="what the training data were (e.g. 'Site A 2019-2023', 'synthetic'); shown in the report's "
+                        "title, summary and model card (the demo's synthetic cohort is recognised without it)")
     add_overwrite(p)
-    add_json(p, "the report's paths and every set's AUCs")
+    add_json(p, "the report's paths, every set's AUCs with their CIs, and the warnings")
     p.set_defaults(func=cmd_evaluate)
 
     p = add_command(sub, "info", "verify a model bundle as loading does (manifest schema, every file's checksum, "

@@ -231,9 +231,9 @@ class DeepTrainConfig:
     nearly symmetric top-bottom, but not front-back: the posterior wall, the basivertebral
     vein and the canal sit on one side, so there is no antero-posterior flip, and
     left-right is not an in-plane axis of a sagittal slice). ``flip_dim`` names the picture
-    axis that carries cranio-caudal: ``"width"`` for the default crops of
-    :mod:`HRMMPredictLib.deep.input` (quarter turn clockwise: columns inferior->superior), ``"height"``
-    for upright crops (``quarter_turns=0``). Per-channel contrast/brightness jitter of
+    axis that carries cranio-caudal: ``"height"`` for the default upright crops of
+    :mod:`HRMMPredictLib.deep.input` (``quarter_turns=0``: rows superior->inferior, columns
+    anterior->posterior, whatever the storage order), ``"width"`` only with ``quarter_turns=1``. Per-channel contrast/brightness jitter of
     +/- ``intensity_jitter`` (MR intensities have no absolute scale).
     """
 
@@ -251,7 +251,7 @@ class DeepTrainConfig:
     crop_scale: tuple[float, float] = (0.85, 1.0)
     crop_ratio: tuple[float, float] = (0.9, 1.1)
     flip_probability: float = 0.5
-    flip_dim: str = "width"
+    flip_dim: str = "height"
     intensity_jitter: float = 0.1
     amp: bool = True              # mixed precision on CUDA (bfloat16 where supported); never on CPU
     channels_last: bool = True    # memory format on CUDA; never on CPU

@@ -61,6 +61,9 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
         params = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise UserError(f"radiomics parameter file {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"radiomics parameter file {p} is not a text (YAML) file; give a pyradiomics YAML "
+                        "settings file") from None
     if not isinstance(params, dict):
         raise UserError(f"radiomics parameter file {p} must hold a mapping (imageType/featureClass/setting)")
     try:

@@ -277,6 +277,8 @@ def bundle_summary_lines(summary: dict) -> list[str]:
         cv = _auc_text(entry.get("cv_auc"))
         if cv:
             parts.append(f"cross-validation AUC {cv}")
+        elif entry.get("cv_unavailable_reason"):
+            parts.append(f"cross-validation AUC not available: {entry['cv_unavailable_reason']}")
         if entry.get("threshold") is not None:
             parts.append(f"threshold {entry['threshold']:.3f}")
         kind = entry.get("classifier") or entry.get("kind")

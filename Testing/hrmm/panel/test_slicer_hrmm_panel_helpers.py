@@ -182,7 +182,7 @@ def test_export_never_leaves_a_half_written_file(tmp_path):
     with pytest.raises(UserError, match=r"cannot export to case\.xlsx: use a \.json or \.csv"):
         export_result(RESULT, tmp_path / "case.xlsx")
     bad = dict(RESULT, features=[{"name": object()}])  # cannot be written
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="not JSON serialisable"):  # a programming error, not bad input
         export_result(bad, tmp_path / "case.json")
     assert not (tmp_path / "case.json").exists()
     assert target.read_text() == "the user's earlier export\n"
