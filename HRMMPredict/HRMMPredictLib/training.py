@@ -444,6 +444,8 @@ def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: RadiomicsTrainConfig,
     deep_entry = {
         "kind": "deep", "classifier": "densenet169", "file": DEEP_FILE, "prediction_column": DEEP_MODEL,
         "threshold": float(thr), "threshold_rule": thr_rule, **deep_est, "cv_column": cv_column,
+        # deep_cv: out-of-fold probabilities for every training lesion; otherwise none
+        "cv_covers": "training" if cv_column else None,
         "internal_column": "deep_internal",
         "internal_validation_auc": auc_or_none(y_all[is_internal], p_deep[is_internal]),
         "internal_validation_honest": deep.fusion_fit == "internal",

@@ -154,7 +154,7 @@ def test_prediction_gives_the_training_runs_numbers(fused_bundle, small_cohort, 
     png = base64.b64decode(d["preview_png_base64"])
     assert png == (tmp_path / "input.png").read_bytes() and d["preview_png"] == str(tmp_path / "input.png")
     im = Image.open(io.BytesIO(png))
-    assert im.size == (4 * 64 + 3 * 4, 64 + 14)
+    assert im.size == (4 * 64 + 3 * 4, 64 + 14 + 14)  # a title row and the orientation caption row
     inputs = pd.read_csv(path / "training" / "deep_inputs.csv", dtype={"lesion_id": str}).set_index("lesion_id")
     for seq in ("T1WI", "T2WI", "FS-T2WI"):
         assert d["crops"][seq]["slice_index"] == inputs.loc[lesion, f"slice_{seq}"]

@@ -30,8 +30,8 @@ def test_evaluate_bundle_report_and_metrics(trained_bundle, small_cohort, extern
     path, _ = trained_bundle
     out = tmp_path / "report"
     res = evaluate_bundle(path, out, [small_cohort, external_cohort])
-    html = (out / "index.html").read_text()
-    metrics = json.loads((out / "metrics.json").read_text())
+    html = (out / "index.html").read_text(encoding="utf-8")
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert "http://" not in html and "https://" not in html and html.count("data:image/png;base64,") >= 4
     assert res["models"][0] == "radiomics"
     # the training cohort itself is recognised, not evaluated twice
