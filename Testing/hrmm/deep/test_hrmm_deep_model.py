@@ -134,10 +134,11 @@ def test_augmentation_geometry_and_determinism():
     flip_only = DeepTrainConfig(rotation_degrees=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
                             flip_probability=1.0, intensity_jitter=0.0)
     out = _augment(x, flip_only, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(out, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)        # width = cranio-caudal
-    out = _augment(x, DeepTrainConfig(**{**flip_only.to_dict(), "flip_dim": "height", "crop_scale": (1.0, 1.0),
-                                     "crop_ratio": (1.0, 1.0)}), torch.Generator().manual_seed(0))
+    # the default upright crops carry cranio-caudal along the rows (height): that axis is mirrored
     torch.testing.assert_close(out, torch.flip(x, dims=[2]), atol=1e-5, rtol=0)
+    out = _augment(x, DeepTrainConfig(**{**flip_only.to_dict(), "flip_dim": "width", "crop_scale": (1.0, 1.0),
+                                     "crop_ratio": (1.0, 1.0)}), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)  # quarter-turned crops
     identity = DeepTrainConfig(**{**flip_only.to_dict(), "flip_probability": 0.0, "crop_scale": (1.0, 1.0),
                               "crop_ratio": (1.0, 1.0)})
     torch.testing.assert_close(_augment(x, identity, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=0)
