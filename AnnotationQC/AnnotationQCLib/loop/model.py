@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 from ClinicalMRICommonLib import segmentation_model as sm
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import sha256_file, write_json_atomic
+from ClinicalMRICommonLib.files import sha256_file, verify_image_file, write_json_atomic
 
 from . import ranking
 from .store import LoopFolder, round_name
@@ -316,8 +316,11 @@ def prelabel(loop: LoopFolder, *, round_no: int | None = None, uncertainty: str 
             res = predict(net, manifest, sm.image_channels(images), dev, amp, uncertainty, samples)
             prop_path, unc_path = loop.proposal_paths(cid, r)
             p_tmp, u_tmp = tmp / prop_path.name, tmp / unc_path.name
-            sitk.WriteImage(sm.on_grid(res["proposal"], images[0], sitk.sitkUInt8), str(p_tmp), True)
-            sitk.WriteImage(sm.on_grid(res["variance"], images[0], sitk.sitkFloat32), str(u_tmp), True)
+            for img, path in ((sm.on_grid(res["proposal"], images[0], sitk.sitkUInt8), p_tmp),
+                              (sm.on_grid(res["variance"], images[0], sitk.sitkFloat32), u_tmp)):
+                sitk.WriteImage(img, str(path), True)
+                # read back before the staged folder is published: SimpleITK reports no short write
+                verify_image_file(path, img, final=out_dir / path.name, what="proposal")
             s = res["stats"]
             entries[cid] = {"proposal": prop_path.relative_to(loop.folder).as_posix(),
                             "proposal_sha256": sha256_file(p_tmp),

@@ -44,10 +44,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from ClinicalMRICommonLib.errors import UserError
-from ClinicalMRICommonLib.files import sha256_file, write_image_atomic, write_json_atomic
+from ClinicalMRICommonLib.files import atomic_path, sha256_file, verify_image_file, write_image_atomic, write_json_atomic
 from ClinicalMRICommonLib.grids import Grid, grid_difference, same_grid
 from ClinicalMRICommonLib.images import check_finite, read_image
-from ClinicalMRICommonLib.locks import publish_exclusive
 
 from ..sessions import check_name, read_json_document
 from .audit import AuditTrail, folder_lock, utc_now
@@ -128,26 +127,18 @@ def mask_agreement(proposal: np.ndarray, expert: np.ndarray, labels: dict) -> di
 
 
 def _publish(image: sitk.Image, final: Path) -> str:
-    """Write ``image`` to ``final`` without ever replacing a file there (locks.publish_exclusive:
-    a finished temporary file linked to the name). Read-only afterwards. Returns its SHA-256."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".new.", suffix="".join(final.suffixes), dir=final.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        digest = sha256_file(tmp)
-        publish_exclusive(tmp, final, what="standard annotation",
-                          exists_message=f"{final} already exists without a record in the loop's audit trail (left "
-                                         "over from an interrupted command?); it is left untouched - move it away "
-                                         "and retry")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    """Write ``image`` to ``final`` without ever replacing a file there, through the extension's
+    verified atomic writer (read back before it is published; exclusive: a finished temporary
+    file linked to the name). Read-only afterwards. Returns its SHA-256."""
+    with atomic_path(final, what="standard annotation", exclusive=True,
+                     verify=lambda tmp: verify_image_file(tmp, image, final=final, what="standard annotation"),
+                     exists_message=f"{final} already exists without a record in the loop's audit trail (left "
+                                    "over from an interrupted command?); it is left untouched - move it away "
+                                    "and retry") as tmp:
+        sitk.WriteImage(image, str(tmp), True)
     with contextlib.suppress(OSError):
         os.chmod(final, 0o444)
-    return digest
+    return sha256_file(final)
 
 
 # ---------------------------------------------------------------------------------------
