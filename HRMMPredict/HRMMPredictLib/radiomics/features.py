@@ -468,7 +468,8 @@ def _run_group(args) -> list[tuple[int, dict | None, str | None]]:
 def extract_cohort(cohort, cache_dir: str | os.PathLike | None, params: Mapping | None = None,
                    preprocess_cfg: PreprocessConfig | None = None, roi_kinds: Sequence[str] = ("roi",),
                    sequences: Sequence[str] = SEQUENCES, n_jobs: int | None = None,
-                   progress: Callable[[int, int, str], None] | None = None, lesion_ids: Iterable[str] | None = None):
+                   progress: Callable[[int, int, str], None] | None = None, lesion_ids: Iterable[str] | None = None,
+                   scheduler: str | None = None):
     """Extract features for every lesion, sequence and ROI kind of a cohort.
 
     ``cohort`` is a cohort manifest as :func:`HRMMPredictLib.cohort.load_cohort_manifest`
@@ -476,6 +477,8 @@ def extract_cohort(cohort, cache_dir: str | os.PathLike | None, params: Mapping 
     (image, ROI, settings) in ``cache_dir``; a rerun only computes what changed. The ROIs of
     one image (reader 1, reader 2, repeat) are extracted together: the image is read,
     checked and reoriented once (values identical to separate extractions).
+
+    ``n_jobs`` local processes, or ``scheduler`` (see :mod:`HRMMPredictLib.radiomics.executors`).
 
     Returns ``{roi_kind: DataFrame}`` indexed by lesion_id with columns ``<seq>_<feature>``.
     """
@@ -514,31 +517,18 @@ def extract_cohort(cohort, cache_dir: str | os.PathLike | None, params: Mapping 
     done = n_cached
     if progress:
         progress(done, len(tasks), f"{n_cached} cached")
-    n_jobs = n_jobs or max(1, min(len(todo), os.cpu_count() or 1))
-    if todo:
-        if n_jobs == 1:
-            it = map(_run_group, todo)
-            pool = None
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+    from HRMMPredictLib.radiomics.executors import iter_map
 
-            pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"))
-            it = pool.map(_run_group, todo, chunksize=1)
-        try:
-            for group in it:
-                for idx, feats, err in group:
-                    done += 1
-                    if err:
-                        errors.append(err)
-                    else:
-                        results[idx] = feats
-                    if progress:
-                        t = tasks[idx]
-                        progress(done, len(tasks), f"{t.lesion_id} {t.sequence} {t.roi_kind}")
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+    for group in iter_map(_run_group, todo, n_jobs=n_jobs, scheduler=scheduler):
+        for idx, feats, err in group:
+            done += 1
+            if err:
+                errors.append(err)
+            else:
+                results[idx] = feats
+            if progress:
+                t = tasks[idx]
+                progress(done, len(tasks), f"{t.lesion_id} {t.sequence} {t.roi_kind}")
     if errors:
         raise UserError(f"feature extraction failed for {len(errors)} image(s): " + "; ".join(errors[:5])
                         + (" ..." if len(errors) > 5 else ""))
