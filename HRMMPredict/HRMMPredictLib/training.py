@@ -72,16 +72,20 @@ def default_cache_dir(cohort_path: str | os.PathLike) -> Path:
 
 
 def extract_cohort_features(cohort: pd.DataFrame, split: pd.Series, params: dict, prep: PreprocessConfig,
-                            cache_dir: Path, n_jobs: int | None, progress: Callable[[int, int, str], None] | None):
+                            cache_dir: Path, n_jobs: int | None, progress: Callable[[int, int, str], None] | None,
+                            scheduler: str | None = None):
     """Reader-1 ROI features for every lesion; second reads only for training lesions (the
-    agreement filter is fitted on training data only, so validation lesions need no more)."""
-    tables = extract_cohort(cohort, cache_dir, params, prep, roi_kinds=("roi",), n_jobs=n_jobs, progress=progress)
+    agreement filter is fitted on training data only, so validation lesions need no more).
+    ``scheduler``: a Dask cluster instead of ``n_jobs`` local processes (see
+    :mod:`HRMMPredictLib.radiomics.executors`)."""
+    tables = extract_cohort(cohort, cache_dir, params, prep, roi_kinds=("roi",), n_jobs=n_jobs, progress=progress,
+                            scheduler=scheduler)
     train_ids = cohort.loc[split == "train", "lesion_id"]
     kinds = tuple(k for k in OPTIONAL_ROIS if k in cohort.columns
                   and cohort.loc[split == "train", k].astype(str).str.len().gt(0).any())
     if kinds:
         tables.update(extract_cohort(cohort, cache_dir, params, prep, roi_kinds=kinds, n_jobs=n_jobs,
-                                     progress=progress, lesion_ids=train_ids))
+                                     progress=progress, lesion_ids=train_ids, scheduler=scheduler))
     return tables
 
 
@@ -145,7 +149,8 @@ def train_bundle(cohort_path: str | os.PathLike, out_dir: str | os.PathLike, par
                  progress: Callable[[str], None] | None = None,
                  extraction_progress: Callable[[int, int, str], None] | None = None,
                  overwrite: bool = False, deep: DeepOptions | None = None,
-                 epoch_progress: Callable[[int, int, dict], None] | None = None) -> dict:
+                 epoch_progress: Callable[[int, int, dict], None] | None = None,
+                 scheduler: str | None = None) -> dict:
     """Train the radiomics, deep and fusion models of a cohort (its manifest CSV at
     ``cohort_path``) and write a model bundle into ``out_dir``.
 
@@ -154,7 +159,9 @@ def train_bundle(cohort_path: str | os.PathLike, out_dir: str | os.PathLike, par
     settings, the cache or the pretrained weights) lies inside it.
     ``deep``: the deep model and fusion settings (default: the paper's, 300 epochs);
     ``DeepOptions(enabled=False)`` trains the radiomics models only. ``epoch_progress``
-    gets ``(epoch, epochs, metrics)`` after every epoch. Returns a summary.
+    gets ``(epoch, epochs, metrics)`` after every epoch. ``scheduler``: run the feature
+    extraction on a Dask cluster (``tcp://HOST:PORT`` or ``local``) instead of ``n_jobs``
+    local processes; same cache and results. Returns a summary.
     """
     cfg = cfg or RadiomicsTrainConfig()
     prep = prep or PreprocessConfig()
@@ -171,7 +178,8 @@ def train_bundle(cohort_path: str | os.PathLike, out_dir: str | os.PathLike, par
         if deep.enabled:
             _check_internal_split(deep, cfg, cohort, split)
         say(f"extracting radiomics features ({len(cohort)} lesions x {len(SEQUENCES)} sequences; cache {cache})")
-        tables = extract_cohort_features(cohort, split, params, prep, cache, n_jobs, extraction_progress)
+        tables = extract_cohort_features(cohort, split, params, prep, cache, n_jobs, extraction_progress,
+                                         scheduler=scheduler)
 
         ids = cohort["lesion_id"].astype(str).to_numpy()
         y_all = cohort["label"].to_numpy().astype(int)
