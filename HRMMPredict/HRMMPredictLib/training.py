@@ -208,7 +208,8 @@ def train_bundle(cohort_path: str | os.PathLike, out_dir: str | os.PathLike, par
         writer.manifest.update(json_safe({
             "sequences": list(SEQUENCES),
             "radiomics": {"params_file": "radiomics_params.yaml", "preprocess": prep.to_dict(),
-                          "selection_counts": selection["counts"], "lasso_C": selection["lasso_C"]},
+                          "selection_counts": selection["counts"], "lasso_C": selection["lasso_C"],
+                          "lasso_path": selection.get("lasso_path")},
             "training": {"config": cfg.to_dict(), "split_rule": "stratified by class, grouped by patient",
                          "deep_options": deep.to_dict()},
             "cohort": {"hash": cohort_hash(cohort), "manifest": Path(cohort_path).name, "summary": summary_rows},
@@ -495,6 +496,7 @@ def _train_deep_and_fusion(writer, deep: DeepOptions, cfg: RadiomicsTrainConfig,
                                              "estimated on)",
             "deep_components": int(k),
             "selection_counts": fsel["counts"], "lasso_C": fsel["lasso_C"], "selected": fsel["selected"],
+            "lasso_path": fsel.get("lasso_path"),
             "cv_folds": int(fit.fcfg.cv_folds),
         },
     }

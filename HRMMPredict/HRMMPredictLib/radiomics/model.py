@@ -311,6 +311,8 @@ def _selection_summary(sel: Pipeline, X: pd.DataFrame) -> dict:
     for step_name, step in sel.steps:
         if step_name == "zscore":
             continue
+        if step_name == "lasso":
+            lasso_in = [str(n) for n in names]
         names = names[step.support_]
         counts[step_name] = int(len(names))
         if step_name == "icc":
@@ -320,7 +322,21 @@ def _selection_summary(sel: Pipeline, X: pd.DataFrame) -> dict:
     out["selected"] = [str(n) for n in names]
     lasso = sel.named_steps["lasso"]
     out["lasso_C"] = float(lasso.C_)
+    out["lasso_path"] = lasso_path_record(lasso, lasso_in)
     return out
+
+
+def lasso_path_record(lasso, names) -> dict:
+    """The fitted LASSO's coefficient path and inner-CV curve, as the bundle stores them
+    (``radiomics.lasso_path``): features that are non-zero at some C of the grid."""
+    coefs = np.asarray(lasso.coef_path_, dtype=float)
+    shown = [j for j in range(coefs.shape[1]) if np.any(coefs[:, j] != 0)]
+    return {"C": [float(c) for c in lasso.Cs_],
+            "coefficients": {names[j]: [float(v) for v in coefs[:, j]] for j in shown},
+            "cv_mean": [float(v) for v in lasso.cv_auc_], "cv_se": [float(v) for v in lasso.cv_auc_se_],
+            "cv_metric": "ROC AUC (inner CV, grouped by patient)", "chosen_C": float(lasso.C_),
+            "rule": "the best mean inner-CV AUC; ties go to the stronger penalty (smaller C)",
+            "n_features_in": int(coefs.shape[1])}
 
 
 def _tune_extratrees(cfg, X, y, groups, reader2, repeat, say):

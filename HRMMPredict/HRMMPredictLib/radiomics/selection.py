@@ -224,11 +224,17 @@ class LassoSelector(_Selector):
         best = int(np.flatnonzero(mean >= mean.max() - 1e-12)[0])  # ties -> stronger penalty (smaller C)
         self.C_ = float(Cs[best])
         self.cv_auc_ = mean
-        model = _l1_logistic(self.C_, self.random_state).fit(Xa, ya)
-        coef = model.coef_.ravel()
+        # standard error of the mean inner-CV AUC per C (for the report's CV curve)
+        self.cv_auc_se_ = scores.std(axis=1, ddof=1) / np.sqrt(folds) if folds > 1 else np.zeros_like(mean)
+        # coefficient path: the L1 model refitted on all the training rows at every C of the grid
+        # (the fit at the chosen C is the selector's model)
+        self.Cs_ = Cs
+        self.coef_path_ = np.vstack([_l1_logistic(float(C), self.random_state).fit(Xa, ya).coef_.ravel()
+                                     for C in Cs])
+        coef = self.coef_path_[best].copy()
         keep = coef != 0
         if not keep.any():
-            weak = _l1_logistic(float(Cs.max()), self.random_state).fit(Xa, ya).coef_.ravel()
+            weak = self.coef_path_[int(np.argmax(Cs))]
             keep = np.zeros_like(keep)
             keep[int(np.argmax(np.abs(weak)))] = True
         if self.max_features is not None and keep.sum() > self.max_features:

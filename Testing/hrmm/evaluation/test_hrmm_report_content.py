@@ -149,9 +149,14 @@ def test_demo_layout_report_says_synthetic_and_has_model_card(trained_bundle, sm
     for needle in ("Model card", "Intended use.", "Population.", "Data source.", "What was fitted on what",
                    "Limitations", "lesion-level", "Research use only", "Reporting checklist (TRIPOD+AI style)",
                    "Eligibility criteria of participants", "Selection funnel: radiomics",
-                   "Reader agreement (ICC) per feature class", "Confusion tables", "LASSO path:",
+                   "Reader agreement (ICC) per feature class", "Confusion tables", 'alt="LASSO path"',
                    "coarse probabilities: radiomics: an ExtraTrees of", "apparent (resubstitution)"):
         assert needle in text, needle
+    assert "training must store" not in text        # the bundle records the LASSO path
+    path_rec = json.loads((path / "manifest.json").read_text())["radiomics"]["lasso_path"]
+    assert len(path_rec["C"]) == len(path_rec["cv_mean"]) == len(path_rec["cv_se"]) >= 2
+    assert path_rec["chosen_C"] in path_rec["C"] and path_rec["coefficients"]
+    assert all(len(v) == len(path_rec["C"]) for v in path_rec["coefficients"].values())
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert [s["features"] for s in metrics["selection"]["funnels"]["radiomics"]] == \
         list(json.loads((path / "manifest.json").read_text())["radiomics"]["selection_counts"].values())

@@ -85,6 +85,37 @@ def test_lasso_selector_keeps_informative_features():
     assert len(kept) < X.shape[1]
 
 
+def test_lasso_path_and_cv_curve_are_the_fits_they_claim_to_be():
+    """The stored path is an L1 logistic fit on all rows at each C (checked against a fresh
+    scikit-learn fit), the CV curve's mean/SE are those of an inner CV run here independently
+    (same folds: StratifiedKFold with the selector's seed), and the chosen C is the best mean."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    X, y = _data(informative=3, noise=12, n=90, seed=4)
+    Z = StandardScaler().fit_transform(X)
+    Cs = [0.01, 0.05, 0.2, 1.0]
+    sel = LassoSelector(Cs=Cs, cv=3, random_state=2).fit(Z, y)
+    assert list(sel.Cs_) == Cs and sel.coef_path_.shape == (4, X.shape[1])
+    for i, C in enumerate(Cs):
+        ref = LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", max_iter=2000, random_state=2).fit(Z, y)
+        np.testing.assert_allclose(sel.coef_path_[i], ref.coef_.ravel(), rtol=0, atol=1e-10)
+    # a weaker penalty never keeps fewer features on this data; the strongest keeps none
+    nonzero = (sel.coef_path_ != 0).sum(axis=1)
+    assert nonzero[0] == 0 and nonzero[-1] > nonzero[1]
+    scores = np.zeros((4, 3))
+    for f, (tr, te) in enumerate(StratifiedKFold(3, shuffle=True, random_state=2).split(Z, y)):
+        for i, C in enumerate(Cs):
+            m = LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", max_iter=2000, random_state=2).fit(Z[tr], y[tr])
+            s = m.decision_function(Z[te])
+            scores[i, f] = roc_auc_score(y[te], s) if np.ptp(s) > 0 else 0.5
+    np.testing.assert_allclose(sel.cv_auc_, scores.mean(axis=1), atol=1e-12)
+    np.testing.assert_allclose(sel.cv_auc_se_, scores.std(axis=1, ddof=1) / np.sqrt(3), atol=1e-12)
+    assert sel.C_ == Cs[int(np.argmax(scores.mean(axis=1)))]
+    np.testing.assert_array_equal(sel.support_, sel.coef_path_[Cs.index(sel.C_)] != 0)
+
+
 def test_pipeline_refits_selection_in_each_fold_without_leakage():
     """With pure noise, a pipeline whose selection is refitted per fold scores AUC ~0.5 out
     of fold; selecting on all data first (the leak) would look predictive."""
