@@ -258,3 +258,113 @@ def test_mann_whitney_p_of_a_column_with_nan_is_one():
     X = np.column_stack([np.r_[1.0, 2, 3, np.nan, 5, 6, 7, 8], H[:, 0]])
     p = mann_whitney_p(X, Y)
     assert p[0] == 1.0 and p[1] < 0.05
+
+
+# ---------------------------------------------------------------------------------------
+# LASSO's inner CV: number of folds (by patient when grouped), the default grid, the
+# 0.5 of a fold that cannot rank, and the standard error of the CV curve
+
+
+def _l1(C):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", max_iter=2000, random_state=0)
+
+
+def _inner_cv_auc(X: np.ndarray, y: np.ndarray, Cs, folds: int, groups=None) -> np.ndarray:
+    """The inner CV written out independently of LassoSelector: a (len(Cs), folds) table of
+    ROC AUCs of the L1 logistic decision function on each held-out fold (0.5 where a fold
+    cannot rank: one class in its training or test part, or a constant decision)."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if groups is None:
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0).split(X, y)
+    else:
+        splits = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0).split(X, y, groups)
+    out = np.full((len(Cs), folds), np.nan)
+    for fi, (tr, te) in enumerate(splits):
+        if groups is not None:
+            assert not set(groups[tr]) & set(groups[te]), "a patient on both sides of an inner fold"
+        for ci, C in enumerate(Cs):
+            if len(set(y[tr])) < 2 or len(set(y[te])) < 2:
+                out[ci, fi] = 0.5
+                continue
+            s = _l1(C).fit(X[tr], y[tr]).decision_function(X[te])
+            out[ci, fi] = roc_auc_score(y[te], s) if s.max() > s.min() else 0.5
+    assert not np.isnan(out).any()
+    return out
+
+
+def _grouped_cohort(n_hrmm: int, n_srmm: int, seed: int):
+    """Lesions of patients (1-3 each, the label is the patient's); 4 features, the first
+    two shifted with the label, lesions of one patient share a patient effect."""
+    rng = np.random.default_rng(seed)
+    rows, pid, labels = [], [], []
+    for p, label in enumerate([1] * n_hrmm + [0] * n_srmm):
+        effect = rng.normal(size=4)
+        for _ in range(int(rng.integers(1, 4))):
+            rows.append(effect + 0.5 * rng.normal(size=4) + label * np.array([1.2, 0.8, 0.0, 0.0]))
+            pid.append(f"P{p:02d}")
+            labels.append(label)
+    idx = [f"L{i:03d}" for i in range(len(rows))]
+    X = pd.DataFrame(np.asarray(rows), index=idx, columns=["a", "b", "c", "d"])
+    return X, np.asarray(labels), pd.Series(pid, index=idx, name="patient_id")
+
+
+@pytest.mark.parametrize(("cv", "n_hrmm", "folds"), [(3, 6, 3), (5, 3, 3), (5, 7, 5), (4, 9, 4)])
+def test_grouped_lasso_uses_min_of_cv_and_patients_of_the_rarer_class_folds(cv, n_hrmm, folds):
+    """Grouped inner CV: StratifiedGroupKFold by patient with min(cv, patients of the rarer
+    class) folds (counted in patients, not lesions: the rarer class has more lesions than
+    patients). The curve equals the CV written out in the test with that many folds, and its
+    standard error is the sample SD of the fold AUCs / sqrt(folds)."""
+    X, y, groups = _grouped_cohort(n_hrmm, 12, seed=cv + n_hrmm)
+    assert int(y.sum()) > n_hrmm  # more HRMM lesions than HRMM patients
+    Cs = [0.05, 0.3, 1.0, 5.0]
+    sel = LassoSelector(Cs=Cs, cv=cv, groups=groups).fit(X, y)
+    ref = _inner_cv_auc(X.to_numpy(), y, Cs, folds, groups.to_numpy())
+    np.testing.assert_allclose(sel.cv_auc_, ref.mean(axis=1), atol=1e-12)
+    np.testing.assert_allclose(sel.cv_auc_se_, ref.std(axis=1, ddof=1) / math.sqrt(folds), atol=1e-12)
+    best = int(np.flatnonzero(ref.mean(axis=1) >= ref.mean(axis=1).max() - 1e-12)[0])
+    assert sel.C_ == Cs[best]
+    assert np.ptp(ref.mean(axis=1)) > 0  # the curve is not flat: a different fold count shows
+
+
+def test_lasso_standard_error_of_the_cv_curve_without_groups():
+    rng = np.random.default_rng(5)
+    y = np.r_[np.zeros(12, int), np.ones(9, int)]
+    X = rng.normal(size=(21, 3)) + np.outer(y, [1.0, 0.8, 0.0])
+    Cs = [0.3, 2.0]
+    sel = LassoSelector(Cs=Cs, cv=3).fit(X, y)
+    ref = _inner_cv_auc(X, y, Cs, 3)
+    assert np.all(ref.std(axis=1) > 0)
+    np.testing.assert_allclose(sel.cv_auc_, ref.mean(axis=1), atol=1e-12)
+    np.testing.assert_allclose(sel.cv_auc_se_, ref.std(axis=1, ddof=1) / math.sqrt(3), atol=1e-12)
+
+
+def test_lasso_default_grid_is_ten_log_spaced_values_from_0_01_to_10():
+    X, y, groups = _grouped_cohort(7, 9, seed=8)
+    grid = 10.0 ** np.linspace(-2, 1, 10)  # 0.01, 0.0215, ..., 4.64, 10
+    assert grid[0] == pytest.approx(0.01) and grid[-1] == pytest.approx(10.0)
+    sel = LassoSelector(cv=3, groups=groups).fit(X, y)
+    ref = _inner_cv_auc(X.to_numpy(), y, grid, 3, groups.to_numpy())
+    np.testing.assert_allclose(sel.cv_auc_, ref.mean(axis=1), atol=1e-12)
+    best = int(np.flatnonzero(ref.mean(axis=1) >= ref.mean(axis=1).max() - 1e-12)[0])
+    assert sel.C_ == pytest.approx(grid[best], rel=1e-12)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_lasso_with_one_case_of_a_class_scores_every_c_at_0_5(grouped):
+    """One HRMM lesion (one patient): 2 inner folds; the fold that holds it out trains on one
+    class only, the other has one class in its test part: neither can rank, so every C
+    scores 0.5 with standard error 0 and the tie goes to the strongest penalty."""
+    rng = np.random.default_rng(6)
+    y = np.r_[np.zeros(7, int), 1]
+    X = pd.DataFrame(rng.normal(size=(8, 2)) + np.outer(y, [3.0, 0.0]), columns=["a", "b"],
+                     index=[f"L{i}" for i in range(8)])
+    groups = pd.Series([f"P{i}" for i in range(8)], index=X.index) if grouped else None
+    with pytest.warns(UserWarning, match="least populated class"):
+        sel = LassoSelector(Cs=[0.5, 2.0, 8.0], cv=5, groups=groups).fit(X, y)
+    np.testing.assert_array_equal(sel.cv_auc_, [0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(sel.cv_auc_se_, [0.0, 0.0, 0.0])
+    assert sel.C_ == 0.5

@@ -160,3 +160,44 @@ def test_filter_refusals():
     r2c["f1"] = 1.0
     g = ReaderAgreementFilter(r2c, None, threshold=-1.0).fit(r1c)
     assert list(g.get_feature_names_out()) == ["f2", "f3"]
+
+
+# ---------------------------------------------------------------------------------------
+# Small hand-made cohorts: fractions above 2/3 and the refusal's wording at other fractions
+
+
+def _singletons(n_hrmm: int, n_srmm: int, lesions_per_patient: int = 1) -> pd.DataFrame:
+    """One patient per label entry, ``lesions_per_patient`` lesions each (HRMM patients first)."""
+    rows = []
+    for p, label in enumerate([1] * n_hrmm + [0] * n_srmm):
+        for j in range(lesions_per_patient):
+            rows.append({"lesion_id": f"P{p}_L{j}", "patient_id": f"P{p}", "label": label})
+    return pd.DataFrame(rows).set_index("lesion_id", drop=False)
+
+
+@pytest.mark.parametrize("fraction", [0.7, 0.8, 0.9])
+def test_split_above_two_thirds_uses_two_folds(fraction):
+    """round(1 / fraction) is 1 for fractions above 2/3, and one fold is no split: at least 2
+    folds are used, i.e. half the patients. 6 + 6 one-lesion patients in 2 stratified folds:
+    the validation fold is 3 HRMM + 3 SRMM patients (the 50 % split with the same seed)."""
+    df = _singletons(6, 6)
+    for seed in (0, 1):
+        split = patient_split(df, fraction, seed=seed)
+        val = df[split == "validation"]
+        assert len(val) == 6
+        assert int(val["label"].sum()) == 3
+        assert split.equals(patient_split(df, 0.5, seed=seed))
+
+
+@pytest.mark.parametrize(("fraction", "ratio", "need"), [(0.7, "30:70", 2), (0.6, "40:60", 2), (0.3, "70:30", 3)])
+def test_split_refusal_names_the_ratio_and_the_counts(fraction, ratio, need):
+    """1 HRMM patient (2 lesions) and 3 SRMM patients: too few HRMM patients for any split; the
+    message gives the train:validation ratio in percent (100 (1 - f) : 100 f, rounded), the
+    patient counts per class (not lesion counts) and the folds needed (max(2, round(1 / f)))."""
+    df = pd.concat([_singletons(1, 0, lesions_per_patient=2),
+                    _singletons(0, 3).assign(patient_id=lambda d: d["patient_id"] + "s")])
+    df.index = df["lesion_id"] = [f"L{i}" for i in range(len(df))]
+    assert (df["label"].sum(), (df["label"] == 0).sum()) == (2, 3)
+    msg = rf"split {ratio} by patient \(1 HRMM, 3 SRMM patients; need at least {need} of each\)"
+    with pytest.raises(UserError, match=msg):
+        patient_split(df, fraction)
