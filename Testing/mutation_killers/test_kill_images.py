@@ -138,6 +138,55 @@ def test_binary_mask():
     assert out.GetPixelID() == sitk.sitkUInt8 and sitk.GetArrayFromImage(out).tolist() == [[[0, 1, 1, 0]]]
 
 
+def test_non_integer_message_names_the_lowest_fraction():
+    with pytest.raises(UserError, match="non-integer values \\(e.g. 0.25\\)"):
+        masks.check_mask_values(np.array([[0.0, 0.75, 0.25, 1.0, 2.5]]), "soft.nrrd")
+
+
+def test_label_list_is_cut_after_12_labels_only_when_there_are_more():
+    twelve, thirteen = [], []
+    masks.check_mask_values(np.arange(0, 13).reshape(1, 13), "twelve.nrrd", on_warning=twelve.append)
+    masks.check_mask_values(np.arange(0, 14).reshape(1, 14), "thirteen.nrrd", on_warning=thirteen.append)
+    assert "has 12 labels (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12); all non-zero" in twelve[0]
+    assert "has 13 labels (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, ...); all non-zero" in thirteen[0]
+
+
+def test_label_warning_points_at_the_caller():
+    # stacklevel: the warning is reported at the line that called the check, not inside masks.py
+    with pytest.warns(InputWarning, match="2 labels") as rec:
+        masks.check_mask_values(np.array([[0, 1, 2]]), "two.nrrd")
+    assert rec[0].filename == __file__
+
+
+def test_read_mask_options_are_keyword_only(tmp_path):
+    arr = np.zeros((3, 4, 5), np.uint8)
+    arr[1, 1, 1:4] = 1
+    p, _ = write(tmp_path, arr)
+    assert int(sitk.GetArrayFromImage(masks.read_mask(path=p, what="mask")).sum()) == 3
+    with pytest.raises(TypeError):
+        masks.read_mask(p, None, "mask")  # what, resample, ... cannot be given by position
+
+
+def test_allow_empty_does_not_lift_min_voxels(tmp_path):
+    arr = np.zeros((3, 4, 5), np.uint8)
+    arr[1, 1, 1:4] = 1  # 3 voxels
+    p, _ = write(tmp_path, arr)
+    with pytest.raises(UserError, match="has only 3 voxels \\(at least 4 needed"):
+        masks.read_mask(p, min_voxels=4, allow_empty=True)
+    assert int(sitk.GetArrayFromImage(masks.read_mask(p, min_voxels=3, allow_empty=True)).sum()) == 3
+
+
+def test_empty_mask_resampled_is_empty_not_outside(tmp_path):
+    # an empty file stays "empty"; "lies outside the image" is only said of a labelled mask
+    e, _ = write(tmp_path, np.zeros((3, 4, 5), np.uint8), "empty.nrrd")
+    ref = sitk.Image([5, 4, 3], sitk.sitkFloat32)
+    ref.SetSpacing((1.0, 1.0, 2.0))
+    ref.SetOrigin((0.5, 0.0, 0.0))
+    with pytest.raises(UserError, match="is empty \\(no voxel labelled\\); draw the ROI") as exc:
+        masks.read_mask(e, ref, resample=True)
+    assert "after resampling" not in str(exc.value)
+
+
 # ---------------------------------------------------------------------------------------
 # images: shape, spacing and direction checks
 
