@@ -185,8 +185,10 @@ def cmd_extract(a) -> int:
 def cmd_extract_cohort(a) -> int:
     from HRMMPredictLib.cohort import ROI_COLUMNS, load_cohort_manifest
     from HRMMPredictLib.radiomics import features as rf
+    from HRMMPredictLib.radiomics.executors import check_scheduler
     from HRMMPredictLib.training import default_cache_dir
 
+    check_scheduler(a.scheduler)  # a malformed address or no dask: refused before any work
     cohort = load_cohort_manifest(a.manifest)
     kinds = [k for k in ROI_COLUMNS if k in cohort.columns]
     out = check_output_path(a.out, overwrite=True, what="--out", folder=True, inputs=[a.manifest])
@@ -197,7 +199,7 @@ def cmd_extract_cohort(a) -> int:
     params = rf.load_params(a.params)
     cache = a.cache or default_cache_dir(a.manifest)
     tables = rf.extract_cohort(cohort, cache, params, rf.PreprocessConfig(), roi_kinds=kinds, n_jobs=a.jobs,
-                               progress=_progress_bar("extracting"))
+                               progress=_progress_bar("extracting"), scheduler=a.scheduler)
     for kind, df in tables.items():
         with atomic_path(files[kind]) as tmp:
             df.to_csv(tmp)
@@ -221,16 +223,18 @@ def deep_options_from_args(a):
 
 
 def cmd_train(a) -> int:
+    from HRMMPredictLib.radiomics.executors import check_scheduler
     from HRMMPredictLib.radiomics.model import RadiomicsTrainConfig
     from HRMMPredictLib.training import format_training_summary, train_bundle
 
+    check_scheduler(a.scheduler)
     _check_params_file(a.params)
     cfg = RadiomicsTrainConfig(seed=a.seed, validation_fraction=a.validation_fraction,
                                icc_threshold=a.icc_threshold, mrmr_k=a.mrmr_k, tune=a.tune)
     t0 = time.perf_counter()
     summary = train_bundle(a.manifest, a.out, a.params, cfg, cache_dir=a.cache, n_jobs=a.jobs, progress=_step,
                            extraction_progress=_progress_bar("extracting features"), overwrite=a.overwrite,
-                           deep=deep_options_from_args(a), epoch_progress=_epoch_line)
+                           deep=deep_options_from_args(a), epoch_progress=_epoch_line, scheduler=a.scheduler)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     emit(summary, a.json, None if a.json else format_training_summary(summary))
     return EXIT_OK
@@ -307,6 +311,14 @@ def _jobs_option(p) -> None:
                    help="parallel feature-extraction processes (default: all cores)")
 
 
+def _scheduler_option(p) -> None:
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
+                   help="run the feature extraction on a Dask cluster: the scheduler's address tcp://HOST:PORT "
+                        "(workers started by the site; see docs/hrmm_method.md), or 'local' for a Dask "
+                        "LocalCluster of --jobs workers (default 2) on this machine; same cache and results as "
+                        "without (needs pip install \"dask[distributed]\")")
+
+
 def _manifest_option(p) -> None:
     p.add_argument("--manifest", required=True, metavar="CSV",
                    help="cohort manifest (CSV): one row per lesion with patient_id, lesion_id, label (1 HRMM, "
@@ -320,6 +332,7 @@ def _cohort_options(p, out_metavar: str, out_help: str) -> None:
     p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
     _params_option(p)
     _jobs_option(p)
+    _scheduler_option(p)
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="cache folder for features and 2.5D stacks (default: .hrmm_cache beside the cohort manifest)")
 
