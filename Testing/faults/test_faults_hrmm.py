@@ -329,6 +329,32 @@ def test_train_into_the_cohort_folder_is_refused(tmp_path, small_cohort):
 
 
 # ---------------------------------------------------------------------------------------
+# extract-cohort, train: --scheduler (a Dask cluster for the extraction, issue 14)
+
+SCHEDULER_FAULTS = {
+    "nothing listening": "tcp://127.0.0.1:1",
+    "unknown host": "tcp://no-such-host.invalid:8786",
+    "no port": "tcp://head-node",
+    "port out of range": "tcp://127.0.0.1:99999",
+    "not an address": "my cluster",
+}
+
+
+@pytest.mark.parametrize("command", ["extract-cohort", "train"])
+@pytest.mark.parametrize("kind", list(SCHEDULER_FAULTS))
+def test_cohort_commands_refuse_a_bad_scheduler(tmp_path, small_cohort, command, kind):
+    address = SCHEDULER_FAULTS[kind]
+    # train: a cohort it can split; extract-cohort: a one-lesion cohort. A fresh cache, so the
+    # extraction needs the scheduler.
+    csv = small_cohort if command == "train" else _cohort_with(tmp_path, "roi", fl.good_mask(tmp_path, "roi_good.nii.gz"))
+    out = tmp_path / "out"
+    argv = [command, "--manifest", csv, "--out", out, "--cache", tmp_path / "cache", "--scheduler", address]
+    res = run_hrmm(argv + (["--no-deep"] if command == "train" else []))
+    refused(res, inputs=[csv], absent=[out], mentions=[address], no_temps_in=[tmp_path])
+    assert not list((tmp_path / "cache").glob("*.json"))  # nothing extracted, nothing cached
+
+
+# ---------------------------------------------------------------------------------------
 # generate-demo, compare-auc, dca: option values and tables
 
 
