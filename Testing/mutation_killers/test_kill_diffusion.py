@@ -318,3 +318,66 @@ def test_brain_mask_refusals():
     one[3, 3, 3] = 100.0  # a single bright voxel does not survive the opening
     with pytest.raises(UserError, match="no voxel above the Otsu threshold"):
         dif.brain_mask(image(one))
+
+
+# ---------------------------------------------------------------------------------------
+# Survivors of the mutation run of 2026-12-02 (diffusion, 60 mutants, seed 18)
+
+
+@pytest.mark.parametrize("unit,f", list(dif.ADC_UNITS.items()))
+def test_unit_window_edges_are_inclusive_with_their_rounding_allowance(unit, f):
+    """units_from_median's docstring: the window edges are inclusive, compared in each unit's
+    own scale; the comparison allows a relative 1e-9 of floating-point rounding. A median
+    exactly on the widened edge (the same product the rule forms) still fits; a strict
+    comparison, or a dropped allowance, refuses it."""
+    lo, hi = dif.BRAIN_MEDIAN_ADC_RANGE_MM2S
+    assert dif.units_from_median(lo / f * (1 - 1e-9)) == unit
+    assert dif.units_from_median(hi / f * (1 + 1e-9)) == unit
+
+
+def test_brain_mask_finds_an_object_filling_one_percent_of_the_view():
+    """BRAIN_MASK_METHOD: the Otsu threshold of the intensity clipped at its 99.5th percentile,
+    i.e. only the brightest 0.5 % of the voxels are clipped. A bright box filling 1.0 % of the
+    view (8 x 8 x 10 = 640 of 40^3 = 64000 voxels) is above that percentile and keeps its
+    intensity, so Otsu separates it from the noise (0-10); clipping at a lower percentile
+    (98.5: inside the noise) would flatten the box into the noise. The opening with the
+    6-neighbour cross removes the box's 12 edges: 640 - (4 x 10 + 4 x 8 + 4 x 8 - 2 x 8
+    corners counted thrice) = 552 voxels."""
+    rng = np.random.default_rng(3)
+    arr = rng.uniform(0.0, 10.0, (40, 40, 40))
+    arr[10:18, 10:18, 10:20] = 100.0
+    expected = np.zeros(arr.shape, bool)
+    expected[10:18, 10:18, 10:20] = True
+    for a in (10, 17):
+        for b in (10, 17):
+            expected[a, b, 10:20] = False   # edges along x
+    for a in (10, 17):
+        for c in (10, 19):
+            expected[a, 10:18, c] = False   # edges along y
+            expected[10:18, a, c] = False   # edges along z
+    m = sitk.GetArrayFromImage(dif.brain_mask(image(arr))) > 0
+    assert int(expected.sum()) == 552
+    np.testing.assert_array_equal(m, expected)
+
+
+def _pair(d: np.ndarray, a: np.ndarray) -> dict:
+    u = dif.AdcUnits("mm2/s", 1.0, float(np.median(a)), float(np.median(a)), False, int(d.size))
+    return dif.check_adc_pair(image(d), image(a), image(np.ones(d.shape, np.uint8)), u)
+
+
+def test_adc_pair_csf_is_the_darkest_5_percent_and_tissue_the_interquartile_range():
+    """check_adc_pair (its docstring and the comment on CSF_PERCENTILE/TISSUE_PERCENTILES):
+    CSF = the darkest 5 % of the DWI inside the brain, tissue = the DWI's interquartile range;
+    the CSF reading is the ADC's median there. DWI = 1..1000 (one voxel each), ADC = 3e-3 -
+    DWI x 1e-6 mm2/s. numpy's linear percentile of 1..1000 at p is 1 + p/100 x 999:
+    5 % -> 50.95, so CSF = DWI 1..50, median DWI 25.5, ADC 3e-3 - 25.5e-6 = 2.9745e-3;
+    25 % -> 250.75 and 75 % -> 750.25, so tissue = DWI 251..750, median DWI 500.5,
+    ADC 2.4995e-3; CSF/tissue = 2.9745 / 2.4995. (4 % would give CSF DWI 1..40, 26 % tissue
+    261..750, 74 % tissue 251..740: other numbers.)"""
+    d = np.arange(1, 1001, dtype=float).reshape(10, 10, 10)
+    a = 3e-3 - d * 1e-6
+    out = _pair(d, a)
+    assert out["csf_adc_mm2s"] == pytest.approx(2.9745e-3, rel=1e-12)
+    assert out["csf_to_tissue"] == pytest.approx(2.9745 / 2.4995, rel=1e-12)
+    assert out["problems"] == []
+    assert any("CSF brighter than tissue on the ADC (x1.19)" in c for c in out["checks"])
