@@ -12,7 +12,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from ClinicalMRICommonLib.errors import UserError
 from HRMMPredictLib.cli.main import main as hrmm_main
 from HRMMPredictLib.cohort import load_cohort_manifest
