@@ -134,7 +134,7 @@ def test_bundle_of_preprocessing_v1_is_refused(trained_bundle, tmp_path):
     mf = old / "manifest.json"
     man = json.loads(mf.read_text())
     prep = man["radiomics"]["preprocess"]
-    assert prep["version"] == 2 and prep["orientation"] == "PIR"
+    assert prep["version"] == 3 and prep["orientation"] == "PIR"
     del prep["version"], prep["orientation"]                     # what v1 bundles recorded
     mf.write_text(json.dumps(man))
     with pytest.raises(UserError, match=r"trained with preprocessing v1 \(storage-order dependent\); .*"

@@ -131,6 +131,57 @@ def test_preprocess_crops_around_roi_and_corrects_bias():
     assert slope(a_n4) < 0.5 * slope(a_raw)
 
 
+def test_version_2_records_keep_their_n4_and_version_3_is_the_default():
+    """A v2 bundle's record (no FWHM / control points / spline order: ITK's defaults then)
+    gives exactly the correction v2 computed, written here as a direct SimpleITK call; v3 is
+    the default and differs; v1 records are refused."""
+    img, mask = _phantom(seed=3, bias=True)
+    v2_record = {"version": 2, "orientation": "PIR", "margin_mm": [16.0, 16.0, 10.0], "min_margin_voxels": 2,
+                 "n4": True, "n4_shrink": 6, "n4_iterations": [50, 50], "n4_fitting_levels": 2}
+    cfg2 = rf.PreprocessConfig.from_dict(v2_record)
+    assert (cfg2.n4_fwhm, cfg2.n4_control_points, cfg2.n4_spline_order) == (0.15, 4, 3)
+    rf.require_current_preprocessing(v2_record, "old")
+    rf.require_current_preprocessing(rf.PreprocessConfig().to_dict(), "new")
+    with pytest.raises(UserError, match="preprocessing v1"):
+        rf.require_current_preprocessing({"n4": True}, "older")
+    crop, _ = rf.crop_to_roi(*rf.to_canonical(img, mask, cfg2), cfg2)
+    ours = sitk.GetArrayFromImage(rf.n4_correct(crop, cfg2))
+    # v2 as it was: shrink 6 in-plane (the 4.8 mm axis not shrunk), ITK defaults but 2 x 50 iterations
+    f = sitk.Cast(crop, sitk.sitkFloat32)
+    assert float(sitk.GetArrayViewFromImage(f).min()) > 0
+    shrink = [1 if sp > 2.5 * min(f.GetSpacing()) else 6 for sp in f.GetSpacing()]
+    small = sitk.Shrink(f, shrink)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([50, 50])
+    n4.SetNumberOfThreads(1)
+    head = sitk.Image(small.GetSize(), sitk.sitkUInt8)
+    head.CopyInformation(small)
+    n4.Execute(small, head + 1)
+    ref = sitk.GetArrayFromImage(sitk.Cast(f / sitk.Exp(n4.GetLogBiasFieldAsImage(f)), sitk.sitkFloat32))
+    np.testing.assert_array_equal(ours, ref)
+    cfg3 = rf.PreprocessConfig()
+    assert cfg3.version == rf.PREPROCESS_VERSION == 3 and cfg3.n4_spline_order == 2
+    assert not np.array_equal(sitk.GetArrayFromImage(rf.n4_correct(crop, cfg3)), ref)
+
+
+def test_selected_features_equal_full_extraction_for_every_image_type_and_class():
+    """One feature of every (image type, class) pair of the study's 1197, and the shape
+    features, through the selective path: equal (==) to the full extraction's values."""
+    img, mask = _phantom(seed=5)
+    params = rf.load_params(None)
+    pre_img, pre_mask = rf.preprocess(img, mask)
+    full = rf.extract_radiomics(pre_img, pre_mask, params, already_preprocessed=True)
+    first: dict = {}
+    for k in full:
+        itype, cls, _ = rf.parse_feature_name(k)
+        first.setdefault((itype, cls), k)
+    chosen = list(first.values()) + ["original_shape_VoxelVolume", "log-sigma-4-0-mm-3D_glcm_Idmn"]
+    assert len(first) == 79          # 13 images x 6 classes + shape
+    part = rf.extract_radiomics(pre_img, pre_mask, params, feature_names=chosen, already_preprocessed=True)
+    assert list(part) == list(dict.fromkeys(chosen))
+    assert {k: part[k] for k in part} == {k: full[k] for k in part}
+
+
 def test_bad_parameter_file_is_a_user_error(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("imageType: {Original: {}}\nfeatureClass: {glcm: [NoSuchFeature]}\n")
