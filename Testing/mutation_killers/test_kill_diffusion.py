@@ -381,3 +381,43 @@ def test_adc_pair_csf_is_the_darkest_5_percent_and_tissue_the_interquartile_rang
     assert out["csf_to_tissue"] == pytest.approx(2.9745 / 2.4995, rel=1e-12)
     assert out["problems"] == []
     assert any("CSF brighter than tissue on the ADC (x1.19)" in c for c in out["checks"])
+
+
+# ---------------------------------------------------------------------------------------
+# Survivors of the mutation run of 2026-12-02 (candidate, 60 mutants, seed 18)
+
+
+def _row_case(dwi_values: list[float]) -> dif.DiffusionCase:
+    """One row of voxels (1 x 1 x n, 2 mm voxels), all brain, all with a low ADC (0.4e-3 <
+    620e-6), so the DWI rule alone decides."""
+    dwi = np.asarray(dwi_values, float).reshape(1, 1, -1)
+    return diffusion_case(np.full(dwi.shape, 0.4e-3), dwi)
+
+
+def test_candidate_dwi_exactly_at_the_mad_threshold_is_not_hyperintense():
+    """The rule is DWI > median + 3 x MAD_n, strict (candidate module docstring). Worked by
+    hand: 30 x 90, 20 x 100, 30 x 110, then T and 1000 (82 voxels). Sorted, the two middle
+    values (0-based 40 and 41) are both 100: median 100. Absolute deviations: 20 x 0,
+    60 x 10, 2 large: their middle two are 10, MAD_n = 1.4826 x 10. T is set to exactly
+    100 + 3 x 14.826 = 144.478 (the same floating-point expression): at the threshold, so
+    only the 1000 voxel is candidate."""
+    thr = 100.0 + 3.0 * (1.4826 * 10.0)
+    vals = [90.0] * 30 + [100.0] * 20 + [110.0] * 30 + [thr, 1000.0]
+    res = cand.candidate_mask(_row_case(vals), cand.CandidateParams(min_size_ml=0.0))
+    assert res.brain_median_dwi == 100.0 and res.brain_mad_dwi == 1.4826 * 10.0 and res.dwi_threshold == thr
+    m = sitk.GetArrayFromImage(res.mask)[0, 0]
+    assert m[80] == 0 and m[81] == 1 and int(m.sum()) == 1
+    assert res.stats["n_voxels"] == 1 and res.stats["n_lesions"] == 1
+
+
+def test_candidate_dwi_exactly_at_the_percentile_is_not_hyperintense():
+    """The percentile rule is DWI > the brain's p-th percentile, strict ("DWI > brain 75th
+    percentile"). DWI = 0, 1, ..., 100 (101 voxels): numpy's 75th percentile is at index
+    0.75 x 100 = 75, the value 75 itself; voxels 76..100 (25) are candidate, 75 is not."""
+    res = cand.candidate_mask(_row_case([float(v) for v in range(101)]),
+                              cand.CandidateParams(dwi_rule="percentile", dwi_percentile=75.0, min_size_ml=0.0))
+    assert res.dwi_threshold == 75.0
+    m = sitk.GetArrayFromImage(res.mask)[0, 0]
+    np.testing.assert_array_equal(np.flatnonzero(m), np.arange(76, 101))
+    assert res.stats["n_voxels"] == 25 and res.stats["n_lesions"] == 1
+    assert res.summary()["dwi_rule"] == "DWI > brain 75th percentile"
