@@ -347,3 +347,118 @@ def test_parse_nifti_header_fields(tmp_path):
     assert info["pixdim"][1:4] == [0.5, 0.75, 2.0] and info["dtype"] == np.dtype("<f4")
     assert info["vox_offset"] == 352 and info["needed"] == 60 * 4
     assert images._parse_nifti(bytes(b"\x00" * 348)) is None
+
+
+# ---------------------------------------------------------------------------------------
+# images: the NIfTI header table, vox_offset, ITK's failure text, DICOM edges, raw NaN count
+
+
+def _faultlib():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
+    import faultlib
+
+    return faultlib
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_nifti_datatype_codes_match_nibabel(endian):
+    """Every real-valued NIfTI-1 datatype code gives the numpy type nibabel gives it (nibabel's
+    own header, both byte orders); float128 (code 1536, which nibabel cannot hold here) is a
+    16-byte float by the standard's name."""
+    nib = pytest.importorskip("nibabel")
+    codes = nib.nifti1.data_type_codes
+    checked = 0
+    for code in sorted(k for k in codes.code if isinstance(k, int)):
+        dt = np.dtype(codes.dtype[code])
+        if dt.kind not in "iuf":
+            continue
+        h = nib.Nifti1Header(endianness=endian)
+        h.set_data_shape((2, 3, 4))
+        h.set_data_dtype(dt)
+        info = images._parse_nifti(h.binaryblock + b"\x00" * 4)
+        assert info["dtype"] == h.get_data_dtype(), codes.label[code]
+        assert info["needed"] == 24 * dt.itemsize
+        checked += 1
+    assert checked == 10  # u1 i2 i4 f4 f8 i1 u2 u4 i8 u8
+    h = nib.Nifti1Header(endianness=endian)
+    h.set_data_shape((2, 3, 4))
+    raw = bytearray(h.binaryblock + b"\x00" * 4)
+    struct.pack_into(endian + "2h", raw, 70, 1536, 128)  # DT_FLOAT128, bitpix 128
+    info = images._parse_nifti(bytes(raw))
+    assert codes.label[1536] == "float128"
+    assert info["dtype"].kind == "f" and info["dtype"].itemsize == 16 and info["needed"] == 24 * 16
+
+
+def test_nifti_vox_offset_below_the_header_is_read_as_352(tmp_path):
+    # a .nii whose vox_offset field says 0 (a .hdr/.img habit): the voxels start after the
+    # 348-byte header and its 4 extension bytes, so 4 missing bytes are still missing
+    p = tmp_path / "off0.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32)), str(p))
+    raw = bytearray(p.read_bytes())
+    assert len(raw) == 352 + 240
+    struct.pack_into("<f", raw, 108, 0.0)
+    p.write_bytes(bytes(raw[:-4]))
+    with pytest.raises(UserError, match="is truncated: it holds 236 of the 240 voxel bytes"):
+        images.read_grid(p)
+
+
+def test_itk_failure_text_gives_its_last_line_without_the_reason_line(tmp_path):
+    img = sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32))
+    nrrd = tmp_path / "cut.nrrd"
+    sitk.WriteImage(img, str(nrrd))
+    nrrd.write_bytes(nrrd.read_bytes()[:-8])  # two float voxels short: 58 of 60 read
+    with pytest.raises(UserError, match="damaged or truncated .*fread got only 58 4-sized things, not 60"):
+        images.read_image(nrrd)
+    mha = tmp_path / "cut.mha"
+    sitk.WriteImage(img, str(mha))
+    mha.write_bytes(mha.read_bytes()[:-8])
+    with pytest.raises(UserError, match="could not be read as an image") as exc:
+        images.read_image(mha)
+    text = str(exc.value)
+    # ITK's "Reason: No such file or directory" (errno of its last call) would mislead: the file exists
+    assert "MetaImageIO(" in text and "File cannot be read" in text
+    assert "No such file" not in text and "ITK ERROR" not in text and ".cxx" not in text
+
+
+def test_itk_failure_hint_is_cut_to_120_characters(tmp_path):
+    mha = tmp_path / ("long_" + "x" * 120 + ".mha")
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32)), str(mha))
+    mha.write_bytes(mha.read_bytes()[:-8])
+    with pytest.raises(UserError, match="could not be read as an image") as exc:
+        images.read_image(mha)
+    hint = str(exc.value).split("damaged or truncated (", 1)[1].rsplit("); copy or export", 1)[0]
+    assert hint.startswith("MetaImageIO(") and len(hint) == 120  # the path alone is longer
+
+
+def test_a_one_file_dicom_series_is_read_from_its_file(tmp_path):
+    fl = _faultlib()
+    files = fl.write_dicom_series(tmp_path / "one", fl.dicom_array(1))
+    img = images.read_image(files[0])
+    assert img.GetSize() == (14, 12, 1)
+
+
+def test_dicom_series_with_an_empty_samples_per_pixel_is_scalar(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    fl = _faultlib()
+    files = fl.write_dicom_series(tmp_path / "s", fl.dicom_array(3))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds["SamplesPerPixel"].value = None  # present but empty: taken as 1, a grey-value image
+        ds.save_as(f)
+    grid, n = images.read_grid(tmp_path / "s", components=True)
+    assert n == 1 and grid.size == (14, 12, 3)
+
+
+def test_raw_nan_count_is_the_read_images_and_a_path_names_its_file(tmp_path):
+    arr = np.ones((3, 4, 5), np.float32)
+    arr[0, 0, 0] = arr[2, 3, 4] = np.nan
+    a, _ = write(tmp_path, arr, "a_nan.nii")
+    b, _ = write(tmp_path, np.ones((3, 4, 5), np.float32), "b_clean.nii")
+    img = images.read_image(a, finite=False)
+    assert images.nonfinite_voxels(img) == 2 and images.nonfinite_voxels(img, a) == 2
+    assert images.nonfinite_voxels(img, b) == 0  # ITK zeroed the NaN; b's raw data has none
+    a.write_bytes(b.read_bytes())  # the file replaced after reading: the image still had 2
+    assert images.nonfinite_voxels(img, a) == 2
