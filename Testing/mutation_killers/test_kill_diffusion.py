@@ -421,3 +421,22 @@ def test_candidate_dwi_exactly_at_the_percentile_is_not_hyperintense():
     np.testing.assert_array_equal(np.flatnonzero(m), np.arange(76, 101))
     assert res.stats["n_voxels"] == 25 and res.stats["n_lesions"] == 1
     assert res.summary()["dwi_rule"] == "DWI > brain 75th percentile"
+
+
+def test_candidate_with_a_voxel_volume_of_zero_ml_keeps_every_island():
+    """candidate_mask converts the minimum size to voxels only for a positive voxel volume
+    (``min_size_ml / vv if vv > 0 else 0.0``). ITK refuses zero and negative spacing but
+    accepts 1e-107 x 1e-107 x 1e-108 mm, whose voxel volume (1e-322 mm3 = 1e-325 mL) rounds
+    to 0.0 mL in floating point: the guard must keep the minimum at 0 voxels (every island
+    kept, volumes 0 mL) instead of dividing by zero."""
+    spacing = (1e-107, 1e-107, 1e-108)
+    dwi = np.full((1, 1, 9), 100.0)
+    dwi[0, 0, [2, 6]] = 1000.0           # two one-voxel islands, not touching
+    imgs = [sitk.GetImageFromArray(a) for a in (dwi, np.full(dwi.shape, 0.4e-3), np.ones(dwi.shape, np.uint8))]
+    for im in imgs:
+        im.SetSpacing(spacing)
+    assert cand.voxel_volume_ml(imgs[0]) == 0.0
+    u = dif.AdcUnits("mm2/s", 1.0, 0.4e-3, 0.4e-3, False, 9)
+    res = cand.candidate_mask(dif.DiffusionCase(imgs[0], imgs[1], imgs[2], u), cand.CandidateParams(min_size_ml=0.01))
+    assert (res.stats["n_voxels"], res.stats["n_lesions"], res.stats["islands_removed"]) == (2, 2, 0)
+    assert res.stats["volume_ml"] == 0.0
