@@ -112,14 +112,29 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
 
     values: dict[str, float] = {}
     t0 = time.perf_counter()
-    for seq in sequences:
-        if not needed[seq]:
-            continue
-        img, _src = loaded[seq]
-        mask = mask_for(seq)
+    jobs = [seq for seq in sequences if needed[seq]]
+    seq_masks = {seq: mask_for(seq) for seq in jobs}
+
+    def extract(seq: str):
+        said: list[str] = []
+        feats = extract_radiomics(loaded[seq][0], seq_masks[seq], params, prep, feature_names=needed[seq],
+                                  on_warning=said.append)
+        return feats, said
+
+    for seq in jobs:
         say(f"extracting {len(needed[seq])} feature(s) from {sequence_label(seq)}")
-        feats = extract_radiomics(img, mask, params, prep, feature_names=needed[seq],
-                                  on_warning=lambda m: _note(warnings, m))
+    # the sequences in threads: SimpleITK (N4, filters) releases the GIL, so on 2+ cores the
+    # sequences overlap; the values are the serial ones (each thread has its own images)
+    if len(jobs) > 1 and (os.cpu_count() or 1) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+            extracted = list(pool.map(extract, jobs))
+    else:
+        extracted = [extract(seq) for seq in jobs]
+    for seq, (feats, said) in zip(jobs, extracted):   # warnings in sequence order
+        for m in said:
+            _note(warnings, m)
         for k, v in feats.items():
             values[f"{seq}_{k}"] = v
     timings["radiomics_s"] = time.perf_counter() - t0

@@ -67,7 +67,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
     if not isinstance(params, dict):
         raise UserError(f"radiomics parameter file {p} must hold a mapping (imageType/featureClass/setting)")
     try:
-        _make_extractor(params)
+        _extractor_for(params)   # validated once per process and parameter set
     except Exception as exc:  # pyradiomics raises assorted errors for bad schemas
         raise UserError(f"radiomics parameter file {p} is not accepted by pyradiomics: "
                         f"{str(exc).splitlines()[0][:200]}") from None
@@ -95,7 +95,7 @@ _EXTRACTORS: "OrderedDict[str, object]" = OrderedDict()
 def _extractor_for(params: Mapping):
     """A fresh copy of the extractor of ``params`` (validated once per process: pyradiomics'
     schema check takes ~0.1 s, as long as a selected-feature extraction)."""
-    key = params_text(params)
+    key = json.dumps(params, sort_keys=True, default=str)
     ex = _EXTRACTORS.get(key)
     if ex is None:
         ex = _make_extractor(params)
@@ -187,9 +187,13 @@ def require_current_preprocessing(prep: Mapping | None, where: str) -> None:
 
 def roi_bounding_box(mask: sitk.Image) -> tuple[list[int], list[int]]:
     """(index, size) of the mask's bounding box in SimpleITK (x, y, z) order."""
-    nz = np.nonzero(roi_voxels(mask))
-    lo = [int(a.min()) for a in nz][::-1]
-    hi = [int(a.max()) for a in nz][::-1]
+    inside = roi_voxels(mask)
+    lo, hi = [], []
+    for axis in range(inside.ndim):       # projections: faster than np.nonzero on a whole image
+        idx = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+        lo.append(int(idx[0]))
+        hi.append(int(idx[-1]))
+    lo, hi = lo[::-1], hi[::-1]
     return lo, [h - l + 1 for l, h in zip(lo, hi)]
 
 
@@ -372,7 +376,8 @@ def _extract_selected(image: sitk.Image, mask: sitk.Image, params: Mapping, want
     pyradiomics computes every image type and feature class independently."""
     from radiomics import imageoperations
 
-    settings = _extractor_for(params).settings
+    ex = _extractor_for(params)
+    settings = ex.settings
     if settings.get("resegmentRange") is not None:   # resegmentation: pyradiomics' own execute per family
         out: dict[str, float] = {}
         for sub_params in _selective_params(params, wanted):
@@ -383,7 +388,6 @@ def _extract_selected(image: sitk.Image, mask: sitk.Image, params: Mapping, want
     for name in wanted:
         itype, cls, feat = parse_feature_name(name)
         by_image.setdefault(itype, {}).setdefault(cls, []).append(feat)
-    ex = _extractor_for(params)
     from radiomics import featureextractor
 
     if featureextractor.geometryTolerance != settings.get("geometryTolerance"):
