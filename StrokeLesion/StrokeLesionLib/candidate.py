@@ -138,8 +138,10 @@ def dwi_hyperintense_threshold(dwi: np.ndarray, brain: np.ndarray, params: Candi
     mad = float(MAD_TO_SD * np.median(np.abs(vals - med)))
     if params.dwi_rule == "mad":
         thr = med + params.dwi_k * mad
-    else:
+    elif params.dwi_rule == "percentile":
         thr = float(np.percentile(vals, params.dwi_percentile))
+    else:  # a library caller that skipped CandidateParams.check(): never fall back silently
+        raise UserError(f"unknown DWI hyperintensity rule {params.dwi_rule!r}; use 'mad' or 'percentile'")
     return thr, med, mad
 
 

@@ -440,3 +440,20 @@ def test_candidate_with_a_voxel_volume_of_zero_ml_keeps_every_island():
     res = cand.candidate_mask(dif.DiffusionCase(imgs[0], imgs[1], imgs[2], u), cand.CandidateParams(min_size_ml=0.01))
     assert (res.stats["n_voxels"], res.stats["n_lesions"], res.stats["islands_removed"]) == (2, 2, 0)
     assert res.stats["volume_ml"] == 0.0
+
+
+def test_threshold_refuses_an_unknown_rule_instead_of_falling_back():
+    """A direct library call with a rule check() would refuse is refused here too (it used to
+    fall back to the percentile rule silently)."""
+    from dataclasses import replace
+
+    from ClinicalMRICommonLib.errors import UserError
+    from StrokeLesionLib.candidate import CandidateParams, dwi_hyperintense_threshold
+
+    dwi = np.arange(100, dtype=float).reshape(1, 10, 10)
+    brain = np.ones_like(dwi, dtype=bool)
+    for rule in ("", "Percentile", "mean"):
+        with pytest.raises(UserError, match="unknown DWI hyperintensity rule"):
+            dwi_hyperintense_threshold(dwi, brain, replace(CandidateParams(), dwi_rule=rule))
+    assert dwi_hyperintense_threshold(dwi, brain, replace(CandidateParams(), dwi_rule="percentile",
+                                                          dwi_percentile=75.0))[0] == 74.25
