@@ -598,9 +598,18 @@ def _plot_lasso(path: dict):
         return None
     fig, (a1, a2) = _figure(2, height=3.6, width_per=4.6)
     x = np.log10(cs)
-    for k, v in coefs.items():
-        a1.plot(x, v, lw=1)
     chosen = path.get("chosen_C")
+    # name the (at most 6) features with the largest |coefficient| at the chosen C
+    at = int(np.argmin(np.abs(cs - float(chosen)))) if chosen else len(cs) - 1
+    named = sorted(coefs, key=lambda k: -abs(coefs[k][at]))[:6]
+    named = [k for k in named if coefs[k][at] != 0]
+    for k, v in coefs.items():          # the others in grey, behind
+        if k not in named:
+            a1.plot(x, v, lw=0.8, color="#b0b0b0", zorder=1)
+    for i, k in enumerate(named):
+        a1.plot(x, coefs[k], lw=1.5, color=f"C{i}", zorder=2, label=k if len(k) <= 48 else k[:45] + "...")
+    if named:
+        a1.legend(fontsize=6, loc="best", frameon=False)
     for ax in (a1, a2):
         if chosen:
             ax.axvline(math.log10(float(chosen)), color="#9b1c1c", ls="--", lw=1)
