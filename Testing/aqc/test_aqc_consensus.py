@@ -114,3 +114,28 @@ def test_bad_input():
         staple([im(np.zeros(SHAPE)), im(np.zeros(SHAPE))])
     with pytest.raises(UserError, match="threshold"):
         staple([im(m), im(m)], threshold=1.5)
+
+
+def test_cli_consensus_of_masks_within_the_grid_tolerance(tmp_path):
+    """Readers' masks saved with origins 5e-5 mm apart (within GRID_TOLERANCE, e.g. written
+    by different tools): `annotation-qc consensus` runs STAPLE (it printed an ITK traceback)."""
+    import subprocess
+    import sys
+
+    from ClinicalMRICommonLib.grids import GRID_TOLERANCE
+
+    a = np.zeros(SHAPE, np.uint8)
+    a[3:9, 8:22, 6:20] = 1
+    paths = []
+    for i, shift in enumerate((0.0, GRID_TOLERANCE / 2, -GRID_TOLERANCE / 2)):
+        m = im(a)
+        m.SetOrigin(tuple(o + shift for o in m.GetOrigin()))
+        paths.append(tmp_path / f"r{i}.nii.gz")
+        sitk.WriteImage(m, str(paths[-1]))
+    out = tmp_path / "consensus.nii.gz"
+    r = subprocess.run([sys.executable, "-m", "AnnotationQCLib.cli", "consensus", "--masks", *map(str, paths),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    res = sitk.ReadImage(str(out))
+    assert np.array_equal(arr(res), a) and np.allclose(res.GetOrigin(), (1.0, 2.0, 3.0), atol=1e-6)

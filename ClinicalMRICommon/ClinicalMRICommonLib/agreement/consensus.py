@@ -97,6 +97,10 @@ def staple(masks: Sequence[sitk.Image], threshold: float = 0.5,
     binaries = [_binary_u8(m) for m in masks]
     if all(not sitk.GetArrayViewFromImage(b).any() for b in binaries):
         raise UserError("all reader masks are empty; STAPLE needs at least one labelled voxel")
+    # the masks are on one grid within GRID_TOLERANCE (checked above); ITK's own check allows
+    # only 1e-6 x spacing, so they get mask 1's geometry exactly (copies: the inputs are untouched)
+    for b in binaries[1:]:
+        b.CopyInformation(binaries[0])
     f = sitk.STAPLEImageFilter()
     f.SetForegroundValue(1)
     f.SetMaximumIterations(int(max_iterations))
