@@ -201,3 +201,21 @@ def test_split_refusal_names_the_ratio_and_the_counts(fraction, ratio, need):
     msg = rf"split {ratio} by patient \(1 HRMM, 3 SRMM patients; need at least {need} of each\)"
     with pytest.raises(UserError, match=msg):
         patient_split(df, fraction)
+
+
+def test_repeat_read_alone_is_still_checked():
+    """Without a second reader (reader2=None) the intra-reader check still runs: a repeat read
+    identical to reader 1 gives ICC 1 (no within-lesion variance), one that flips the sign of
+    a feature gives all lesion means 0, no between-lesion variance and a negative ICC; that
+    feature goes."""
+    r1, _, _ = _reads(n=12, seed=4)
+    rep = r1.copy()
+    rep["f2"] = -r1["f2"]
+    f = ReaderAgreementFilter(None, rep, threshold=0.75).fit(r1)
+    assert list(f.icc_) == ["intra"]
+    np.testing.assert_allclose(f.icc_["intra"][[0, 2]], [1.0, 1.0], atol=1e-12)
+    assert f.icc_["intra"][1] < 0
+    assert list(f.get_feature_names_out()) == ["f1", "f3"]
+    # and the other way round: reader 2 alone
+    g = ReaderAgreementFilter(rep, None, threshold=0.75).fit(r1)
+    assert list(g.icc_) == ["inter"] and list(g.get_feature_names_out()) == ["f1", "f3"]
