@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -37,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "spine"
+DATA = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data")) / "spine"
 
 SETTINGS = {
     "v2 (2 levels x 50, cubic, FWHM 0.15)": dict(version=2, n4_iterations=(50, 50), n4_fitting_levels=2,
