@@ -140,3 +140,38 @@ def test_bundle_of_preprocessing_v1_is_refused(trained_bundle, tmp_path):
     with pytest.raises(UserError, match=r"trained with preprocessing v1 \(storage-order dependent\); .*"
                                         r"retrain with hrmm train"):
         load_bundle(old)
+
+
+def test_bundle_of_preprocessing_v2_still_predicts_with_its_own_n4(trained_bundle, small_cohort, tmp_path):
+    """A bundle trained before v3 (its record: version 2, two N4 levels of 50, no FWHM/spline
+    fields) loads and predicts with v2's N4: every feature equals an extraction with v2's
+    settings and differs from v3's."""
+    from HRMMPredictLib.cohort import load_cohort_manifest
+
+    src, _ = trained_bundle
+    old = tmp_path / "v2_bundle"
+    shutil.copytree(src, old)
+    mf = old / "manifest.json"
+    man = json.loads(mf.read_text())
+    prep = man["radiomics"]["preprocess"]
+    for k in ("n4_fwhm", "n4_control_points", "n4_spline_order"):
+        del prep[k]
+    prep.update({"version": 2, "n4_iterations": [50, 50], "n4_fitting_levels": 2})
+    mf.write_text(json.dumps(man))
+    bundle = load_bundle(old)
+    row = load_cohort_manifest(small_cohort).iloc[0]
+    res = predict_case({s: row[s] for s in SEQUENCES}, row["roi"], bundle)
+    v2 = PreprocessConfig.from_dict(prep)
+    from HRMMPredictLib.radiomics.features import load_params
+
+    params = load_params(old / "radiomics_params.yaml")
+    seq_of = {"T1WI": "t1", "T2WI": "t2", "FS-T2WI": "fst2"}
+    assert res["features"]
+    differs = 0
+    for f in res["features"]:
+        seq = seq_of[f["sequence"]]
+        want = extract_case_sequence(row[seq], row["roi"], params, v2, feature_names=[f["feature"]])
+        assert f["value"] == want[f["feature"]], f["name"]
+        now = extract_case_sequence(row[seq], row["roi"], params, PreprocessConfig(), feature_names=[f["feature"]])
+        differs += now[f["feature"]] != want[f["feature"]]
+    assert differs > 0
