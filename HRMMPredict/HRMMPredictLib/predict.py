@@ -113,7 +113,7 @@ def predict_case(images: Mapping[str, object], roi, model: str | os.PathLike | B
     values: dict[str, float] = {}
     t0 = time.perf_counter()
     jobs = [seq for seq in sequences if needed[seq]]
-    seq_masks = {seq: mask_for(seq) for seq in jobs}
+    seq_masks = {seq: sitk.Image(mask_for(seq)) for seq in jobs}   # one image handle per thread
 
     def extract(seq: str):
         said: list[str] = []

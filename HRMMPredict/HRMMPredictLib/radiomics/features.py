@@ -122,7 +122,8 @@ PREPROCESS_VERSION = 3
 SUPPORTED_PREPROCESS_VERSIONS = (2, 3)
 
 #: N4 settings that version 2 used implicitly (ITK's defaults): a v2 bundle's record lacks them.
-_N4_V2_DEFAULTS = {"n4_fwhm": 0.15, "n4_control_points": 4, "n4_spline_order": 3}
+_N4_V2_DEFAULTS = {"n4_fwhm": 0.15, "n4_control_points": 4, "n4_spline_order": 3,
+                   "n4_shrink": 6, "n4_iterations": (50, 50), "n4_fitting_levels": 2}
 
 
 @dataclass(frozen=True)
@@ -367,113 +368,137 @@ def _execute(ex, image: sitk.Image, mask: sitk.Image):
         raise UserError(f"pyradiomics refused the ROI: {str(exc).splitlines()[0][:200]}") from None
 
 
+_SHAPE_CLASSES = ("shape", "shape2D")
+
+
+def _image_type_key(itype: str, enabled: Mapping) -> str | None:
+    """The pyradiomics image-type key (as spelled in ``enabled``) that makes the filtered
+    image named ``itype``: original, wavelet-LLH / wavelet2-LLH, log-sigma-1-0-mm-3D /
+    log-sigma-1-mm-3D, square, squareroot, logarithm, exponential, gradient, lbp-2D,
+    lbp-3D-m1 / lbp-3D-k."""
+    low = itype.lower()
+    if low.startswith("wavelet"):
+        key = "wavelet"
+    elif low.startswith("log-sigma-"):
+        key = "log"
+    elif low.startswith("lbp-2d"):
+        key = "lbp2d"
+    elif low.startswith("lbp-3d"):
+        key = "lbp3d"
+    else:
+        key = low
+    return next((k for k in enabled if k.lower() == key), None)
+
+
+def _log_image_name(sigma) -> str:
+    """pyradiomics' name of the LoG image of ``sigma`` (its getLoGImage spelling)."""
+    return "log-sigma-%s-mm-3D" % (str(sigma).replace(".", "-"))
+
+
+def _produced(ex, cls: str, feat: str) -> bool:
+    """Whether the extractor's settings enable feature ``feat`` of class ``cls`` (an empty
+    list or None enables the whole class, as in pyradiomics)."""
+    if cls not in ex.enabledFeatures:
+        return False
+    names = ex.enabledFeatures[cls]
+    return not names or feat in names
+
+
 def _extract_selected(image: sitk.Image, mask: sitk.Image, params: Mapping, wanted: Sequence[str]) -> dict:
     """Only the features ``wanted``, through pyradiomics' own steps in the order of its
     ``execute`` (load + normalise + pre-crop, mask check, shape on the original image, each
     filter's images cropped to the ROI, one feature class at a time): a filter family runs
     once and only the filtered images that carry a wanted feature (e.g. 1 of the 8 wavelet
     sub-bands) get their feature classes computed. Values are those of a full extraction:
-    pyradiomics computes every image type and feature class independently."""
-    from radiomics import imageoperations
+    pyradiomics computes every image type and feature class independently. A wanted feature
+    the settings do not produce is left out (the caller names it)."""
+    from radiomics import featureextractor, imageoperations
 
     ex = _extractor_for(params)
     settings = ex.settings
-    if settings.get("resegmentRange") is not None:   # resegmentation: pyradiomics' own execute per family
-        out: dict[str, float] = {}
-        for sub_params in _selective_params(params, wanted):
-            res = _feature_values(_execute(_extractor_for(sub_params), image, mask))
-            out.update({k: res[k] for k in wanted if k in res})
-        return out
-    by_image: dict[str, dict[str, list[str]]] = {}
-    for name in wanted:
-        itype, cls, feat = parse_feature_name(name)
-        by_image.setdefault(itype, {}).setdefault(cls, []).append(feat)
-    from radiomics import featureextractor
-
-    if featureextractor.geometryTolerance != settings.get("geometryTolerance"):
-        ex._setTolerance()      # what execute() does first: image/mask grid tolerance for SimpleITK
     try:
+        if settings.get("resegmentRange") is not None:   # resegmentation: pyradiomics' own execute per family
+            out: dict[str, float] = {}
+            for sub_params in _selective_params(params, wanted, ex):
+                res = _feature_values(_execute(_extractor_for(sub_params), image, mask))
+                out.update({k: res[k] for k in wanted if k in res})
+            return out
+        by_image: dict[str, dict[str, list[str]]] = {}
+        for name in wanted:
+            itype, cls, feat = parse_feature_name(name)
+            if _produced(ex, cls, feat):
+                by_image.setdefault(itype, {}).setdefault(cls, []).append(feat)
+        if featureextractor.geometryTolerance != settings.get("geometryTolerance"):
+            ex._setTolerance()      # what execute() does first: image/mask grid tolerance for SimpleITK
         img_n, mask_n = ex.loadImage(image, mask, None, **settings)
         bb, corrected = imageoperations.checkMask(img_n, mask_n, **settings)
+        if corrected is not None:
+            mask_n = corrected
+        if bb is None:
+            raise UserError("pyradiomics refused the ROI: no bounding box (is the ROI empty after the crop?)")
+        out = {}
+        original = by_image.get("original", {})
+        shape = {c: original.pop(c) for c in _SHAPE_CLASSES if c in original}
+        if shape:                                  # shape and shape2D: on the original image, as execute
+            ex.enabledFeatures = shape
+            out.update(_feature_values(ex.computeShape(img_n, mask_n, bb, **settings)))
+        if "original" in by_image and not original:
+            del by_image["original"]
+        families: dict[str, set[str]] = {}
+        for itype in by_image:
+            key = _image_type_key(itype, ex.enabledImagetypes)
+            if key is not None:                    # an image type the settings lack: left out
+                families.setdefault(key, set()).add(itype)
+        for key, names in families.items():
+            args = dict(settings)
+            args.update(copy.deepcopy(ex.enabledImagetypes[key] or {}))
+            if key.lower() == "log":               # only the sigmas whose image is wanted
+                args["sigma"] = [sg for sg in (args.get("sigma") or []) if _log_image_name(sg) in names]
+            for filtered, itype_name, kwargs in getattr(imageoperations, f"get{key}Image")(img_n, mask_n, **args):
+                classes = by_image.get(itype_name)
+                if not classes:
+                    continue
+                f_img, f_mask = imageoperations.cropToTumorMask(filtered, mask_n, bb, padDistance=0)
+                ex.enabledFeatures = {c: list(f) for c, f in classes.items()}
+                out.update(_feature_values(ex.computeFeatures(f_img, f_mask, itype_name, **kwargs)))
+        return out
     except ValueError as exc:
         raise UserError(f"pyradiomics refused the ROI: {str(exc).splitlines()[0][:200]}") from None
-    if corrected is not None:
-        mask_n = corrected
-    if bb is None:
-        raise UserError("pyradiomics refused the ROI: no bounding box (is the ROI empty after the crop?)")
-    out = {}
-    shape = by_image.get("original", {}).pop("shape", None)
-    if shape:
-        ex.enabledFeatures = {"shape": shape}
-        out.update(_feature_values(ex.computeShape(img_n, mask_n, bb, **settings)))
-    if not by_image.get("original", True):
-        del by_image["original"]
-    families: dict[str, dict] = {}
-    for itype in by_image:
-        family = itype.split("-")[0].lower()
-        key = _IMAGE_TYPE_KEYS.get(re.sub(r"[0-9]+$", "", family))
-        match = next((k for k in ex.enabledImagetypes if k.lower() == (key or "").lower()), None)
-        if match is None:
-            raise UserError(f"the radiomics settings have no image type for feature family {family!r}")
-        custom = families.setdefault(match, copy.deepcopy(ex.enabledImagetypes[match] or {}))
-        if match == "LoG":
-            m = re.match(r"log-sigma-([0-9]+)-([0-9]+)-mm", itype)
-            sig = float(f"{m.group(1)}.{m.group(2)}") if m else None
-            custom["_wanted_sigmas"] = sorted(set(custom.get("_wanted_sigmas", [])) | ({sig} if sig else set()))
-    for match, custom in families.items():
-        args = dict(settings)
-        sigmas = custom.pop("_wanted_sigmas", None)
-        args.update(custom)
-        if sigmas is not None:
-            args["sigma"] = [s for s in (args.get("sigma") or []) if float(s) in sigmas]
-        for filtered, itype_name, kwargs in getattr(imageoperations, f"get{match}Image")(img_n, mask_n, **args):
-            classes = by_image.get(itype_name)
-            if not classes:
-                continue
-            f_img, f_mask = imageoperations.cropToTumorMask(filtered, mask_n, bb, padDistance=0)
-            ex.enabledFeatures = {c: list(f) for c, f in classes.items()}
-            out.update(_feature_values(ex.computeFeatures(f_img, f_mask, itype_name, **kwargs)))
-    return out
+    except LookupError as exc:
+        raise UserError(f"the radiomics settings do not produce a feature the model needs ({exc}); the model "
+                        "and the settings do not match") from None
 
 
-_IMAGE_TYPE_KEYS = {"original": "Original", "wavelet": "Wavelet", "log": "LoG", "square": "Square",
-                    "squareroot": "SquareRoot", "logarithm": "Logarithm", "exponential": "Exponential",
-                    "gradient": "Gradient", "lbp2d": "LBP2D", "lbp3d": "LBP3D"}
-
-
-def _selective_params(params: Mapping, wanted: Sequence[str]) -> list[dict]:
+def _selective_params(params: Mapping, wanted: Sequence[str], ex) -> list[dict]:
     """Parameter sets that together compute exactly the image types and feature classes
-    ``wanted`` needs: one set per filter family (original, wavelet, LoG sigmas ...)."""
-    image_types = {k: (v or {}) for k, v in (params.get("imageType") or {}).items()}
-    by_family: dict[str, dict[str, set[str]]] = {}
-    log_sigmas: set[float] = set()
+    ``wanted`` needs: one set per image type (original, wavelet, LoG sigmas ...); features
+    the settings do not produce are left out."""
+    by_type: dict[str, dict[str, set[str]]] = {}
+    log_names: set[str] = set()
     for name in wanted:
         itype, cls, feat = parse_feature_name(name)
-        family = itype.split("-")[0].lower()
-        if family == "log":
-            m = re.match(r"log-sigma-([0-9]+)-([0-9]+)-mm", itype)
-            if m:
-                log_sigmas.add(float(f"{m.group(1)}.{m.group(2)}"))
-        if family == "original" and cls == "shape":
-            family = "shape"
-        by_family.setdefault(family, {}).setdefault(cls, set()).add(feat)
+        if not _produced(ex, cls, feat):
+            continue
+        key = "shape" if itype == "original" and cls in _SHAPE_CLASSES else _image_type_key(itype, ex.enabledImagetypes)
+        if key is None:
+            continue
+        if key.lower() == "log":
+            log_names.add(itype)
+        by_type.setdefault(key, {}).setdefault(cls, set()).add(feat)
     out = []
-    for family, classes in by_family.items():
+    for key, classes in by_type.items():
         p = copy.deepcopy(dict(params))
-        if family == "shape":
+        if key == "shape":
             p["imageType"] = {"Original": {}}
-            p["featureClass"] = {"shape": sorted(classes["shape"])}
+            p["featureClass"] = {c: sorted(f) for c, f in classes.items()}
             out.append(p)
             continue
-        key = _IMAGE_TYPE_KEYS.get(family)
-        match = next((k for k in image_types if k.lower() == (key or "").lower()), None)
-        if match is None:
-            raise UserError(f"the radiomics settings have no image type for feature family {family!r}")
-        custom = copy.deepcopy(image_types[match])
-        if family == "log":
-            custom["sigma"] = sorted(log_sigmas)
-        p["imageType"] = {match: custom}
-        p["featureClass"] = {c: sorted(f) for c, f in classes.items() if c != "shape"}
+        custom = copy.deepcopy(ex.enabledImagetypes[key] or {})
+        if key.lower() == "log":
+            sig = custom.get("sigma", (params.get("setting") or {}).get("sigma")) or []
+            custom["sigma"] = [sg for sg in sig if _log_image_name(sg) in log_names]
+        p["imageType"] = {key: custom}
+        p["featureClass"] = {c: sorted(f) for c, f in classes.items() if c not in _SHAPE_CLASSES}
         out.append(p)
     return out
 

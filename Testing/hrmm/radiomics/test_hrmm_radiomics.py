@@ -182,6 +182,68 @@ def test_selected_features_equal_full_extraction_for_every_image_type_and_class(
     assert {k: part[k] for k in part} == {k: full[k] for k in part}
 
 
+def _small_phantom(one_slice=False):
+    rng = np.random.default_rng(0)
+    shape = (14, 20, 22)
+    a = (rng.random(shape) * 100 + 50).astype(np.float32)
+    z, y, x = np.indices(shape)
+    m = (((z - 7) / 4.5) ** 2 + ((y - 10) / 6) ** 2 + ((x - 11) / 7) ** 2 <= 1).astype(np.uint8)
+    a[m > 0] += 40 * rng.random(int(m.sum()))
+    if one_slice:
+        m[:7] = 0
+        m[8:] = 0
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((1.0, 0.8, 0.7))
+    msk = sitk.GetImageFromArray(m)
+    msk.CopyInformation(img)
+    return img, msk
+
+
+_FC = {"firstorder": ["Mean", "Entropy"], "glcm": ["Contrast"], "glszm": ["ZonePercentage"]}
+
+
+@pytest.mark.parametrize("params, one_slice", [
+    ({"imageType": {"LoG": {"sigma": [1, 2]}}, "featureClass": _FC, "setting": {"binWidth": 25}}, False),
+    ({"imageType": {"LoG": {}}, "featureClass": _FC, "setting": {"binWidth": 25, "sigma": [1.5]}}, False),
+    ({"imageType": {"Wavelet": {"level": 2}, "Original": {}}, "featureClass": {**_FC, "shape": ["Sphericity"]},
+      "setting": {"binWidth": 25, "resegmentRange": [60, 400]}}, False),
+    ({"imageType": {"LoG": {"sigma": [1]}}, "featureClass": _FC, "setting": {"binWidth": 25, "resegmentRange": [60, 400]}},
+     False),
+    ({"imageType": {"Square": {}, "SquareRoot": {}, "Logarithm": {}, "Exponential": {}, "Gradient": {}},
+      "featureClass": _FC, "setting": {"binWidth": 25}}, False),
+    ({"imageType": {"Original": {}, "Wavelet": {}}, "featureClass": {**_FC, "shape2D": ["Perimeter", "MeshSurface"]},
+      "setting": {"binWidth": 25, "force2D": True, "force2Ddimension": 0}}, True),
+    ({"imageType": {"Wavelet": {}}, "featureClass": {**_FC, "shape2D": ["Perimeter"]},
+      "setting": {"binWidth": 25, "force2D": True, "force2Ddimension": 0}}, True),
+], ids=["log-integer-sigmas", "log-sigma-in-settings", "wavelet-level2-resegmented", "log-integer-resegmented",
+        "simple-filters", "force2D-shape2D", "shape2D-without-original"])
+def test_selected_features_equal_full_extraction_for_other_settings(params, one_slice):
+    """Settings other than the study's: integer LoG sigmas (named log-sigma-1-mm-3D), level-2
+    wavelets, resegmentation, the simple filters, shape2D with force2D: every feature a full
+    execute produces comes out of the selective path with the same value (==)."""
+    img, msk = _small_phantom(one_slice)
+    full = rf.extract_radiomics(img, msk, params, already_preprocessed=True)
+    part = rf.extract_radiomics(img, msk, params, feature_names=list(full), already_preprocessed=True)
+    assert part == full
+    for itype in sorted({rf.parse_feature_name(k)[0] for k in full}):       # each image type alone
+        some = [k for k in full if k.startswith(itype + "_")][:2]
+        assert rf.extract_radiomics(img, msk, params, feature_names=some, already_preprocessed=True) == \
+            {k: full[k] for k in some}
+
+
+def test_features_the_settings_do_not_produce_are_named():
+    img, msk = _small_phantom()
+    params = {"imageType": {"Original": {}}, "featureClass": {"glcm": ["Contrast"]}, "setting": {"binWidth": 25}}
+    for wanted in (["original_firstorder_Mean", "original_shape_Sphericity"], ["wavelet-LLH_glcm_Contrast"],
+                   ["original_glcm_NoSuchFeature"]):
+        with pytest.raises(UserError, match="do not produce"):
+            rf.extract_radiomics(img, msk, params, feature_names=wanted, already_preprocessed=True)
+    enabled = {"Original": {}, "Wavelet": {}, "LoG": {}, "LBP2D": {}, "LBP3D": {}, "SquareRoot": {}, "Square": {}}
+    assert [rf._image_type_key(t, enabled) for t in ("original", "wavelet2-LLH", "log-sigma-1-mm-3D", "lbp-2D",
+                                                     "lbp-3D-m1", "lbp-3D-k", "squareroot", "square", "gradient")] == \
+        ["Original", "Wavelet", "LoG", "LBP2D", "LBP3D", "LBP3D", "SquareRoot", "Square", None]
+
+
 def test_bad_parameter_file_is_a_user_error(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("imageType: {Original: {}}\nfeatureClass: {glcm: [NoSuchFeature]}\n")
