@@ -61,7 +61,7 @@ from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import write_bytes_atomic
 
 from .deid import PATIENT_CHARACTERISTICS, clean_sidecar, method_text
-from .staging import staged_folder
+from ClinicalMRICommonLib.staging import staged_folder
 from .workflow import Study
 
 BIDS_VERSION = "1.11.0"

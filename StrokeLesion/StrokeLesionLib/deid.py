@@ -40,7 +40,7 @@ from pathlib import Path
 from ClinicalMRICommonLib.errors import UserError
 from ClinicalMRICommonLib.files import atomic_path, write_json_atomic
 
-from .staging import staged_folder
+from ClinicalMRICommonLib.staging import staged_folder
 
 DEID_TABLE = "dicomfields_2026c"
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")

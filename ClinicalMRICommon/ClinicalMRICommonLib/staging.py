@@ -7,7 +7,8 @@ refused input, a full disk or a killed process never leaves a half-written outpu
 Staging folders of earlier runs whose process is gone are removed when the next run starts.
 An OSError is reported as one UserError naming the output, never the hidden folder.
 
-(A candidate for ClinicalMRICommonLib.files, beside the atomic file writer.)
+The folder counterpart of :func:`ClinicalMRICommonLib.files.atomic_path` (one owner for every
+module: the stroke BIDS export and de-identification use it).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from ClinicalMRICommonLib.errors import UserError, os_error_message
-from ClinicalMRICommonLib.locks import pid_alive
+from .errors import UserError, os_error_message
+from .locks import pid_alive
 
 
 def _stage_pattern(out: Path) -> re.Pattern:
