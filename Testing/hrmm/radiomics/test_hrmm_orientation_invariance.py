@@ -127,16 +127,27 @@ def test_dicom_series_with_y_flipped_segmentation(shared_data, tmp_path, full_pa
         _assert_same_features(ref, extract_case_sequence(img_file, roi_file, full_params, cfg), f"CT {code}{ext}")
 
 
+def _bundle_with_preprocess(src, folder, edit) -> dict:
+    """A copy of bundle ``src`` in ``folder`` whose manifest's preprocessing record was
+    changed by ``edit(record)`` in place (what an older release recorded); returns the record."""
+    shutil.copytree(src, folder)
+    mf = folder / "manifest.json"
+    man = json.loads(mf.read_text())
+    prep = man["radiomics"]["preprocess"]
+    edit(prep)
+    mf.write_text(json.dumps(man))
+    return prep
+
+
 def test_bundle_of_preprocessing_v1_is_refused(trained_bundle, tmp_path):
     src, _ = trained_bundle
     old = tmp_path / "old_bundle"
-    shutil.copytree(src, old)
-    mf = old / "manifest.json"
-    man = json.loads(mf.read_text())
-    prep = man["radiomics"]["preprocess"]
-    assert prep["version"] == 3 and prep["orientation"] == "PIR"
-    del prep["version"], prep["orientation"]                     # what v1 bundles recorded
-    mf.write_text(json.dumps(man))
+
+    def to_v1(prep):
+        assert prep["version"] == 3 and prep["orientation"] == "PIR"
+        del prep["version"], prep["orientation"]                 # what v1 bundles recorded
+
+    _bundle_with_preprocess(src, old, to_v1)
     with pytest.raises(UserError, match=r"trained with preprocessing v1 \(storage-order dependent\); .*"
                                         r"retrain with hrmm train"):
         load_bundle(old)
@@ -150,14 +161,13 @@ def test_bundle_of_preprocessing_v2_still_predicts_with_its_own_n4(trained_bundl
 
     src, _ = trained_bundle
     old = tmp_path / "v2_bundle"
-    shutil.copytree(src, old)
-    mf = old / "manifest.json"
-    man = json.loads(mf.read_text())
-    prep = man["radiomics"]["preprocess"]
-    for k in ("n4_fwhm", "n4_control_points", "n4_spline_order"):
-        del prep[k]
-    prep.update({"version": 2, "n4_iterations": [50, 50], "n4_fitting_levels": 2})
-    mf.write_text(json.dumps(man))
+
+    def to_v2(prep):
+        for k in ("n4_fwhm", "n4_control_points", "n4_spline_order"):
+            del prep[k]
+        prep.update({"version": 2, "n4_iterations": [50, 50], "n4_fitting_levels": 2})
+
+    prep = _bundle_with_preprocess(src, old, to_v2)
     bundle = load_bundle(old)
     row = load_cohort_manifest(small_cohort).iloc[0]
     res = predict_case({s: row[s] for s in SEQUENCES}, row["roi"], bundle)
